@@ -1,0 +1,1 @@
+"""Small helpers shared by every runtime: settings, durations, backoff, liveness, logging."""

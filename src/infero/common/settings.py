@@ -1,0 +1,246 @@
+"""Settings: built-in default < YAML file < environment < command-line flag.
+
+Each runtime declares one pydantic model whose fields carry an `Opt` (env name, help,
+secret flag). `load_settings` merges the four sources and turns any validation failure
+into one `ConfigError` line that names the setting the way the user wrote it.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal, TypeVar
+from urllib.parse import urlsplit
+
+import platformdirs
+import yaml
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+
+from infero.common.durations import parse_duration
+
+APP_NAME = "infero"
+
+
+@dataclass(frozen=True, slots=True)
+class Opt:
+    """How a settings field is named outside Python (attach with `Annotated`)."""
+
+    env: str
+    help: str
+    short: str | None = None
+    secret: bool = False
+
+
+class ConfigError(Exception):
+    """A setting could not be used; the message is one line that names it."""
+
+
+class SettingsModel(BaseModel):
+    """Base for every runtime's settings: immutable, unknown keys refused."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    def masked(self) -> dict[str, Any]:
+        """The resolved settings as plain data, with every secret replaced by `***`."""
+        data = self.model_dump(mode="json")
+        for name, opt in field_opts(type(self)).items():
+            if opt.secret and data.get(name):
+                data[name] = "***"
+        return data
+
+
+S = TypeVar("S", bound=SettingsModel)
+
+
+def field_opts(cls: type[SettingsModel]) -> dict[str, Opt]:
+    """The `Opt` of every field that has one, in declaration order."""
+    out: dict[str, Opt] = {}
+    for name, info in cls.model_fields.items():
+        for meta in info.metadata:
+            if isinstance(meta, Opt):
+                out[name] = meta
+    return out
+
+
+def flag_name(field: str) -> str:
+    """`max_concurrency` -> `--max-concurrency`."""
+    return "--" + field.replace("_", "-")
+
+
+# ---- reusable field types ---------------------------------------------------------------
+
+
+def _duration(value: Any) -> Any:
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        return parse_duration(value)
+    return value
+
+
+def _bool(value: Any) -> Any:
+    if isinstance(value, str):
+        low = value.strip().lower()
+        if low in {"1", "t", "true", "yes", "y", "on"}:
+            return True
+        if low in {"0", "f", "false", "no", "n", "off", ""}:
+            return False
+        raise ValueError(f"{value!r} is not a boolean (use true or false)")
+    return value
+
+
+def _csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(item.strip() for item in value.split(",") if item.strip())
+    return value
+
+
+def _lower(value: Any) -> Any:
+    return value.strip().lower() if isinstance(value, str) else value
+
+
+def _url(*schemes: str) -> Any:
+    def check(value: str) -> str:
+        if not value:
+            return value
+        parts = urlsplit(value)
+        if parts.scheme not in schemes or not parts.netloc:
+            allowed = " or ".join(f"{s}://" for s in schemes)
+            raise ValueError(f"{value!r} is not a valid URL (expected {allowed}host[:port]/path)")
+        try:
+            _ = parts.port
+        except ValueError as exc:
+            raise ValueError(f"{value!r} has an invalid port") from exc
+        return value
+
+    return check
+
+
+Duration = Annotated[float, BeforeValidator(_duration)]
+Bool = Annotated[bool, BeforeValidator(_bool)]
+CsvList = Annotated[tuple[str, ...], BeforeValidator(_csv)]
+LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+LogFormat = Annotated[Literal["text", "json"], BeforeValidator(_lower)]
+WsUrl = Annotated[str, AfterValidator(_url("ws", "wss"))]
+HttpUrl = Annotated[str, AfterValidator(_url("http", "https"))]
+
+
+def _port(value: int) -> int:
+    if not 0 <= value <= 65535:
+        raise ValueError(f"{value} is not a TCP port (0-65535)")
+    return value
+
+
+Port = Annotated[int, AfterValidator(_port)]
+
+
+# ---- file locations ---------------------------------------------------------------------
+
+
+def default_config_candidates(filename: str) -> list[Path]:
+    """Where a config file is looked for when `CONFIG_FILE`/`--config` is not given."""
+    user = Path(platformdirs.user_config_dir(APP_NAME, appauthor=False)) / filename
+    if sys.platform.startswith("linux"):
+        system = Path("/etc") / APP_NAME / filename
+    else:
+        system = Path(platformdirs.site_config_dir(APP_NAME, appauthor=False)) / filename
+    return [user, system]
+
+
+def resolve_config_file(explicit: str | None, filename: str) -> tuple[Path, bool]:
+    """The config path to use and whether it exists; an explicit missing file is an error."""
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigError(f"CONFIG_FILE (--config): no such file: {path}")
+        return path, True
+    candidates = default_config_candidates(filename)
+    for path in candidates:
+        if path.is_file():
+            return path, True
+    return candidates[0], False
+
+
+def default_log_dir() -> Path:
+    """Default `LOG_DIR` when none is configured."""
+    return Path(platformdirs.user_log_dir(APP_NAME, appauthor=False))
+
+
+# ---- loading ----------------------------------------------------------------------------
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read one YAML mapping; any problem is a `ConfigError` naming the file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"config file {path}: {exc.strerror}") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark is not None else ""
+        raise ConfigError(f"config file {path}: not valid YAML{where}") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path}: expected a mapping of settings at the top level")
+    return {str(k): v for k, v in data.items()}
+
+
+def load_settings(
+    cls: type[S],
+    *,
+    file_values: Mapping[str, Any] | None = None,
+    file_path: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> S:
+    """Merge default < file < env < flags into `cls`; raise one-line `ConfigError`s."""
+    opts = field_opts(cls)
+    source: dict[str, str] = {}
+    merged: dict[str, Any] = {}
+    for key, value in (file_values or {}).items():
+        name = key.replace("-", "_").lower()
+        if name not in cls.model_fields:
+            where = f"config file {file_path}" if file_path else "config file"
+            raise ConfigError(f"{where}: unknown setting {key!r}")
+        merged[name] = value
+        source[name] = f"{name} in {file_path}" if file_path else name
+    env = environ if environ is not None else {}
+    for name, opt in opts.items():
+        if opt.env in env:
+            merged[name] = env[opt.env]
+            source[name] = f"{opt.env} (environment)"
+    for name, value in (flags or {}).items():
+        if value is not None:
+            merged[name] = value
+            source[name] = flag_name(name)
+    try:
+        return cls.model_validate(merged)
+    except ValidationError as exc:
+        raise ConfigError(_first_error(cls, exc, source, opts)) from None
+
+
+def _first_error(
+    cls: type[SettingsModel],
+    exc: ValidationError,
+    source: Mapping[str, str],
+    opts: Mapping[str, Opt],
+) -> str:
+    err = exc.errors(include_url=False)[0]
+    loc = err.get("loc") or ()
+    field = str(loc[0]) if loc else ""
+    if field in source:
+        who = source[field]
+    elif field in opts:
+        who = f"{opts[field].env} ({flag_name(field)})"
+    else:
+        who = field or cls.__name__
+    value = err.get("input")
+    msg = str(err.get("msg", "invalid value"))
+    msg = msg.removeprefix("Value error, ")
+    shown = "" if isinstance(value, dict) or field not in source else f" {value!r}:"
+    if opts.get(field) and opts[field].secret:
+        shown = ""
+    return f"invalid setting {who}:{shown} {msg}"

@@ -1,0 +1,240 @@
+"""The connector link (server <-> `infero llm`), protocol version 1. See docs/protocol.md.
+
+Text frames carry one JSON object with a `type` tag (the models below). Body bytes travel
+in binary frames: 1 byte kind, 4 bytes stream id (big-endian), then the payload.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+
+PROTOCOL_VERSION = 1
+"""Bumped on any incompatible change; the server refuses versions it does not speak."""
+
+SUPPORTED_VERSIONS = frozenset({1})
+
+BODY_CHUNK = 256 * 1024
+"""Largest payload the sender puts in one binary frame."""
+
+MAX_FRAME = 4 * 1024 * 1024
+"""Largest frame either side accepts (text or binary); senders stay far below it."""
+
+DEFAULT_WINDOW = 1024 * 1024
+"""Initial per-stream flow-control window for response bodies, in bytes."""
+
+Status = Literal["ready", "not_ready", "draining"]
+"""What a connector says about itself: able to serve, backend down, or draining."""
+
+Headers = list[tuple[str, str]]
+
+
+class _Frame(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class Hello(_Frame):
+    """Connector -> server, first frame: who I am and what I serve."""
+
+    type: Literal["hello"] = "hello"
+    protocol: int = PROTOCOL_VERSION
+    """Link protocol version the connector speaks."""
+    client_key: str = ""
+    """The shared `CLIENT_KEY`; compared in constant time."""
+    id: str = Field(min_length=1, max_length=128)
+    """Stable connector id (`CLIENT_ID`)."""
+    name: str = Field(default="", max_length=128)
+    """Display name (`CLIENT_NAME`)."""
+    version: str = Field(default="", max_length=64)
+    build_sha: str = Field(default="", max_length=64)
+    build_date: str = Field(default="", max_length=64)
+    backend: str = Field(default="", max_length=32)
+    """Backend kind: `openai`, `ollama` or `demo`."""
+    models: list[Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=list, max_length=4096
+    )
+    max_concurrency: int = Field(default=0, ge=0, le=100_000)
+    status: Status = "ready"
+    last_error: str = Field(default="", max_length=2048)
+
+
+class Welcome(_Frame):
+    """Server -> connector: accepted; the link's timing and window parameters."""
+
+    type: Literal["welcome"] = "welcome"
+    protocol: int = PROTOCOL_VERSION
+    id: str
+    server_version: str = ""
+    heartbeat_interval: float = 5.0
+    """Seconds of silence after which each side sends a ping."""
+    dead_after: float = 15.0
+    """Seconds of silence after which each side closes the link."""
+    window: int = DEFAULT_WINDOW
+    """Initial flow-control window per response stream, in bytes."""
+
+
+class Refused(_Frame):
+    """Server -> connector: registration refused; the link closes right after."""
+
+    type: Literal["refused"] = "refused"
+    reason: Literal["unauthorized", "protocol", "invalid", "draining", "duplicate"]
+    message: str
+
+
+class StatusUpdate(_Frame):
+    """Connector -> server: capacity, models or state changed (sent at once)."""
+
+    type: Literal["status"] = "status"
+    models: list[Annotated[str, Field(max_length=256)]] | None = Field(
+        default=None, max_length=4096
+    )
+    """New model list; `None` keeps the previous one."""
+    max_concurrency: int = Field(ge=0, le=100_000)
+    status: Status = "ready"
+    last_error: str = Field(default="", max_length=2048)
+
+
+class Ping(_Frame):
+    """Either side: are you there? Any frame counts as proof of life."""
+
+    type: Literal["ping"] = "ping"
+    ts: float = 0.0
+
+
+class Pong(_Frame):
+    """Answer to a ping, echoing its timestamp."""
+
+    type: Literal["pong"] = "pong"
+    ts: float = 0.0
+
+
+class Request(_Frame):
+    """Server -> connector: perform one HTTP exchange against the backend.
+
+    The body (`body_len` bytes) follows in REQUEST_BODY binary frames for this `id`.
+    """
+
+    type: Literal["request"] = "request"
+    id: int = Field(ge=1, le=0xFFFFFFFF)
+    """Stream id, unique on this link while the exchange lives."""
+    request_id: str = ""
+    """The client's `X-Request-Id`, for logs on both sides."""
+    method: str = "POST"
+    path: str
+    """Path relative to the backend's OpenAI base, with query (`/chat/completions`)."""
+    headers: Headers = Field(default_factory=list)
+    body_len: int = Field(default=0, ge=0)
+    stream: bool = False
+    """The client asked for a streamed answer."""
+    model: str = ""
+    """The model the server routed on (for the connector's counters)."""
+
+
+class Cancel(_Frame):
+    """Server -> connector: the client went away or timed out; abort the backend call."""
+
+    type: Literal["cancel"] = "cancel"
+    id: int
+
+
+class Credit(_Frame):
+    """Server -> connector: `bytes` more of response body may be sent on stream `id`."""
+
+    type: Literal["credit"] = "credit"
+    id: int
+    bytes: int = Field(gt=0)
+
+
+class Head(_Frame):
+    """Connector -> server: the backend's status line and headers."""
+
+    type: Literal["head"] = "head"
+    id: int
+    status: int = Field(ge=100, le=599)
+    headers: Headers = Field(default_factory=list)
+
+
+class Usage(_Frame):
+    """Token counts the connector found in the backend's answer."""
+
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+
+
+class LinkError(_Frame):
+    """Why an exchange failed on the connector side."""
+
+    code: Literal[
+        "backend_unreachable", "backend_error", "cancelled", "draining", "timeout", "invalid"
+    ]
+    message: str = ""
+
+
+class End(_Frame):
+    """Connector -> server: the exchange is over (with an error if it failed)."""
+
+    type: Literal["end"] = "end"
+    id: int
+    error: LinkError | None = None
+    usage: Usage | None = None
+
+
+class Control(_Frame):
+    """Server -> connector: an operator asked to drain, undrain or shut down this connector."""
+
+    type: Literal["control"] = "control"
+    action: Literal["drain", "undrain", "shutdown"]
+    by: str = ""
+    """Name of the operator credential that asked (for the connector's log)."""
+
+
+ServerFrame = Annotated[
+    Welcome | Refused | Ping | Pong | Request | Cancel | Credit | Control,
+    Field(discriminator="type"),
+]
+ConnectorFrame = Annotated[
+    Hello | StatusUpdate | Ping | Pong | Head | End,
+    Field(discriminator="type"),
+]
+
+SERVER_FRAMES: TypeAdapter[ServerFrame] = TypeAdapter(ServerFrame)
+"""Decodes what the server sends (used by connectors)."""
+CONNECTOR_FRAMES: TypeAdapter[ConnectorFrame] = TypeAdapter(ConnectorFrame)
+"""Decodes what connectors send (used by the server)."""
+
+
+def encode(frame: _Frame) -> str:
+    """One text frame."""
+    return frame.model_dump_json(exclude_none=True)
+
+
+# ---- binary body frames -----------------------------------------------------------------
+
+REQUEST_BODY = 1
+"""Server -> connector: request body bytes."""
+RESPONSE_BODY = 2
+"""Connector -> server: response body bytes."""
+
+_HEADER = struct.Struct(">BI")
+HEADER_SIZE = _HEADER.size
+
+
+def pack_body(kind: int, stream_id: int, payload: bytes | bytearray | memoryview) -> bytes:
+    """Binary frame: kind, stream id, payload."""
+    return _HEADER.pack(kind, stream_id) + bytes(payload)
+
+
+class BadFrame(ValueError):
+    """A binary frame that cannot be decoded."""
+
+
+def unpack_body(frame: bytes) -> tuple[int, int, memoryview]:
+    """(kind, stream id, payload) of a binary frame; raise `BadFrame` when malformed."""
+    if len(frame) < HEADER_SIZE:
+        raise BadFrame("binary frame shorter than its header")
+    kind, stream_id = _HEADER.unpack_from(frame)
+    if kind not in (REQUEST_BODY, RESPONSE_BODY):
+        raise BadFrame(f"unknown binary frame kind {kind}")
+    return kind, stream_id, memoryview(frame)[HEADER_SIZE:]

@@ -1,0 +1,1 @@
+"""The public server: OpenAI-compatible API, connector links, routing, queue, operations."""

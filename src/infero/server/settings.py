@@ -1,0 +1,88 @@
+"""Settings of `infero server` (env names from the seed)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field
+
+from infero.common.settings import (
+    CsvList,
+    Duration,
+    LogFormat,
+    LogLevel,
+    Opt,
+    Port,
+    SettingsModel,
+)
+
+
+class ServerSettings(SettingsModel):
+    """Everything `infero server` can be told; see docs/configuration.md."""
+
+    host: Annotated[str, Opt("HOST", "Address to listen on.")] = "0.0.0.0"
+    port: Annotated[Port, Opt("PORT", "TCP port of the API, links and dashboard.")] = 8080
+    api_key: Annotated[
+        str, Opt("API_KEY", "Bearer key clients must send on /api/*; empty disables.", secret=True)
+    ] = ""
+    api_keys_file: Annotated[
+        str,
+        Opt("API_KEYS_FILE", "File of named client keys, one `name key [operator]` per line."),
+    ] = ""
+    operator_key: Annotated[
+        str,
+        Opt("OPERATOR_KEY", "Key allowed to drain/undrain/shut down connectors.", secret=True),
+    ] = ""
+    client_key: Annotated[
+        str, Opt("CLIENT_KEY", "Shared secret connectors present when they dial in.", secret=True)
+    ] = ""
+    metrics_port: Annotated[
+        Port | None, Opt("METRICS_PORT", "Serve /metrics on this port instead of PORT.")
+    ] = None
+    allowed_origins: Annotated[
+        CsvList, Opt("ALLOWED_ORIGINS", "Comma-separated CORS origins; empty denies all.")
+    ] = ()
+    max_body_bytes: Annotated[
+        int, Field(gt=0), Opt("MAX_BODY_BYTES", "Largest request body accepted (413 above).")
+    ] = 64 * 1024 * 1024
+    queue_max: Annotated[
+        int, Field(ge=0), Opt("QUEUE_MAX", "Requests that may wait per model; 0 disables queue.")
+    ] = 100
+    queue_timeout: Annotated[
+        Duration, Field(gt=0), Opt("QUEUE_TIMEOUT", "Longest wait in the queue.")
+    ] = 60.0
+    first_byte_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("FIRST_BYTE_TIMEOUT", "Longest wait for the answer to start once dispatched."),
+    ] = 300.0
+    request_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("REQUEST_TIMEOUT", "Longest silence between two chunks of an answer."),
+    ] = 120.0
+    keepalive_interval: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("KEEPALIVE_INTERVAL", "SSE keepalive comment period while a stream waits."),
+    ] = 10.0
+    heartbeat_interval: Annotated[
+        Duration, Field(gt=0), Opt("HEARTBEAT_INTERVAL", "Link ping period after silence.")
+    ] = 5.0
+    link_dead_after: Annotated[
+        Duration, Field(gt=0), Opt("LINK_DEAD_AFTER", "Close a link silent for this long.")
+    ] = 15.0
+    gone_retention: Annotated[
+        Duration,
+        Field(ge=0),
+        Opt("GONE_RETENTION", "How long a departed connector stays listed as `gone`."),
+    ] = 300.0
+    drain_timeout: Annotated[
+        Duration,
+        Opt("DRAIN_TIMEOUT", "On SIGTERM, wait this long for in-flight work (0 now, -1 forever)."),
+    ] = 300.0
+    log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
+    log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
+    redis_addr: Annotated[
+        str, Opt("REDIS_ADDR", "Redis URL for state shared by several servers.", secret=True)
+    ] = ""

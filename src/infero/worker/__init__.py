@@ -1,0 +1,1 @@
+"""`infero llm`: the LLM connector that dials the server and relays to a local backend."""
