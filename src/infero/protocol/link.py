@@ -41,6 +41,8 @@ class Hello(_Frame):
     type: Literal["hello"] = "hello"
     protocol: int = PROTOCOL_VERSION
     """Link protocol version the connector speaks."""
+    kind: Literal["llm", "mcp"] = "llm"
+    """`llm` connectors serve models; `mcp` relays serve one MCP server by id."""
     client_key: str = ""
     """The shared `CLIENT_KEY`; compared in constant time."""
     id: str = Field(min_length=1, max_length=128)
