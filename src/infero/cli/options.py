@@ -61,14 +61,14 @@ def _parameters(cls: type[SettingsModel], filename: str) -> list[inspect.Paramet
     for name, opt in field_opts(cls).items():
         info = cls.model_fields[name]
         default = info.get_default(call_default_factory=True)
-        names = [flag_name(name)] + ([opt.short] if opt.short else [])
+        names = [flag_name(name), *opt.aliases] + ([opt.short] if opt.short else [])
         shown = (
             format_duration(default)
             if "timeout" in name or "interval" in name
             else _shown_default(default, opt.secret)
         )
         if _is_bool(info.annotation):
-            decls = [f"{flag_name(name)}/--no-{name.replace('_', '-')}"]
+            decls = [f"{flag_name(name)}/--no-{name.replace('_', '-')}", *opt.aliases]
             if opt.short:
                 decls.append(opt.short)
             option = typer.Option(

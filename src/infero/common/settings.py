@@ -31,6 +31,8 @@ class Opt:
     help: str
     short: str | None = None
     secret: bool = False
+    aliases: tuple[str, ...] = ()
+    """Extra long flag names, e.g. `--mcp-http-url` for `provider_url`."""
 
 
 class ConfigError(Exception):
