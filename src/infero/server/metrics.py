@@ -1,11 +1,287 @@
-"""Prometheus metrics of the server (filled in by the operations work)."""
+"""Prometheus metrics of the server: `/metrics`, from a registry owned by the app.
+
+Request series are fed by the core's `EventBus`; fleet gauges (queue depth, connectors) are
+read from the state snapshot at scrape time. Every labelled family keeps at most
+`max_series` series: when a new label set would exceed it, the least recently updated
+series is dropped (and `infero_metrics_series_evicted_total` counts it), so a churning
+fleet or a flood of model names cannot grow memory or scrape size without bound.
+See docs/metrics.md.
+"""
 
 from __future__ import annotations
 
-from aiohttp import web
+import logging
+from collections import OrderedDict
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass
+from typing import Generic, TypeVar, get_args
 
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+
+from infero.common.buildinfo import BUILD
+from infero.protocol.state import StateSnapshot
+from infero.server import keys
+from infero.server.events import RejectReason, RequestFinished, RequestRejected
 from infero.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+"""Classic Prometheus text format, understood by every scraper."""
+
+MAX_SERIES = 1000
+"""Default cap on series per labelled family."""
+
+MAX_LABEL_LEN = 200
+"""Longer label values (model names from connectors) are cut to this length."""
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+"""Seconds; LLM answers run from milliseconds (embeddings) to minutes (long generations)."""
+
+QUEUE_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+REGISTRY = web.AppKey("metrics_registry", CollectorRegistry)
+"""The app's registry: other server modules (MCP) register their own collectors here."""
+
+
+@dataclass(slots=True)
+class MetricsListener:
+    """The separate `/metrics` listener when METRICS_PORT differs from PORT."""
+
+    runner: web.AppRunner | None = None
+
+    @property
+    def port(self) -> int | None:
+        """Bound TCP port once started (useful when METRICS_PORT is 0)."""
+        if self.runner is None:
+            return None
+        for address in self.runner.addresses:
+            if isinstance(address, tuple):
+                return int(address[1])
+        return None
+
+
+METRICS_LISTENER = web.AppKey("metrics_listener", MetricsListener)
+"""Present only when metrics are served on their own port."""
+
+M = TypeVar("M", bound=MetricWrapperBase)
+
+
+class Bounded(Generic[M]):
+    """A labelled metric that keeps at most `limit` series, dropping the least recently used."""
+
+    def __init__(self, metric: M, limit: int, evicted: Counter) -> None:
+        self._metric = metric
+        self._limit = limit
+        self._evicted = evicted
+        self._recent: OrderedDict[tuple[str, ...], None] = OrderedDict()
+
+    def labels(self, *values: str) -> M:
+        """The child for these label values (cut to MAX_LABEL_LEN), evicting if over the cap."""
+        key = tuple(value[:MAX_LABEL_LEN] for value in values)
+        if key in self._recent:
+            self._recent.move_to_end(key)
+        else:
+            self._recent[key] = None
+            if len(self._recent) > self._limit:
+                oldest, _ = self._recent.popitem(last=False)
+                self._metric.remove(*oldest)
+                self._evicted.inc()
+        return self._metric.labels(*key)
+
+
+class ServerMetrics:
+    """Request counters and histograms; an `EventBus` listener."""
+
+    def __init__(self, registry: CollectorRegistry, *, max_series: int = MAX_SERIES) -> None:
+        evicted = Counter(
+            "infero_metrics_series_evicted",
+            "Series dropped because a labelled family reached its cap.",
+            registry=registry,
+        )
+        build = Gauge(
+            "infero_build_info",
+            "Build of this process (always 1).",
+            ["component", "version", "sha", "date"],
+            registry=registry,
+        )
+        build.labels("server", BUILD.version, BUILD.sha, BUILD.date).set(1)
+        self.requests = Bounded(
+            Counter(
+                "infero_model_requests",
+                "Requests relayed to a connector, by model and outcome.",
+                ["model", "outcome"],
+                registry=registry,
+            ),
+            max_series,
+            evicted,
+        )
+        self.tokens = Bounded(
+            Counter(
+                "infero_model_tokens",
+                "Tokens reported by connectors, by model and kind (in, out).",
+                ["model", "kind"],
+                registry=registry,
+            ),
+            max_series,
+            evicted,
+        )
+        self.duration = Bounded(
+            Histogram(
+                "infero_request_duration_seconds",
+                "Time from dispatch to the end of the answer.",
+                ["worker_id", "model"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            max_series,
+            evicted,
+        )
+        self.ttfb = Bounded(
+            Histogram(
+                "infero_time_to_first_byte_seconds",
+                "Time from dispatch to the first byte of the answer.",
+                ["model"],
+                buckets=LATENCY_BUCKETS,
+                registry=registry,
+            ),
+            max_series,
+            evicted,
+        )
+        self.queue_wait = Bounded(
+            Histogram(
+                "infero_queue_wait_seconds",
+                "Time a relayed request waited in its model's queue (0 when dispatched at once).",
+                ["model"],
+                buckets=QUEUE_BUCKETS,
+                registry=registry,
+            ),
+            max_series,
+            evicted,
+        )
+        self.rejected = Counter(
+            "infero_requests_rejected",
+            "Requests answered with an error by the server itself, by reason.",
+            ["reason"],
+            registry=registry,
+        )
+        for reason in get_args(RejectReason):
+            self.rejected.labels(reason)
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """Count a relayed request, its tokens and its timings."""
+        self.requests.labels(event.model, event.outcome).inc()
+        if event.tokens_in > 0:
+            self.tokens.labels(event.model, "in").inc(event.tokens_in)
+        if event.tokens_out > 0:
+            self.tokens.labels(event.model, "out").inc(event.tokens_out)
+        self.duration.labels(event.worker_id, event.model).observe(event.duration_s)
+        self.queue_wait.labels(event.model).observe(event.queue_wait_s)
+        if event.ttft_s is not None:
+            self.ttfb.labels(event.model).observe(event.ttft_s)
+
+    def request_rejected(self, event: RequestRejected) -> None:
+        """Count a rejection by reason (the model is client input: never a label here)."""
+        self.rejected.labels(event.reason).inc()
+
+
+class FleetCollector:
+    """Gauges computed from the state snapshot at scrape time."""
+
+    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
+        self._snapshot = snapshot
+
+    def describe(self) -> Iterable[Metric]:
+        """The families this collector yields (no samples; lets the registry spot clashes)."""
+        return self._families().values()
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the snapshot once and yield the gauges."""
+        snap = self._snapshot()
+        families = self._families()
+        for model in snap.models:
+            name = model.name[:MAX_LABEL_LEN]
+            families["depth"].add_metric([name], model.queue_len)
+            families["oldest"].add_metric([name], model.oldest_wait_ms / 1000)
+        families["inflight"].add_metric([], snap.server.jobs_inflight_total)
+        families["connected"].add_metric([], snap.workers_summary.connected)
+        families["draining"].add_metric([], snap.workers_summary.draining)
+        return families.values()
+
+    @staticmethod
+    def _families() -> dict[str, GaugeMetricFamily]:
+        return {
+            "depth": GaugeMetricFamily(
+                "infero_queue_depth", "Requests waiting in the queue, by model.", labels=["model"]
+            ),
+            "oldest": GaugeMetricFamily(
+                "infero_queue_oldest_wait_seconds",
+                "Age of the oldest waiting request, by model.",
+                labels=["model"],
+            ),
+            "inflight": GaugeMetricFamily(
+                "infero_requests_inflight", "Requests dispatched and not finished."
+            ),
+            "connected": GaugeMetricFamily("infero_connectors_connected", "Live LLM connectors."),
+            "draining": GaugeMetricFamily(
+                "infero_connectors_draining", "Live LLM connectors that are draining."
+            ),
+        }
+
+
+def metrics_handler(registry: CollectorRegistry) -> Handler:
+    """`GET /metrics` for `registry`."""
+
+    async def handle(request: web.Request) -> web.Response:
+        return web.Response(body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE})
+
+    return handle
+
+
+def _separate_listener(
+    listener: MetricsListener, handler: Handler, host: str, port: int
+) -> Callable[[web.Application], AsyncIterator[None]]:
+    async def serve(app: web.Application) -> AsyncIterator[None]:
+        side = web.Application()
+        side.router.add_get("/metrics", handler)
+        runner = web.AppRunner(side, access_log=None)
+        await runner.setup()
+        try:
+            await web.TCPSite(runner, host, port).start()
+        except OSError:
+            await runner.cleanup()
+            raise
+        listener.runner = runner
+        logger.info("metrics listening on %s port %s", host, listener.port)
+        try:
+            yield
+        finally:
+            listener.runner = None
+            await runner.cleanup()
+
+    return serve
 
 
 def setup(app: web.Application, settings: ServerSettings) -> None:
-    """Create the registry, subscribe to events and mount `/metrics` on `app`."""
+    """Create the registry, subscribe to events and mount `/metrics`.
+
+    `/metrics` is served by the app itself unless METRICS_PORT is set to another port than
+    PORT; then a second listener on HOST:METRICS_PORT lives as long as the app does.
+    """
+    registry = CollectorRegistry()
+    app[REGISTRY] = registry
+    app[keys.EVENTS].subscribe(ServerMetrics(registry))
+    registry.register(FleetCollector(lambda: app[keys.SNAPSHOT]()))
+    handler = metrics_handler(registry)
+    if settings.metrics_port is None or settings.metrics_port == settings.port:
+        app.router.add_get("/metrics", handler)
+        return
+    listener = MetricsListener()
+    app[METRICS_LISTENER] = listener
+    app.cleanup_ctx.append(
+        _separate_listener(listener, handler, settings.host, settings.metrics_port)
+    )
