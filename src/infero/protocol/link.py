@@ -45,8 +45,8 @@ class Hello(_Frame):
     """`llm` connectors serve models; `mcp` relays serve one MCP server by id."""
     client_key: str = ""
     """The shared `CLIENT_KEY`; compared in constant time."""
-    id: str = Field(min_length=1, max_length=128)
-    """Stable connector id (`CLIENT_ID`)."""
+    id: str = Field(default="", max_length=128)
+    """Stable connector id (`CLIENT_ID`); empty `mcp` relay ids are assigned by the server."""
     name: str = Field(default="", max_length=128)
     """Display name (`CLIENT_NAME`)."""
     version: str = Field(default="", max_length=64)
@@ -60,6 +60,9 @@ class Hello(_Frame):
     max_concurrency: int = Field(default=0, ge=0, le=100_000)
     status: Status = "ready"
     last_error: str = Field(default="", max_length=2048)
+    auth_sha256: str = Field(default="", max_length=64)
+    """`mcp` relays: hex SHA-256 of the relay's `AUTH_TOKEN` (empty: none). MCP clients that
+    present that token may call this relay; the token itself never crosses the link."""
 
 
 class Welcome(_Frame):
