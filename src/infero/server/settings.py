@@ -86,3 +86,23 @@ class ServerSettings(SettingsModel):
     redis_addr: Annotated[
         str, Opt("REDIS_ADDR", "Redis URL for state shared by several servers.", secret=True)
     ] = ""
+    broker_max_req_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Opt("BROKER_MAX_REQ_BYTES", "Largest MCP request body (JSON-RPC error 413 above)."),
+    ] = 10 * 1024 * 1024
+    broker_max_resp_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Opt("BROKER_MAX_RESP_BYTES", "Largest MCP answer to one POST (the call ends above)."),
+    ] = 64 * 1024 * 1024
+    broker_max_concurrency_per_client: Annotated[
+        int,
+        Field(ge=1, le=100_000),
+        Opt("BROKER_MAX_CONCURRENCY_PER_CLIENT", "MCP calls in flight per relay (429 above)."),
+    ] = 16
+    broker_call_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("BROKER_CALL_TIMEOUT", "Longest MCP call wait for an answer or its next event."),
+    ] = 300.0
