@@ -30,6 +30,9 @@ Status = Literal["ready", "not_ready", "draining"]
 
 Headers = list[tuple[str, str]]
 
+RefusedReason = Literal["unauthorized", "protocol", "invalid", "draining", "duplicate"]
+"""Why the server refused a hello."""
+
 
 class _Frame(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -84,7 +87,7 @@ class Refused(_Frame):
     """Server -> connector: registration refused; the link closes right after."""
 
     type: Literal["refused"] = "refused"
-    reason: Literal["unauthorized", "protocol", "invalid", "draining", "duplicate"]
+    reason: RefusedReason
     message: str
 
 

@@ -1,0 +1,102 @@
+"""`create_app(settings)`: the whole public server as one aiohttp application."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+
+from aiohttp import web
+
+from infero.protocol.state import McpState
+from infero.server import control, dashboard, health, keys, mcp, metrics, models_api, openapi
+from infero.server import state as state_api
+from infero.server.auth import KeyRing, load_keyring
+from infero.server.events import EventBus
+from infero.server.lifecycle import Lifecycle
+from infero.server.linkserver import CLOSE_GOING_AWAY, LinkEndpoint
+from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
+from infero.server.openai_api import ROUTES, OpenAIRelay
+from infero.server.registry import Fleet
+from infero.server.scheduler import Scheduler
+from infero.server.settings import ServerSettings
+
+
+def _empty_mcp() -> McpState:
+    return McpState()
+
+
+def create_app(
+    settings: ServerSettings,
+    *,
+    keyring: KeyRing | None = None,
+    clock: Callable[[], float] = time.monotonic,
+) -> web.Application:
+    """Build the server: OpenAI relay, links, state, health, control, and the others' parts.
+
+    Raises `ConfigError` when the API keys file is unusable.
+    """
+    keyring = keyring if keyring is not None else load_keyring(settings)
+    lifecycle = Lifecycle()
+    fleet = Fleet(gone_retention=settings.gone_retention)
+    scheduler = Scheduler(fleet, queue_max=settings.queue_max, clock=clock)
+    events = EventBus()
+    app = web.Application(
+        client_max_size=settings.max_body_bytes,
+        middlewares=[make_middleware(keyring, OriginPolicy(settings.allowed_origins))],
+    )
+    app.on_response_prepare.append(on_response_prepare)
+    app[keys.SETTINGS] = settings
+    app[keys.EVENTS] = events
+    app[keys.KEYRING] = keyring
+    app[keys.FLEET] = fleet
+    app[keys.SCHEDULER] = scheduler
+    app[keys.LIFECYCLE] = lifecycle
+    app[keys.MCP_STATE] = _empty_mcp
+    builder = state_api.StateBuilder(
+        fleet=fleet, scheduler=scheduler, lifecycle=lifecycle, mcp=lambda: app[keys.MCP_STATE]
+    )
+    app[keys.SNAPSHOT] = builder.snapshot
+
+    relay = OpenAIRelay(
+        settings, fleet=fleet, scheduler=scheduler, lifecycle=lifecycle, events=events
+    )
+    for route in ROUTES:
+        app.router.add_post("/api/v1" + route, relay.handle)
+    models_api.setup(app, fleet)
+
+    endpoint = LinkEndpoint(
+        kind="llm",
+        handler=fleet,
+        client_key=settings.client_key,
+        lifecycle=lifecycle,
+        heartbeat_interval=settings.heartbeat_interval,
+        dead_after=settings.link_dead_after,
+        clock=clock,
+    )
+    app.router.add_get("/api/workers/connect", endpoint.handle)
+    app.router.add_get("/api/llm/connect", endpoint.handle)
+
+    health.setup(app, fleet, lifecycle)
+    state_api.setup(app, builder, lifecycle)
+    control.setup(app, fleet, keyring)
+
+    async def close_links(_: web.Application) -> None:
+        lifecycle.stopping.set()
+        fleet.changes.bump()
+        links = fleet.live_links()
+        for link in links:
+            link.fail_exchanges("server shutting down")
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(
+                *(link.close(CLOSE_GOING_AWAY, "server shutdown") for link in links)
+            )
+
+    app.on_shutdown.append(close_links)
+
+    mcp.setup(app, settings)
+    metrics.setup(app, settings)
+    dashboard.setup(app, settings)
+    openapi.setup(app, settings)
+    return app

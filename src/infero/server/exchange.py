@@ -1,0 +1,258 @@
+"""One HTTP exchange relayed over a link, independent of model routing.
+
+The link reader feeds an `Exchange` (Head, body chunks, End) without ever blocking; the
+request handler consumes it, granting flow-control credit as it writes to its client.
+`relay_response` is the generic "stream the answer back" used by the MCP broker too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable, Mapping
+from typing import Protocol
+
+from aiohttp import web
+
+from infero.protocol.link import Cancel, Credit, End, Head, LinkError
+
+HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+        "date",
+        "server",
+    }
+)
+"""Response headers the server never copies from a connector (it sets its own)."""
+
+
+class ExchangeFailed(Exception):
+    """The exchange cannot go on: link lost, connector error, timeout or protocol breach."""
+
+    def __init__(self, code: str, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retryable = retryable
+        """True when nothing reached the backend's answer yet and another connector may try."""
+
+
+RETRYABLE_CODES = frozenset(
+    {"backend_unreachable", "draining", "link_lost", "backend_error", "busy"}
+)
+"""Connector errors before the Head after which another connector is tried."""
+
+
+class FrameSender(Protocol):
+    """What an exchange needs from its link to talk back."""
+
+    async def send(self, frame: Cancel | Credit) -> None: ...
+
+
+class Exchange:
+    """Receive side of one relayed exchange (stream id `id` on one link)."""
+
+    __slots__ = (
+        "_allowance",
+        "_events",
+        "_link",
+        "_ungranted",
+        "_waiter",
+        "_window",
+        "end",
+        "finished",
+        "id",
+    )
+
+    def __init__(self, link: FrameSender, stream_id: int, window: int) -> None:
+        self.id = stream_id
+        self._link = link
+        self._window = window
+        self._allowance = window
+        self._ungranted = 0
+        self._events: deque[Head | bytes | End | ExchangeFailed] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+        self.end: End | None = None
+        """The final frame once received (carries usage)."""
+        self.finished = False
+        """End (or failure) was consumed, or the exchange was cancelled."""
+
+    # ---- fed by the link reader (never blocks) ------------------------------------------
+
+    def _push(self, item: Head | bytes | End | ExchangeFailed) -> None:
+        self._events.append(item)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def on_head(self, head: Head) -> None:
+        """The backend's status and headers arrived."""
+        self._push(head)
+
+    def on_body(self, payload: memoryview) -> bool:
+        """Body bytes arrived; False when the connector overran its window (stream failed)."""
+        self._allowance -= len(payload)
+        if self._allowance < 0:
+            self._push(ExchangeFailed("flow_control", "connector exceeded its flow-control window"))
+            return False
+        self._push(bytes(payload))
+        return True
+
+    def on_end(self, end: End) -> None:
+        """The connector finished the exchange."""
+        self.end = end
+        self._push(end)
+
+    def on_lost(self, message: str) -> None:
+        """The link closed under this exchange."""
+        self._push(ExchangeFailed("link_lost", message, retryable=True))
+
+    # ---- consumed by the request handler -------------------------------------------------
+
+    async def _next(self, limit: float | None) -> Head | bytes | End | ExchangeFailed:
+        if not self._events:
+            loop = asyncio.get_running_loop()
+            self._waiter = loop.create_future()
+            try:
+                async with asyncio.timeout(limit):
+                    await self._waiter
+            finally:
+                self._waiter = None
+        return self._events.popleft()
+
+    async def head(self, limit: float | None) -> Head:
+        """Wait up to `limit` s for the Head; raise `ExchangeFailed` (or TimeoutError)."""
+        item = await self._next(limit)
+        if isinstance(item, Head):
+            return item
+        self.finished = True
+        if isinstance(item, ExchangeFailed):
+            raise item
+        if isinstance(item, End):
+            raise _end_failure(item.error)
+        raise ExchangeFailed("protocol", "connector sent body before head")
+
+    async def chunk(self, limit: float | None) -> bytes | None:
+        """Next body chunk, or None at a clean End; raise on failure (TimeoutError on idle)."""
+        item = await self._next(limit)
+        if isinstance(item, bytes):
+            return item
+        self.finished = True
+        if isinstance(item, End):
+            if item.error is None:
+                return None
+            failure = _end_failure(item.error)
+            failure.retryable = False
+            raise failure
+        if isinstance(item, ExchangeFailed):
+            failure = item
+            failure.retryable = False
+            raise failure
+        raise ExchangeFailed("protocol", "connector sent a second head")
+
+    async def consumed(self, size: int) -> None:
+        """`size` bytes reached the client: grant credit (batched at half a window)."""
+        self._ungranted += size
+        if self._ungranted >= self._window // 2 and not self.finished:
+            grant, self._ungranted = self._ungranted, 0
+            self._allowance += grant
+            await self._link.send(Credit(id=self.id, bytes=grant))
+
+    async def cancel(self) -> None:
+        """Abort the backend call on the connector (no-op once finished)."""
+        if not self.finished:
+            self.finished = True
+            await self._link.send(Cancel(id=self.id))
+
+
+def _end_failure(error: LinkError | None) -> ExchangeFailed:
+    if error is None:
+        return ExchangeFailed("protocol", "connector ended the exchange before any answer")
+    return ExchangeFailed(error.code, error.message, retryable=error.code in RETRYABLE_CODES)
+
+
+def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """The connector's headers minus hop-by-hop ones."""
+    return [(k, v) for k, v in headers if k.lower() not in HOP_BY_HOP]
+
+
+def is_event_stream(headers: Iterable[tuple[str, str]]) -> bool:
+    """Whether the Content-Type is `text/event-stream` (parameters allowed)."""
+    for key, value in headers:
+        if key.lower() == "content-type":
+            return value.split(";", 1)[0].strip().lower() == "text/event-stream"
+    return False
+
+
+async def write_body(
+    response: web.StreamResponse,
+    exchange: Exchange,
+    *,
+    idle_timeout: float | None,
+    on_chunk: Callable[[bytes], None] | None = None,
+) -> None:
+    """Copy body chunks to the client as they come, granting credit; raise on failure."""
+    while True:
+        try:
+            chunk = await exchange.chunk(idle_timeout)
+        except TimeoutError:
+            raise ExchangeFailed("idle_timeout", "no data from the connector in time") from None
+        if chunk is None:
+            return
+        if on_chunk is not None:
+            on_chunk(chunk)
+        await response.write(chunk)
+        await exchange.consumed(len(chunk))
+
+
+async def relay_response(
+    request: web.Request,
+    exchange: Exchange,
+    *,
+    first_byte_timeout: float | None,
+    idle_timeout: float | None,
+    extra_headers: Mapping[str, str] | None = None,
+    on_broken: Callable[[ExchangeFailed], Awaitable[bytes | None]] | None = None,
+) -> web.StreamResponse:
+    """Relay an exchange's answer to `request`'s client, generic for any route.
+
+    Before the Head, failures raise `ExchangeFailed` (code `first_byte_timeout` on timeout)
+    so the caller picks its error shape. After it, a failure ends the response: `on_broken`
+    may return final bytes to write first (e.g. an SSE error event). A client that goes away
+    cancels the exchange. The exchange is always finished or cancelled on return.
+    """
+    try:
+        try:
+            head = await exchange.head(first_byte_timeout)
+        except TimeoutError:
+            raise ExchangeFailed(
+                "first_byte_timeout", "no answer from the connector in time"
+            ) from None
+        response = web.StreamResponse(status=head.status)
+        for key, value in response_headers(head.headers):
+            response.headers.add(key, value)
+        if is_event_stream(head.headers):
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"
+        if extra_headers:
+            response.headers.update(extra_headers)
+        await response.prepare(request)
+        try:
+            await write_body(response, exchange, idle_timeout=idle_timeout)
+        except ExchangeFailed as failure:
+            tail = await on_broken(failure) if on_broken is not None else None
+            if tail:
+                await response.write(tail)
+            return response
+        await response.write_eof()
+        return response
+    finally:
+        await exchange.cancel()

@@ -1,0 +1,25 @@
+"""`/healthz` (the process is up) and `/readyz` (able to serve: not draining, a connector ready)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from infero.server.lifecycle import Lifecycle
+from infero.server.registry import Fleet
+
+
+def setup(app: web.Application, fleet: Fleet, lifecycle: Lifecycle) -> None:
+    """Mount both probes (public, no key)."""
+
+    async def healthz(_: web.Request) -> web.Response:
+        return web.json_response({"status": "ok"})
+
+    async def readyz(_: web.Request) -> web.Response:
+        if lifecycle.draining:
+            return web.json_response({"status": "draining"}, status=503)
+        if not any(w.serving for w in fleet.workers.values()):
+            return web.json_response({"status": "not_ready"}, status=503)
+        return web.json_response({"status": "ready"})
+
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)

@@ -1,0 +1,366 @@
+"""Server side of the connector link: handshake, frame I/O, flow control, liveness.
+
+`LinkEndpoint` is the WebSocket handler for one link kind (`llm` at /api/workers/connect
+and /api/llm/connect; `mcp` at /api/mcp/connect). What a kind does with its links is up to
+its `LinkHandler` (the LLM `Fleet`, or the MCP broker). See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, Protocol
+
+from aiohttp import WSMsgType, web
+from pydantic import ValidationError
+
+from infero.common.buildinfo import BUILD
+from infero.common.liveness import Action, Liveness
+from infero.protocol import link as lp
+from infero.server.auth import client_key_ok
+from infero.server.exchange import Exchange, ExchangeFailed
+from infero.server.lifecycle import Lifecycle
+
+if TYPE_CHECKING:
+    from infero.server.registry import Worker
+
+logger = logging.getLogger(__name__)
+
+HELLO_TIMEOUT = 10.0
+"""Seconds a new link has to send its Hello."""
+
+CLOSE_POLICY = 1008
+CLOSE_NORMAL = 1000
+CLOSE_GOING_AWAY = 1001
+
+Kind = Literal["llm", "mcp"]
+
+
+class LinkHandler(Protocol):
+    """What a link kind does with its links (implemented by `Fleet` and the MCP broker)."""
+
+    def admit(self, hello: lp.Hello) -> lp.Refused | str:
+        """Refuse the hello, or return the id the link will have (may differ from hello.id)."""
+        ...
+
+    def attached(self, hello: lp.Hello, link: Link) -> Link | None:
+        """The link is live; return an older link it replaces (closed by the endpoint)."""
+        ...
+
+    def status(self, link: Link, update: lp.StatusUpdate) -> None:
+        """The connector reported a new status."""
+        ...
+
+    def detached(self, link: Link) -> None:
+        """The link closed (for any reason)."""
+        ...
+
+
+class Link:
+    """One accepted link: sends frames, owns the exchanges of its streams."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        hello: lp.Hello,
+        link_id: str,
+        *,
+        window: int,
+        liveness: Liveness,
+        clock: Callable[[], float],
+    ) -> None:
+        self.ws = ws
+        self.hello = hello
+        self.id = link_id
+        self.kind: Kind = hello.kind
+        self.window = window
+        self.liveness = liveness
+        self.clock = clock
+        self.exchanges: dict[int, Exchange] = {}
+        self.worker: Worker | None = None
+        """The fleet's record of this link (kind llm)."""
+        self.closed = False
+        self._next_stream = 0
+
+    async def send(self, frame: lp.Cancel | lp.Credit | lp.Control | lp.Ping | lp.Pong) -> None:
+        """Send a control frame; silently dropped once the link is closed."""
+        if self.closed:
+            return
+        try:
+            await self.ws.send_str(lp.encode(frame))
+        except ConnectionError:
+            return
+        self.liveness.sent(self.clock())
+
+    async def open_exchange(
+        self,
+        *,
+        method: str,
+        path: str,
+        headers: lp.Headers,
+        body: bytes,
+        stream: bool = False,
+        model: str = "",
+        request_id: str = "",
+    ) -> Exchange:
+        """Start one HTTP exchange on this link: Request frame, then the body in chunks.
+
+        Raises `ExchangeFailed` (retryable) if the link is already closed or breaks while sending.
+        """
+        if self.closed:
+            raise ExchangeFailed("link_lost", "connector link closed", retryable=True)
+        self._next_stream = self._next_stream % 0xFFFFFFFF + 1
+        while self._next_stream in self.exchanges:
+            self._next_stream = self._next_stream % 0xFFFFFFFF + 1
+        sid = self._next_stream
+        exchange = Exchange(self, sid, self.window)
+        self.exchanges[sid] = exchange
+        frame = lp.Request(
+            id=sid,
+            request_id=request_id,
+            method=method,
+            path=path,
+            headers=headers,
+            body_len=len(body),
+            stream=stream,
+            model=model,
+        )
+        try:
+            await self.ws.send_str(lp.encode(frame))
+            view = memoryview(body)
+            for start in range(0, len(body), lp.BODY_CHUNK):
+                await self.ws.send_bytes(
+                    lp.pack_body(lp.REQUEST_BODY, sid, view[start : start + lp.BODY_CHUNK])
+                )
+        except ConnectionError:
+            self.exchanges.pop(sid, None)
+            raise ExchangeFailed("link_lost", "connector link closed", retryable=True) from None
+        self.liveness.sent(self.clock())
+        return exchange
+
+    def forget(self, exchange: Exchange) -> None:
+        """Drop an exchange the handler no longer reads (late frames for it are ignored)."""
+        if self.exchanges.get(exchange.id) is exchange:
+            del self.exchanges[exchange.id]
+
+    async def close(self, code: int = CLOSE_NORMAL, message: str = "") -> None:
+        """Close the WebSocket; the reader loop then detaches the link."""
+        self.closed = True
+        await self.ws.close(code=code, message=message.encode())
+
+    def fail_exchanges(self, message: str) -> None:
+        """The link is gone: every exchange on it fails."""
+        exchanges, self.exchanges = self.exchanges, {}
+        for exchange in exchanges.values():
+            exchange.on_lost(message)
+
+
+class LinkEndpoint:
+    """The WebSocket endpoint of one link kind."""
+
+    def __init__(
+        self,
+        *,
+        kind: Kind,
+        handler: LinkHandler,
+        client_key: str,
+        lifecycle: Lifecycle,
+        heartbeat_interval: float,
+        dead_after: float,
+        window: int = lp.DEFAULT_WINDOW,
+        hello_timeout: float = HELLO_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.kind = kind
+        self.handler = handler
+        self.client_key = client_key
+        self.lifecycle = lifecycle
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.window = window
+        self.hello_timeout = hello_timeout
+        self.clock = clock
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """aiohttp handler: upgrade, handshake, then serve the link until it closes."""
+        if self.lifecycle.draining:
+            return web.Response(status=503, text="server draining")
+        ws = web.WebSocketResponse(
+            max_msg_size=lp.MAX_FRAME, compress=False, autoping=True, heartbeat=None
+        )
+        await ws.prepare(request)
+        peer = request.remote or "?"
+        hello = await self._handshake(ws, peer)
+        if hello is None:
+            return ws
+        verdict = self.handler.admit(hello)
+        if isinstance(verdict, lp.Refused):
+            await self._refuse(ws, peer, verdict.reason, verdict.message)
+            return ws
+        liveness = Liveness(
+            interval=self.heartbeat_interval, dead_after=self.dead_after, now=self.clock()
+        )
+        link = Link(ws, hello, verdict, window=self.window, liveness=liveness, clock=self.clock)
+        await ws.send_str(
+            lp.encode(
+                lp.Welcome(
+                    id=verdict,
+                    server_version=BUILD.version,
+                    heartbeat_interval=self.heartbeat_interval,
+                    dead_after=self.dead_after,
+                    window=self.window,
+                )
+            )
+        )
+        replaced = self.handler.attached(hello, link)
+        if replaced is not None:
+            logger.info("link %s: replaced by a new connection from %s", replaced.id, peer)
+            replaced.fail_exchanges("replaced by a new connection")
+            await replaced.close(CLOSE_NORMAL, "replaced")
+        logger.info(
+            "link %s (%s) connected from %s: %s models, capacity %s, protocol %s",
+            link.id,
+            self.kind,
+            peer,
+            len(hello.models),
+            hello.max_concurrency,
+            hello.protocol,
+        )
+        watchdog = asyncio.create_task(self._watch(link), name=f"link-liveness-{link.id}")
+        try:
+            await self._read(link)
+        finally:
+            watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watchdog
+            link.closed = True
+            link.fail_exchanges("connector link lost")
+            self.handler.detached(link)
+            if not ws.closed:
+                await ws.close()
+            logger.info("link %s (%s) closed", link.id, self.kind)
+        return ws
+
+    async def _handshake(self, ws: web.WebSocketResponse, peer: str) -> lp.Hello | None:
+        try:
+            async with asyncio.timeout(self.hello_timeout):
+                msg = await ws.receive()
+        except TimeoutError:
+            await self._refuse(ws, peer, "invalid", "no hello in time")
+            return None
+        if msg.type != WSMsgType.TEXT:
+            await self._refuse(ws, peer, "invalid", "expected a hello text frame")
+            return None
+        try:
+            raw = json.loads(msg.data)
+        except ValueError:
+            await self._refuse(ws, peer, "invalid", "hello is not JSON")
+            return None
+        if isinstance(raw, dict) and raw.get("type") == "hello":
+            protocol = raw.get("protocol")
+            if protocol not in lp.SUPPORTED_VERSIONS:
+                supported = ", ".join(map(str, sorted(lp.SUPPORTED_VERSIONS)))
+                await self._refuse(
+                    ws,
+                    peer,
+                    "protocol",
+                    f"protocol {protocol!r} not supported (server speaks {supported})",
+                )
+                return None
+        try:
+            hello = lp.Hello.model_validate(raw)
+        except ValidationError as exc:
+            detail = exc.errors(include_url=False)[0]
+            where = ".".join(map(str, detail.get("loc", ()))) or "hello"
+            await self._refuse(ws, peer, "invalid", f"bad hello: {where}: {detail.get('msg')}")
+            return None
+        if not client_key_ok(self.client_key, hello.client_key):
+            await self._refuse(ws, peer, "unauthorized", "wrong or missing CLIENT_KEY")
+            return None
+        if hello.kind != self.kind:
+            await self._refuse(ws, peer, "invalid", f"this endpoint takes {self.kind} links")
+            return None
+        if self.lifecycle.draining:
+            await self._refuse(ws, peer, "draining", "server is draining")
+            return None
+        return hello
+
+    async def _refuse(
+        self,
+        ws: web.WebSocketResponse,
+        peer: str,
+        reason: lp.RefusedReason,
+        message: str,
+    ) -> None:
+        logger.warning("link from %s refused (%s): %s", peer, reason, message)
+        with contextlib.suppress(ConnectionError):
+            await ws.send_str(lp.encode(lp.Refused(reason=reason, message=message)))
+        await ws.close(code=CLOSE_POLICY, message=reason.encode())
+
+    async def _read(self, link: Link) -> None:
+        ws = link.ws
+        exchanges = link.exchanges
+        liveness = link.liveness
+        clock = self.clock
+        decode = lp.CONNECTOR_FRAMES.validate_json
+        async for msg in ws:
+            liveness.received(clock())
+            if msg.type == WSMsgType.BINARY:
+                try:
+                    kind, sid, payload = lp.unpack_body(msg.data)
+                except lp.BadFrame as exc:
+                    logger.warning("link %s: %s", link.id, exc)
+                    continue
+                exchange = exchanges.get(sid)
+                if kind != lp.RESPONSE_BODY or exchange is None:
+                    continue
+                if not exchange.on_body(payload):
+                    logger.warning("link %s: stream %s overran its window", link.id, sid)
+                    del exchanges[sid]
+                continue
+            if msg.type != WSMsgType.TEXT:
+                break
+            try:
+                frame = decode(msg.data)
+            except ValidationError as exc:
+                logger.warning("link %s: bad frame ignored: %s", link.id, _first(exc))
+                continue
+            if isinstance(frame, lp.Head):
+                exchange = exchanges.get(frame.id)
+                if exchange is not None:
+                    exchange.on_head(frame)
+            elif isinstance(frame, lp.End):
+                exchange = exchanges.pop(frame.id, None)
+                if exchange is not None:
+                    exchange.on_end(frame)
+            elif isinstance(frame, lp.Ping):
+                await link.send(lp.Pong(ts=frame.ts))
+            elif isinstance(frame, lp.StatusUpdate):
+                self.handler.status(link, frame)
+            elif isinstance(frame, lp.Hello):
+                logger.warning("link %s: second hello ignored", link.id)
+
+    async def _watch(self, link: Link) -> None:
+        liveness = link.liveness
+        while True:
+            now = self.clock()
+            action = liveness.tick(now)
+            if action is Action.CLOSE:
+                logger.warning(
+                    "link %s: silent for %.1fs, closing", link.id, now - liveness.last_received
+                )
+                link.fail_exchanges("connector link silent")
+                await link.close(CLOSE_GOING_AWAY, "dead")
+                return
+            if action is Action.PING:
+                await link.send(lp.Ping(ts=time.time()))
+            await asyncio.sleep(max(liveness.next_deadline(self.clock()), 0.001))
+
+
+def _first(exc: ValidationError) -> str:
+    detail = exc.errors(include_url=False)[0]
+    return f"{'.'.join(map(str, detail.get('loc', ())))}: {detail.get('msg')}"

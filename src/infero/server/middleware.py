@@ -1,0 +1,143 @@
+"""Cross-cutting request handling: request ids, CORS, API-key auth, OpenAI-shaped 404/405."""
+
+from __future__ import annotations
+
+import re
+import uuid
+from collections.abc import Awaitable, Callable, Iterable
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from infero.server import errors
+from infero.server.auth import ApiKey, KeyRing, bearer_token
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+REQUEST_ID = "X-Request-Id"
+
+REQUEST_ID_KEY = web.RequestKey("request_id", str)
+"""The request's id (client's `X-Request-Id` or generated)."""
+CALLER = web.RequestKey("caller", ApiKey)
+"""The matched API key (absent when `/api/*` is open and no key was sent)."""
+CORS_ORIGIN = web.RequestKey("cors_origin", str)
+_VALID_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
+
+PUBLIC_API_PREFIXES = ("/api/workers/connect", "/api/llm/connect", "/api/mcp/", "/api/client/")
+"""Paths under /api that do not take the client API key (links use CLIENT_KEY; the MCP
+broker checks its callers itself; the API docs are public)."""
+
+_CORS_METHODS = "GET, POST, DELETE, OPTIONS"
+_EXPOSED = "X-Request-Id, X-Infero-Overhead-Ms, Retry-After, Mcp-Session-Id"
+
+
+class OriginPolicy:
+    """ALLOWED_ORIGINS: exact origins, `*`, or entries with one `*` wildcard."""
+
+    def __init__(self, entries: Iterable[str]) -> None:
+        self.any = False
+        self.exact: set[str] = set()
+        self.patterns: list[tuple[str, str]] = []
+        for raw in entries:
+            entry = raw.strip().lower().rstrip("/")
+            if not entry:
+                continue
+            if entry == "*":
+                self.any = True
+            elif entry.count("*") == 1:
+                prefix, suffix = entry.split("*")
+                self.patterns.append((prefix, suffix))
+            else:
+                self.exact.add(entry)
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any origin at all is allowed."""
+        return self.any or bool(self.exact or self.patterns)
+
+    def allows(self, origin: str) -> bool:
+        """Whether `origin` may call the API from a browser."""
+        origin = origin.lower()
+        if self.any or origin in self.exact:
+            return True
+        return any(
+            len(origin) > len(p) + len(s) and origin.startswith(p) and origin.endswith(s)
+            for p, s in self.patterns
+        )
+
+
+def request_id_of(request: web.Request) -> str:
+    """The client's `X-Request-Id` if sane, else a new one."""
+    given = request.headers.get(REQUEST_ID)
+    if given and _VALID_ID.match(given):
+        return given
+    return uuid.uuid4().hex
+
+
+def make_middleware(keyring: KeyRing, origins: OriginPolicy) -> Middleware:
+    """One middleware for every request (cheaper than a chain on the hot path)."""
+
+    @web.middleware
+    async def core(request: web.Request, handler: Handler) -> web.StreamResponse:
+        request[REQUEST_ID_KEY] = request_id_of(request)
+        origin = request.headers.get("Origin")
+        if origin is not None and origins.enabled and origins.allows(origin):
+            request[CORS_ORIGIN] = "*" if origins.any else origin
+        if (
+            request.method == "OPTIONS"
+            and origin
+            and "Access-Control-Request-Method" in (request.headers)
+        ):
+            return _preflight(request)
+        path = request.path
+        if path.startswith("/api/") and not path.startswith(PUBLIC_API_PREFIXES):
+            token = bearer_token(request)
+            key = keyring.match(token) if token is not None else None
+            if key is None and not keyring.open:
+                return errors.unauthorized()
+            if key is not None:
+                request[CALLER] = key
+        try:
+            return await handler(request)
+        except web.HTTPNotFound:
+            if not path.startswith("/api/"):
+                raise
+            return errors.api_error(404, f"No route {path}.", "invalid_request_error", "not_found")
+        except web.HTTPMethodNotAllowed as exc:
+            if not path.startswith("/api/"):
+                raise
+            return errors.api_error(
+                405,
+                f"Method {request.method} not allowed on {path}.",
+                "invalid_request_error",
+                "method_not_allowed",
+                headers={"Allow": ", ".join(sorted(exc.allowed_methods))},
+            )
+
+    return core
+
+
+def _preflight(request: web.Request) -> web.StreamResponse:
+    allowed = request.get(CORS_ORIGIN)
+    if allowed is None:
+        return web.Response(status=403, text="origin not allowed")
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Methods"] = _CORS_METHODS
+    wanted = request.headers.get("Access-Control-Request-Headers")
+    if wanted:
+        response.headers["Access-Control-Allow-Headers"] = wanted
+    response.headers["Access-Control-Max-Age"] = "600"
+    return response
+
+
+async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
+    """Echo the request id and add CORS headers to every answer (streams included)."""
+    rid = request.get(REQUEST_ID_KEY)
+    if rid is not None:
+        response.headers[REQUEST_ID] = rid
+    allowed = request.get(CORS_ORIGIN)
+    if allowed is not None:
+        response.headers["Access-Control-Allow-Origin"] = allowed
+        response.headers["Access-Control-Expose-Headers"] = _EXPOSED
+    if request.headers.get("Origin") is not None:
+        response.headers.add("Vary", "Origin")

@@ -1,0 +1,449 @@
+"""The OpenAI-compatible relay: `POST /api/v1/{chat/completions,completions,embeddings,responses}`.
+
+Hot path: the body is read once and `json.loads`-ed once (model, stream); the answer is
+written chunk by chunk as the connector sends it. See docs/routing.md and docs/errors.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import time
+from typing import Any
+
+from aiohttp import web
+
+from infero.protocol.link import Head
+from infero.server import errors
+from infero.server.events import EventBus, Outcome, RejectReason, RequestFinished, RequestRejected
+from infero.server.exchange import Exchange, ExchangeFailed, is_event_stream, response_headers
+from infero.server.lifecycle import Lifecycle
+from infero.server.middleware import REQUEST_ID_KEY
+from infero.server.registry import Fleet, Worker
+from infero.server.scheduler import QueueFull, Scheduler
+from infero.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+ROUTES = ("/chat/completions", "/completions", "/embeddings", "/responses")
+"""OpenAI routes relayed under `/api/v1`."""
+
+TARGET_HEADER = "X-Infero-Worker"
+"""Request header that pins a request to one connector id."""
+
+OVERHEAD_HEADER = "X-Infero-Overhead-Ms"
+
+MAX_ATTEMPTS = 3
+"""Connectors tried for one request when they fail before answering."""
+
+_FORWARDED = frozenset(
+    {"content-type", "accept", "accept-language", "user-agent", "x-request-id", "openai-beta"}
+)
+"""Client headers passed to the backend (never Authorization)."""
+
+_SSE_HEADERS = {
+    "Content-Type": "text/event-stream",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
+_ERROR_BODY_LIMIT = 64 * 1024
+
+
+class _Done(Exception):
+    """Stop relaying and answer with `response`."""
+
+    def __init__(self, response: web.StreamResponse) -> None:
+        self.response = response
+
+
+class OpenAIRelay:
+    """Handlers of the relayed OpenAI routes."""
+
+    def __init__(
+        self,
+        settings: ServerSettings,
+        *,
+        fleet: Fleet,
+        scheduler: Scheduler,
+        lifecycle: Lifecycle,
+        events: EventBus,
+    ) -> None:
+        self.settings = settings
+        self.fleet = fleet
+        self.scheduler = scheduler
+        self.lifecycle = lifecycle
+        self.events = events
+
+    def reject(self, model: str, reason: RejectReason, response: web.Response) -> web.Response:
+        """Report a rejection and return its response."""
+        self.events.request_rejected(RequestRejected(model=model, reason=reason))
+        return response
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Validate, route and relay one request."""
+        started = time.perf_counter()
+        if self.lifecycle.draining:
+            return self.reject("", "draining", errors.draining())
+        if request.content_type != "application/json":
+            return self.reject(
+                "", "bad_request", errors.bad_request("Content-Type must be application/json.")
+            )
+        limit = self.settings.max_body_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return self.reject("", "too_large", errors.too_large(limit))
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self.reject("", "too_large", errors.too_large(limit))
+        try:
+            doc = json.loads(body)
+        except (ValueError, UnicodeDecodeError):
+            return self.reject("", "bad_request", errors.bad_request("Body is not valid JSON."))
+        if not isinstance(doc, dict):
+            return self.reject("", "bad_request", errors.bad_request("Body must be a JSON object."))
+        model = doc.get("model")
+        if not isinstance(model, str) or not model:
+            return self.reject(
+                "", "bad_request", errors.bad_request("`model` is required.", "missing_model")
+            )
+        target = request.headers.get(TARGET_HEADER) or None
+        if not self.scheduler.known(model, target):
+            return self.reject(model, "model_not_found", errors.model_not_found(model))
+        self.lifecycle.enter()
+        try:
+            relay = _Relay(self, request, body, model, doc.get("stream") is True, target, started)
+            return await relay.run()
+        finally:
+            self.lifecycle.leave()
+
+
+class _Relay:
+    """One request's journey: queue, dispatch, failover, relay, accounting."""
+
+    def __init__(
+        self,
+        api: OpenAIRelay,
+        request: web.Request,
+        body: bytes,
+        model: str,
+        stream: bool,
+        target: str | None,
+        started: float,
+    ) -> None:
+        self.api = api
+        self.request = request
+        self.body = body
+        self.model = model
+        self.stream = stream
+        self.target = target
+        self.started = started
+        self.waited = 0.0
+        """Seconds spent waiting on the queue or the connector (not server overhead)."""
+        self.queue_wait = 0.0
+        self.response: web.StreamResponse | None = None
+        """The client response once its headers were sent."""
+        self.tried: set[str] = set()
+        self.last_failure: ExchangeFailed | None = None
+        path = request.path.removeprefix("/api/v1")
+        self.path = path + (f"?{request.query_string}" if request.query_string else "")
+        self.headers = [(k, v) for k, v in request.headers.items() if k.lower() in _FORWARDED]
+        self.request_id = request.get(REQUEST_ID_KEY, "")
+
+    async def run(self) -> web.StreamResponse:
+        try:
+            for _ in range(MAX_ATTEMPTS):
+                worker = await self._acquire()
+                result = await self._attempt(worker)
+                if result is not None:
+                    return result
+            failure = self.last_failure
+            raise _Done(await self._fail(502, _upstream_message(failure), "upstream_error"))
+        except _Done as done:
+            return done.response
+
+    # ---- routing ------------------------------------------------------------------------
+
+    async def _acquire(self) -> Worker:
+        scheduler = self.api.scheduler
+        exclude = frozenset(self.tried)
+        worker = scheduler.acquire_now(self.model, exclude, self.target)
+        if worker is not None:
+            return worker
+        if self.tried:
+            serving = self.api.fleet.candidates(self.model, self.target).serving
+            if not any(w.id not in exclude for w in serving):
+                raise _Done(
+                    await self._fail(502, _upstream_message(self.last_failure), "upstream_error")
+                )
+        try:
+            waiter = scheduler.enqueue(self.model, exclude, self.target)
+        except QueueFull:
+            self.api.events.request_rejected(RequestRejected(model=self.model, reason="queue_full"))
+            raise _Done(
+                await self._fail(
+                    429, f"Too many requests waiting for {self.model!r}.", "queue_full", retry=True
+                )
+            ) from None
+        settings = self.api.settings
+        loop = asyncio.get_running_loop()
+        entered = loop.time()
+        deadline = entered + settings.queue_timeout
+        shown = 0
+        try:
+            while not waiter.future.done():
+                if self.stream:
+                    position = scheduler.position(waiter)
+                    if position != shown or self.response is None:
+                        await self._comment(f"queued position={position}")
+                        shown = position
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    break
+                waiter.moved.clear()
+                try:
+                    async with asyncio.timeout(min(remaining, settings.keepalive_interval)):
+                        await waiter.moved.wait()
+                except TimeoutError:
+                    if self.stream and not waiter.future.done() and loop.time() < deadline:
+                        await self._comment(f"queued position={scheduler.position(waiter)}")
+            if not waiter.future.done():
+                self.api.events.request_rejected(
+                    RequestRejected(model=self.model, reason="queue_timeout")
+                )
+                raise _Done(
+                    await self._fail(
+                        503,
+                        f"No capacity for {self.model!r} within the queue timeout.",
+                        "queue_timeout",
+                        retry=True,
+                    )
+                )
+            worker = waiter.future.result()
+            waiter = None  # type: ignore[assignment]
+            return worker
+        finally:
+            if waiter is not None:
+                scheduler.leave(waiter)
+            spent = loop.time() - entered
+            self.waited += spent
+            self.queue_wait += spent
+
+    # ---- one connector --------------------------------------------------------------------
+
+    async def _attempt(self, worker: Worker) -> web.StreamResponse | None:
+        """Relay on `worker`; None when it failed before answering and another may try."""
+        api = self.api
+        dispatched = time.perf_counter()
+        ttft: float | None = None
+        outcome: Outcome = "error"
+        error = ""
+        status = 0
+        exchange: Exchange | None = None
+        link = worker.link
+        try:
+            if link is None:
+                raise ExchangeFailed("link_lost", "connector went away", retryable=True)
+            exchange = await link.open_exchange(
+                method=self.request.method,
+                path=self.path,
+                headers=self.headers,
+                body=self.body,
+                stream=self.stream,
+                model=self.model,
+                request_id=self.request_id,
+            )
+            head = await self._await_head(exchange)
+            status = head.status
+            response = await self._start_response(head)
+            ttft, outcome, error = await self._relay_body(exchange, response, head, dispatched)
+            return response
+        except ExchangeFailed as failure:
+            error = failure.message or failure.code
+            if exchange is not None:
+                await exchange.cancel()
+            if failure.retryable and self.response is None:
+                self.tried.add(worker.id)
+                self.last_failure = failure
+                logger.warning(
+                    "request %s: connector %s failed before answering (%s), trying another",
+                    self.request_id,
+                    worker.id,
+                    failure.code,
+                )
+                return None
+            if failure.code == "first_byte_timeout":
+                raise _Done(
+                    await self._fail(504, "The connector did not answer in time.", "timeout")
+                ) from None
+            raise _Done(
+                await self._fail(502, _upstream_message(failure), "upstream_error")
+            ) from None
+        except (asyncio.CancelledError, ConnectionResetError):
+            outcome, error = "cancelled", "client disconnected"
+            if exchange is not None:
+                await exchange.cancel()
+            raise
+        finally:
+            if exchange is not None and link is not None:
+                link.forget(exchange)
+            api.scheduler.release(worker)
+            duration = time.perf_counter() - dispatched
+            usage = exchange.end.usage if exchange is not None and exchange.end else None
+            tokens_in = usage.prompt_tokens if usage else 0
+            tokens_out = usage.completion_tokens if usage else 0
+            api.fleet.record(
+                worker,
+                self.model,
+                ok=outcome == "success",
+                error=error,
+                duration_s=duration,
+                ttft_s=ttft,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+            )
+            api.events.request_finished(
+                RequestFinished(
+                    model=self.model,
+                    worker_id=worker.id,
+                    outcome=outcome,
+                    status=status,
+                    duration_s=duration,
+                    ttft_s=ttft,
+                    queue_wait_s=self.queue_wait,
+                    tokens_in=tokens_in,
+                    tokens_out=tokens_out,
+                )
+            )
+
+    async def _await_head(self, exchange: Exchange) -> Head:
+        settings = self.api.settings
+        loop = asyncio.get_running_loop()
+        entered = loop.time()
+        deadline = entered + settings.first_byte_timeout
+        try:
+            while True:
+                remaining = deadline - loop.time()
+                if remaining <= 0:
+                    raise ExchangeFailed("first_byte_timeout", "no answer in time")
+                step = min(remaining, settings.keepalive_interval) if self.stream else remaining
+                try:
+                    return await exchange.head(step)
+                except TimeoutError:
+                    if self.stream and loop.time() < deadline:
+                        await self._comment("keepalive")
+        finally:
+            self.waited += loop.time() - entered
+
+    async def _start_response(self, head: Head) -> web.StreamResponse:
+        overhead = (time.perf_counter() - self.started - self.waited) * 1000
+        if self.response is not None:
+            return self.response
+        response = web.StreamResponse(status=head.status)
+        headers = response.headers
+        for key, value in response_headers(head.headers):
+            headers.add(key, value)
+        if is_event_stream(head.headers):
+            headers["Cache-Control"] = "no-cache"
+            headers["X-Accel-Buffering"] = "no"
+        headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
+        await response.prepare(self.request)
+        self.response = response
+        return response
+
+    async def _relay_body(
+        self, exchange: Exchange, response: web.StreamResponse, head: Head, dispatched: float
+    ) -> tuple[float | None, Outcome, str]:
+        idle = self.api.settings.request_timeout
+        converted = self.response is not None and head.status >= 400 and response.status < 400
+        ttft: float | None = None
+        collected = bytearray()
+        try:
+            while True:
+                try:
+                    chunk = await exchange.chunk(idle)
+                except TimeoutError:
+                    raise ExchangeFailed("idle_timeout", "connector went silent") from None
+                if chunk is None:
+                    break
+                if ttft is None:
+                    ttft = time.perf_counter() - dispatched
+                if converted:
+                    if len(collected) < _ERROR_BODY_LIMIT:
+                        collected += chunk
+                else:
+                    await response.write(chunk)
+                await exchange.consumed(len(chunk))
+        except ExchangeFailed as failure:
+            await self._broken(response, failure)
+            return ttft, "error", failure.message or failure.code
+        if converted:
+            await response.write(_error_event_from(head.status, bytes(collected)))
+            await response.write_eof()
+            return ttft, "error", f"backend status {head.status}"
+        await response.write_eof()
+        return ttft, "success", ""
+
+    async def _broken(self, response: web.StreamResponse, failure: ExchangeFailed) -> None:
+        """The answer broke after it started: SSE error event, or cut the connection."""
+        logger.warning(
+            "request %s: answer broke after it started (%s: %s)",
+            self.request_id,
+            failure.code,
+            failure.message,
+        )
+        if self.stream or response.headers.get("Content-Type", "").startswith("text/event-stream"):
+            await response.write(
+                errors.sse_error_event(_upstream_message(failure), "server_error", "upstream_error")
+            )
+            await response.write_eof()
+            return
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
+
+    # ---- client-facing helpers -------------------------------------------------------------
+
+    async def _start_sse(self) -> web.StreamResponse:
+        if self.response is None:
+            response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+            await response.prepare(self.request)
+            self.response = response
+        return self.response
+
+    async def _comment(self, text: str) -> None:
+        response = await self._start_sse()
+        await response.write(f": {text}\n\n".encode())
+
+    async def _fail(
+        self, status: int, message: str, code: str, *, retry: bool = False
+    ) -> web.StreamResponse:
+        """The error answer: JSON with `status`, or a final SSE error event once streaming."""
+        type_ = "server_error"
+        if self.response is not None:
+            await self.response.write(errors.sse_error_event(message, type_, code))
+            await self.response.write_eof()
+            return self.response
+        if retry:
+            return errors.retry_later(status, message, code)
+        return errors.api_error(status, message, type_, code)
+
+
+def _upstream_message(failure: ExchangeFailed | None) -> str:
+    if failure is None:
+        return "No connector could serve the request."
+    return f"Upstream failure ({failure.code}): {failure.message}".rstrip(": ")
+
+
+def _error_event_from(status: int, body: bytes) -> bytes:
+    """Turn a backend error answer into a final SSE error event (stream already started)."""
+    detail: Any = None
+    try:
+        detail = json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        detail = None
+    if isinstance(detail, dict) and isinstance(detail.get("message"), str):
+        payload = {"error": {**detail, "code": detail.get("code") or str(status)}}
+        return b"data: " + json.dumps(payload).encode() + b"\n\n"
+    text = body.decode("utf-8", "replace")[:2000] or f"backend answered {status}"
+    return errors.sse_error_event(text, "upstream_error", str(status))

@@ -1,0 +1,292 @@
+"""The fleet of LLM connectors: who is connected, what they serve, how busy they are.
+
+Routing rules (exact model, else alias) live here too; the queue is in scheduler.py.
+See docs/routing.md.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from infero.protocol.link import Hello, Refused, Status, StatusUpdate
+from infero.protocol.state import WorkerStatus
+from infero.server.changes import ChangeFeed
+
+if TYPE_CHECKING:
+    from infero.server.linkserver import Link
+
+_ALIAS = re.compile(r"^([^:]+):([^-\s]+)(-.+)?$")
+
+
+def alias_key(model: str) -> str | None:
+    """`name:tag-quant` -> `name:tag` (reference 2.9); `None` when the id has no such shape."""
+    match = _ALIAS.match(model)
+    return f"{match.group(1)}:{match.group(2)}" if match else None
+
+
+@dataclass(slots=True)
+class Counters:
+    """Request counters for one model (on a worker or for the whole fleet)."""
+
+    requests_total: int = 0
+    success_total: int = 0
+    error_total: int = 0
+    tokens_in_total: int = 0
+    tokens_out_total: int = 0
+    ttft_s_total: float = 0.0
+    ttft_count: int = 0
+    duration_s_total: float = 0.0
+
+    def record(
+        self, *, ok: bool, duration_s: float, ttft_s: float | None, tokens_in: int, tokens_out: int
+    ) -> None:
+        """Count one finished request."""
+        self.requests_total += 1
+        if ok:
+            self.success_total += 1
+        else:
+            self.error_total += 1
+        self.tokens_in_total += tokens_in
+        self.tokens_out_total += tokens_out
+        self.duration_s_total += duration_s
+        if ttft_s is not None:
+            self.ttft_s_total += ttft_s
+            self.ttft_count += 1
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    """Cumulative numbers of one connector id; they survive reconnects and replacements."""
+
+    processed_total: int = 0
+    failures_total: int = 0
+    processing_s_total: float = 0.0
+    last_error: str = ""
+    total: Counters = field(default_factory=Counters)
+    per_model: dict[str, Counters] = field(default_factory=dict)
+
+
+class Worker:
+    """One LLM connector as the scheduler sees it (one live link, or gone)."""
+
+    __slots__ = (
+        "alias_keys",
+        "backend",
+        "build_date",
+        "build_sha",
+        "capacity",
+        "connected_at",
+        "disconnected_at",
+        "id",
+        "inflight",
+        "link",
+        "link_error",
+        "link_status",
+        "models",
+        "name",
+        "protocol",
+        "stats",
+        "version",
+    )
+
+    def __init__(self, hello: Hello, link: Link | None, stats: WorkerStats) -> None:
+        self.id = hello.id
+        self.name = hello.name or hello.id
+        self.version = hello.version
+        self.build_sha = hello.build_sha
+        self.build_date = hello.build_date
+        self.protocol = hello.protocol
+        self.backend = hello.backend
+        self.link = link
+        self.stats = stats
+        self.inflight = 0
+        self.connected_at = time.time()
+        self.disconnected_at: float | None = None
+        self.models: frozenset[str] = frozenset()
+        self.alias_keys: frozenset[str] = frozenset()
+        self.capacity = 0
+        self.link_status: Status = "ready"
+        self.link_error = ""
+        self.set_models(hello.models)
+        self.capacity = hello.max_concurrency
+        self.link_status = hello.status
+        self.link_error = hello.last_error
+
+    def set_models(self, models: Iterable[str]) -> None:
+        """Replace the advertised models."""
+        self.models = frozenset(models)
+        self.alias_keys = frozenset(k for k in map(alias_key, self.models) if k)
+
+    @property
+    def live(self) -> bool:
+        """Connected (not gone)."""
+        return self.disconnected_at is None
+
+    @property
+    def serving(self) -> bool:
+        """Live, backend up and not draining: may be given new work."""
+        return self.disconnected_at is None and self.link_status == "ready" and self.capacity > 0
+
+    @property
+    def status(self) -> WorkerStatus:
+        """The status shown in `/api/state`."""
+        if self.disconnected_at is not None:
+            return "gone"
+        if self.link_status == "draining":
+            return "draining"
+        if self.link_status == "not_ready" or self.capacity == 0:
+            return "not_ready"
+        return "busy" if self.inflight else "idle"
+
+
+@dataclass(slots=True)
+class Candidates:
+    """Workers that could serve a model: those serving now, and whether any exist at all."""
+
+    serving: list[Worker]
+    known: bool
+
+
+class Fleet:
+    """Every LLM connector by id (live and recently gone), plus per-model totals.
+
+    It is the link handler of kind `llm`: a duplicate id replaces the old link.
+    """
+
+    def __init__(self, *, gone_retention: float, clock: Callable[[], float] = time.time) -> None:
+        self.workers: dict[str, Worker] = {}
+        self.changes = ChangeFeed()
+        self.model_first_seen: dict[str, int] = {}
+        self.model_totals: dict[str, Counters] = {}
+        self.gone_retention = gone_retention
+        self.clock = clock
+        self.on_capacity: Callable[[], None] = lambda: None
+        """Called when capacity may have appeared (the scheduler dispatches its queues)."""
+        self._stats: dict[str, WorkerStats] = {}
+
+    # ---- link handler (kind llm) -------------------------------------------------------
+
+    def admit(self, hello: Hello) -> Refused | str:
+        """Accept any hello with an id; the id is the connector's own (a duplicate replaces)."""
+        if not hello.id:
+            return Refused(reason="invalid", message="an llm connector needs an id")
+        return hello.id
+
+    def attached(self, hello: Hello, link: Link) -> Link | None:
+        """Register the link; return a link it replaces (the caller closes it)."""
+        old = self.workers.get(hello.id)
+        stats = self._stats.setdefault(hello.id, WorkerStats())
+        worker = Worker(hello, link, stats)
+        self.workers[hello.id] = worker
+        link.worker = worker
+        self._see_models(worker.models)
+        self.changes.bump()
+        self.on_capacity()
+        return old.link if old is not None and old.live else None
+
+    def status(self, link: Link, update: StatusUpdate) -> None:
+        """Apply a connector's status update at once."""
+        worker = link.worker
+        if worker is None or worker.link is not link:
+            return
+        if update.models is not None:
+            worker.set_models(update.models)
+            self._see_models(worker.models)
+        worker.capacity = update.max_concurrency
+        worker.link_status = update.status
+        worker.link_error = update.last_error
+        if update.last_error:
+            worker.stats.last_error = update.last_error
+        self.changes.bump()
+        self.on_capacity()
+
+    def detached(self, link: Link) -> None:
+        """The link closed: its worker becomes `gone` (unless a newer link replaced it)."""
+        worker = link.worker
+        if worker is None:
+            return
+        worker.disconnected_at = self.clock()
+        worker.link = None
+        self.changes.bump()
+
+    # ---- routing ---------------------------------------------------------------------------
+
+    def candidates(self, model: str, target: str | None = None) -> Candidates:
+        """Exact-model workers serving now, else alias ones; `known` if anyone advertises it."""
+        live = [w for w in self.workers.values() if w.disconnected_at is None]
+        if target is not None:
+            live = [w for w in live if w.id == target]
+        exact = [w for w in live if model in w.models]
+        serving = [w for w in exact if w.serving]
+        if serving:
+            return Candidates(serving, True)
+        key = alias_key(model)
+        alias = [w for w in live if key in w.alias_keys] if key else []
+        return Candidates([w for w in alias if w.serving], bool(exact or alias))
+
+    def live_links(self) -> list[Link]:
+        """Links of every live worker."""
+        return [w.link for w in self.workers.values() if w.link is not None]
+
+    def get_live(self, worker_id: str) -> Worker | None:
+        """A connected worker by id."""
+        worker = self.workers.get(worker_id)
+        return worker if worker is not None and worker.live else None
+
+    # ---- accounting ------------------------------------------------------------------------
+
+    def record(
+        self,
+        worker: Worker,
+        model: str,
+        *,
+        ok: bool,
+        error: str,
+        duration_s: float,
+        ttft_s: float | None,
+        tokens_in: int,
+        tokens_out: int,
+    ) -> None:
+        """Count one finished request on the worker and on the model."""
+        stats = worker.stats
+        stats.processed_total += 1
+        stats.processing_s_total += duration_s
+        if not ok:
+            stats.failures_total += 1
+            stats.last_error = error
+        per_model = stats.per_model.get(model)
+        if per_model is None:
+            per_model = stats.per_model[model] = Counters()
+        totals = self.model_totals.get(model)
+        if totals is None:
+            totals = self.model_totals[model] = Counters()
+        for counters in (stats.total, per_model, totals):
+            counters.record(
+                ok=ok,
+                duration_s=duration_s,
+                ttft_s=ttft_s,
+                tokens_in=tokens_in,
+                tokens_out=tokens_out,
+            )
+
+    def prune_gone(self) -> None:
+        """Forget workers gone for longer than GONE_RETENTION."""
+        cutoff = self.clock() - self.gone_retention
+        stale = [
+            wid
+            for wid, w in self.workers.items()
+            if w.disconnected_at is not None and w.disconnected_at <= cutoff
+        ]
+        for wid in stale:
+            del self.workers[wid]
+        if stale:
+            self.changes.bump()
+
+    def _see_models(self, models: Iterable[str]) -> None:
+        now = int(self.clock())
+        for model in models:
+            self.model_first_seen.setdefault(model, now)

@@ -1,0 +1,103 @@
+"""`run_server(settings)`: serve until a signal, drain, exit. Used by `infero server`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+
+from aiohttp import web
+
+from infero.common.buildinfo import BUILD
+from infero.common.logs import setup_logging
+from infero.common.settings import ConfigError
+from infero.server import keys
+from infero.server.app import create_app
+from infero.server.settings import ServerSettings
+
+logger = logging.getLogger(__name__)
+
+
+async def drain_then_stop(
+    app: web.Application, drain_timeout: float, second_signal: asyncio.Event
+) -> None:
+    """Stop taking work, then return once nothing is in flight, at the timeout, or on a signal.
+
+    `drain_timeout` 0 returns at once; a negative value waits without limit.
+    """
+    lifecycle = app[keys.LIFECYCLE]
+    lifecycle.start_drain()
+    app[keys.FLEET].changes.bump()
+    if drain_timeout == 0:
+        return
+    timeout = None if drain_timeout < 0 else drain_timeout
+    idle = asyncio.create_task(lifecycle.wait_idle())
+    interrupted = asyncio.create_task(second_signal.wait())
+    try:
+        await asyncio.wait({idle, interrupted}, timeout=timeout, return_when="FIRST_COMPLETED")
+    finally:
+        for task in (idle, interrupted):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+    if lifecycle.inflight:
+        logger.warning("stopping with %d request(s) still in flight", lifecycle.inflight)
+
+
+async def serve(settings: ServerSettings, *, started: asyncio.Event | None = None) -> int:
+    """Run the server until SIGTERM/SIGINT (then drain), on the running loop."""
+    app = create_app(settings)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
+    site = web.TCPSite(runner, settings.host, settings.port)
+    await site.start()
+    logger.info("%s listening on %s:%s", BUILD.line("infero"), settings.host, settings.port)
+    first, second = asyncio.Event(), asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def on_signal(signum: int) -> None:
+        if first.is_set():
+            logger.warning("second signal %s: stopping now", signal.Signals(signum).name)
+            second.set()
+        else:
+            logger.info(
+                "signal %s: draining (up to %ss; again to stop now)",
+                signal.Signals(signum).name,
+                settings.drain_timeout,
+            )
+            first.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, on_signal, signum)
+    if started is not None:
+        started.set()
+    try:
+        await first.wait()
+        await drain_then_stop(app, settings.drain_timeout, second)
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+        await runner.cleanup()
+    logger.info("server stopped")
+    return 0
+
+
+def run_server(settings: ServerSettings) -> int:
+    """Entry point of `infero server`: logging, uvloop when available, serve, exit code."""
+    setup_logging(settings.log_level, settings.log_format)
+    try:
+        import uvloop
+    except ImportError:
+        runner = asyncio.run
+    else:
+        runner = uvloop.run
+    try:
+        return runner(serve(settings))
+    except ConfigError as exc:
+        print(f"infero: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"infero: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+        return 1

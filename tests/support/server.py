@@ -1,0 +1,61 @@
+"""Start the real server app on 127.0.0.1 port 0 (as `infero server` runs it)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from infero.server import keys
+from infero.server.app import create_app
+from infero.server.registry import Fleet
+from infero.server.settings import ServerSettings
+
+
+@dataclass
+class RunningServer:
+    """A server listening on loopback."""
+
+    app: web.Application
+    url: str
+    """`http://127.0.0.1:<port>`."""
+
+    @property
+    def fleet(self) -> Fleet:
+        return self.app[keys.FLEET]
+
+    @property
+    def ws_url(self) -> str:
+        return "ws" + self.url.removeprefix("http") + "/api/workers/connect"
+
+    async def wait_for(self, predicate: Any) -> None:
+        """Return once `predicate()` holds (re-checked on every fleet change)."""
+        await self.fleet.changes.wait_for(predicate)
+
+
+def settings(**overrides: Any) -> ServerSettings:
+    """Server settings for tests: loopback, port 0, short timeouts where harmless."""
+    values: dict[str, Any] = {"host": "127.0.0.1", "port": 0}
+    values.update(overrides)
+    return ServerSettings.model_validate(values)
+
+
+@asynccontextmanager
+async def running_server(
+    config: ServerSettings | None = None, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """Serve `create_app(config)` with the runner options `infero server` uses."""
+    config = config or settings(**overrides)
+    app = create_app(config)
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = runner.addresses[0][1]
+    try:
+        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
