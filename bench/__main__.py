@@ -1,0 +1,122 @@
+"""`python -m bench [--quick]`: run the benchmark, print the tables, write JSON and Markdown."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import profile as profiler
+from bench import report, scenarios
+from bench._loop import run
+from bench.presets import FULL, QUICK, SMOKE, Preset
+from bench.procs import ROOT, StackError
+from bench.stack import Stack
+
+RESULTS = ROOT / "bench" / "results"
+
+
+def _progress(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
+
+
+async def measure(preset: Preset, work_dir: Path, *, connectors: int) -> dict[str, Any]:
+    """Start the stack, run every scenario, return the report document."""
+    raw: scenarios.Raw = {}
+    sections: list[report.Section] = []
+    started = time.monotonic()
+    _progress(f"starting backends, server, {connectors} connector(s), load generator")
+    async with Stack(preset, work_dir, connectors=connectors) as stack:
+        _progress(f"idle connectors: {preset.idle_connectors}")
+        memory = await scenarios.idle_memory(stack, preset)
+        _progress("latency at concurrency 1")
+        sections.append(await scenarios.latency(stack, preset, raw))
+        _progress(f"throughput at concurrency {preset.concurrencies}")
+        sections.append(await scenarios.throughput(stack, preset, raw))
+        _progress(f"embeddings, {preset.embedding_inputs} inputs")
+        sections.append(await scenarios.embeddings(stack, preset, raw))
+        _progress(f"slow streams: {preset.slow_streams}")
+        sections.append(await scenarios.slow_streams(stack, preset, raw, memory))
+        sections.append(memory)
+        sections.append(scenarios.overhead(raw))
+        _progress("backend client: aiohttp vs httpx")
+        sections.append(await scenarios.clients(stack, preset))
+    sections.append(report.targets(sections))
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "preset": asdict(preset),
+        "connectors": connectors,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": report.machine(),
+        "sections": [asdict(s) for s in sections],
+        "raw": raw,
+    }
+
+
+async def profile_only(preset: Preset, work_dir: Path, *, connectors: int) -> dict[str, Any]:
+    """Start the stack and profile it under load (no direct/infero comparison)."""
+    started = time.monotonic()
+    _progress("profiling server and connector with py-spy")
+    async with Stack(preset, work_dir, connectors=connectors) as stack:
+        sections = await profiler.profile(stack, preset, max(2.0, 3 * preset.throughput_seconds))
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "preset": asdict(preset),
+        "connectors": connectors,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": report.machine(),
+        "sections": [asdict(s) for s in sections],
+    }
+
+
+def render(doc: dict[str, Any], *, markdown: bool) -> str:
+    """All tables of a report document, as text or Markdown."""
+    sections = [
+        report.Section(**{**s, "rows": [report.Row(**r) for r in s["rows"]]})
+        for s in doc["sections"]
+    ]
+    table = report.markdown_table if markdown else report.text_table
+    m = doc["machine"]
+    head = (
+        f"{doc['preset']['name']} run, {doc['when']}, {doc['seconds']} s; {m['cpus']} x "
+        f"{m['cpu_model']}, Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}"
+    )
+    return "\n\n".join([head, *(table(s) for s in sections)]) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Parse the flags, run, print; exit 1 when the stack could not be measured."""
+    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    size = parser.add_mutually_exclusive_group()
+    size.add_argument("--quick", action="store_true", help="short run, under a minute")
+    size.add_argument("--smoke", action="store_true", help="tiny numbers (the CI smoke test)")
+    parser.add_argument("--connectors", type=int, default=1, help="connectors on the fast backend")
+    parser.add_argument(
+        "--profile", action="store_true", help="only profile server and connector (py-spy)"
+    )
+    parser.add_argument("--out", type=Path, default=RESULTS, help="directory for results and logs")
+    args = parser.parse_args(argv)
+    preset = SMOKE if args.smoke else QUICK if args.quick else FULL
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    work_dir = args.out / f"{stamp}-{preset.name}"
+    work_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        go = profile_only if args.profile else measure
+        doc = run(go(preset, work_dir, connectors=args.connectors))
+    except (StackError, scenarios.BenchError) as exc:
+        print(f"bench: {exc} (logs in {work_dir})", file=sys.stderr)
+        return 1
+    (work_dir / "report.json").write_text(json.dumps(doc, indent=1), encoding="utf-8")
+    (work_dir / "report.md").write_text(render(doc, markdown=True), encoding="utf-8")
+    print(render(doc, markdown=False))
+    print(f"results: {work_dir}/report.json, report.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

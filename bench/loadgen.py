@@ -1,0 +1,175 @@
+"""`python -m bench.loadgen`: the load generator, in its own process.
+
+Reads one job per line on stdin (JSON, see `Job`), runs it with an aiohttp client and writes
+one result per line on stdout (JSON, see `Result`). Prints `{"ready": true}` first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any, TypedDict
+
+import aiohttp
+
+from bench._loop import announce, run
+from bench.stats import Summary, summarize
+
+OVERHEAD_HEADER = "X-Infero-Overhead-Ms"
+_DONE = b"data: [DONE]"
+
+
+class Job(TypedDict):
+    """What to send, how often and how many at once."""
+
+    url: str
+    body: str
+    headers: dict[str, str]
+    stream: bool
+    concurrency: int
+    count: int
+    """Requests to measure; 0 means run for `duration` seconds instead."""
+    duration: float
+    warmup: int
+    """Requests sent (and not measured) before the measured ones."""
+    gaps: bool
+    """Record the time between consecutive body chunks of streamed answers."""
+
+
+class Result(TypedDict):
+    """Counts and timing summaries (milliseconds) of one job."""
+
+    ok: int
+    errors: int
+    error_sample: str
+    elapsed_s: float
+    bytes: int
+    ttfb_ms: Summary | None
+    total_ms: Summary | None
+    gap_ms: Summary | None
+    overhead_ms: Summary | None
+
+
+@dataclass
+class _Record:
+    measure: bool
+    ok: int = 0
+    errors: int = 0
+    error_sample: str = ""
+    bytes: int = 0
+    ttfb: list[float] = field(default_factory=list)
+    total: list[float] = field(default_factory=list)
+    gaps: list[float] = field(default_factory=list)
+    overhead: list[float] = field(default_factory=list)
+
+    def fail(self, message: str) -> None:
+        self.errors += 1
+        if not self.error_sample:
+            self.error_sample = message[:300]
+
+
+async def _one(session: aiohttp.ClientSession, job: Job, body: bytes, rec: _Record) -> None:
+    clock = time.perf_counter
+    start = clock()
+    try:
+        async with session.post(job["url"], data=body, headers=job["headers"]) as resp:
+            overhead = resp.headers.get(OVERHEAD_HEADER)
+            if job["stream"]:
+                first = last = 0.0
+                tail = b""
+                size = 0
+                async for chunk in resp.content.iter_any():
+                    now = clock()
+                    size += len(chunk)
+                    if not first:
+                        if b"data:" in chunk:
+                            first = now
+                    elif job["gaps"]:
+                        rec.gaps.append(now - last)
+                    last = now
+                    tail = (tail + chunk)[-64:]
+                ok = resp.status == 200 and _DONE in tail
+                ttfb = first - start
+            else:
+                ttfb = clock() - start
+                data = await resp.read()
+                size = len(data)
+                ok = resp.status == 200 and size > 0
+                tail = data[-200:]
+            end = clock()
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        rec.fail(f"{type(exc).__name__}: {exc}")
+        return
+    if not ok:
+        rec.fail(f"HTTP {resp.status}: {tail.decode(errors='replace')}")
+        return
+    rec.ok += 1
+    rec.bytes += size
+    if rec.measure:
+        rec.ttfb.append(ttfb * 1000)
+        rec.total.append((end - start) * 1000)
+        if overhead is not None:
+            rec.overhead.append(float(overhead))
+
+
+async def _drive(session: aiohttp.ClientSession, job: Job, count: int, rec: _Record) -> float:
+    body = job["body"].encode()
+    remaining = count
+    deadline = time.perf_counter() + job["duration"]
+
+    async def worker() -> None:
+        nonlocal remaining
+        while (remaining > 0) if count else (time.perf_counter() < deadline):
+            remaining -= 1
+            await _one(session, job, body, rec)
+
+    start = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(job["concurrency"])))
+    return time.perf_counter() - start
+
+
+async def run_job(job: Job) -> Result:
+    """Warm up, then measure; never raises for a failed request (it is counted)."""
+    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, auto_decompress=False
+    ) as session:
+        if job["warmup"]:
+            await _drive(session, {**job, "gaps": False}, job["warmup"], _Record(measure=False))
+        rec = _Record(measure=True)
+        elapsed = await _drive(session, job, job["count"], rec)
+    return Result(
+        ok=rec.ok,
+        errors=rec.errors,
+        error_sample=rec.error_sample,
+        elapsed_s=elapsed,
+        bytes=rec.bytes,
+        ttfb_ms=summarize(rec.ttfb),
+        total_ms=summarize(rec.total),
+        gap_ms=summarize([g * 1000 for g in rec.gaps]),
+        overhead_ms=summarize(rec.overhead),
+    )
+
+
+async def _serve() -> None:
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=256 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    announce(json.dumps({"ready": True}))
+    while line := await reader.readline():
+        job: Job = json.loads(line)
+        result: dict[str, Any] = dict(await run_job(job))
+        announce(json.dumps(result))
+
+
+def main() -> None:
+    """Serve jobs until stdin closes."""
+    run(_serve())
+
+
+if __name__ == "__main__":
+    main()

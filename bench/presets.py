@@ -1,0 +1,94 @@
+"""How big a run is: the full benchmark, `--quick`, and the CI smoke run's tiny numbers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Preset:
+    """Every size the benchmark uses."""
+
+    name: str
+    latency_requests: int
+    """Sequential requests per latency figure (non-streaming and 16-token streams)."""
+    long_stream_requests: int
+    """Sequential 256-token streams per latency figure."""
+    warmup: int
+    """Unmeasured requests before each figure."""
+    throughput_seconds: float
+    """Length of each requests/s figure."""
+    concurrencies: tuple[int, ...]
+    throughput_tokens: int
+    """Tokens per answer in the requests/s and tokens/s figures."""
+    idle_connectors: int
+    slow_streams: int
+    slow_tokens: int
+    slow_delay: float
+    """Seconds between two tokens of a slow stream."""
+    embedding_inputs: int
+    embedding_requests: int
+    embedding_dim: int
+    client_requests: int
+    """Sequential calls per figure of the aiohttp/httpx comparison."""
+    client_seconds: float
+    connector_capacity: int = 4096
+    """MAX_CONCURRENCY of the benchmark's connectors: high, so infero never queues."""
+
+
+FULL = Preset(
+    name="full",
+    latency_requests=2000,
+    long_stream_requests=300,
+    warmup=200,
+    throughput_seconds=3.0,
+    concurrencies=(1, 32, 128),
+    throughput_tokens=64,
+    idle_connectors=1000,
+    slow_streams=1000,
+    slow_tokens=50,
+    slow_delay=0.02,
+    embedding_inputs=2048,
+    embedding_requests=30,
+    embedding_dim=256,
+    client_requests=1000,
+    client_seconds=2.0,
+)
+
+QUICK = Preset(
+    name="quick",
+    latency_requests=400,
+    long_stream_requests=60,
+    warmup=50,
+    throughput_seconds=1.0,
+    concurrencies=(1, 32, 128),
+    throughput_tokens=64,
+    idle_connectors=1000,
+    slow_streams=1000,
+    slow_tokens=25,
+    slow_delay=0.02,
+    embedding_inputs=2048,
+    embedding_requests=6,
+    embedding_dim=256,
+    client_requests=200,
+    client_seconds=0.5,
+)
+
+SMOKE = Preset(
+    name="smoke",
+    latency_requests=5,
+    long_stream_requests=2,
+    warmup=1,
+    throughput_seconds=0.1,
+    concurrencies=(1, 2),
+    throughput_tokens=4,
+    idle_connectors=2,
+    slow_streams=3,
+    slow_tokens=3,
+    slow_delay=0.005,
+    embedding_inputs=8,
+    embedding_requests=2,
+    embedding_dim=8,
+    client_requests=3,
+    client_seconds=0.05,
+)

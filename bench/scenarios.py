@@ -1,0 +1,349 @@
+"""The measurements. Each sends the same load to the backend directly and through infero."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+from bench import procs
+from bench.loadgen import Result
+from bench.presets import Preset
+from bench.report import Row, Section, count, mib, ms, ratio, signed_ms
+from bench.stack import FAST_MODEL, SLOW_MODEL, Stack, Target
+
+Raw = dict[str, Any]
+"""Every load-generator result by name, kept for the JSON file."""
+
+RSS_SAMPLE_PERIOD = 0.1
+"""Seconds between two RSS readings while slow streams run."""
+
+LATENCY_COLUMNS = [
+    "direct p50",
+    "infero p50",
+    "added p50",
+    "direct p99",
+    "infero p99",
+    "added p99",
+]
+
+
+class BenchError(RuntimeError):
+    """A measurement could not be made (every request failed, links refused, ...)."""
+
+
+def chat_body(model: str, tokens: int, *, stream: bool) -> str:
+    """A chat completion request asking for exactly `tokens` tokens."""
+    return json.dumps(
+        {
+            "model": model,
+            "messages": [{"role": "user", "content": "Tell me something, in a few words."}],
+            "max_tokens": tokens,
+            "stream": stream,
+        }
+    )
+
+
+def embeddings_body(model: str, inputs: int) -> str:
+    """An embeddings request with a batch of `inputs` short sentences."""
+    text = [f"sentence {i} of the benchmark's large embedding batch" for i in range(inputs)]
+    return json.dumps({"model": model, "input": text})
+
+
+def _pct(result: Result, metric: str, q: str) -> float | None:
+    summary = result[metric]  # type: ignore[literal-required]
+    return None if summary is None else float(summary[q])
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _rps(result: Result) -> float:
+    return result["ok"] / result["elapsed_s"] if result["elapsed_s"] > 0 else 0.0
+
+
+def _check(name: str, result: Result) -> Result:
+    if result["ok"] == 0:
+        raise BenchError(f"{name}: no request succeeded ({result['error_sample']})")
+    return result
+
+
+async def _pair(
+    stack: Stack, raw: Raw, key: str, direct: Target, path: str, body: str, **job: Any
+) -> tuple[Result, Result]:
+    """The same job against `direct`, then through infero."""
+    results = []
+    for target in (direct, stack.infero):
+        name = f"{key}.{target.name}"
+        result = _check(name, await stack.run(target.job(path, body, **job)))
+        raw[name] = result
+        results.append(result)
+    return results[0], results[1]
+
+
+def _latency_row(
+    key: str,
+    label: str,
+    direct: Result,
+    via: Result,
+    metric: str,
+    limits: tuple[float, float | None] | None = None,
+) -> Row:
+    d50, i50 = _pct(direct, metric, "p50"), _pct(via, metric, "p50")
+    d99, i99 = _pct(direct, metric, "p99"), _pct(via, metric, "p99")
+    a50, a99 = _minus(i50, d50), _minus(i99, d99)
+    row = Row(
+        key, [ms(d50), ms(i50), signed_ms(a50), ms(d99), ms(i99), signed_ms(a99)], label=label
+    )
+    if limits is not None:
+        p50_limit, p99_limit = limits
+        row.target = f"added p50 < {p50_limit:g} ms"
+        row.measured = f"{signed_ms(a50)} ms"
+        row.met = a50 is not None and a50 < p50_limit
+        if p99_limit is not None:
+            row.target += f", p99 < {p99_limit:g} ms"
+            row.measured += f", {signed_ms(a99)} ms"
+            row.met = row.met and a99 is not None and a99 < p99_limit
+    return row
+
+
+async def latency(stack: Stack, p: Preset, raw: Raw) -> Section:
+    """Added latency at concurrency 1: non-streaming total; streaming first byte and total."""
+    section = Section("latency", "Concurrency 1 (ms)", LATENCY_COLUMNS)
+    cases = [
+        ("nonstream_16", "non-streaming, 16 tokens", 16, False, p.latency_requests),
+        ("stream_16", "streaming, 16 tokens", 16, True, p.latency_requests),
+        ("stream_256", "streaming, 256 tokens", 256, True, p.long_stream_requests),
+    ]
+    for key, label, tokens, stream, n in cases:
+        body = chat_body(FAST_MODEL, tokens, stream=stream)
+        d, i = await _pair(
+            stack, raw, key, stack.direct, "/chat/completions", body,
+            stream=stream, count=n, warmup=p.warmup,
+        )  # fmt: skip
+        if stream:
+            section.rows.append(
+                _latency_row(
+                    f"{key}_first_byte", f"{label}: first byte", d, i, "ttfb_ms", (2, None)
+                )
+            )
+            section.rows.append(_latency_row(f"{key}_total", f"{label}: total", d, i, "total_ms"))
+        else:
+            section.rows.append(
+                _latency_row(f"{key}_total", f"{label}: total", d, i, "total_ms", (1, 3))
+            )
+    return section
+
+
+async def throughput(stack: Stack, p: Preset, raw: Raw) -> Section:
+    """Requests/s and tokens/s at each concurrency, streaming and not."""
+    section = Section(
+        "throughput",
+        f"Throughput ({p.throughput_tokens} tokens/answer)",
+        ["direct req/s", "infero req/s", "infero/direct", "direct tok/s", "infero tok/s", "errors"],
+    )
+    for stream in (False, True):
+        mode = "streaming" if stream else "non-streaming"
+        body = chat_body(FAST_MODEL, p.throughput_tokens, stream=stream)
+        for c in p.concurrencies:
+            key = f"{'stream' if stream else 'nonstream'}_c{c}"
+            d, i = await _pair(
+                stack, raw, key, stack.direct, "/chat/completions", body,
+                stream=stream, concurrency=c, duration=p.throughput_seconds, warmup=2 * c,
+            )  # fmt: skip
+            d_rps, i_rps = _rps(d), _rps(i)
+            share = i_rps / d_rps if d_rps else None
+            row = Row(
+                key,
+                [
+                    count(d_rps),
+                    count(i_rps),
+                    ratio(share),
+                    count(d_rps * p.throughput_tokens),
+                    count(i_rps * p.throughput_tokens),
+                    str(d["errors"] + i["errors"]),
+                ],
+                label=f"{mode}, concurrency {c}",
+            )
+            if c == 32:
+                row.target = "infero/direct >= 0.33"
+                row.measured = ratio(share)
+                row.met = share is not None and share >= 1 / 3
+            section.rows.append(row)
+    return section
+
+
+async def embeddings(stack: Stack, p: Preset, raw: Raw) -> Section:
+    """One large embeddings batch at a time."""
+    body = embeddings_body(FAST_MODEL, p.embedding_inputs)
+    d, i = await _pair(
+        stack, raw, "embeddings", stack.direct, "/embeddings", body,
+        stream=False, count=p.embedding_requests, warmup=1,
+    )  # fmt: skip
+    label = f"{p.embedding_inputs} inputs: total"
+    section = Section("embeddings", "Embeddings, concurrency 1 (ms)", LATENCY_COLUMNS)
+    section.rows.append(_latency_row("batch_total", label, d, i, "total_ms"))
+    size = i["bytes"] / i["ok"] / (1024 * 1024)
+    section.note = (
+        f"request {len(body) / 1024:.0f} KiB, answer {size:.1f} MiB "
+        f"({p.embedding_inputs} x {p.embedding_dim} floats)"
+    )
+    return section
+
+
+async def idle_memory(stack: Stack, p: Preset) -> Section:
+    """Server RSS before and with `idle_connectors` simulated connectors holding a link."""
+    assert stack.server is not None
+    section = Section("memory", "Server memory", ["value"])
+    before = stack.server.rss_mb()
+    async with stack.idle_links(p.idle_connectors) as info:
+        if info["connected"] != p.idle_connectors:
+            raise BenchError(
+                f"{info['connected']} of {p.idle_connectors} idle links welcomed: {info['reason']}"
+            )
+        snap = await stack.state()
+        registered = sum(1 for w in snap.workers if w.id.startswith("idle-"))
+        after = stack.server.rss_mb()
+    n = p.idle_connectors
+    per = (after - before) * 1024 / n
+    section.rows.append(Row("rss_0_idle", [mib(before)], label="server RSS, 0 idle connectors"))
+    row = Row("rss_idle", [mib(after)], label=f"server RSS, {n} idle connectors")
+    row.target, row.measured, row.met = "< 100 MB", mib(after), after * 1.048576 < 100
+    section.rows.append(row)
+    section.rows.append(Row("per_idle", [f"{per:.1f} KiB"], label="per idle connector"))
+    section.note = (
+        f"{registered} of {n} idle connectors listed in /api/state; the benchmark's own "
+        f"connectors are connected too."
+    )
+    return section
+
+
+async def _peak_rss(children: list[procs.Child], peaks: list[float], done: asyncio.Event) -> None:
+    while not done.is_set():
+        for k, child in enumerate(children):
+            peaks[k] = max(peaks[k], child.rss_mb())
+        try:
+            async with asyncio.timeout(RSS_SAMPLE_PERIOD):
+                await done.wait()
+        except TimeoutError:
+            pass
+
+
+async def slow_streams(stack: Stack, p: Preset, raw: Raw, memory: Section) -> Section:
+    """Many concurrent streams with an inter-token delay: added gap between chunks, peak RSS."""
+    assert stack.server is not None
+    n = p.slow_streams
+    body = chat_body(SLOW_MODEL, p.slow_tokens, stream=True)
+    job: dict[str, Any] = {"stream": True, "concurrency": n, "count": n, "gaps": True}
+    d = _check(
+        "slow.direct", await stack.run(stack.slow_direct.job("/chat/completions", body, **job))
+    )
+    raw["slow.direct"] = d
+    watched = [stack.server, stack.slow_connector]
+    peaks = [0.0, 0.0]
+    done = asyncio.Event()
+    sampler = asyncio.create_task(_peak_rss(watched, peaks, done))
+    try:
+        i = await stack.run(stack.infero.job("/chat/completions", body, **job))
+    finally:
+        done.set()
+        await sampler
+    raw["slow.infero"] = _check("slow.infero", i)
+    label = f"{n} streams x {p.slow_tokens} tokens, {p.slow_delay * 1000:g} ms apart (ms)"
+    section = Section("slow_streams", label, ["direct", "infero", "added"])
+    for q in ("p50", "p99"):
+        dg, ig = _pct(d, "gap_ms", q), _pct(i, "gap_ms", q)
+        row = Row(f"gap_{q}", [ms(dg), ms(ig), signed_ms(_minus(ig, dg))], label=f"gap {q}")
+        if q == "p99":
+            added = _minus(ig, dg)
+            row.target, row.measured = "added < 5 ms", f"{signed_ms(added)} ms"
+            row.met = added is not None and added < 5
+        section.rows.append(row)
+    for q in ("p50", "p99"):
+        dt, it = _pct(d, "ttfb_ms", q), _pct(i, "ttfb_ms", q)
+        section.rows.append(
+            Row(f"first_byte_{q}", [ms(dt), ms(it), signed_ms(_minus(it, dt))], f"first byte {q}")
+        )
+    section.rows.append(Row("errors", [str(d["errors"]), str(i["errors"]), ""], "errors"))
+    memory.rows.append(
+        Row("rss_slow", [mib(peaks[0])], label=f"server RSS, {n} slow streams (peak)")
+    )
+    memory.rows.append(
+        Row("connector_rss_slow", [mib(peaks[1])], label=f"connector RSS, {n} slow streams (peak)")
+    )
+    return section
+
+
+OVERHEAD_LABELS = {
+    "nonstream_16": "non-streaming, concurrency 1",
+    "stream_16": "streaming 16 tokens, concurrency 1",
+    "stream_256": "streaming 256 tokens, concurrency 1",
+    "nonstream_c32": "non-streaming, concurrency 32",
+    "stream_c32": "streaming, concurrency 32",
+    "embeddings": "embeddings batch",
+    "slow": "slow streams",
+}
+
+
+def overhead(raw: Raw) -> Section:
+    """The server's own `X-Infero-Overhead-Ms`, per load."""
+    section = Section("overhead", "X-Infero-Overhead-Ms (ms)", ["responses", "p50", "p99", "max"])
+    for key, label in OVERHEAD_LABELS.items():
+        result: Result | None = raw.get(f"{key}.infero")
+        if result is None:
+            continue
+        s = result["overhead_ms"]
+        if s is None:
+            section.rows.append(Row(key, ["header missing", "-", "-", "-"], label=label))
+        else:
+            cells = [str(s["n"]), ms(s["p50"]), ms(s["p99"]), ms(s["max"])]
+            section.rows.append(Row(key, cells, label=label))
+    return section
+
+
+async def clients(stack: Stack, p: Preset) -> Section:
+    """aiohttp vs httpx calling the backend the way the connector does."""
+    child = await procs.start(
+        "clients",
+        procs.python(
+            "bench.clients",
+            f"--base-url={stack.direct.base_url}",
+            f"--model={FAST_MODEL}",
+            f"--count={p.client_requests}",
+            f"--duration={p.client_seconds}",
+            f"--tokens={p.throughput_tokens}",
+        ),
+        log_dir=stack.work_dir,
+    )
+    started = time.monotonic()
+    try:
+        figures = await child.read_json(120 + p.client_requests)
+    finally:
+        await child.stop()
+    section = Section(
+        "clients",
+        "Backend client (ms, req/s)",
+        ["p50", "p99", "stream p50", "stream p99", "req/s c=32", "stream req/s c=32"],
+    )
+    for lib, f in figures.items():
+        lat, slat = f["latency_ms"], f["stream_latency_ms"]
+        section.rows.append(
+            Row(
+                lib,
+                [
+                    ms(lat["p50"]),
+                    ms(lat["p99"]),
+                    ms(slat["p50"]),
+                    ms(slat["p99"]),
+                    count(f["rps_c32"]),
+                    count(f["stream_rps_c32"]),
+                ],
+            )
+        )
+    section.note = (
+        f"same mock backend, {p.throughput_tokens}-token streams; "
+        f"{time.monotonic() - started:.0f} s"
+    )
+    return section
