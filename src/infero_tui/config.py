@@ -1,0 +1,33 @@
+"""Console options that are not network endpoints (tests set them for determinism)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from infero.common.backoff import CEILING, SCHEDULE
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleConfig:
+    """How the console behaves; defaults suit operators, tests pass `ConsoleConfig.frozen()`."""
+
+    read_only: bool = False
+    refresh_interval: float | None = 1.0
+    """Seconds between local status polls, log polls and header redraws; None = never."""
+    reconnect_schedule: tuple[float, ...] = SCHEDULE
+    reconnect_ceiling: float = CEILING
+    animation_level: str = "basic"
+    theme: str = "textual-dark"
+    cursor_blink: bool = True
+
+    @classmethod
+    def frozen(cls, *, read_only: bool = False) -> ConsoleConfig:
+        """No timers, no animation, instant reconnects: for snapshot and pilot tests."""
+        return cls(
+            read_only=read_only,
+            refresh_interval=None,
+            reconnect_schedule=(0.0,),
+            reconnect_ceiling=0.0,
+            animation_level="none",
+            cursor_blink=False,
+        )

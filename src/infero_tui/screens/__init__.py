@@ -1,0 +1,1 @@
+"""Console screens: the main screen and its modals, one per module."""
