@@ -13,6 +13,7 @@ from aiohttp import web
 from pytest_aiohttp import AiohttpClient
 
 from infero.server import dashboard
+from infero.server.app import create_app
 from infero.server.settings import ServerSettings
 
 
@@ -63,3 +64,11 @@ def test_dashboard_script_never_turns_data_into_html() -> None:
     script = (dashboard.STATIC / "dashboard.js").read_text("utf-8")
     for sink in ("innerHTML", "outerHTML", "insertAdjacentHTML", "document.write", "eval("):
         assert sink not in script
+
+
+async def test_state_page_is_public_while_its_data_needs_the_key(
+    aiohttp_client: AiohttpClient,
+) -> None:
+    client = await aiohttp_client(create_app(ServerSettings(host="127.0.0.1", api_key="k")))
+    assert (await client.get("/state")).status == 200
+    assert (await client.get("/api/state/stream")).status == 401
