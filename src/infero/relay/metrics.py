@@ -1,0 +1,61 @@
+"""Prometheus series of `infero mcp` (served on METRICS_PORT; see docs/metrics.md)."""
+
+from __future__ import annotations
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+)
+
+from infero.common.buildinfo import BUILD
+
+DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+
+class RelayMetrics:
+    """Link and provider health, exchanges by outcome, and process metrics."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        build = Gauge(
+            "infero_build_info",
+            "Build of this process (value is always 1).",
+            ["component", "version", "sha", "date"],
+            registry=registry,
+        )
+        build.labels("infero-mcp", BUILD.version, BUILD.sha, BUILD.date).set(1)
+        self.connected_to_server = Gauge(
+            "infero_mcp_relay_connected_to_server",
+            "1 while the link to the server is up.",
+            registry=registry,
+        )
+        self.provider_ready = Gauge(
+            "infero_mcp_relay_provider_ready",
+            "1 while the MCP provider answers the probe.",
+            registry=registry,
+        )
+        self.inflight = Gauge(
+            "infero_mcp_relay_exchanges_inflight",
+            "MCP exchanges (calls and listening streams) being relayed.",
+            registry=registry,
+        )
+        self.exchanges = Counter(
+            "infero_mcp_relay_exchanges",
+            "MCP exchanges relayed to the provider, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in ("success", "error", "cancelled", "refused"):
+            self.exchanges.labels(outcome)
+        self.duration = Histogram(
+            "infero_mcp_relay_exchange_duration_seconds",
+            "Time from the server's request to the end of the provider's answer.",
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )

@@ -1,0 +1,463 @@
+"""The MCP relay runtime: link to the server, provider probe, exchanges, drain.
+
+Every MCP exchange the server relays (POST, GET or DELETE on `/api/mcp/id/<id>`) arrives
+as a link Request and is performed by the shared executor against a Streamable HTTP
+endpoint: the provider itself (`PROVIDER_URL`), or the loopback facade that bridges stdio
+and legacy SSE providers. So the server side is identical for every provider kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import shutil
+import time
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from infero.common.backoff import Backoff
+from infero.common.buildinfo import BUILD
+from infero.common.linkclient import Link, LinkClient
+from infero.protocol import link
+from infero.relay.metrics import RelayMetrics
+from infero.relay.probe import ProviderDown, probe
+from infero.relay.settings import RelaySettings
+from infero.worker.executor import HttpExchanges, Outcome
+from infero.worker.metrics import create_metrics_app
+
+if TYPE_CHECKING:
+    from infero.relay.facade import Facade
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "infero-mcp"
+
+LISTEN = "listen"
+"""Label (Request.model) the server gives GET listening streams; they are not calls."""
+
+
+class StartupError(Exception):
+    """The relay cannot start (bad provider setup, a port cannot be bound)."""
+
+
+def provider_session(*, verify_tls: bool) -> aiohttp.ClientSession:
+    """Client session for the provider: raw bodies, no total timeout, no env proxies."""
+    return aiohttp.ClientSession(
+        auto_decompress=False,
+        timeout=aiohttp.ClientTimeout(total=None),
+        connector=aiohttp.TCPConnector(limit=0, ssl=verify_tls),
+        trust_env=False,
+    )
+
+
+def split_endpoint(url: str) -> tuple[str, str, str]:
+    """`http://h:1/mcp?x=1` -> (`http://h:1`, `/mcp`, `x=1`)."""
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}", parts.path or "/", parts.query
+
+
+def provider_path(endpoint_path: str, endpoint_query: str, relayed: str) -> str:
+    """The provider path for a relayed `/` or `/?query` (queries are merged)."""
+    _, _, query = relayed.partition("?")
+    queries = "&".join(q for q in (endpoint_query, query) if q)
+    return endpoint_path + (f"?{queries}" if queries else "")
+
+
+class ProviderMonitor:
+    """Probe until the provider answers (backoff), then every `interval` (or `recheck`)."""
+
+    def __init__(
+        self,
+        check: Callable[[], Awaitable[str]],
+        *,
+        interval: float,
+        on_change: Callable[[], None],
+        recheck: Callable[[], Awaitable[str]] | None = None,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        backoff: Backoff | None = None,
+    ) -> None:
+        self._check = check
+        self._recheck = recheck
+        self._interval = interval
+        self._on_change = on_change
+        self._sleep = sleep
+        self.backoff = backoff or Backoff()
+        self.healthy = False
+        self.last_error = ""
+        self.probed = asyncio.Event()
+        """Set after the first probe, whatever its result."""
+
+    async def probe_once(self) -> float:
+        """Probe now and update the state; returns the delay before the next probe."""
+        check = self._recheck if self.healthy and self._recheck is not None else self._check
+        was = self.healthy
+        try:
+            name = await check()
+        except ProviderDown as exc:
+            delay = self.backoff.next_delay()
+            if was or self.last_error != str(exc):
+                logger.warning("MCP provider not ready: %s (next try in %gs)", exc, delay)
+            self.healthy = False
+            self.last_error = str(exc)
+        else:
+            self.backoff.reset()
+            if not was:
+                logger.info("MCP provider ready: %s", name)
+            self.healthy = True
+            self.last_error = ""
+            delay = self._interval
+        first = not self.probed.is_set()
+        self.probed.set()
+        if first or was != self.healthy:
+            self._on_change()
+        return delay
+
+    async def run(self) -> None:
+        """Probe forever (cancel to stop)."""
+        while True:
+            await self._sleep(await self.probe_once())
+
+
+class McpRelay:
+    """One `infero mcp` process: `await McpRelay(settings).run()` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: RelaySettings,
+        *,
+        registry: CollectorRegistry | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        link_backoff: Backoff | None = None,
+        probe_backoff: Backoff | None = None,
+        environ: dict[str, str] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.relay_id = settings.client_id
+        """Asked for at every (re)connect; the server's choice once welcomed."""
+        self.name = settings.display_name()
+        self.transport = settings.transport()
+        self.metrics = RelayMetrics(registry or CollectorRegistry())
+        self.connected = asyncio.Event()
+        self.stopped = asyncio.Event()
+        self.draining = False
+        self.endpoint = ""
+        """The Streamable HTTP URL exchanges go to (provider or facade)."""
+        self.metrics_url = ""
+        self._environ = environ if environ is not None else dict(os.environ)
+        self._clock = clock
+        self._signals = 0
+        self._calls = 0
+        self._session: aiohttp.ClientSession | None = None
+        self._facade: Facade | None = None
+        self._exchanges: HttpExchanges | None = None
+        self._origin = ""
+        self._path = "/"
+        self._query = ""
+        self._status_dirty = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
+        self._drain_timer: asyncio.Task[None] | None = None
+        self._runners: list[web.AppRunner] = []
+        self.monitor = ProviderMonitor(
+            self._probe,
+            interval=settings.mcp_probe_interval,
+            on_change=self._provider_changed,
+            recheck=self._recheck_stdio if self.transport == "stdio" else None,
+            sleep=sleep,
+            backoff=probe_backoff,
+        )
+        self.link_client = LinkClient(
+            settings.server_url,
+            self,
+            component=COMPONENT,
+            reconnect=settings.reconnect,
+            backoff=link_backoff,
+            sleep=sleep,
+            clock=clock,
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; 0 after a drain or stop, non-zero on a fatal failure."""
+        s = self.settings
+        self._session = provider_session(verify_tls=not s.mcp_http_insecure_skip_verify)
+        monitor: asyncio.Task[None] | None = None
+        try:
+            try:
+                await self._start_provider()
+                await self._start_metrics()
+            except StartupError as exc:
+                logger.error("%s", exc)
+                return 1
+            monitor = asyncio.create_task(self.monitor.run(), name="provider-monitor")
+            await self.monitor.probed.wait()
+            if self.stopped.is_set():
+                return 0
+            code = await self.link_client.run()
+            return 0 if self.draining or self.stopped.is_set() else code
+        finally:
+            self.stopped.set()
+            for task in (self._drain_timer, monitor):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            await self._close_facade()
+            for runner in self._runners:
+                await runner.cleanup()
+            await self._session.close()
+
+    def request_stop(self) -> None:
+        """Leave now: close the link (in-flight calls are aborted)."""
+        if not self.stopped.is_set():
+            logger.info("relay stopping")
+        self.stopped.set()
+        self.link_client.stop()
+
+    def drain(self, *, by: str = "") -> None:
+        """Take no new call, let in-flight calls finish, then leave (within DRAIN_TIMEOUT)."""
+        timeout = self.settings.drain_timeout
+        if not self.draining:
+            self.draining = True
+            logger.info("draining (asked by %s): %d call(s) in flight", by or "?", self._calls)
+            self._status_dirty.set()
+        if timeout == 0 or self._calls == 0:
+            self.request_stop()
+            return
+        if timeout > 0 and self._drain_timer is None:
+            self._drain_timer = asyncio.create_task(self._drain_deadline(timeout))
+
+    def signal_received(self, name: str) -> None:
+        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        self._signals += 1
+        if self._signals == 1:
+            self.drain(by=f"signal {name}")
+        else:
+            logger.info("second %s: exiting now", name)
+            self.request_stop()
+
+    async def _drain_deadline(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        logger.warning(
+            "drain timeout (%gs) reached with %d call(s) in flight", seconds, self._calls
+        )
+        self.request_stop()
+
+    async def _start_provider(self) -> None:
+        s = self.settings
+        if self.transport == "http":
+            self.endpoint = s.http_url()
+        else:
+            from infero.relay.providers import open_facade
+
+            try:
+                facade = await open_facade(s, self._environ)
+            except (ValueError, OSError) as exc:
+                raise StartupError(
+                    f"cannot start the {self.transport} provider bridge: {exc}"
+                ) from None
+            self._facade = facade
+            self.endpoint = facade.url
+        self._origin, self._path, self._query = split_endpoint(self.endpoint)
+        logger.info("relaying MCP to %s provider %s", self.transport, self._describe_provider())
+
+    def _describe_provider(self) -> str:
+        s = self.settings
+        if self.transport == "stdio":
+            return " ".join([s.mcp_stdio_command, *s.mcp_stdio_args])
+        return s.mcp_sse_url if self.transport == "sse" else self.endpoint
+
+    async def _close_facade(self) -> None:
+        facade, self._facade = self._facade, None
+        if facade is not None:
+            await facade.close()
+
+    async def _start_metrics(self) -> None:
+        port = self.settings.metrics_port
+        if port is None:
+            return
+        runner = web.AppRunner(
+            create_metrics_app(self.metrics.registry), access_log=None, handle_signals=False
+        )
+        await runner.setup()
+        self._runners.append(runner)
+        try:
+            await web.TCPSite(runner, "0.0.0.0", port).start()
+        except OSError as exc:
+            raise StartupError(f"METRICS_PORT: cannot listen on port {port}: {exc}") from None
+        bound = runner.addresses[0][1] if runner.addresses else port
+        self.metrics_url = f"http://127.0.0.1:{bound}/metrics"
+        logger.info("metrics on port %s", bound)
+
+    # ---- provider ----------------------------------------------------------------------------
+
+    async def _probe(self) -> str:
+        assert self._session is not None
+        return await probe(
+            self._session,
+            self.endpoint,
+            protocol_version=self.settings.mcp_protocol_version,
+            within=min(self.settings.mcp_http_timeout, 30.0),
+        )
+
+    async def _recheck_stdio(self) -> str:
+        """A ready stdio provider is rechecked cheaply: its command must still be runnable."""
+        command = self.settings.mcp_stdio_command
+        found = shutil.which(command) if not os.path.isabs(command) else command
+        if not found or not os.access(found, os.X_OK):
+            raise ProviderDown(f"stdio command {command!r} is no longer executable")
+        return command
+
+    def _provider_changed(self) -> None:
+        self.metrics.provider_ready.set(1 if self.monitor.healthy else 0)
+        self._status_dirty.set()
+
+    def _status(self) -> link.Status:
+        if self.draining:
+            return "draining"
+        return "ready" if self.monitor.healthy else "not_ready"
+
+    # ---- link handler ------------------------------------------------------------------------
+
+    def hello(self) -> link.Hello:
+        """Who we are, rebuilt at every (re)connect."""
+        token = self.settings.auth_token
+        return link.Hello(
+            kind="mcp",
+            client_key=self.settings.client_key,
+            id=self.relay_id,
+            name=self.name,
+            version=BUILD.version,
+            build_sha=BUILD.sha,
+            build_date=BUILD.date,
+            backend=self.transport,
+            max_concurrency=self.settings.mcp_max_inflight,
+            status=self._status(),
+            last_error=self.monitor.last_error[:2048],
+            auth_sha256=hashlib.sha256(token.encode()).hexdigest() if token else "",
+        )
+
+    def link_up(self, current: Link, welcome: link.Welcome) -> None:
+        """Accepted: remember our id for reconnects and serve exchanges on this link."""
+        assert self._session is not None
+        if welcome.id != self.relay_id:
+            logger.info("the server assigned relay id %s", welcome.id)
+        self.relay_id = welcome.id
+        logger.info("MCP clients can use %s", _public_mcp_url(self.settings.server_url, welcome.id))
+        self._exchanges = HttpExchanges(
+            current,
+            self._session,
+            self._origin,
+            window=welcome.window,
+            read_timeout=self.settings.mcp_http_timeout,
+            observer=self,
+            clock=self._clock,
+        )
+        self._status_dirty.clear()
+        self._pusher = asyncio.create_task(self._push_status(current), name="status-pusher")
+        self.metrics.connected_to_server.set(1)
+        self.connected.set()
+
+    def frame_received(self, frame: link.ServerFrame) -> None:
+        """Dispatch one server frame (requests are pointed at the provider's path)."""
+        exchanges = self._exchanges
+        if exchanges is None:
+            return
+        if isinstance(frame, link.Request):
+            path = provider_path(self._path, self._query, frame.path)
+            exchanges.on_request(frame.model_copy(update={"path": path}))
+        elif isinstance(frame, link.Credit):
+            exchanges.on_credit(frame)
+        elif isinstance(frame, link.Cancel):
+            exchanges.on_cancel(frame)
+        elif isinstance(frame, link.Control):
+            logger.info("server asks to %s (by %s)", frame.action, frame.by or "operator")
+            if frame.action == "undrain":
+                logger.warning("undrain is not supported by infero mcp; ignored")
+            else:
+                self.drain(by=f"server operator {frame.by!r}")
+
+    def body_received(self, stream_id: int, payload: memoryview) -> None:
+        """Request body bytes."""
+        if self._exchanges is not None:
+            self._exchanges.on_body(stream_id, payload)
+
+    async def link_down(self) -> None:
+        """The link closed: abort its exchanges."""
+        self.connected.clear()
+        self.metrics.connected_to_server.set(0)
+        if self._pusher is not None:
+            self._pusher.cancel()
+            await asyncio.gather(self._pusher, return_exceptions=True)
+            self._pusher = None
+        if self._exchanges is not None:
+            exchanges, self._exchanges = self._exchanges, None
+            await exchanges.close()
+
+    async def _push_status(self, current: Link) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            update = link.StatusUpdate(
+                max_concurrency=self.settings.mcp_max_inflight,
+                status=self._status(),
+                last_error=self.monitor.last_error[:2048],
+            )
+            try:
+                await current.send(update)
+            except ConnectionError:
+                return
+
+    # ---- exchange observer -------------------------------------------------------------------
+
+    def admit(self, request: link.Request) -> link.LinkError | None:
+        """Refuse new work while draining or at MCP_MAX_INFLIGHT calls."""
+        if self.draining or self.stopped.is_set():
+            return link.LinkError(code="draining", message="relay is draining")
+        if request.model != LISTEN and self._calls >= self.settings.mcp_max_inflight:
+            self.metrics.exchanges.labels("refused").inc()
+            return link.LinkError(
+                code="busy", message=f"relay at MCP_MAX_INFLIGHT ({self.settings.mcp_max_inflight})"
+            )
+        return None
+
+    def started(self, request: link.Request) -> None:
+        """An exchange occupies a slot (listening streams do not count as calls)."""
+        if request.model != LISTEN:
+            self._calls += 1
+        self.metrics.inflight.inc()
+
+    def finished(self, request: link.Request, outcome: Outcome) -> None:
+        """An exchange ended; a draining relay leaves after its last call."""
+        if request.model != LISTEN:
+            self._calls -= 1
+        self.metrics.inflight.dec()
+        self.metrics.duration.observe(outcome.duration)
+        if outcome.error is None:
+            self.metrics.exchanges.labels("success").inc()
+        elif outcome.error.code == "cancelled":
+            self.metrics.exchanges.labels("cancelled").inc()
+        else:
+            self.metrics.exchanges.labels("error").inc()
+            logger.warning("MCP exchange failed: %s: %s", outcome.error.code, outcome.error.message)
+        if self.draining and self._calls == 0:
+            logger.info("drained: no call in flight")
+            self.request_stop()
+
+
+def _public_mcp_url(server_url: str, relay_id: str) -> str:
+    parts = urlsplit(server_url)
+    scheme = "https" if parts.scheme == "wss" else "http"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return f"{scheme}://{host}/api/mcp/id/{relay_id}"

@@ -1,0 +1,386 @@
+"""`/api/mcp/id/{id}`: MCP Streamable HTTP towards clients, relayed over a relay's link.
+
+Each POST, GET or DELETE is one HTTP exchange on the relay's link (the same machinery as
+the OpenAI routes): method, MCP headers and body go to the relay, which performs them
+against its provider; status, headers and body (JSON or SSE) stream back untouched. The
+broker adds access control, JSON-RPC checks of POST bodies, limits, and bookkeeping.
+Broker errors are JSON-RPC error responses whose `error.data.mcp` is a stable code
+(docs/mcp.md has the table).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from infero.protocol import mcp as pm
+from infero.server.auth import KeyRing, bearer_token
+from infero.server.exchange import (
+    Exchange,
+    ExchangeFailed,
+    is_event_stream,
+    response_headers,
+    write_body,
+)
+from infero.server.lifecycle import Lifecycle
+from infero.server.mcp.access import caller_allowed, may_learn_relays
+from infero.server.mcp.metrics import CallOutcome, McpMetrics
+from infero.server.mcp.relays import Relay, RelayRegistry
+
+logger = logging.getLogger(__name__)
+
+SESSION_HEADER = "Mcp-Session-Id"
+
+FORWARDED = frozenset({"content-type", "accept", "last-event-id", "user-agent"})
+"""Client headers relayed to the provider besides every `Mcp-*` header. Authorization
+(the infero key or relay token), cookies, Origin and Host never leave the server."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Broker limits (from BROKER_* settings)."""
+
+    max_req_bytes: int
+    max_resp_bytes: int
+    max_concurrency: int
+    call_timeout: float
+
+
+class _TooLarge(ExchangeFailed):
+    def __init__(self) -> None:
+        super().__init__("too_large", "the MCP answer exceeds BROKER_MAX_RESP_BYTES")
+
+
+def _forwarded_headers(request: web.Request) -> list[tuple[str, str]]:
+    return [
+        (k, v)
+        for k, v in request.headers.items()
+        if k.lower() in FORWARDED or k.lower().startswith("mcp-")
+    ]
+
+
+def _error(
+    status: int,
+    code: pm.McpCode,
+    message: str,
+    *,
+    request_id: pm.RequestId | None = None,
+    rpc_code: int = pm.SERVER_ERROR,
+    headers: dict[str, str] | None = None,
+) -> web.Response:
+    return web.Response(
+        status=status,
+        body=pm.error_body(code, message, request_id=request_id, rpc_code=rpc_code),
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> web.Response:
+    """The client's answer when a call fails before the provider's answer started."""
+    if failure.code in ("first_byte_timeout", "idle_timeout", "timeout"):
+        return _error(
+            504, "MCP_TIMEOUT", "the MCP provider did not answer in time", request_id=request_id
+        )
+    if failure.code == "busy":
+        return _error(
+            429,
+            "MCP_LIMIT_EXCEEDED",
+            "the relay is running as many calls as it allows",
+            request_id=request_id,
+            headers={"Retry-After": "1"},
+        )
+    if failure.code in ("backend_unreachable", "backend_error"):
+        return _error(
+            502, "MCP_UPSTREAM_ERROR", "the MCP provider cannot be reached", request_id=request_id
+        )
+    return _error(
+        503,
+        "MCP_PROVIDER_UNAVAILABLE",
+        "the MCP relay went away during the call",
+        request_id=request_id,
+    )
+
+
+def _broken_code(failure: ExchangeFailed) -> tuple[pm.McpCode, str]:
+    if isinstance(failure, _TooLarge):
+        return "MCP_LIMIT_EXCEEDED", failure.message
+    if failure.code in ("idle_timeout", "timeout"):
+        return "MCP_TIMEOUT", "the MCP provider stopped answering in time"
+    if failure.code in ("backend_unreachable", "backend_error"):
+        return "MCP_UPSTREAM_ERROR", "the MCP provider's answer broke off"
+    return "MCP_PROVIDER_UNAVAILABLE", "the MCP relay went away during the call"
+
+
+def _outcome(failure: ExchangeFailed) -> CallOutcome:
+    if isinstance(failure, _TooLarge):
+        return "too_large"
+    if "timeout" in failure.code:
+        return "timeout"
+    return "error"
+
+
+class Broker:
+    """Serves `/api/mcp/id/{id}` for every relay in `registry`."""
+
+    def __init__(
+        self,
+        registry: RelayRegistry,
+        *,
+        keyring: KeyRing,
+        lifecycle: Lifecycle,
+        limits: Limits,
+        metrics: Callable[[], McpMetrics | None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.registry = registry
+        self.keyring = keyring
+        self.lifecycle = lifecycle
+        self.limits = limits
+        self._metrics = metrics
+        self._clock = clock
+
+    def _count(self, relay: str, method: str, outcome: CallOutcome, duration: float | None) -> None:
+        metrics = self._metrics()
+        if metrics is not None:
+            metrics.call(relay, method, outcome, duration)
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Entry point for POST, GET and DELETE."""
+        relay_id = request.match_info["id"]
+        token = bearer_token(request)
+        relay = self.registry.live(relay_id)
+        if relay is None:
+            if not may_learn_relays(token, self.keyring):
+                return self._unauthorized()
+            return _error(
+                503,
+                "MCP_PROVIDER_UNAVAILABLE",
+                "no MCP relay is connected with this id",
+                headers={"Retry-After": "5"},
+            )
+        if not caller_allowed(token, keyring=self.keyring, relay_digest=relay.auth_digest):
+            self._count(relay.id, "", "unauthorized", None)
+            return self._unauthorized()
+        if self.lifecycle.draining:
+            return _error(
+                503,
+                "MCP_PROVIDER_UNAVAILABLE",
+                "the server is draining",
+                headers={"Retry-After": "5"},
+            )
+        if relay.status != "ready":
+            why = "draining" if relay.status == "draining" else "cannot reach its MCP provider"
+            return _error(
+                503,
+                "MCP_PROVIDER_UNAVAILABLE",
+                f"the MCP relay {why}",
+                headers={"Retry-After": "5"},
+            )
+        if request.method == "POST":
+            return await self._post(request, relay)
+        return await self._other(request, relay)
+
+    @staticmethod
+    def _unauthorized() -> web.Response:
+        return _error(
+            401,
+            "MCP_UNAUTHORIZED",
+            "a valid API key or the relay's AUTH_TOKEN is required (Authorization: Bearer ...)",
+            headers={"WWW-Authenticate": 'Bearer realm="infero"'},
+        )
+
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The body, or None once it exceeds BROKER_MAX_REQ_BYTES."""
+        limit = self.limits.max_req_bytes
+        if request.content_length is not None and request.content_length > limit:
+            return None
+        body = bytearray()
+        async for chunk in request.content.iter_chunked(64 * 1024):
+            body += chunk
+            if len(body) > limit:
+                return None
+        return bytes(body)
+
+    async def _post(self, request: web.Request, relay: Relay) -> web.StreamResponse:
+        body = await self._read_body(request)
+        if body is None:
+            self._count(relay.id, "", "too_large", None)
+            return _error(413, "MCP_LIMIT_EXCEEDED", "the request exceeds BROKER_MAX_REQ_BYTES")
+        try:
+            envelope = pm.parse_envelope(body)
+        except pm.EnvelopeError as exc:
+            self._count(relay.id, "", "rejected", None)
+            return _error(
+                400,
+                "MCP_SCHEMA_ERROR",
+                str(exc),
+                request_id=pm.request_id_of(body),
+                rpc_code=exc.code,
+            )
+        for _, method in envelope.requests:
+            relay.count(method)
+        for method in envelope.notifications:
+            relay.count(method)
+        method = envelope.first_method
+        first_id = envelope.requests[0][0] if envelope.requests else None
+        session_id = request.headers.get(SESSION_HEADER)
+        if envelope.is_call:
+            limit = self.registry.limit(relay, self.limits.max_concurrency)
+            if relay.inflight >= limit:
+                self._count(relay.id, method, "rejected", None)
+                return _error(
+                    429,
+                    "MCP_LIMIT_EXCEEDED",
+                    f"too many concurrent calls on this relay (limit {limit})",
+                    request_id=first_id,
+                    headers={"Retry-After": "1"},
+                )
+            self.registry.call_started(relay, session_id)
+            self.lifecycle.enter()
+        started = self._clock()
+        ok = False
+        try:
+            response, outcome = await self._exchange(
+                request,
+                relay,
+                body,
+                method=method,
+                request_ids=[rid for rid, _ in envelope.requests],
+                idle_timeout=self.limits.call_timeout,
+                max_bytes=self.limits.max_resp_bytes,
+            )
+            ok = outcome == "success"
+            self._count(relay.id, method, outcome, self._clock() - started)
+            return response
+        finally:
+            if envelope.is_call:
+                self.registry.call_finished(relay, session_id, ok=ok)
+                self.lifecycle.leave()
+
+    async def _other(self, request: web.Request, relay: Relay) -> web.StreamResponse:
+        """GET (the listening stream, long-lived, no size limit) and DELETE (ends a session)."""
+        label = "listen" if request.method == "GET" else "delete"
+        response, outcome = await self._exchange(
+            request,
+            relay,
+            b"",
+            method=label,
+            request_ids=[],
+            idle_timeout=None if request.method == "GET" else self.limits.call_timeout,
+            max_bytes=None,
+        )
+        self._count(relay.id, label, outcome, None)
+        return response
+
+    async def _exchange(
+        self,
+        request: web.Request,
+        relay: Relay,
+        body: bytes,
+        *,
+        method: str,
+        request_ids: list[pm.RequestId],
+        idle_timeout: float | None,
+        max_bytes: int | None,
+    ) -> tuple[web.StreamResponse, CallOutcome]:
+        """Relay one exchange; the response sent and how it ended."""
+        session_id = request.headers.get(SESSION_HEADER)
+        first_id = request_ids[0] if request_ids else None
+        path = "/" + (f"?{request.query_string}" if request.query_string else "")
+        try:
+            exchange = await relay.link.open_exchange(
+                method=request.method,
+                path=path,
+                headers=_forwarded_headers(request),
+                body=body,
+                stream=True,
+                model=method,
+                request_id=str(request.get("request_id", "")),
+            )
+        except ExchangeFailed as failure:
+            return _failure_reply(failure, first_id), "error"
+        try:
+            return await self._answer(
+                request,
+                relay,
+                exchange,
+                method=method,
+                session_id=session_id,
+                request_ids=request_ids,
+                idle_timeout=idle_timeout,
+                max_bytes=max_bytes,
+            )
+        finally:
+            await exchange.cancel()
+            relay.link.forget(exchange)
+
+    async def _answer(
+        self,
+        request: web.Request,
+        relay: Relay,
+        exchange: Exchange,
+        *,
+        method: str,
+        session_id: str | None,
+        request_ids: list[pm.RequestId],
+        idle_timeout: float | None,
+        max_bytes: int | None,
+    ) -> tuple[web.StreamResponse, CallOutcome]:
+        first_id = request_ids[0] if request_ids else None
+        try:
+            head = await exchange.head(self.limits.call_timeout)
+        except TimeoutError:
+            return _failure_reply(ExchangeFailed("first_byte_timeout", ""), first_id), "timeout"
+        except ExchangeFailed as failure:
+            if failure.code != "cancelled":
+                logger.warning("mcp relay %s: %s failed: %s", relay.id, method, failure.message)
+            return _failure_reply(failure, first_id), _outcome(failure)
+        self._track_session(relay, head.status, head.headers, session_id, method, request.method)
+        response = web.StreamResponse(status=head.status)
+        for key, value in response_headers(head.headers):
+            response.headers.add(key, value)
+        sse = is_event_stream(head.headers)
+        if sse:
+            response.headers["Cache-Control"] = "no-cache"
+            response.headers["X-Accel-Buffering"] = "no"
+        await response.prepare(request)
+        sent = 0
+
+        def count(chunk: bytes) -> None:
+            nonlocal sent
+            sent += len(chunk)
+            if max_bytes is not None and sent > max_bytes:
+                raise _TooLarge()
+
+        try:
+            await write_body(response, exchange, idle_timeout=idle_timeout, on_chunk=count)
+        except ExchangeFailed as failure:
+            code, message = _broken_code(failure)
+            logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
+            if sse and request_ids:
+                await response.write(b"\n\n" + pm.sse_error_events(code, message, request_ids))
+            return response, _outcome(failure)
+        await response.write_eof()
+        return response, "success" if head.status < 400 else "error"
+
+    def _track_session(
+        self,
+        relay: Relay,
+        status: int,
+        headers: list[tuple[str, str]],
+        asked: str | None,
+        method: str,
+        http_method: str,
+    ) -> None:
+        issued = next((v for k, v in headers if k.lower() == "mcp-session-id"), None)
+        if asked and (status == 404 or (http_method == "DELETE" and status < 300)):
+            self.registry.session_ended(relay, asked)
+            return
+        session = issued or asked
+        if session and status < 400 and len(session) <= 256:
+            self.registry.session_seen(relay, session, method if http_method == "POST" else "")

@@ -1,0 +1,236 @@
+"""The MCP relays connected to this server, their calls and their clients' sessions.
+
+`RelayRegistry` is the link handler of kind `mcp`: it assigns ids, refuses an id that a
+live relay holds, and keeps the counters `/api/state` shows (`mcp.clients`,
+`mcp.sessions`). Sessions are the `Mcp-Session-Id`s providers issued through a relay;
+one ends with a DELETE, a 404 from the provider, or the relay's departure.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+from infero.protocol import link as lp
+from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
+from infero.server.linkserver import Link
+
+logger = logging.getLogger(__name__)
+
+VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
+"""Relay ids appear in URLs: unreserved characters only."""
+
+MAX_SESSIONS_PER_RELAY = 1000
+"""Sessions tracked per relay; the least recently active is forgotten beyond it."""
+
+MAX_FUNCTIONS = 256
+"""Distinct method names counted per relay; further ones count as `other`."""
+
+
+@dataclass(eq=False)
+class Relay:
+    """One connected `infero mcp`."""
+
+    id: str
+    name: str
+    version: str
+    link: Link
+    connected_at: datetime
+    auth_digest: str
+    capacity: int
+    """The relay's own limit (`MCP_MAX_INFLIGHT`); 0 means none announced."""
+    status: lp.Status = "ready"
+    last_error: str = ""
+    inflight: int = 0
+    calls_total: int = 0
+    errors_total: int = 0
+    functions: Counter[str] = field(default_factory=Counter)
+
+    def count(self, method: str) -> None:
+        """Count one JSON-RPC message by method (bounded number of names)."""
+        if method in self.functions or len(self.functions) < MAX_FUNCTIONS:
+            self.functions[method] += 1
+        else:
+            self.functions["other"] += 1
+
+
+@dataclass(eq=False)
+class Session:
+    """One `Mcp-Session-Id` seen through a relay."""
+
+    id: str
+    relay_id: str
+    started_at: datetime
+    last_activity: datetime
+    method: str = ""
+    inflight: int = 0
+
+
+class RelayRegistry:
+    """Live relays by id and their sessions."""
+
+    def __init__(
+        self,
+        *,
+        on_change: Callable[[], None] = lambda: None,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self.relays: dict[str, Relay] = {}
+        self.sessions: dict[tuple[str, str], Session] = {}
+        self._on_change = on_change
+        self._now = now
+
+    # ---- link handler (kind mcp) ---------------------------------------------------------
+
+    def admit(self, hello: lp.Hello) -> lp.Refused | str:
+        """Assign an id when none is asked for; refuse an id a live relay holds."""
+        if not hello.id:
+            return uuid.uuid4().hex
+        if not VALID_ID.match(hello.id):
+            return lp.Refused(
+                reason="invalid",
+                message="CLIENT_ID may use letters, digits and . _ ~ - only (at most 128)",
+            )
+        if hello.id in self.relays:
+            return lp.Refused(
+                reason="duplicate",
+                message=f"relay id {hello.id!r} is in use by a connected relay; "
+                "stop it or choose another CLIENT_ID",
+            )
+        return hello.id
+
+    def attached(self, hello: lp.Hello, link: Link) -> Link | None:
+        """Register the relay; a racing registration of the same id is replaced."""
+        old = self.relays.get(link.id)
+        self.relays[link.id] = Relay(
+            id=link.id,
+            name=hello.name or link.id,
+            version=hello.version,
+            link=link,
+            connected_at=self._now(),
+            auth_digest=hello.auth_sha256.lower(),
+            capacity=hello.max_concurrency,
+            status=hello.status,
+            last_error=hello.last_error,
+        )
+        self._on_change()
+        return old.link if old is not None else None
+
+    def status(self, link: Link, update: lp.StatusUpdate) -> None:
+        """The relay's provider became (un)reachable, or it drains."""
+        relay = self.relays.get(link.id)
+        if relay is None or relay.link is not link:
+            return
+        if relay.status != update.status:
+            logger.info("mcp relay %s is now %s", relay.id, update.status)
+        relay.status = update.status
+        relay.last_error = update.last_error
+        relay.capacity = update.max_concurrency
+        self._on_change()
+
+    def detached(self, link: Link) -> None:
+        """The relay left: forget it and its sessions."""
+        relay = self.relays.get(link.id)
+        if relay is None or relay.link is not link:
+            return
+        del self.relays[link.id]
+        for key in [k for k in self.sessions if k[0] == link.id]:
+            del self.sessions[key]
+        self._on_change()
+
+    # ---- calls and sessions ----------------------------------------------------------------
+
+    def live(self, relay_id: str) -> Relay | None:
+        """The connected relay with this id."""
+        relay = self.relays.get(relay_id)
+        return relay if relay is not None and not relay.link.closed else None
+
+    def limit(self, relay: Relay, broker_limit: int) -> int:
+        """Calls this relay may have in flight."""
+        return min(broker_limit, relay.capacity) if relay.capacity > 0 else broker_limit
+
+    def call_started(self, relay: Relay, session_id: str | None) -> None:
+        """A call (a POST with requests) is in flight."""
+        relay.inflight += 1
+        relay.calls_total += 1
+        session = self.sessions.get((relay.id, session_id)) if session_id else None
+        if session is not None:
+            session.inflight += 1
+        self._on_change()
+
+    def call_finished(self, relay: Relay, session_id: str | None, *, ok: bool) -> None:
+        """A call ended."""
+        relay.inflight = max(0, relay.inflight - 1)
+        if not ok:
+            relay.errors_total += 1
+        session = self.sessions.get((relay.id, session_id)) if session_id else None
+        if session is not None:
+            session.inflight = max(0, session.inflight - 1)
+            session.last_activity = self._now()
+        self._on_change()
+
+    def session_seen(self, relay: Relay, session_id: str, method: str) -> None:
+        """A provider answer carried this `Mcp-Session-Id` (created or still alive)."""
+        key = (relay.id, session_id)
+        now = self._now()
+        session = self.sessions.get(key)
+        if session is None:
+            mine = [s for k, s in self.sessions.items() if k[0] == relay.id]
+            if len(mine) >= MAX_SESSIONS_PER_RELAY:
+                oldest = min(mine, key=lambda s: s.last_activity)
+                del self.sessions[(relay.id, oldest.id)]
+            session = Session(session_id, relay.id, started_at=now, last_activity=now)
+            self.sessions[key] = session
+            self._on_change()
+        session.last_activity = now
+        if method:
+            session.method = method
+
+    def session_ended(self, relay: Relay, session_id: str) -> None:
+        """The session was deleted or the provider no longer knows it."""
+        if self.sessions.pop((relay.id, session_id), None) is not None:
+            self._on_change()
+
+    # ---- state -------------------------------------------------------------------------------
+
+    def state(self) -> McpState:
+        """The `mcp` part of `/api/state`."""
+        now = self._now()
+        clients = [
+            McpClientInfo(
+                id=r.id,
+                name=r.name,
+                status=_client_status(r),
+                inflight=r.inflight,
+                connected_at=r.connected_at,
+                version=r.version,
+                calls_total=r.calls_total,
+                errors_total=r.errors_total,
+                functions=dict(r.functions),
+            )
+            for r in sorted(self.relays.values(), key=lambda r: r.connected_at)
+        ]
+        sessions = [
+            McpSessionInfo(
+                id=s.id,
+                client_id=s.relay_id,
+                started_at=s.started_at,
+                last_activity=s.last_activity,
+                inflight=s.inflight,
+                method=s.method,
+                duration_ms=int((now - s.started_at).total_seconds() * 1000),
+            )
+            for s in sorted(self.sessions.values(), key=lambda s: s.started_at)
+        ]
+        return McpState(clients=clients, sessions=sessions)
+
+
+def _client_status(relay: Relay) -> str:
+    if relay.status != "ready":
+        return relay.status
+    return "active" if relay.inflight else "idle"
