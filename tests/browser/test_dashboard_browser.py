@@ -6,66 +6,16 @@ driving the system browser (never a downloaded one). Every wait is a bounded pag
 
 from __future__ import annotations
 
-import os
-from collections.abc import AsyncIterator
-from pathlib import Path
-
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import Page, expect
 
 from support.connector import scripted_connector
 from support.server import running_server
 
 pytestmark = pytest.mark.browser
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 WAIT_MS = 5000
 HOSTILE = "<img src=x onerror=alert(1)>"
-
-
-@pytest.fixture
-def chromium() -> Path:
-    """The system browser; its absence fails under CI and skips elsewhere."""
-    if not CHROMIUM.exists():
-        message = f"{CHROMIUM} not found: install the Debian package `chromium`"
-        if os.environ.get("CI"):
-            pytest.fail(message + " (CI must run the browser tests)")
-        pytest.skip(message)
-    return CHROMIUM
-
-
-@pytest.fixture
-async def browser(chromium: Path) -> AsyncIterator[Browser]:
-    async with async_playwright() as playwright:
-        launched = await playwright.chromium.launch(
-            executable_path=str(chromium), args=CHROMIUM_ARGS, headless=True
-        )
-        try:
-            yield launched
-        finally:
-            await launched.close()
-
-
-@pytest.fixture
-async def page(browser: Browser) -> AsyncIterator[Page]:
-    context = await browser.new_context()
-    opened = await context.new_page()
-    dialogs: list[str] = []
-    opened.on("dialog", lambda dialog: dialogs.append(dialog.message))
-    try:
-        yield opened
-    finally:
-        await context.close()
-    assert dialogs == [], "the page opened a dialog"
 
 
 async def test_dashboard_asks_for_the_key_shows_a_worker_and_follows_it_into_draining(
