@@ -1,0 +1,1 @@
+"""Dashboard and API docs in a real headless chromium."""
