@@ -175,8 +175,15 @@ class LinkError(_Frame):
     """Why an exchange failed on the connector side."""
 
     code: Literal[
-        "backend_unreachable", "backend_error", "cancelled", "draining", "timeout", "invalid"
+        "backend_unreachable",
+        "backend_error",
+        "cancelled",
+        "draining",
+        "timeout",
+        "invalid",
+        "busy",
     ]
+    """`busy`: the connector already runs `max_concurrency` requests (try another one)."""
     message: str = ""
 
 

@@ -1,0 +1,432 @@
+"""The LLM connector runtime: link to the server, backend monitor, exchanges, drain."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+
+import aiohttp
+from aiohttp import web
+from prometheus_client import CollectorRegistry
+
+from infero.common.backoff import Backoff
+from infero.common.buildinfo import BUILD
+from infero.common.linkclient import Link, LinkClient
+from infero.protocol import link
+from infero.protocol.status import ConnectorState, WorkerStatusDoc
+from infero.worker.backend import Discovery, discover
+from infero.worker.executor import HttpExchanges, Outcome, new_session
+from infero.worker.metrics import WorkerMetrics, create_metrics_app
+from infero.worker.monitor import BackendMonitor
+from infero.worker.settings import WorkerSettings
+from infero.worker.statusport import (
+    create_status_app,
+    load_or_create_token,
+    parse_addr,
+    token_path,
+)
+from infero.worker.usage import TokenUsageScanner
+
+logger = logging.getLogger(__name__)
+
+COMPONENT = "infero-llm"
+
+
+class StartupError(Exception):
+    """The connector cannot start (a port cannot be bound, a file cannot be written)."""
+
+
+class Connector:
+    """One `infero llm` process: `await Connector(settings).run()` returns the exit code."""
+
+    def __init__(
+        self,
+        settings: WorkerSettings,
+        *,
+        config_path: str | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        registry: CollectorRegistry | None = None,
+        link_backoff: Backoff | None = None,
+        backend_backoff: Backoff | None = None,
+    ) -> None:
+        self.settings = settings
+        self.config_path = config_path
+        self.worker_id = settings.client_id or str(uuid.uuid4())
+        self.name = settings.display_name()
+        self.connected = asyncio.Event()
+        """Set while the server has accepted our hello and the link is up."""
+        self.stopped = asyncio.Event()
+        """Set once the connector decided to leave."""
+        self.draining = False
+        self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        self.metrics.max_concurrency.set(0)
+        self._clock = clock
+        self._shutdown = False
+        self._signals = 0
+        self._jobs = 0
+        self._job_error = ""
+        self._started = False
+        self._session: aiohttp.ClientSession | None = None
+        self._link: Link | None = None
+        self._exchanges: HttpExchanges | None = None
+        self._status_dirty = asyncio.Event()
+        self._pusher: asyncio.Task[None] | None = None
+        self._drain_timer: asyncio.Task[None] | None = None
+        self._runners: list[web.AppRunner] = []
+        self.status_url = ""
+        """`http://host:port` of the status port once it is listening."""
+        self.metrics_url = ""
+        """`http://host:port/metrics` once the metrics port is listening."""
+        self.monitor = BackendMonitor(
+            self._probe,
+            poll_interval=settings.model_poll_interval,
+            on_change=self._backend_changed,
+            static_models=settings.models,
+            sleep=sleep,
+            backoff=backend_backoff,
+        )
+        self.link_client = LinkClient(
+            settings.server_url,
+            self,
+            component=COMPONENT,
+            reconnect=settings.reconnect,
+            backoff=link_backoff,
+            sleep=sleep,
+            clock=clock,
+        )
+
+    # ---- lifecycle ---------------------------------------------------------------------------
+
+    async def run(self) -> int:
+        """Serve until stopped; 0 after a drain or stop, non-zero on a fatal failure."""
+        self._session = new_session()
+        monitor = asyncio.create_task(self.monitor.run(), name="backend-monitor")
+        try:
+            try:
+                await self._start_ports()
+            except StartupError as exc:
+                logger.error("%s", exc)
+                return 1
+            self._started = True
+            await self.monitor.probed.wait()
+            if self.stopped.is_set():
+                return 0
+            code = await self.link_client.run()
+            return 0 if self.draining or self.stopped.is_set() else code
+        finally:
+            self.stopped.set()
+            monitor.cancel()
+            for task in (self._drain_timer, monitor):
+                if task is not None:
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await task
+            for runner in self._runners:
+                await runner.cleanup()
+            await self._session.close()
+
+    def request_stop(self) -> None:
+        """Leave now: close the link (in-flight requests are aborted) and return from `run`."""
+        if not self.stopped.is_set():
+            logger.info("connector stopping")
+        self.stopped.set()
+        self.link_client.stop()
+
+    def drain(self, *, by: str = "") -> None:
+        """Take nothing new, finish in-flight, then leave (within `DRAIN_TIMEOUT`)."""
+        timeout = self.settings.drain_timeout
+        if not self.draining:
+            self.draining = True
+            logger.info(
+                "draining (asked by %s): %d request(s) in flight", by or "unknown", self._jobs
+            )
+            self._mark_status()
+        if timeout == 0 or self._jobs == 0:
+            self.request_stop()
+            return
+        if timeout > 0:
+            if self._drain_timer is not None:
+                self._drain_timer.cancel()
+            self._drain_timer = asyncio.create_task(self._drain_deadline(timeout))
+
+    def undrain(self, *, by: str = "") -> bool:
+        """Take requests again; refused (False) once a shutdown was asked for."""
+        if self._shutdown or self.stopped.is_set():
+            logger.warning("undrain asked by %s refused: shutting down", by or "unknown")
+            return False
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.draining:
+            self.draining = False
+            logger.info("undrained (asked by %s)", by or "unknown")
+            self._mark_status()
+        return True
+
+    def shutdown(self, *, by: str = "") -> None:
+        """Drain and exit; unlike `drain`, it cannot be undone with `undrain`."""
+        logger.info("shutdown asked by %s", by or "unknown")
+        self._shutdown = True
+        self.drain(by=by)
+
+    def signal_received(self, name: str) -> None:
+        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        self._signals += 1
+        if self._signals == 1:
+            self.drain(by=f"signal {name}")
+        else:
+            logger.info("second %s: exiting now", name)
+            self.request_stop()
+
+    async def _drain_deadline(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        if self.draining:
+            logger.warning(
+                "drain timeout (%gs) reached with %d request(s) in flight", seconds, self._jobs
+            )
+            self.request_stop()
+
+    async def _start_ports(self) -> None:
+        settings = self.settings
+        if settings.status_addr:
+            host, port = parse_addr(settings.status_addr)
+            path = token_path(self.config_path)
+            try:
+                token = load_or_create_token(path)
+            except OSError as exc:
+                raise StartupError(f"cannot create the control token {path}: {exc}") from None
+            bound = await self._serve(create_status_app(self, token), host, port, "STATUS_ADDR")
+            self.status_url = f"http://{_url_host(host)}:{bound}"
+            logger.info("status port on %s", self.status_url)
+        if settings.metrics_port is not None:
+            app = create_metrics_app(self.metrics.registry)
+            bound = await self._serve(app, "0.0.0.0", settings.metrics_port, "METRICS_PORT")
+            self.metrics_url = f"http://127.0.0.1:{bound}/metrics"
+            logger.info("metrics on port %d", bound)
+
+    async def _serve(self, app: web.Application, host: str, port: int, setting: str) -> int:
+        runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await runner.setup()
+        self._runners.append(runner)
+        site = web.TCPSite(runner, host, port)
+        try:
+            await site.start()
+        except OSError as exc:
+            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {exc}") from None
+        sockets = runner.addresses
+        return int(sockets[0][1]) if sockets else port
+
+    # ---- backend --------------------------------------------------------------------------
+
+    async def _probe(self) -> Discovery:
+        assert self._session is not None
+        s = self.settings
+        return await discover(
+            self._session, s.completion_base_url, s.completion_api_key, s.api_style
+        )
+
+    def _backend_changed(self) -> None:
+        healthy = self.monitor.healthy
+        self.metrics.connected_to_backend.set(1 if healthy else 0)
+        self.metrics.max_concurrency.set(self._capacity())
+        self._mark_status()
+
+    def _capacity(self) -> int:
+        return self.settings.max_concurrency if self.monitor.healthy else 0
+
+    def _status(self) -> link.Status:
+        if self.draining:
+            return "draining"
+        return "ready" if self.monitor.healthy else "not_ready"
+
+    def _last_error(self) -> str:
+        return self.monitor.last_error or self.link_client.last_error or self._job_error
+
+    # ---- link handler ---------------------------------------------------------------------
+
+    def hello(self) -> link.Hello:
+        """Who we are, rebuilt at every (re)connect with the current models and status."""
+        return link.Hello(
+            kind="llm",
+            client_key=self.settings.client_key,
+            id=self.worker_id,
+            name=self.name,
+            version=BUILD.version,
+            build_sha=BUILD.sha,
+            build_date=BUILD.date,
+            backend=self.monitor.kind,
+            models=list(self.monitor.models),
+            max_concurrency=self._capacity(),
+            status=self._status(),
+            last_error=self._last_error()[:2048],
+        )
+
+    def link_up(self, current: Link, welcome: link.Welcome) -> None:
+        """Accepted by the server: start serving requests on this link."""
+        assert self._session is not None
+        self._link = current
+        self._exchanges = HttpExchanges(
+            current,
+            self._session,
+            self.settings.completion_base_url,
+            window=welcome.window,
+            api_key=self.settings.completion_api_key,
+            read_timeout=self.settings.request_timeout,
+            observer=self,
+            usage=TokenUsageScanner,
+            clock=self._clock,
+        )
+        self._status_dirty.clear()
+        self._pusher = asyncio.create_task(self._push_status(current), name="status-pusher")
+        self.metrics.connected_to_server.set(1)
+        self.connected.set()
+
+    def frame_received(self, frame: link.ServerFrame) -> None:
+        """Dispatch one server frame."""
+        exchanges = self._exchanges
+        if exchanges is None:
+            return
+        if isinstance(frame, link.Request):
+            exchanges.on_request(frame)
+        elif isinstance(frame, link.Credit):
+            exchanges.on_credit(frame)
+        elif isinstance(frame, link.Cancel):
+            exchanges.on_cancel(frame)
+        elif isinstance(frame, link.Control):
+            self._control(frame)
+
+    def body_received(self, stream_id: int, payload: memoryview) -> None:
+        """Request body bytes."""
+        if self._exchanges is not None:
+            self._exchanges.on_body(stream_id, payload)
+
+    async def link_down(self) -> None:
+        """The link closed: abort its exchanges."""
+        self.connected.clear()
+        self.metrics.connected_to_server.set(0)
+        self._link = None
+        if self._pusher is not None:
+            self._pusher.cancel()
+            await asyncio.gather(self._pusher, return_exceptions=True)
+            self._pusher = None
+        if self._exchanges is not None:
+            exchanges, self._exchanges = self._exchanges, None
+            await exchanges.close()
+
+    def _control(self, frame: link.Control) -> None:
+        who = f"server operator {frame.by!r}" if frame.by else "server operator"
+        logger.info("server asks to %s (by %s)", frame.action, frame.by or "unnamed operator")
+        if frame.action == "drain":
+            self.drain(by=who)
+        elif frame.action == "undrain":
+            self.undrain(by=who)
+        else:
+            self.shutdown(by=who)
+
+    def _mark_status(self) -> None:
+        self._status_dirty.set()
+
+    async def _push_status(self, current: Link) -> None:
+        while True:
+            await self._status_dirty.wait()
+            self._status_dirty.clear()
+            update = link.StatusUpdate(
+                models=list(self.monitor.models),
+                max_concurrency=self._capacity(),
+                status=self._status(),
+                last_error=self._last_error()[:2048],
+            )
+            try:
+                await current.send(update)
+            except ConnectionError:
+                return
+
+    # ---- exchange observer ----------------------------------------------------------------
+
+    def admit(self, request: link.Request) -> link.LinkError | None:
+        """Refuse new work while draining or at `MAX_CONCURRENCY`."""
+        if self.draining or self.stopped.is_set():
+            return link.LinkError(code="draining", message="connector is draining")
+        if self._jobs >= self.settings.max_concurrency:
+            return link.LinkError(
+                code="busy",
+                message=f"connector at capacity ({self.settings.max_concurrency} in flight)",
+            )
+        return None
+
+    def started(self, request: link.Request) -> None:
+        """Count a request that now occupies a slot."""
+        self._jobs += 1
+        self.metrics.jobs_started.inc()
+        self.metrics.current_jobs.set(self._jobs)
+        logger.debug("request %s started: %s %s", request.request_id, request.method, request.path)
+
+    def finished(self, request: link.Request, outcome: Outcome) -> None:
+        """Count a request that ended; a drained connector leaves after its last one."""
+        self._jobs -= 1
+        self.metrics.current_jobs.set(self._jobs)
+        self.metrics.job_duration.observe(outcome.duration)
+        if outcome.error is None:
+            self.metrics.jobs_succeeded.inc()
+        elif outcome.error.code != "cancelled":
+            self.metrics.jobs_failed.inc()
+            self._job_error = f"{outcome.error.code}: {outcome.error.message}"[:2048]
+            logger.warning(
+                "request %s failed: %s", request.request_id or request.id, self._job_error
+            )
+        if self.draining and self._jobs == 0:
+            logger.info("drained: no request in flight")
+            self.request_stop()
+
+    # ---- status port ----------------------------------------------------------------------
+
+    def state(self) -> ConnectorState:
+        """The `/status` state name."""
+        if self.stopped.is_set():
+            return "terminating"
+        if self.draining:
+            return "draining"
+        if self.monitor.probed.is_set() and not self.monitor.healthy:
+            return "not_ready"
+        if self.connected.is_set():
+            return "connected_busy" if self._jobs else "connected_idle"
+        if not self._started:
+            return "disconnected"
+        return "error" if self.link_client.last_error else "connecting"
+
+    def status_doc(self) -> WorkerStatusDoc:
+        """`GET /status`."""
+        last: datetime | None = None
+        if self._link is not None:
+            age = self._clock() - self._link.last_received
+            last = datetime.now(UTC) - timedelta(seconds=max(0.0, age))
+        s = self.settings
+        return WorkerStatusDoc(
+            state=self.state(),
+            connected_to_server=self.connected.is_set(),
+            connected_to_backend=self.monitor.healthy,
+            current_jobs=self._jobs,
+            max_concurrency=self._capacity(),
+            models=list(self.monitor.models),
+            last_error=self._last_error(),
+            last_heartbeat=last,
+            worker_id=self.worker_id,
+            worker_name=self.name,
+            version=BUILD.version,
+            build_sha=BUILD.sha,
+            build_date=BUILD.date,
+            draining=self.draining,
+            backend=self.monitor.kind,
+            server_url=s.server_url.split("?", 1)[0],
+            completion_base_url=s.completion_base_url,
+        )
+
+
+def _url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host

@@ -1,0 +1,118 @@
+"""The connector's local status and control port (`STATUS_ADDR`).
+
+`GET /status`, `GET /version`; `POST /control/drain|undrain|shutdown` for loopback peers
+presenting `X-Auth-Token` (the content of `worker.token` beside the config file).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import os
+import secrets
+from pathlib import Path
+from typing import Protocol
+
+from aiohttp import web
+
+from infero.common.buildinfo import BUILD
+from infero.protocol.status import VersionDoc, WorkerStatusDoc
+
+logger = logging.getLogger(__name__)
+
+TOKEN_FILE = "worker.token"
+
+
+class Controllable(Protocol):
+    """What the status port reads and steers (the `Connector`)."""
+
+    def status_doc(self) -> WorkerStatusDoc:
+        """The current `/status` document."""
+
+    def drain(self, *, by: str = "") -> None:
+        """Start draining."""
+
+    def undrain(self, *, by: str = "") -> bool:
+        """Resume taking requests; False when a shutdown is under way."""
+
+    def shutdown(self, *, by: str = "") -> None:
+        """Drain, then exit."""
+
+
+def token_path(config_path: str | None) -> Path:
+    """`worker.token` in the directory of the config file (current directory if none)."""
+    directory = Path(config_path).expanduser().parent if config_path else Path.cwd()
+    return directory / TOKEN_FILE
+
+
+def load_or_create_token(path: Path) -> str:
+    """Read the token, or create 64 random hex chars with mode 0600 on first run."""
+    try:
+        existing = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        existing = ""
+    if existing:
+        return existing
+    path.parent.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as fh:
+        fh.write(token + "\n")
+    os.chmod(path, 0o600)
+    logger.info("created control token %s (mode 0600)", path)
+    return token
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """`127.0.0.1:4555`, `[::1]:4555` or `:4555` (loopback) -> (host, port)."""
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{addr!r} is not host:port (example: 127.0.0.1:4555)")
+    host = host.strip("[]") or "127.0.0.1"
+    return host, int(port)
+
+
+def _is_loopback(peer: str | None) -> bool:
+    if not peer:
+        return False
+    try:
+        return ipaddress.ip_address(peer.split("%", 1)[0]).is_loopback
+    except ValueError:
+        return False
+
+
+def create_status_app(target: Controllable, token: str) -> web.Application:
+    """The aiohttp app of the status port."""
+
+    async def status(_: web.Request) -> web.Response:
+        return web.Response(
+            text=target.status_doc().model_dump_json(), content_type="application/json"
+        )
+
+    async def version(_: web.Request) -> web.Response:
+        doc = VersionDoc(version=BUILD.version, build_sha=BUILD.sha, build_date=BUILD.date)
+        return web.Response(text=doc.model_dump_json(), content_type="application/json")
+
+    async def control(request: web.Request) -> web.Response:
+        if not _is_loopback(request.remote):
+            return web.json_response({"error": "control is allowed from loopback only"}, status=403)
+        given = request.headers.get("X-Auth-Token", "")
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            return web.json_response({"error": "missing or wrong X-Auth-Token"}, status=401)
+        action = request.match_info["action"]
+        who = f"status port ({request.remote})"
+        if action == "drain":
+            target.drain(by=who)
+        elif action == "undrain":
+            if not target.undrain(by=who):
+                return web.json_response({"error": "a shutdown is under way"}, status=409)
+        else:
+            target.shutdown(by=who)
+        return web.json_response({"ok": True, "action": action})
+
+    app = web.Application()
+    app.router.add_get("/status", status)
+    app.router.add_get("/version", version)
+    app.router.add_post(r"/control/{action:drain|undrain|shutdown}", control)
+    return app

@@ -1,0 +1,182 @@
+"""Test doubles for the connector: a scripted link server and a controllable backend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import WSMsgType, web
+
+from infero.protocol import link
+
+
+class FakeLinkServer:
+    """An aiohttp WebSocket endpoint speaking the link protocol, driven by the test."""
+
+    def __init__(
+        self,
+        *,
+        refuse: link.Refused | None = None,
+        window: int = link.DEFAULT_WINDOW,
+        heartbeat_interval: float = 5.0,
+        dead_after: float = 15.0,
+        answer_pings: bool = True,
+        silent: bool = False,
+    ) -> None:
+        self.refuse = refuse
+        self.window = window
+        self.heartbeat_interval = heartbeat_interval
+        self.dead_after = dead_after
+        self.answer_pings = answer_pings
+        self.silent = silent
+        self.hellos: asyncio.Queue[link.Hello] = asyncio.Queue()
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()
+        self.bodies: dict[int, bytearray] = defaultdict(bytearray)
+        self.body_arrived = asyncio.Event()
+        self.ws: web.WebSocketResponse | None = None
+        self.closed = asyncio.Event()
+        self.connections = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/api/workers/connect", self._handle)
+        return app
+
+    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(max_msg_size=link.MAX_FRAME, autoping=False)
+        await ws.prepare(request)
+        self.connections += 1
+        self.closed.clear()
+        first = await ws.receive()
+        hello = link.CONNECTOR_FRAMES.validate_json(first.data)
+        assert isinstance(hello, link.Hello)
+        await self.hellos.put(hello)
+        if self.silent:
+            async for _ in ws:
+                pass
+            self.closed.set()
+            return ws
+        if self.refuse is not None:
+            await ws.send_str(link.encode(self.refuse))
+            await ws.close()
+            self.closed.set()
+            return ws
+        await ws.send_str(
+            link.encode(
+                link.Welcome(
+                    id=hello.id,
+                    window=self.window,
+                    heartbeat_interval=self.heartbeat_interval,
+                    dead_after=self.dead_after,
+                )
+            )
+        )
+        self.ws = ws
+        async for msg in ws:
+            if msg.type == WSMsgType.BINARY:
+                _, sid, payload = link.unpack_body(msg.data)
+                self.bodies[sid] += payload
+                self.body_arrived.set()
+                continue
+            frame = link.CONNECTOR_FRAMES.validate_json(msg.data)
+            if isinstance(frame, link.Ping) and self.answer_pings:
+                await ws.send_str(link.encode(link.Pong(ts=frame.ts)))
+                continue
+            await self.frames.put(frame)
+        self.ws = None
+        self.closed.set()
+        return ws
+
+    async def send(self, frame: Any) -> None:
+        assert self.ws is not None
+        await self.ws.send_str(link.encode(frame))
+
+    async def request(
+        self, sid: int, path: str, body: bytes = b"", *, method: str = "POST", **kw: Any
+    ) -> None:
+        """Send a Request and its body frames."""
+        await self.send(link.Request(id=sid, method=method, path=path, body_len=len(body), **kw))
+        assert self.ws is not None
+        for i in range(0, len(body), link.BODY_CHUNK):
+            await self.ws.send_bytes(
+                link.pack_body(link.REQUEST_BODY, sid, body[i : i + link.BODY_CHUNK])
+            )
+
+    async def next_frame(self, *types: type[Any]) -> Any:
+        """The next frame of one of `types` (others, e.g. pings, are skipped)."""
+        while True:
+            frame = await self.frames.get()
+            if not types or isinstance(frame, types):
+                return frame
+
+    async def wait_body(self, sid: int, size: int) -> bytes:
+        while len(self.bodies[sid]) < size:
+            self.body_arrived.clear()
+            await self.body_arrived.wait()
+        return bytes(self.bodies[sid])
+
+
+@dataclass
+class FakeBackend:
+    """OpenAI + Ollama speaking backend that can fail, hold answers and see cancellations."""
+
+    models: list[str] = field(default_factory=lambda: ["m1"])
+    ollama_only: bool = False
+    down: bool = False
+    release: asyncio.Event = field(default_factory=asyncio.Event)
+    hold: bool = False
+    seen: list[web.Request] = field(default_factory=list)
+    headers: list[dict[str, str]] = field(default_factory=list)
+    bodies: list[bytes] = field(default_factory=list)
+    entered: asyncio.Event = field(default_factory=asyncio.Event)
+    cancelled: asyncio.Event = field(default_factory=asyncio.Event)
+    answer: bytes = b""
+    discovery_auth: list[str] = field(default_factory=list)
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_get("/api/tags", self._tags)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_post("/v1/big", self._big)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        self.discovery_auth.append(request.headers.get("Authorization", ""))
+        if self.down or self.ollama_only:
+            return web.Response(status=503 if self.down else 404)
+        return web.json_response({"data": [{"id": m} for m in self.models]})
+
+    async def _tags(self, request: web.Request) -> web.Response:
+        if self.down:
+            return web.Response(status=503)
+        return web.json_response({"models": [{"name": m} for m in self.models]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.headers.append(dict(request.headers))
+        self.bodies.append(await request.read())
+        body = json.loads(self.bodies[-1])
+        resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Backend": "1"})
+        await resp.prepare(request)
+        await resp.write(b'data: {"n":1}\n\n')
+        self.entered.set()
+        try:
+            if self.hold or body.get("hold"):
+                await self.release.wait()
+        except asyncio.CancelledError:
+            self.cancelled.set()
+            raise
+        await resp.write(
+            b'data: {"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}\n\n'
+        )
+        await resp.write(b"data: [DONE]\n\n")
+        await resp.write_eof()
+        return resp
+
+    async def _big(self, request: web.Request) -> web.Response:
+        data = await request.read()
+        self.bodies.append(data)
+        return web.Response(body=self.answer or data, content_type="application/octet-stream")

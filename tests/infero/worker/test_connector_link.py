@@ -1,0 +1,219 @@
+"""The connector against a scripted link server and a fake backend (real loopback sockets)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestServer
+from linkfakes import FakeBackend, FakeLinkServer
+
+from infero.protocol import link
+from infero.worker.runtime import Connector
+from infero.worker.settings import WorkerSettings
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+class Stack:
+    def __init__(self, aiohttp_server: ServerFactory) -> None:
+        self._factory = aiohttp_server
+        self.server = FakeLinkServer()
+        self.backend = FakeBackend()
+        self.connector: Connector | None = None
+        self.task: asyncio.Task[int] | None = None
+        self.server_port = 0
+        self.backend_url = ""
+
+    async def start(self, **settings: Any) -> Connector:
+        ts = await self._factory(self.server.app())
+        bs = await self._factory(self.backend.app())
+        self.server_port = ts.port or 0
+        self.backend_url = f"http://127.0.0.1:{bs.port}/v1"
+        values: dict[str, Any] = {
+            "server_url": f"ws://127.0.0.1:{ts.port}/api/workers/connect",
+            "completion_base_url": self.backend_url,
+            "client_key": "ck",
+            "client_id": "w1",
+            "client_name": "alpha",
+            **settings,
+        }
+        self.connector = Connector(WorkerSettings.model_validate(values))
+        self.task = asyncio.create_task(self.connector.run())
+        return self.connector
+
+    async def connected(self) -> link.Hello:
+        async with asyncio.timeout(5):
+            hello = await self.server.hellos.get()
+            assert self.connector is not None
+            await self.connector.connected.wait()
+        return hello
+
+    async def exit_code(self) -> int:
+        assert self.task is not None
+        async with asyncio.timeout(5):
+            return await self.task
+
+
+@pytest.fixture
+async def stack(aiohttp_server: ServerFactory) -> AsyncIterator[Stack]:
+    s = Stack(aiohttp_server)
+    yield s
+    if s.connector is not None and s.task is not None:
+        s.connector.request_stop()
+        async with asyncio.timeout(5):
+            await s.task
+
+
+CHAT = json.dumps({"model": "m1", "stream": True}).encode()
+
+
+async def test_hello_names_the_connector_its_models_and_capacity(stack: Stack) -> None:
+    await stack.start(max_concurrency=3)
+    hello = await stack.connected()
+    assert (hello.id, hello.name, hello.client_key) == ("w1", "alpha", "ck")
+    assert hello.kind == "llm"
+    assert hello.models == ["m1"]
+    assert hello.max_concurrency == 3
+    assert hello.status == "ready"
+    assert hello.backend == "openai"
+    assert hello.protocol == link.PROTOCOL_VERSION
+
+
+async def test_request_is_relayed_with_head_body_and_end_with_usage(stack: Stack) -> None:
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(
+        1, "/chat/completions", CHAT, headers=[("Content-Type", "application/json")]
+    )
+    async with asyncio.timeout(5):
+        head = await stack.server.next_frame(link.Head)
+        end = await stack.server.next_frame(link.End)
+    assert head.status == 200
+    names = {k.lower() for k, _ in head.headers}
+    assert "x-backend" in names
+    assert "content-length" not in names
+    assert "transfer-encoding" not in names
+    body = bytes(stack.server.bodies[1])
+    assert body.startswith(b'data: {"n":1}\n\n')
+    assert body.endswith(b"data: [DONE]\n\n")
+    assert end.error is None
+    assert end.usage == link.Usage(prompt_tokens=7, completion_tokens=3)
+    assert json.loads(stack.backend.bodies[0]) == {"model": "m1", "stream": True}
+
+
+async def test_client_authorization_is_never_forwarded_and_backend_key_is_sent(
+    stack: Stack,
+) -> None:
+    await stack.start(completion_api_key="backend-secret")
+    await stack.connected()
+    await stack.server.request(
+        1,
+        "/chat/completions",
+        CHAT,
+        headers=[("Authorization", "Bearer client-key"), ("Content-Type", "application/json")],
+    )
+    async with asyncio.timeout(5):
+        await stack.server.next_frame(link.End)
+    sent = stack.backend.headers[0]
+    assert sent["Authorization"] == "Bearer backend-secret"
+    assert sent["Accept-Encoding"] == "identity"
+    assert stack.backend.discovery_auth[0] == "Bearer backend-secret"
+
+
+async def test_without_backend_key_no_authorization_reaches_the_backend(stack: Stack) -> None:
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(
+        1, "/chat/completions", CHAT, headers=[("Authorization", "Bearer c")]
+    )
+    async with asyncio.timeout(5):
+        await stack.server.next_frame(link.End)
+    assert "Authorization" not in stack.backend.headers[0]
+
+
+async def test_unreachable_backend_ends_with_backend_unreachable_and_no_head(stack: Stack) -> None:
+    await stack.start(models="m1", completion_base_url="http://127.0.0.1:9/v1")
+    await stack.connected()
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        frame = await stack.server.next_frame(link.Head, link.End)
+    assert isinstance(frame, link.End)
+    assert frame.error is not None
+    assert frame.error.code == "backend_unreachable"
+
+
+async def test_no_more_than_the_window_is_sent_before_credit(stack: Stack) -> None:
+    stack.server.window = 1000
+    stack.backend.answer = bytes(range(256)) * 40  # 10240 bytes
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(1, "/big", b"x")
+    async with asyncio.timeout(5):
+        await stack.server.next_frame(link.Head)
+        await stack.server.wait_body(1, 1000)
+        # The writer is FIFO: once the pong to this ping arrives, nothing sent before it is
+        # still in flight, so the count below is final until we grant credit.
+        await stack.server.send(link.Ping(ts=1.0))
+        await stack.server.next_frame(link.Pong)
+    assert len(stack.server.bodies[1]) == 1000
+    async with asyncio.timeout(5):
+        await stack.server.send(link.Credit(id=1, bytes=20000))
+        end = await stack.server.next_frame(link.End)
+    assert end.error is None
+    assert bytes(stack.server.bodies[1]) == stack.backend.answer
+
+
+async def test_cancel_aborts_the_backend_call(stack: Stack) -> None:
+    stack.backend.hold = True
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        await stack.server.next_frame(link.Head)
+        await stack.backend.entered.wait()
+        await stack.server.send(link.Cancel(id=1))
+        await stack.backend.cancelled.wait()
+        end = await stack.server.next_frame(link.End)
+    assert end.error is not None
+    assert end.error.code == "cancelled"
+
+
+async def test_request_over_max_concurrency_is_refused_as_busy(stack: Stack) -> None:
+    stack.backend.hold = True
+    await stack.start(max_concurrency=1)
+    await stack.connected()
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        await stack.backend.entered.wait()
+        await stack.server.request(2, "/chat/completions", CHAT)
+        end = await stack.server.next_frame(link.End)
+    assert end.id == 2
+    assert end.error is not None
+    assert end.error.code == "busy"
+    stack.backend.release.set()
+    async with asyncio.timeout(5):
+        end = await stack.server.next_frame(link.End)
+    assert (end.id, end.error) == (1, None)
+
+
+async def test_large_request_and_response_bodies_pass(stack: Stack) -> None:
+    await stack.start()
+    await stack.connected()
+    payload = bytes(range(256)) * (5 * 4096)  # 5 MiB
+    await stack.server.request(1, "/big", payload)
+    async with asyncio.timeout(5):
+        head = await stack.server.next_frame(link.Head, link.End)
+        assert isinstance(head, link.Head), head
+        received = b""
+        while len(received) < len(payload):
+            await stack.server.wait_body(1, len(received) + 1)
+            received = bytes(stack.server.bodies[1])
+            await stack.server.send(link.Credit(id=1, bytes=len(payload)))
+        end = await stack.server.next_frame(link.End)
+    assert end.error is None
+    assert received == payload
+    assert stack.backend.bodies[0] == payload
