@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -126,3 +127,12 @@ def test_state_schema_is_generated_from_the_protocol_models() -> None:
     assert set(schemas["StateSnapshot"]["properties"]) == set(StateSnapshot.model_fields)
     assert "WorkerInfo" in schemas
     assert "McpSessionInfo" in schemas
+
+
+def test_docs_api_md_lists_every_documented_route() -> None:
+    text = (Path(__file__).parents[3] / "docs" / "api.md").read_text(encoding="utf-8")
+    rows = re.findall(r"^\| ([A-Z, ]+) \| `([^`]+)` \|", text, re.M)
+    listed = {
+        (method.strip().lower(), path) for methods, path in rows for method in methods.split(",")
+    }
+    assert listed == _documented(build_document(metrics_on_main_port=True))
