@@ -5,12 +5,18 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
 
 from infero.protocol import link
+from infero.worker.runtime import Connector
+from infero.worker.settings import WorkerSettings
+
+CHAT = json.dumps({"model": "m1", "stream": True}).encode()
 
 
 class FakeLinkServer:
@@ -180,3 +186,57 @@ class FakeBackend:
         data = await request.read()
         self.bodies.append(data)
         return web.Response(body=self.answer or data, content_type="application/octet-stream")
+
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+class Stack:
+    """Fake link server + fake backend + a real Connector, on loopback."""
+
+    def __init__(self, aiohttp_server: ServerFactory) -> None:
+        self._factory = aiohttp_server
+        self.server = FakeLinkServer()
+        self.backend = FakeBackend()
+        self.connector: Connector | None = None
+        self.task: asyncio.Task[int] | None = None
+        self.server_port = 0
+        self.backend_url = ""
+
+    async def start(
+        self, *, connector_args: dict[str, Any] | None = None, **settings: Any
+    ) -> Connector:
+        ts = await self._factory(self.server.app())
+        bs = await self._factory(self.backend.app())
+        self.server_port = ts.port or 0
+        self.backend_url = f"http://127.0.0.1:{bs.port}/v1"
+        values: dict[str, Any] = {
+            "server_url": f"ws://127.0.0.1:{ts.port}/api/workers/connect",
+            "completion_base_url": self.backend_url,
+            "client_key": "ck",
+            "client_id": "w1",
+            "client_name": "alpha",
+            **settings,
+        }
+        self.connector = Connector(WorkerSettings.model_validate(values), **(connector_args or {}))
+        self.task = asyncio.create_task(self.connector.run())
+        return self.connector
+
+    async def connected(self) -> link.Hello:
+        async with asyncio.timeout(5):
+            hello = await self.server.hellos.get()
+            assert self.connector is not None
+            await self.connector.connected.wait()
+        return hello
+
+    async def close(self) -> None:
+        """Stop the connector (if started) and wait for it."""
+        if self.connector is not None and self.task is not None:
+            self.connector.request_stop()
+            async with asyncio.timeout(5):
+                await self.task
+
+    async def exit_code(self) -> int:
+        assert self.task is not None
+        async with asyncio.timeout(5):
+            return await self.task

@@ -4,71 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from collections.abc import AsyncIterator
 
 import pytest
-from aiohttp.test_utils import TestServer
-from linkfakes import FakeBackend, FakeLinkServer
+from linkfakes import CHAT, ServerFactory, Stack
 
 from infero.protocol import link
-from infero.worker.runtime import Connector
-from infero.worker.settings import WorkerSettings
-
-ServerFactory = Callable[..., Awaitable[TestServer]]
-
-
-class Stack:
-    def __init__(self, aiohttp_server: ServerFactory) -> None:
-        self._factory = aiohttp_server
-        self.server = FakeLinkServer()
-        self.backend = FakeBackend()
-        self.connector: Connector | None = None
-        self.task: asyncio.Task[int] | None = None
-        self.server_port = 0
-        self.backend_url = ""
-
-    async def start(self, **settings: Any) -> Connector:
-        ts = await self._factory(self.server.app())
-        bs = await self._factory(self.backend.app())
-        self.server_port = ts.port or 0
-        self.backend_url = f"http://127.0.0.1:{bs.port}/v1"
-        values: dict[str, Any] = {
-            "server_url": f"ws://127.0.0.1:{ts.port}/api/workers/connect",
-            "completion_base_url": self.backend_url,
-            "client_key": "ck",
-            "client_id": "w1",
-            "client_name": "alpha",
-            **settings,
-        }
-        self.connector = Connector(WorkerSettings.model_validate(values))
-        self.task = asyncio.create_task(self.connector.run())
-        return self.connector
-
-    async def connected(self) -> link.Hello:
-        async with asyncio.timeout(5):
-            hello = await self.server.hellos.get()
-            assert self.connector is not None
-            await self.connector.connected.wait()
-        return hello
-
-    async def exit_code(self) -> int:
-        assert self.task is not None
-        async with asyncio.timeout(5):
-            return await self.task
 
 
 @pytest.fixture
 async def stack(aiohttp_server: ServerFactory) -> AsyncIterator[Stack]:
     s = Stack(aiohttp_server)
     yield s
-    if s.connector is not None and s.task is not None:
-        s.connector.request_stop()
-        async with asyncio.timeout(5):
-            await s.task
-
-
-CHAT = json.dumps({"model": "m1", "stream": True}).encode()
+    await s.close()
 
 
 async def test_hello_names_the_connector_its_models_and_capacity(stack: Stack) -> None:

@@ -1,0 +1,104 @@
+"""The real server, the real connector and the demo backend, used with the openai SDK."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+import openai
+from aiohttp import web
+from linkfakes import FakeBackend
+
+from infero.demo.backend import DemoConfig, create_app
+from infero.worker.runtime import Connector
+from infero.worker.settings import WorkerSettings
+from support.server import RunningServer, running_server
+
+
+@dataclass
+class Stack:
+    server: RunningServer
+    connector: Connector
+    client: openai.AsyncOpenAI
+
+
+@asynccontextmanager
+async def stack(
+    *, backend: FakeBackend | None = None, **connector_settings: object
+) -> AsyncIterator[Stack]:
+    app = backend.app() if backend else create_app(DemoConfig(models=("demo", "demo:7b")))
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    backend_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        async with running_server(client_key="ck", api_key="ak") as server:
+            settings = WorkerSettings.model_validate(
+                {
+                    "server_url": server.ws_url,
+                    "client_key": "ck",
+                    "client_id": "w-e2e",
+                    "completion_base_url": backend_url,
+                    **connector_settings,
+                }
+            )
+            connector = Connector(settings)
+            task = asyncio.create_task(connector.run())
+            client = openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="ak")
+            try:
+                async with asyncio.timeout(5):
+                    await connector.connected.wait()
+                    await server.wait_for(lambda: server.fleet.get_live("w-e2e") is not None)
+                yield Stack(server, connector, client)
+            finally:
+                await client.close()
+                connector.request_stop()
+                async with asyncio.timeout(5):
+                    assert await task == 0
+    finally:
+        await runner.cleanup()
+
+
+async def test_streaming_chat_flows_token_by_token_through_server_and_connector() -> None:
+    async with stack() as s, asyncio.timeout(5):
+        stream = await s.client.chat.completions.create(
+            model="demo",
+            messages=[{"role": "user", "content": "hi"}],
+            stream=True,
+            max_tokens=5,
+        )
+        parts = [chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices]
+    assert "".join(parts) == "This answer comes from infero's"
+
+
+async def test_non_streaming_chat_and_models_list_work() -> None:
+    async with stack() as s, asyncio.timeout(5):
+        done = await s.client.chat.completions.create(
+            model="demo:7b", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
+        models = [m.id async for m in s.client.models.list()]
+    assert done.choices[0].message.content == "This answer comes"
+    assert sorted(models) == ["demo", "demo:7b"]
+
+
+async def test_drain_during_a_stream_tells_the_server_and_lets_the_stream_finish() -> None:
+    backend = FakeBackend(models=["m1"], hold=True)
+    async with stack(backend=backend, drain_timeout=-1) as s, asyncio.timeout(5):
+        stream = await s.client.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        await backend.entered.wait()
+        s.connector.drain(by="test")
+
+        def draining() -> bool:
+            worker = s.server.fleet.get_live("w-e2e")
+            return worker is not None and worker.link_status == "draining"
+
+        await s.server.wait_for(draining)
+        backend.release.set()
+        chunks = [chunk async for chunk in stream]
+        await s.connector.stopped.wait()
+    assert chunks[-1].usage is not None
+    assert chunks[-1].usage.completion_tokens == 3
