@@ -266,6 +266,11 @@ def _separate_listener(
     return serve
 
 
+def separate_port(settings: ServerSettings) -> int | None:
+    """METRICS_PORT when it moves `/metrics` off the main listener (set and not PORT)."""
+    return None if settings.metrics_port == settings.port else settings.metrics_port
+
+
 def setup(app: web.Application, settings: ServerSettings) -> None:
     """Create the registry, subscribe to events and mount `/metrics`.
 
@@ -277,11 +282,10 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     app[keys.EVENTS].subscribe(ServerMetrics(registry))
     registry.register(FleetCollector(lambda: app[keys.SNAPSHOT]()))
     handler = metrics_handler(registry)
-    if settings.metrics_port is None or settings.metrics_port == settings.port:
+    port = separate_port(settings)
+    if port is None:
         app.router.add_get("/metrics", handler)
         return
     listener = MetricsListener()
     app[METRICS_LISTENER] = listener
-    app.cleanup_ctx.append(
-        _separate_listener(listener, handler, settings.host, settings.metrics_port)
-    )
+    app.cleanup_ctx.append(_separate_listener(listener, handler, settings.host, port))

@@ -11,8 +11,9 @@ from pathlib import Path
 
 from aiohttp import web
 
+from infero.server import metrics
 from infero.server.dashboard import SECURITY_HEADERS, STATIC
-from infero.server.openapi_doc import SWAGGER_ASSETS, build_document
+from infero.server.openapi_doc import build_document
 from infero.server.settings import ServerSettings
 
 CSP = "; ".join(
@@ -33,14 +34,13 @@ _ASSET_FILES = {
     "swagger-ui.css": Path(str(STATIC / "swagger-ui" / "swagger-ui.css")),
     "api-docs.js": Path(str(STATIC / "api-docs.js")),
 }
-if set(_ASSET_FILES) != set(SWAGGER_ASSETS):  # pragma: no cover - import-time consistency check
-    raise RuntimeError("openapi asset table out of sync with the document")
+"""The files named in the document (`SWAGGER_ASSETS`): vendored Swagger UI and our start-up."""
 
 
 def setup(app: web.Application, settings: ServerSettings) -> None:
     """Mount `/api/client/openapi.json`, the Swagger UI page `/api/client/` and its files."""
-    metrics_here = settings.metrics_port is None or settings.metrics_port == settings.port
-    document = json.dumps(build_document(metrics_on_main_port=metrics_here)).encode("utf-8")
+    on_main_port = metrics.separate_port(settings) is None
+    document = json.dumps(build_document(metrics_on_main_port=on_main_port)).encode("utf-8")
     page = (STATIC / "api-docs.html").read_bytes()
     headers = {"Content-Security-Policy": CSP, **SECURITY_HEADERS}
 
