@@ -102,6 +102,20 @@ class ScriptedConnector:
                 lp.pack_body(lp.RESPONSE_BODY, sid, data[start : start + lp.BODY_CHUNK])
             )
 
+    async def body_with_credit(self, sid: int, data: bytes) -> None:
+        """Send `data` honouring the window and the server's Credit frames."""
+        incoming = self.streams[sid]
+        sent = 0
+        while sent < len(data):
+            allowed = self.welcome.window + incoming.credit - sent
+            if allowed <= 0:
+                incoming.credited.clear()
+                await incoming.credited.wait()
+                continue
+            size = min(allowed, lp.BODY_CHUNK, len(data) - sent)
+            await self.ws.send_bytes(lp.pack_body(lp.RESPONSE_BODY, sid, data[sent : sent + size]))
+            sent += size
+
     async def end(
         self, sid: int, *, error: lp.LinkError | None = None, usage: lp.Usage | None = None
     ) -> None:

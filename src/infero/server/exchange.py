@@ -83,7 +83,7 @@ class Exchange:
         self.end: End | None = None
         """The final frame once received (carries usage)."""
         self.finished = False
-        """End (or failure) was consumed, or the exchange was cancelled."""
+        """End or link loss was consumed, or the exchange was cancelled: no Cancel to send."""
 
     # ---- fed by the link reader (never blocks) ------------------------------------------
 
@@ -133,10 +133,11 @@ class Exchange:
         item = await self._next(limit)
         if isinstance(item, Head):
             return item
-        self.finished = True
         if isinstance(item, ExchangeFailed):
+            self.finished = item.code == "link_lost"
             raise item
         if isinstance(item, End):
+            self.finished = True
             raise _end_failure(item.error)
         raise ExchangeFailed("protocol", "connector sent body before head")
 
@@ -145,17 +146,17 @@ class Exchange:
         item = await self._next(limit)
         if isinstance(item, bytes):
             return item
-        self.finished = True
         if isinstance(item, End):
+            self.finished = True
             if item.error is None:
                 return None
             failure = _end_failure(item.error)
             failure.retryable = False
             raise failure
         if isinstance(item, ExchangeFailed):
-            failure = item
-            failure.retryable = False
-            raise failure
+            self.finished = item.code == "link_lost"
+            item.retryable = False
+            raise item
         raise ExchangeFailed("protocol", "connector sent a second head")
 
     async def consumed(self, size: int) -> None:

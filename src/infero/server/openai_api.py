@@ -260,8 +260,6 @@ class _Relay:
             return response
         except ExchangeFailed as failure:
             error = failure.message or failure.code
-            if exchange is not None:
-                await exchange.cancel()
             if failure.retryable and self.response is None:
                 self.tried.add(worker.id)
                 self.last_failure = failure
@@ -281,11 +279,10 @@ class _Relay:
             ) from None
         except (asyncio.CancelledError, ConnectionResetError):
             outcome, error = "cancelled", "client disconnected"
-            if exchange is not None:
-                await exchange.cancel()
             raise
         finally:
             if exchange is not None and link is not None:
+                await exchange.cancel()
                 link.forget(exchange)
             api.scheduler.release(worker)
             duration = time.perf_counter() - dispatched

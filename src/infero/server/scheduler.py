@@ -130,6 +130,7 @@ class Scheduler:
                     break
                 self._remove(queue, head)
                 head.future.set_result(worker)
+                head.moved.set()
             if not queue:
                 del self.queues[model]
 

@@ -6,6 +6,7 @@ import asyncio
 import json
 
 import aiohttp
+import pytest
 
 from infero.protocol import link as lp
 from support.connector import scripted_connector
@@ -59,3 +60,145 @@ async def test_unknown_model_is_404_model_not_found_without_queueing() -> None:
     ):
         assert resp.status == 404
         assert (await resp.json())["error"]["code"] == "model_not_found"
+
+
+async def _post(
+    http: aiohttp.ClientSession, url: str, body: object, **kw: object
+) -> asyncio.Task[aiohttp.ClientResponse]:
+    return asyncio.create_task(http.post(url + "/api/v1/chat/completions", json=body, **kw))  # type: ignore[arg-type]
+
+
+SSE = [(b'data: {"a":1}\n\n'), (b'data: {"a":2}\n\n'), b"data: [DONE]\n\n"]
+
+
+async def test_streamed_answer_is_relayed_chunk_by_chunk_with_sse_headers() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        call = await _post(http, srv.url, {"model": "m", "stream": True})
+        async with asyncio.timeout(5):
+            incoming = await conn.next_request()
+            assert incoming.frame.stream is True
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            resp = await call
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            assert resp.headers["X-Accel-Buffering"] == "no"
+            assert resp.headers["Cache-Control"] == "no-cache"
+            for chunk in SSE:
+                await conn.body(incoming.id, chunk)
+                assert await resp.content.readexactly(len(chunk)) == chunk
+            await conn.end(incoming.id)
+            assert await resp.content.read() == b""
+        resp.release()
+
+
+@pytest.mark.parametrize("route", ["/completions", "/embeddings", "/responses"])
+async def test_every_openai_route_reaches_the_backend_under_its_own_path(route: str) -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        call = asyncio.create_task(
+            http.post(srv.url + "/api/v1" + route + "?x=1", json={"model": "m", "input": "a"})
+        )
+        async with asyncio.timeout(5):
+            incoming = await conn.next_request()
+            assert incoming.frame.path == route + "?x=1"
+            await conn.reply(incoming.id, b"{}")
+            resp = await call
+        assert resp.status == 200
+        resp.release()
+
+
+@pytest.mark.parametrize(
+    ("headers", "data", "status", "code"),
+    [
+        ({"Content-Type": "text/plain"}, b'{"model":"m"}', 400, None),
+        ({"Content-Type": "application/json"}, b"{not json", 400, None),
+        ({"Content-Type": "application/json"}, b"[1]", 400, None),
+        ({"Content-Type": "application/json"}, b'{"messages":[]}', 400, "missing_model"),
+        (
+            {"Content-Type": "application/json"},
+            b'{"model":"m","x":"' + b"a" * 2000 + b'"}',
+            413,
+            "request_too_large",
+        ),
+    ],
+)
+async def test_bad_requests_get_openai_shaped_errors(
+    headers: dict[str, str], data: bytes, status: int, code: str | None
+) -> None:
+    async with (
+        running_server(max_body_bytes=1000) as srv,
+        scripted_connector(srv.url),
+        aiohttp.ClientSession() as http,
+        http.post(srv.url + "/api/v1/chat/completions", data=data, headers=headers) as resp,
+    ):
+        assert resp.status == status
+        error = (await resp.json())["error"]
+        assert error["type"] == "invalid_request_error"
+        assert isinstance(error["message"], str)
+        assert error["code"] == code
+
+
+async def test_api_key_is_required_when_configured() -> None:
+    async with (
+        running_server(api_key="k1") as srv,
+        aiohttp.ClientSession() as http,
+    ):
+        for auth in ({}, {"Authorization": "Bearer wrong"}):
+            async with http.get(srv.url + "/api/v1/models", headers=auth) as resp:
+                assert resp.status == 401
+                assert (await resp.json())["error"]["code"] == "invalid_api_key"
+        async with http.get(
+            srv.url + "/api/v1/models", headers={"Authorization": "Bearer k1"}
+        ) as resp:
+            assert resp.status == 200
+
+
+async def test_models_list_and_detail_with_slashes_and_colons() -> None:
+    model = "hf.co/org/model:Q4_K_M"
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a", name="Beta", models=[model, "x"]),
+        scripted_connector(srv.url, id="b", name="Alpha", models=[model]),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.get(srv.url + "/api/v1/models") as resp:
+            listing = await resp.json()
+        assert listing["object"] == "list"
+        assert [m["id"] for m in listing["data"]] == [model, "x"]
+        assert listing["data"][0]["owned_by"] == "Alpha,Beta"
+        assert listing["data"][0]["created"] > 0
+        async with http.get(srv.url + "/api/v1/models/" + model) as resp:
+            assert resp.status == 200
+            assert (await resp.json())["id"] == model
+        async with http.get(srv.url + "/api/v1/models/hf.co/org/model") as resp:
+            assert resp.status == 404
+            assert (await resp.json())["error"]["code"] == "model_not_found"
+
+
+async def test_x_infero_worker_pins_the_request_to_one_connector() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a", max_concurrency=4) as a,
+        scripted_connector(srv.url, id="b", max_concurrency=4) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        call = await _post(http, srv.url, {"model": "m"}, headers={"X-Infero-Worker": "b"})
+        async with asyncio.timeout(5):
+            incoming = await b.next_request()
+            await b.reply(incoming.id, b"{}")
+            resp = await call
+        resp.release()
+        assert a.requests.empty()
+        async with http.post(
+            srv.url + "/api/v1/chat/completions",
+            json={"model": "m"},
+            headers={"X-Infero-Worker": "zzz"},
+        ) as resp:
+            assert resp.status == 404

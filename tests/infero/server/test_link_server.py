@@ -1,0 +1,179 @@
+"""The link endpoint: handshake, large bodies, flow control, liveness, duplicates."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+
+import aiohttp
+import pytest
+
+from infero.protocol import link as lp
+from infero.server import keys
+from infero.server.exchange import Exchange, ExchangeFailed
+from support.connector import scripted_connector
+from support.server import running_server
+
+CHAT = "/api/v1/chat/completions"
+MB5 = 5 * 1024 * 1024
+
+
+async def test_five_megabytes_pass_both_ways() -> None:
+    big_prompt = b'{"model":"m","prompt":"' + b"p" * MB5 + b'"}'
+    big_answer = bytes(range(256)) * (MB5 // 256)
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(
+                    srv.url + CHAT,
+                    data=io.BytesIO(big_prompt),
+                    headers={"Content-Type": "application/json"},
+                )
+            )
+            incoming = await conn.next_request()
+            assert incoming.body == big_prompt
+            await conn.head(incoming.id, 200, [("Content-Type", "application/octet-stream")])
+            await conn.body_with_credit(incoming.id, big_answer)
+            await conn.end(incoming.id)
+            resp = await call
+            assert await resp.read() == big_answer
+            resp.release()
+
+
+class _Sent:
+    def __init__(self) -> None:
+        self.frames: list[lp.Cancel | lp.Credit] = []
+
+    async def send(self, frame: lp.Cancel | lp.Credit) -> None:
+        self.frames.append(frame)
+
+
+async def test_credit_is_granted_as_the_client_consumes_and_overrun_fails_the_stream() -> None:
+    link = _Sent()
+    exchange = Exchange(link, 7, window=100)
+    exchange.on_head(lp.Head(id=7, status=200))
+    assert (await exchange.head(1)).status == 200
+    assert exchange.on_body(memoryview(b"x" * 60))
+    assert await exchange.chunk(1) == b"x" * 60
+    await exchange.consumed(60)
+    assert link.frames == [lp.Credit(id=7, bytes=60)]
+    assert exchange.on_body(memoryview(b"y" * 100)), "60 credit + 40 left of the window"
+    assert not exchange.on_body(memoryview(b"z")), "one byte past the window"
+    assert await exchange.chunk(1) == b"y" * 100
+    with pytest.raises(ExchangeFailed) as failed:
+        await exchange.chunk(1)
+    assert failed.value.code == "flow_control"
+    await exchange.cancel()
+    assert link.frames[-1] == lp.Cancel(id=7)
+
+
+async def test_slow_reader_does_not_stall_another_stream_on_the_same_link() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, max_concurrency=2) as conn,
+        aiohttp.ClientSession() as slow_http,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            slow_call = asyncio.create_task(
+                slow_http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            slow = await conn.next_request()
+            await conn.head(slow.id, 200, [("Content-Type", "text/event-stream")])
+            slow_resp = await slow_call
+            # the slow client reads nothing; the connector fills the whole window
+            await conn.body(slow.id, b"x" * conn.welcome.window)
+            fast_call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            fast = await conn.next_request()
+            await conn.head(fast.id, 200, [("Content-Type", "text/event-stream")])
+            fast_resp = await fast_call
+            for i in range(20):
+                event = f"data: {i}\n\n".encode()
+                await conn.body(fast.id, event)
+                assert await fast_resp.content.readexactly(len(event)) == event
+            await conn.end(fast.id)
+            fast_resp.release()
+            await conn.end(slow.id)
+            assert len(await slow_resp.read()) == conn.welcome.window
+            slow_resp.release()
+
+
+async def test_silent_link_is_closed_by_the_heartbeat_and_becomes_gone() -> None:
+    async with (
+        running_server(heartbeat_interval=0.02, link_dead_after=0.06) as srv,
+        scripted_connector(srv.url) as conn,
+    ):
+        conn.answer_pings = False
+        async with asyncio.timeout(5):
+            await conn.closed.wait()
+            await srv.wait_for(lambda: srv.fleet.workers["w1"].status == "gone")
+        assert conn.pings >= 1
+
+
+async def test_duplicate_id_replaces_the_old_link() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="dup", models=["old"]) as first,
+        scripted_connector(srv.url, id="dup", models=["new"]) as second,
+    ):
+        assert isinstance(second.answer, lp.Welcome)
+        async with asyncio.timeout(5):
+            await first.closed.wait()
+        worker = srv.fleet.workers["dup"]
+        assert worker.live
+        assert worker.models == {"new"}
+        assert len(srv.fleet.live_links()) == 1
+
+
+async def test_wrong_client_key_is_refused_and_the_reason_logged(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "infero.server.linkserver")
+    async with running_server(client_key="right-key") as srv:
+        async with scripted_connector(srv.url, client_key="wrong-key") as conn:
+            assert isinstance(conn.answer, lp.Refused)
+            assert conn.answer.reason == "unauthorized"
+        async with scripted_connector(srv.url, client_key="right-key") as conn:
+            assert isinstance(conn.answer, lp.Welcome)
+    assert "refused (unauthorized)" in caplog.text
+    assert "wrong-key" not in caplog.text
+    assert "right-key" not in caplog.text
+
+
+async def test_unsupported_protocol_version_is_refused() -> None:
+    async with (
+        running_server() as srv,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(srv.url + "/api/llm/connect") as ws,
+    ):
+        await ws.send_str('{"type":"hello","protocol":99,"id":"x"}')
+        refused = lp.SERVER_FRAMES.validate_json((await ws.receive()).data)
+        assert isinstance(refused, lp.Refused)
+        assert refused.reason == "protocol"
+        closing = await ws.receive()
+        assert closing.type == aiohttp.WSMsgType.CLOSE
+        assert closing.data == 1008
+
+
+async def test_status_update_applies_at_once() -> None:
+    async with running_server() as srv, scripted_connector(srv.url, models=["a"]) as conn:
+        await conn.status(models=["b", "c"], max_concurrency=3, status="draining")
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: srv.fleet.workers["w1"].status == "draining")
+        worker = srv.fleet.workers["w1"]
+        assert worker.models == {"b", "c"}
+        assert worker.capacity == 3
+
+
+async def test_draining_server_refuses_new_links() -> None:
+    async with running_server() as srv, aiohttp.ClientSession() as http:
+        srv.app[keys.LIFECYCLE].start_drain()
+        async with http.get(srv.url + "/api/workers/connect") as resp:
+            assert resp.status == 503

@@ -1,0 +1,249 @@
+"""Queueing, timeouts, failover and broken answers, through a real server and scripted links."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import aiohttp
+
+from infero.protocol import link as lp
+from infero.server import keys
+from support.connector import ScriptedConnector, scripted_connector
+from support.server import running_server
+
+CHAT = "/api/v1/chat/completions"
+
+
+async def _read_sse_line(resp: aiohttp.ClientResponse) -> bytes:
+    """Next non-empty line of an SSE body."""
+    while True:
+        line = await resp.content.readline()
+        if line.strip():
+            return line.strip()
+
+
+async def test_streaming_client_waits_in_queue_with_position_comments_then_gets_served() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(5):
+            first = await conn.next_request()
+            queued = await http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            assert queued.status == 200
+            assert queued.headers["Content-Type"] == "text/event-stream"
+            assert await _read_sse_line(queued) == b": queued position=1"
+            assert srv.app[keys.SCHEDULER].queue_len("m") == 1
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+            second = await conn.next_request()
+            await conn.head(second.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(second.id, b"data: {}\n\n")
+            await conn.end(second.id)
+            assert await _read_sse_line(queued) == b"data: {}"
+        queued.release()
+
+
+async def test_queue_timeout_is_503_with_retry_after() -> None:
+    async with (
+        running_server(queue_timeout=0.05) as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(5):
+            first = await conn.next_request()
+            async with http.post(srv.url + CHAT, json={"model": "m"}) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "1"
+                assert (await resp.json())["error"]["code"] == "queue_timeout"
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+
+
+async def test_streaming_queue_timeout_ends_with_an_sse_error_event() -> None:
+    async with (
+        running_server(queue_timeout=0.05) as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(5):
+            first = await conn.next_request()
+            async with http.post(srv.url + CHAT, json={"model": "m", "stream": True}) as resp:
+                assert await _read_sse_line(resp) == b": queued position=1"
+                event = await _read_sse_line(resp)
+                assert event.startswith(b"data: ")
+                assert json.loads(event[6:])["error"]["code"] == "queue_timeout"
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+
+
+async def test_full_queue_is_429_with_retry_after() -> None:
+    async with (
+        running_server(queue_max=0) as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(5):
+            first = await conn.next_request()
+            async with http.post(srv.url + CHAT, json={"model": "m"}) as resp:
+                assert resp.status == 429
+                assert resp.headers["Retry-After"] == "1"
+                assert (await resp.json())["error"]["code"] == "queue_full"
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+
+
+async def test_concurrent_requests_never_exceed_capacity() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a", max_concurrency=2) as a,
+        scripted_connector(srv.url, id="b", max_concurrency=1) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        scheduler = srv.app[keys.SCHEDULER]
+        calls = [
+            asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"})) for _ in range(9)
+        ]
+        seen: list[tuple[int, int]] = []
+
+        async def answer(conn: ScriptedConnector) -> None:
+            while True:
+                incoming = await conn.next_request()
+                seen.append((srv.fleet.workers["a"].inflight, srv.fleet.workers["b"].inflight))
+                await conn.reply(incoming.id, b"{}")
+
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: scheduler.queue_len("m") == 6)
+            assert (srv.fleet.workers["a"].inflight, srv.fleet.workers["b"].inflight) == (2, 1)
+            responders = [asyncio.create_task(answer(a)), asyncio.create_task(answer(b))]
+            for call in calls:
+                (await call).release()
+        for responder in responders:
+            responder.cancel()
+        assert len(seen) == 9
+        assert all(ia <= 2 and ib <= 1 for ia, ib in seen)
+
+
+async def test_connector_failing_before_the_head_is_retried_on_another() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            first = await a.next_request()
+            async with scripted_connector(srv.url, id="b") as b:
+                await a.end(first.id, error=lp.LinkError(code="backend_unreachable"))
+                second = await b.next_request()
+                assert second.body == first.body
+                await b.reply(second.id, b'{"ok":true}')
+                resp = await call
+                assert resp.status == 200
+                assert await resp.read() == b'{"ok":true}'
+        assert srv.fleet.workers["a"].stats.failures_total == 1
+
+
+async def test_all_candidates_failing_is_502_upstream_error() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            first = await a.next_request()
+            await a.end(first.id, error=lp.LinkError(code="backend_unreachable", message="down"))
+            resp = await call
+            assert resp.status == 502
+            assert (await resp.json())["error"]["code"] == "upstream_error"
+            resp.release()
+
+
+async def test_connector_killed_mid_stream_ends_with_error_event_and_others_keep_working() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="b", max_concurrency=1) as b,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            async with scripted_connector(srv.url, id="a", max_concurrency=4) as a:
+                call = asyncio.create_task(
+                    http.post(
+                        srv.url + CHAT,
+                        json={"model": "m", "stream": True},
+                        headers={"X-Infero-Worker": "a"},
+                    )
+                )
+                incoming = await a.next_request()
+                await a.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+                await a.body(incoming.id, b"data: {}\n\n")
+                resp = await call
+                assert await _read_sse_line(resp) == b"data: {}"
+            event = await _read_sse_line(resp)
+            assert json.loads(event[6:])["error"]["code"] == "upstream_error"
+            assert (await resp.content.read()).strip() == b""
+            resp.release()
+            await srv.wait_for(lambda: srv.fleet.workers["a"].status == "gone")
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            incoming = await b.next_request()
+            await b.reply(incoming.id, b"{}")
+            resp = await call
+            assert resp.status == 200
+            resp.release()
+
+
+async def test_client_disconnect_sends_cancel_to_the_connector() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+    ):
+        async with asyncio.timeout(5):
+            http = aiohttp.ClientSession()
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            resp = await call
+            resp.close()
+            await http.close()
+            await incoming.cancelled.wait()
+            await srv.wait_for(lambda: srv.fleet.workers["w1"].inflight == 0)
+
+
+async def test_first_byte_timeout_is_504_and_cancels() -> None:
+    async with (
+        running_server(first_byte_timeout=0.05) as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            incoming = await conn.next_request()
+            resp = await call
+            assert resp.status == 504
+            resp.release()
+            await incoming.cancelled.wait()
+
+
+async def test_backend_error_status_is_relayed_as_is() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, b'{"error":{"message":"bad"}}', status=400)
+            resp = await call
+            assert resp.status == 400
+            assert await resp.json() == {"error": {"message": "bad"}}
+            resp.release()
