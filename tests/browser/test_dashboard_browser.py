@@ -72,3 +72,15 @@ async def test_dashboard_sorts_connectors_by_the_clicked_column(page: Page) -> N
         await expect(page.locator('#workers th[data-key="name"]')).to_have_attribute(
             "aria-sort", "descending"
         )
+
+
+async def test_dashboard_lists_mcp_relays_with_their_names_as_text(page: Page) -> None:
+    async with (
+        running_server() as server,
+        scripted_connector(server.url, path="/api/mcp/connect", kind="mcp", id="r1", name=HOSTILE),
+    ):
+        await page.goto(server.url + "/state")
+        row = page.locator('#mcp-clients tbody tr[data-id="r1"]')
+        await expect(row.locator("td").nth(0)).to_have_text(HOSTILE, timeout=WAIT_MS)
+        await expect(row.locator("td").nth(1)).to_have_text("r1")
+        assert await page.locator("img").count() == 0
