@@ -16,6 +16,7 @@ import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
@@ -27,6 +28,7 @@ from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
 from infero.common.linkclient import Link, LinkClient
 from infero.protocol import link
+from infero.protocol.mcp import EnvelopeError, parse_envelope
 from infero.relay.metrics import RelayMetrics
 from infero.relay.probe import ProviderDown, probe
 from infero.relay.settings import RelaySettings
@@ -42,6 +44,18 @@ COMPONENT = "infero-mcp"
 
 LISTEN = "listen"
 """Label (Request.model) the server gives GET listening streams; they are not calls."""
+
+
+CANCEL_HEADERS = frozenset({"mcp-session-id", "mcp-protocol-version"})
+
+
+@dataclass(slots=True)
+class _Call:
+    """A POST in flight to a session-holding provider, kept to cancel it there."""
+
+    headers: list[tuple[str, str]]
+    size: int
+    body: bytearray = field(default_factory=bytearray)
 
 
 class StartupError(Exception):
@@ -166,6 +180,8 @@ class McpRelay:
         self._pusher: asyncio.Task[None] | None = None
         self._drain_timer: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
+        self._open_calls: dict[int, _Call] = {}
+        self._chores: set[asyncio.Task[None]] = set()
         self.monitor = ProviderMonitor(
             self._probe,
             interval=settings.mcp_probe_interval,
@@ -211,6 +227,9 @@ class McpRelay:
                     task.cancel()
                     with contextlib.suppress(asyncio.CancelledError):
                         await task
+            for chore in list(self._chores):
+                chore.cancel()
+            await asyncio.gather(*self._chores, return_exceptions=True)
             await self._close_facade()
             for runner in self._runners:
                 await runner.cleanup()
@@ -373,12 +392,18 @@ class McpRelay:
         if exchanges is None:
             return
         if isinstance(frame, link.Request):
+            self._remember(frame)
             path = provider_path(self._path, self._query, frame.path)
             exchanges.on_request(frame.model_copy(update={"path": path}))
         elif isinstance(frame, link.Credit):
             exchanges.on_credit(frame)
         elif isinstance(frame, link.Cancel):
             exchanges.on_cancel(frame)
+            call = self._open_calls.pop(frame.id, None)
+            if call is not None:
+                chore = asyncio.create_task(self._cancel_on_provider(call))
+                self._chores.add(chore)
+                chore.add_done_callback(self._chores.discard)
         elif isinstance(frame, link.Control):
             logger.info("server asks to %s (by %s)", frame.action, frame.by or "operator")
             if frame.action == "undrain":
@@ -388,8 +413,46 @@ class McpRelay:
 
     def body_received(self, stream_id: int, payload: memoryview) -> None:
         """Request body bytes."""
+        call = self._open_calls.get(stream_id)
+        if call is not None and len(call.body) + len(payload) <= call.size:
+            call.body += payload
         if self._exchanges is not None:
             self._exchanges.on_body(stream_id, payload)
+
+    def _remember(self, request: link.Request) -> None:
+        """Keep POSTs to a session of an http provider, to cancel them there if asked.
+
+        A Streamable HTTP provider does not take a dropped connection as a cancellation,
+        so a client that goes away is turned into `notifications/cancelled` for its
+        requests (stdio/SSE sessions get the same from the facade).
+        """
+        if self.transport != "http" or request.method != "POST":
+            return
+        headers = [(k, v) for k, v in request.headers if k.lower() in CANCEL_HEADERS]
+        if any(k.lower() == "mcp-session-id" for k, _ in headers):
+            self._open_calls[request.id] = _Call(headers, request.body_len)
+
+    async def _cancel_on_provider(self, call: _Call) -> None:
+        try:
+            envelope = parse_envelope(bytes(call.body))
+        except EnvelopeError:
+            return
+        assert self._session is not None
+        headers = dict(call.headers)
+        headers["Accept"] = "application/json, text/event-stream"
+        for request_id, _ in envelope.requests:
+            note = {
+                "jsonrpc": "2.0",
+                "method": "notifications/cancelled",
+                "params": {"requestId": request_id, "reason": "the MCP client went away"},
+            }
+            try:
+                async with asyncio.timeout(10):
+                    async with self._session.post(self.endpoint, json=note, headers=headers):
+                        pass
+            except (aiohttp.ClientError, TimeoutError) as exc:
+                logger.info("could not tell the provider about a cancelled call: %s", exc)
+                return
 
     async def link_down(self) -> None:
         """The link closed: abort its exchanges."""
@@ -438,6 +501,7 @@ class McpRelay:
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
         """An exchange ended; a draining relay leaves after its last call."""
+        self._open_calls.pop(request.id, None)
         if request.model != LISTEN:
             self._calls -= 1
         self.metrics.inflight.dec()

@@ -1,0 +1,89 @@
+"""The whole MCP protocol through server + relay, for stateful HTTP, stdio and legacy SSE providers.
+
+An MCP client must not be able to tell the relay from a direct connection: sessions, SSE
+answers, progress, server-initiated sampling, resources, prompts and cancellation all work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import anyio
+import pytest
+
+API_KEY = "client-key-1"
+
+
+@pytest.fixture(params=["stateful", "stdio", "sse"])
+def provider(request: pytest.FixtureRequest, stdio_provider: dict[str, str]) -> dict[str, str]:
+    """Relay env for one provider form."""
+    if request.param == "stdio":
+        return stdio_provider
+    if request.param == "sse":
+        return {"MCP_SSE_URL": request.getfixturevalue("sse_url")}
+    return {"PROVIDER_URL": request.getfixturevalue("stateful_url")}
+
+
+def text(result: Any) -> str:
+    return str(result.content[0].text)
+
+
+async def test_tools_resources_prompts_progress_and_sampling_work(
+    provider: Any, make_stack: Any, connect: Any, sampling: Any
+) -> None:
+    progress: list[float] = []
+
+    async def on_progress(done: float, total: float | None, message: str | None) -> None:
+        progress.append(done)
+
+    async with make_stack({"api_key": API_KEY}, **provider) as s:
+        async with connect(s.url, sampling_callback=sampling) as client:
+            assert client.server_info.name == "preferences"
+            tools = {t.name for t in (await client.list_tools()).tools}
+            assert {"favorite/color", "count_up", "ask_llm"} <= tools
+            assert text(await client.call_tool("favorite/color", {})) == "blue with a hint of green"
+            counted = await client.call_tool(
+                "count_up", {"steps": 3}, progress_callback=on_progress
+            )
+            assert text(counted) == "counted to 3"
+            assert progress == [1, 2, 3]
+            asked = await client.call_tool("ask_llm", {"question": "why?"})
+            assert text(asked) == "answer to why?"
+            resource = await client.read_resource("pref://theme")
+            assert resource.contents[0].text == "dark"
+            prompt = await client.get_prompt("greet", {"name": "Ann"})
+            assert prompt.messages[0].content.text == "Say hello to Ann."
+            sessions = s.registry.state().sessions
+        assert len(sessions) == 1
+        assert sessions[0].client_id == s.relay.relay_id
+
+
+async def test_two_sessions_keep_their_own_state(
+    provider: Any, make_stack: Any, connect: Any
+) -> None:
+    async with make_stack({"api_key": API_KEY}, **provider) as s:
+        async with connect(s.url) as alice, connect(s.url) as bob:
+            await alice.call_tool("remember", {"value": "alice's"})
+            await bob.call_tool("remember", {"value": "bob's"})
+            assert text(await alice.call_tool("recall", {})) == "alice's"
+            assert text(await bob.call_tool("recall", {})) == "bob's"
+            assert len(s.registry.state().sessions) == 2
+        # both clients ended their sessions with DELETE
+        assert s.registry.state().sessions == []
+
+
+async def test_cancelling_a_slow_tool_stops_it_on_the_provider(
+    provider: Any, make_stack: Any, connect: Any
+) -> None:
+    async with make_stack({"api_key": API_KEY}, **provider) as s, connect(s.url) as client:
+        before = int(text(await client.call_tool("cancellations", {})))
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(client.call_tool, "wait_forever", {})
+            async with asyncio.timeout(5):
+                await s.server.wait_for(lambda: s.registry.relays[s.relay.relay_id].inflight == 1)
+            tg.cancel_scope.cancel()
+        async with asyncio.timeout(5):
+            while int(text(await client.call_tool("cancellations", {}))) == before:
+                pass  # each check is a real round trip to the provider
+        assert s.registry.relays[s.relay.relay_id].inflight == 0
