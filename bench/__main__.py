@@ -38,6 +38,7 @@ async def measure(preset: Preset, work_dir: Path, *, connectors: int) -> dict[st
         sections.append(await scenarios.latency(stack, preset, raw))
         _progress(f"throughput at concurrency {preset.concurrencies}")
         sections.append(await scenarios.throughput(stack, preset, raw))
+        sections.append(scenarios.cpu(raw, preset))
         _progress(f"embeddings, {preset.embedding_inputs} inputs")
         sections.append(await scenarios.embeddings(stack, preset, raw))
         _progress(f"slow streams: {preset.slow_streams}")
@@ -63,7 +64,9 @@ async def profile_only(preset: Preset, work_dir: Path, *, connectors: int) -> di
     started = time.monotonic()
     _progress("profiling server and connector with py-spy")
     async with Stack(preset, work_dir, connectors=connectors) as stack:
-        sections = await profiler.profile(stack, preset, max(2.0, 3 * preset.throughput_seconds))
+        sections = await profiler.profile(
+            stack, preset, max(2, round(3 * preset.throughput_seconds))
+        )
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
         "preset": asdict(preset),

@@ -16,7 +16,6 @@ from typing import Any, TypedDict
 import aiohttp
 
 from bench._loop import announce, run
-from bench.stats import Summary, summarize
 
 OVERHEAD_HEADER = "X-Infero-Overhead-Ms"
 _DONE = b"data: [DONE]"
@@ -40,17 +39,20 @@ class Job(TypedDict):
 
 
 class Result(TypedDict):
-    """Counts and timing summaries (milliseconds) of one job."""
+    """Counts and timing samples (milliseconds) of one job."""
 
     ok: int
     errors: int
     error_sample: str
     elapsed_s: float
     bytes: int
-    ttfb_ms: Summary | None
-    total_ms: Summary | None
-    gap_ms: Summary | None
-    overhead_ms: Summary | None
+    ttfb_ms: list[float]
+    """Time to the first body chunk holding `data:` (streams) or to the headers."""
+    total_ms: list[float]
+    gap_ms: list[float]
+    """Time between consecutive body chunks of streamed answers (when asked)."""
+    overhead_ms: list[float]
+    """The `X-Infero-Overhead-Ms` header of each answer that had one."""
 
 
 @dataclass
@@ -131,27 +133,29 @@ async def _drive(session: aiohttp.ClientSession, job: Job, count: int, rec: _Rec
     return time.perf_counter() - start
 
 
-async def run_job(job: Job) -> Result:
-    """Warm up, then measure; never raises for a failed request (it is counted)."""
+def session() -> aiohttp.ClientSession:
+    """The generator's client: one pool of keep-alive connections shared by every job."""
     connector = aiohttp.TCPConnector(limit=0, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
-    async with aiohttp.ClientSession(
-        connector=connector, timeout=timeout, auto_decompress=False
-    ) as session:
-        if job["warmup"]:
-            await _drive(session, {**job, "gaps": False}, job["warmup"], _Record(measure=False))
-        rec = _Record(measure=True)
-        elapsed = await _drive(session, job, job["count"], rec)
+    return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
+
+
+async def run_job(client: aiohttp.ClientSession, job: Job) -> Result:
+    """Warm up, then measure; never raises for a failed request (it is counted)."""
+    if job["warmup"]:
+        await _drive(client, {**job, "gaps": False}, job["warmup"], _Record(measure=False))
+    rec = _Record(measure=True)
+    elapsed = await _drive(client, job, job["count"], rec)
     return Result(
         ok=rec.ok,
         errors=rec.errors,
         error_sample=rec.error_sample,
         elapsed_s=elapsed,
         bytes=rec.bytes,
-        ttfb_ms=summarize(rec.ttfb),
-        total_ms=summarize(rec.total),
-        gap_ms=summarize([g * 1000 for g in rec.gaps]),
-        overhead_ms=summarize(rec.overhead),
+        ttfb_ms=rec.ttfb,
+        total_ms=rec.total,
+        gap_ms=[g * 1000 for g in rec.gaps],
+        overhead_ms=rec.overhead,
     )
 
 
@@ -159,11 +163,12 @@ async def _serve() -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=256 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    announce(json.dumps({"ready": True}))
-    while line := await reader.readline():
-        job: Job = json.loads(line)
-        result: dict[str, Any] = dict(await run_job(job))
-        announce(json.dumps(result))
+    async with session() as client:
+        announce(json.dumps({"ready": True}))
+        while line := await reader.readline():
+            job: Job = json.loads(line)
+            result: dict[str, Any] = dict(await run_job(client, job))
+            announce(json.dumps(result))
 
 
 def main() -> None:

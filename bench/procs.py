@@ -40,6 +40,16 @@ def rss_mb(pid: int) -> float:
     raise StackError(f"no VmRSS for pid {pid}")
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time a process has used so far (Linux /proc)."""
+    stat = Path(f"/proc/{pid}/stat").read_text(encoding="utf-8")
+    fields = stat.rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
 @dataclass
 class Child:
     """One running child process and where its stderr goes."""
@@ -84,6 +94,10 @@ class Child:
     def rss_mb(self) -> float:
         """The child's resident set size in MiB."""
         return rss_mb(self.pid)
+
+    def cpu_seconds(self) -> float:
+        """CPU time the child has used so far."""
+        return cpu_seconds(self.pid)
 
     async def stop(self) -> None:
         """SIGTERM, then SIGKILL after `STOP_TIMEOUT`; always closes the log."""

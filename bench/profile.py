@@ -65,7 +65,7 @@ def _tables(title: str, collapsed: str) -> list[Section]:
     return [hot, ours]
 
 
-async def profile(stack: Stack, p: Preset, seconds: float) -> list[Section]:
+async def profile(stack: Stack, p: Preset, seconds: int) -> list[Section]:
     """Profile the server and the first connector under streaming and non-streaming load."""
     assert stack.server is not None
     spy = _py_spy()
@@ -78,7 +78,7 @@ async def profile(stack: Stack, p: Preset, seconds: float) -> list[Section]:
         await stack.run(target.job("/chat/completions", body, stream=stream, count=64, warmup=0))
         spies = []
         for name, child in watched.items():
-            argv = [spy, "record", "--pid", str(child.pid), "--duration", f"{seconds:g}"]
+            argv = [spy, "record", "--pid", str(child.pid), "--duration", str(seconds)]
             argv += ["--rate", str(RATE), "--format", "raw", "--nolineno", "--nonblocking"]
             out = stack.work_dir / f"profile-{key}-{name}.txt"
             child_spy = await procs.start(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from collections import Counter
 from typing import Any
 
 from bench import procs
@@ -12,6 +13,7 @@ from bench.loadgen import Result
 from bench.presets import Preset
 from bench.report import Row, Section, count, mib, ms, ratio, signed_ms
 from bench.stack import FAST_MODEL, SLOW_MODEL, Stack, Target
+from bench.stats import summarize
 
 Raw = dict[str, Any]
 """Every load-generator result by name, kept for the JSON file."""
@@ -51,9 +53,37 @@ def embeddings_body(model: str, inputs: int) -> str:
     return json.dumps({"model": model, "input": text})
 
 
+ROUNDS = 4
+"""Each comparison alternates direct and infero in this many rounds, so a neighbour's burst
+of CPU use on the shared machine hits both sides alike."""
+
+
+def merge(results: list[Result]) -> Result:
+    """One result from several rounds of the same job."""
+    return Result(
+        ok=sum(r["ok"] for r in results),
+        errors=sum(r["errors"] for r in results),
+        error_sample=next((r["error_sample"] for r in results if r["error_sample"]), ""),
+        elapsed_s=sum(r["elapsed_s"] for r in results),
+        bytes=sum(r["bytes"] for r in results),
+        ttfb_ms=[x for r in results for x in r["ttfb_ms"]],
+        total_ms=[x for r in results for x in r["total_ms"]],
+        gap_ms=[x for r in results for x in r["gap_ms"]],
+        overhead_ms=[x for r in results for x in r["overhead_ms"]],
+    )
+
+
+def digest(result: Result) -> dict[str, Any]:
+    """A result with its samples replaced by their summaries (for the JSON file)."""
+    samples = ("ttfb_ms", "total_ms", "gap_ms", "overhead_ms")
+    out: dict[str, Any] = {k: v for k, v in result.items() if k not in samples}
+    out.update({k: summarize(result[k]) for k in samples})  # type: ignore[literal-required]
+    return out
+
+
 def _pct(result: Result, metric: str, q: str) -> float | None:
-    summary = result[metric]  # type: ignore[literal-required]
-    return None if summary is None else float(summary[q])
+    summary = summarize(result[metric])  # type: ignore[literal-required]
+    return None if summary is None else float(summary[q])  # type: ignore[literal-required]
 
 
 def _minus(a: float | None, b: float | None) -> float | None:
@@ -73,12 +103,30 @@ def _check(name: str, result: Result) -> Result:
 async def _pair(
     stack: Stack, raw: Raw, key: str, direct: Target, path: str, body: str, **job: Any
 ) -> tuple[Result, Result]:
-    """The same job against `direct`, then through infero."""
+    """The same job against `direct` and through infero, alternating in `ROUNDS` rounds."""
+    count, duration = int(job.pop("count", 0)), float(job.pop("duration", 0.0))
+    warmup, concurrency = int(job.pop("warmup", 0)), int(job.get("concurrency", 1))
+    rounds = min(ROUNDS, count) if count else ROUNDS
+    parts: dict[str, list[Result]] = {direct.name: [], stack.infero.name: []}
+    cpu: dict[str, Counter[str]] = {direct.name: Counter(), stack.infero.name: Counter()}
+    for n in range(rounds):
+        share = count // rounds + (1 if n < count % rounds else 0)
+        for target in (direct, stack.infero):
+            spec = target.job(
+                path, body, count=share, duration=duration / rounds,
+                warmup=0, **job,
+            )  # fmt: skip
+            warm = warmup if n == 0 else 2 * concurrency
+            if warm:
+                await stack.run({**spec, "count": warm, "duration": 0.0})
+            before = stack.cpu_seconds()
+            parts[target.name].append(await stack.run(spec))
+            after = stack.cpu_seconds()
+            cpu[target.name].update({k: after[k] - before[k] for k in after})
     results = []
-    for target in (direct, stack.infero):
-        name = f"{key}.{target.name}"
-        result = _check(name, await stack.run(target.job(path, body, **job)))
-        raw[name] = result
+    for name, rounds_done in parts.items():
+        result = _check(f"{key}.{name}", merge(rounds_done))
+        raw[f"{key}.{name}"] = {**digest(result), "cpu_s": dict(cpu[name])}
         results.append(result)
     return results[0], results[1]
 
@@ -250,7 +298,7 @@ async def slow_streams(stack: Stack, p: Preset, raw: Raw, memory: Section) -> Se
     finally:
         done.set()
         await sampler
-    raw["slow.infero"] = _check("slow.infero", i)
+    raw["slow.infero"] = digest(_check("slow.infero", i))
     label = f"{n} streams x {p.slow_tokens} tokens, {p.slow_delay * 1000:g} ms apart (ms)"
     section = Section("slow_streams", label, ["direct", "infero", "added"])
     for q in ("p50", "p99"):
@@ -276,6 +324,33 @@ async def slow_streams(stack: Stack, p: Preset, raw: Raw, memory: Section) -> Se
     return section
 
 
+def cpu(raw: Raw, p: Preset) -> Section:
+    """CPU time each process spent per request, from the throughput runs."""
+    section = Section(
+        "cpu",
+        "CPU per request (us)",
+        ["direct: backend", "loadgen", "infero: server", "connector", "backend", "loadgen"],
+    )
+    for c in p.concurrencies:
+        for mode in ("nonstream", "stream"):
+            key = f"{mode}_c{c}"
+            d, i = raw.get(f"{key}.direct"), raw.get(f"{key}.infero")
+            if d is None or i is None:
+                continue
+            cells = [
+                count(1e6 * run["cpu_s"][proc] / run["ok"])
+                for run, procs_ in ((d, ("backend", "loadgen")), (i, CPU_ROLES))
+                for proc in procs_
+            ]
+            label = "streaming" if mode == "stream" else "non-streaming"
+            section.rows.append(Row(key, cells, label=f"{label}, concurrency {c}"))
+    section.note = "user + system CPU time of each process during the measured rounds / answers"
+    return section
+
+
+CPU_ROLES = ("server", "connector", "backend", "loadgen")
+
+
 OVERHEAD_LABELS = {
     "nonstream_16": "non-streaming, concurrency 1",
     "stream_16": "streaming 16 tokens, concurrency 1",
@@ -291,7 +366,7 @@ def overhead(raw: Raw) -> Section:
     """The server's own `X-Infero-Overhead-Ms`, per load."""
     section = Section("overhead", "X-Infero-Overhead-Ms (ms)", ["responses", "p50", "p99", "max"])
     for key, label in OVERHEAD_LABELS.items():
-        result: Result | None = raw.get(f"{key}.infero")
+        result: dict[str, Any] | None = raw.get(f"{key}.infero")
         if result is None:
             continue
         s = result["overhead_ms"]

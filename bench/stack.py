@@ -84,6 +84,7 @@ class Stack:
         self.fast_port = 0
         self.slow_port = 0
         self.server: procs.Child | None = None
+        self._fast_backend: procs.Child | None = None
         self.connector_children: list[procs.Child] = []
         self._loadgen: procs.Child | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -153,7 +154,7 @@ class Stack:
     async def _start(self) -> None:
         p = self.preset
         self._session = await self._exit.enter_async_context(aiohttp.ClientSession())
-        fast = await self._child(
+        self._fast_backend = fast = await self._child(
             "backend-fast",
             procs.python(
                 "bench.mock_backend",
@@ -246,6 +247,19 @@ class Stack:
             await asyncio.sleep(POLL_INTERVAL)
         missing = ", ".join(sorted(ids - ready))
         raise procs.StackError(f"connectors not ready after {READY_TIMEOUT:g}s: {missing}")
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the processes on the fast path, by role."""
+        assert self.server is not None
+        assert self._fast_backend is not None
+        assert self._loadgen is not None
+        fast = self.connector_children[: self.connectors]
+        return {
+            "server": self.server.cpu_seconds(),
+            "connector": sum(c.cpu_seconds() for c in fast),
+            "backend": self._fast_backend.cpu_seconds(),
+            "loadgen": self._loadgen.cpu_seconds(),
+        }
 
     # ---- work ----------------------------------------------------------------------------
 

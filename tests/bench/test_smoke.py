@@ -21,6 +21,7 @@ EXPECTED_ROWS = {
         "stream_256_total",
     },
     "throughput": {"nonstream_c1", "nonstream_c2", "stream_c1", "stream_c2"},
+    "cpu": {"nonstream_c1", "nonstream_c2", "stream_c1", "stream_c2"},
     "embeddings": {"batch_total"},
     "slow_streams": {"gap_p50", "gap_p99", "first_byte_p50", "first_byte_p99", "errors"},
     "memory": {"rss_0_idle", "rss_idle", "per_idle", "rss_slow", "connector_rss_slow"},
