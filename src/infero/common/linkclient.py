@@ -77,6 +77,7 @@ class Link:
         self._clock = clock
         self._queue: asyncio.Queue[str | bytes] = asyncio.Queue(OUTBOUND_QUEUE)
         self._closed = False
+        self._dead: str | None = None
         self.last_received = clock()
 
     @property
@@ -111,7 +112,7 @@ class Link:
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            reason = next(iter(done)).result()
+            reason = self._dead or next(iter(done)).result()
         finally:
             self._closed = True
             for task in tasks:
@@ -178,9 +179,10 @@ class Link:
         while True:
             action = liveness.tick(self._clock())
             if action is Action.CLOSE:
-                with contextlib.suppress(ConnectionClosed, OSError):
+                self._dead = f"no frame from the server for {liveness.dead_after:g}s"
+                with contextlib.suppress(ConnectionClosed, OSError, TimeoutError):
                     await asyncio.wait_for(self._ws.close(1001, "heartbeat timeout"), 2)
-                return f"no frame from the server for {liveness.dead_after:g}s"
+                return self._dead
             if action is Action.PING:
                 await self._put(link.encode(link.Ping(ts=time.time())))
             await asyncio.sleep(max(0.01, liveness.next_deadline(self._clock())))

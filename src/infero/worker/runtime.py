@@ -23,13 +23,8 @@ from infero.worker.backend import Discovery, discover
 from infero.worker.executor import HttpExchanges, Outcome, new_session
 from infero.worker.metrics import WorkerMetrics, create_metrics_app
 from infero.worker.monitor import BackendMonitor
-from infero.worker.settings import WorkerSettings
-from infero.worker.statusport import (
-    create_status_app,
-    load_or_create_token,
-    parse_addr,
-    token_path,
-)
+from infero.worker.settings import WorkerSettings, parse_addr
+from infero.worker.statusport import create_status_app, load_or_create_token, token_path
 from infero.worker.usage import TokenUsageScanner
 
 logger = logging.getLogger(__name__)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 from typing import Annotated, Literal
 
-from pydantic import BeforeValidator, Field
+from pydantic import AfterValidator, BeforeValidator, Field
 
 from infero.common.settings import (
     Bool,
@@ -26,6 +26,23 @@ def _lower(value: object) -> object:
 
 
 ApiStyle = Annotated[Literal["auto", "openai", "ollama"], BeforeValidator(_lower)]
+
+
+def parse_addr(addr: str) -> tuple[str, int]:
+    """`127.0.0.1:4555`, `[::1]:4555` or `:4555` (loopback) -> (host, port)."""
+    host, sep, port = addr.strip().rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ValueError(f"{addr!r} is not host:port (example: 127.0.0.1:4555)")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+def _addr(value: str) -> str:
+    if value:
+        parse_addr(value)
+    return value
+
+
+ListenAddr = Annotated[str, AfterValidator(_addr)]
 
 
 class WorkerSettings(SettingsModel):
@@ -71,7 +88,8 @@ class WorkerSettings(SettingsModel):
         Bool, Opt("RECONNECT", "Keep reconnecting with backoff instead of exiting.", short="-r")
     ] = False
     status_addr: Annotated[
-        str, Opt("STATUS_ADDR", "Local status/control port, e.g. 127.0.0.1:4555; empty = off.")
+        ListenAddr,
+        Opt("STATUS_ADDR", "Local status/control port, e.g. 127.0.0.1:4555; empty = off."),
     ] = ""
     metrics_port: Annotated[
         Port | None, Opt("METRICS_PORT", "Serve connector metrics on this port.")

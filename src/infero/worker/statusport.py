@@ -64,16 +64,8 @@ def load_or_create_token(path: Path) -> str:
     return token
 
 
-def parse_addr(addr: str) -> tuple[str, int]:
-    """`127.0.0.1:4555`, `[::1]:4555` or `:4555` (loopback) -> (host, port)."""
-    host, sep, port = addr.rpartition(":")
-    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"{addr!r} is not host:port (example: 127.0.0.1:4555)")
-    host = host.strip("[]") or "127.0.0.1"
-    return host, int(port)
-
-
-def _is_loopback(peer: str | None) -> bool:
+def is_loopback(peer: str | None) -> bool:
+    """Whether a peer address is a loopback address (IPv4 or IPv6)."""
     if not peer:
         return False
     try:
@@ -95,7 +87,7 @@ def create_status_app(target: Controllable, token: str) -> web.Application:
         return web.Response(text=doc.model_dump_json(), content_type="application/json")
 
     async def control(request: web.Request) -> web.Response:
-        if not _is_loopback(request.remote):
+        if not is_loopback(request.remote):
             return web.json_response({"error": "control is allowed from loopback only"}, status=403)
         given = request.headers.get("X-Auth-Token", "")
         if not hmac.compare_digest(given.encode(), token.encode()):

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 
 import openai
 from aiohttp import web
-from linkfakes import FakeBackend
 
 from infero.demo.backend import DemoConfig, create_app
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
+from support.linkfakes import FakeBackend
 from support.server import RunningServer, running_server
 
 

@@ -7,9 +7,9 @@ import json
 from collections.abc import AsyncIterator
 
 import pytest
-from linkfakes import CHAT, ServerFactory, Stack
 
 from infero.protocol import link
+from support.linkfakes import CHAT, ServerFactory, Stack
 
 
 @pytest.fixture

@@ -1,0 +1,193 @@
+"""The generic link client: handshake, refusals, liveness and the reconnect schedule."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from aiohttp import WSMsgType, web
+from aiohttp.test_utils import TestServer
+
+from infero.common.backoff import Backoff
+from infero.common.linkclient import Link, LinkClient
+from infero.protocol import link
+
+ServerFactory = Callable[..., Awaitable[TestServer]]
+
+
+class Handler:
+    """Records what the link client tells its runtime."""
+
+    def __init__(self) -> None:
+        self.hellos = 0
+        self.up = asyncio.Event()
+        self.downs = 0
+        self.frames: asyncio.Queue[Any] = asyncio.Queue()
+
+    def hello(self) -> link.Hello:
+        self.hellos += 1
+        return link.Hello(id="c1", client_key="ck", models=[f"model-{self.hellos}"])
+
+    def link_up(self, current: Link, welcome: link.Welcome) -> None:
+        self.up.set()
+
+    def frame_received(self, frame: link.ServerFrame) -> None:
+        self.frames.put_nowait(frame)
+
+    def body_received(self, stream_id: int, payload: memoryview) -> None:
+        self.frames.put_nowait((stream_id, bytes(payload)))
+
+    async def link_down(self) -> None:
+        self.downs += 1
+
+
+def server_app(
+    behaviour: str, seen: list[Any], pinged: asyncio.Queue[int] | None = None, **welcome: Any
+) -> web.Application:
+    """`accept` (and answer pings), `refuse:<reason>`, `close` (right after welcome), `mute`."""
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        hello = link.CONNECTOR_FRAMES.validate_json((await ws.receive()).data)
+        seen.append(hello)
+        if behaviour.startswith("refuse:"):
+            reason = behaviour.split(":", 1)[1]
+            await ws.send_str(
+                link.encode(link.Refused.model_validate({"reason": reason, "message": "no way"}))
+            )
+            await ws.close()
+            return ws
+        await ws.send_str(link.encode(link.Welcome(id="c1", **welcome)))
+        if behaviour == "close":
+            await ws.close(code=1011, message=b"bye")
+            return ws
+        async for msg in ws:
+            if msg.type != WSMsgType.TEXT:
+                continue
+            frame = link.CONNECTOR_FRAMES.validate_json(msg.data)
+            seen.append(frame)
+            if isinstance(frame, link.Ping) and behaviour == "accept":
+                await ws.send_str(link.encode(link.Pong(ts=frame.ts)))
+                if pinged is not None:
+                    pinged.put_nowait(sum(isinstance(f, link.Ping) for f in seen))
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/link", handle)
+    return app
+
+
+def url(server: TestServer) -> str:
+    return f"ws://127.0.0.1:{server.port}/link"
+
+
+async def test_refused_as_unauthorized_is_fatal_and_logged_with_the_reason(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Any] = []
+    server = await aiohttp_server(server_app("refuse:unauthorized", seen))
+    client = LinkClient(url(server), Handler(), component="test", reconnect=True)
+    async with asyncio.timeout(5):
+        assert await client.run() == 1
+    assert "unauthorized: no way" in caplog.text
+    assert len(seen) == 1
+
+
+async def test_unreachable_server_without_reconnect_exits_non_zero_with_a_clear_message(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = LinkClient("ws://127.0.0.1:9/link", Handler(), component="test", reconnect=False)
+    async with asyncio.timeout(5):
+        assert await client.run() == 1
+    record = caplog.records[-1]
+    assert record.levelno == logging.ERROR
+    assert "cannot reach the server at ws://127.0.0.1:9/link" in record.getMessage()
+    assert "--reconnect" in record.getMessage()
+
+
+async def test_reconnect_follows_the_backoff_schedule_without_real_waiting() -> None:
+    delays: list[float] = []
+    client: LinkClient
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 12:
+            client.stop()
+
+    client = LinkClient(
+        "ws://127.0.0.1:9/link", Handler(), component="test", reconnect=True, sleep=sleep
+    )
+    async with asyncio.timeout(5):
+        assert await client.run() == 0
+    assert delays == [1, 1, 1, 5, 5, 5, 15, 15, 15, 30, 30, 30]
+
+
+async def test_attempt_counter_resets_after_a_successful_connection(
+    aiohttp_server: ServerFactory,
+) -> None:
+    seen: list[Any] = []
+    server = await aiohttp_server(server_app("close", seen))
+    handler = Handler()
+    delays: list[float] = []
+    client: LinkClient
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 4:
+            client.stop()
+
+    client = LinkClient(
+        url(server), handler, component="test", reconnect=True, sleep=sleep, backoff=Backoff()
+    )
+    async with asyncio.timeout(5):
+        assert await client.run() == 0
+    assert delays == [1, 1, 1, 1]
+    assert handler.downs == 4
+    assert [h.models for h in seen] == [["model-1"], ["model-2"], ["model-3"], ["model-4"]]
+
+
+async def test_lost_link_without_reconnect_exits_non_zero(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    server = await aiohttp_server(server_app("close", []))
+    client = LinkClient(url(server), Handler(), component="test", reconnect=False)
+    async with asyncio.timeout(5):
+        assert await client.run() == 1
+    assert "link to" in caplog.text
+    assert "lost" in caplog.text
+
+
+async def test_quiet_link_is_pinged_and_a_silent_server_is_dropped(
+    aiohttp_server: ServerFactory, caplog: pytest.LogCaptureFixture
+) -> None:
+    seen: list[Any] = []
+    server = await aiohttp_server(server_app("mute", seen, heartbeat_interval=0.02, dead_after=0.2))
+    client = LinkClient(url(server), Handler(), component="test", reconnect=False)
+    async with asyncio.timeout(5):
+        assert await client.run() == 1
+    assert any(isinstance(frame, link.Ping) for frame in seen)
+    assert "no frame from the server for 0.2s" in caplog.text
+
+
+async def test_answered_pings_keep_the_link_up_and_frames_reach_the_handler(
+    aiohttp_server: ServerFactory,
+) -> None:
+    seen: list[Any] = []
+    pinged: asyncio.Queue[int] = asyncio.Queue()
+    server = await aiohttp_server(
+        server_app("accept", seen, pinged, heartbeat_interval=0.02, dead_after=0.2)
+    )
+    handler = Handler()
+    client = LinkClient(url(server), handler, component="test", reconnect=False)
+    task = asyncio.create_task(client.run())
+    async with asyncio.timeout(5):
+        await handler.up.wait()
+        while await pinged.get() < 15:  # 15 pings: well past dead_after (0.2s)
+            pass
+        assert not task.done()
+        client.stop()
+        assert await task == 0
