@@ -1,0 +1,129 @@
+"""The relay registry: ids, duplicates, status, calls, sessions and the `mcp` state."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
+from typing import cast
+
+from infero.protocol import link as lp
+from infero.server.linkserver import Link
+from infero.server.mcp.relays import MAX_SESSIONS_PER_RELAY, RelayRegistry
+
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = T0
+
+    def __call__(self) -> datetime:
+        return self.now
+
+
+def fake_link(link_id: str) -> Link:
+    return cast(Link, SimpleNamespace(id=link_id, closed=False))
+
+
+def attach(registry: RelayRegistry, hello: lp.Hello) -> Link:
+    verdict = registry.admit(hello)
+    assert isinstance(verdict, str)
+    link = fake_link(verdict)
+    assert registry.attached(hello, link) is None
+    return link
+
+
+def test_an_empty_id_gets_one_assigned_and_a_wanted_id_is_kept() -> None:
+    registry = RelayRegistry()
+    assigned = registry.admit(lp.Hello(kind="mcp"))
+    assert isinstance(assigned, str)
+    assert len(assigned) == 32
+    assert registry.admit(lp.Hello(kind="mcp", id="my-mcp-server-123")) == "my-mcp-server-123"
+
+
+def test_an_id_held_by_a_live_relay_is_refused_as_duplicate() -> None:
+    registry = RelayRegistry()
+    attach(registry, lp.Hello(kind="mcp", id="taken"))
+    refused = registry.admit(lp.Hello(kind="mcp", id="taken"))
+    assert isinstance(refused, lp.Refused)
+    assert refused.reason == "duplicate"
+    assert "taken" in refused.message
+
+
+def test_ids_that_do_not_fit_in_a_url_are_refused() -> None:
+    refused = RelayRegistry().admit(lp.Hello(kind="mcp", id="../x"))
+    assert isinstance(refused, lp.Refused)
+    assert refused.reason == "invalid"
+
+
+def test_the_state_lists_relays_with_status_inflight_and_method_counts() -> None:
+    changes: list[int] = []
+    registry = RelayRegistry(on_change=lambda: changes.append(1), now=Clock())
+    hello = lp.Hello(kind="mcp", id="r1", name="Prefs", version="1.0", status="not_ready")
+    link = attach(registry, hello)
+    relay = registry.relays["r1"]
+    assert registry.state().clients[0].status == "not_ready"
+    registry.status(link, lp.StatusUpdate(max_concurrency=4, status="ready"))
+    relay.count("tools/call")
+    relay.count("tools/call")
+    registry.call_started(relay, None)
+    info = registry.state().clients[0]
+    assert (info.id, info.name, info.status, info.inflight) == ("r1", "Prefs", "active", 1)
+    assert info.functions == {"tools/call": 2}
+    registry.call_finished(relay, None, ok=False)
+    info = registry.state().clients[0]
+    assert (info.status, info.inflight, info.calls_total, info.errors_total) == ("idle", 0, 1, 1)
+    assert registry.limit(relay, 16) == 4
+    assert changes
+
+
+def test_sessions_are_tracked_until_deleted_or_the_relay_leaves() -> None:
+    clock = Clock()
+    registry = RelayRegistry(now=clock)
+    link = attach(registry, lp.Hello(kind="mcp", id="r1"))
+    relay = registry.relays["r1"]
+    registry.session_seen(relay, "s1", "initialize")
+    registry.session_seen(relay, "s2", "initialize")
+    clock.now = T0 + timedelta(seconds=2)
+    registry.session_seen(relay, "s1", "tools/call")
+    sessions = {s.id: s for s in registry.state().sessions}
+    assert sessions["s1"].method == "tools/call"
+    assert sessions["s1"].duration_ms == 2000
+    registry.session_ended(relay, "s2")
+    assert [s.id for s in registry.state().sessions] == ["s1"]
+    registry.detached(link)
+    assert registry.state().clients == []
+    assert registry.state().sessions == []
+
+
+def test_sessions_per_relay_are_bounded() -> None:
+    clock = Clock()
+    registry = RelayRegistry(now=clock)
+    attach(registry, lp.Hello(kind="mcp", id="r1"))
+    relay = registry.relays["r1"]
+    for n in range(MAX_SESSIONS_PER_RELAY + 5):
+        clock.now = T0 + timedelta(seconds=n)
+        registry.session_seen(relay, f"s{n}", "initialize")
+    ids = {s.id for s in registry.state().sessions}
+    assert len(ids) == MAX_SESSIONS_PER_RELAY
+    assert "s0" not in ids
+    assert f"s{MAX_SESSIONS_PER_RELAY + 4}" in ids
+
+
+def test_method_names_per_relay_are_bounded() -> None:
+    registry = RelayRegistry()
+    attach(registry, lp.Hello(kind="mcp", id="r1"))
+    relay = registry.relays["r1"]
+    for n in range(1000):
+        relay.count(f"m{n}")
+    assert len(relay.functions) <= 257
+    assert relay.functions["other"] > 0
+
+
+def test_a_stale_link_cannot_change_or_remove_a_newer_relay() -> None:
+    registry = RelayRegistry()
+    attach(registry, lp.Hello(kind="mcp", id="r1"))
+    stale = fake_link("r1")
+    registry.status(stale, lp.StatusUpdate(max_concurrency=1, status="draining"))
+    registry.detached(stale)
+    assert registry.relays["r1"].status == "ready"
