@@ -8,6 +8,7 @@ port and print `PORT <n>` once bound; `provider.py stdio` speaks MCP on stdin/st
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import sys
 import warnings
@@ -44,13 +45,19 @@ async def count_up(steps: int, ctx: Context) -> str:
 
 
 async def wait_forever(ctx: Context) -> str:
-    """Block until cancelled (or released); counts cancellations."""
+    """Report progress 0 (so callers know it runs), then block until cancelled."""
+    await ctx.report_progress(0, 1, "waiting")
     try:
         await _release.wait()
     except asyncio.CancelledError:
         _cancelled["count"] += 1
         raise
     return "released"
+
+
+def crash() -> str:
+    """Exit the provider process at once (a crashing stdio server)."""
+    os._exit(3)
 
 
 def cancellations() -> int:
@@ -88,6 +95,7 @@ app.tool()(recall)
 app.tool()(count_up)
 app.tool()(wait_forever)
 app.tool()(cancellations)
+app.tool()(crash)
 app.tool()(ask_llm)
 app.resource("pref://theme")(theme)
 app.prompt()(greet)
