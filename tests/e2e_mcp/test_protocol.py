@@ -7,8 +7,10 @@ answers, progress, server-initiated sampling, resources, prompts and cancellatio
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
+import aiohttp
 import anyio
 import pytest
 
@@ -93,3 +95,54 @@ async def test_cancelling_a_slow_tool_stops_it_on_the_provider(
             while int(text(await client.call_tool("cancellations", {}))) == before:
                 pass  # each check is a real round trip to the provider
         assert s.registry.relays[s.relay.relay_id].inflight == 0
+
+
+async def test_a_client_that_disconnects_mid_call_stops_the_tool_on_the_provider(
+    provider: Any, make_stack: Any
+) -> None:
+    headers = {
+        "Authorization": f"Bearer {API_KEY}",
+        "Accept": "application/json, text/event-stream",
+        "Content-Type": "application/json",
+    }
+    init = {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "initialize",
+        "params": {
+            "protocolVersion": "2025-06-18",
+            "capabilities": {},
+            "clientInfo": {"name": "raw", "version": "1"},
+        },
+    }
+
+    def tool(request_id: int, name: str, meta: dict[str, Any] | None = None) -> dict[str, Any]:
+        params: dict[str, Any] = {"name": name, "arguments": {}}
+        if meta:
+            params["_meta"] = meta
+        return {"jsonrpc": "2.0", "id": request_id, "method": "tools/call", "params": params}
+
+    async def count(http: aiohttp.ClientSession, url: str, session: dict[str, str]) -> str:
+        async with http.post(url, json=tool(3, "cancellations"), headers=session) as resp:
+            raw = (await resp.read()).decode()
+        data = [line[6:] for line in raw.splitlines() if line.startswith("data: ")]
+        answer = json.loads(data[-1] if data else raw)
+        return str(answer["result"]["content"][0]["text"])
+
+    async with make_stack({"api_key": API_KEY}, **provider) as s:
+        async with aiohttp.ClientSession(headers=headers) as http:
+            async with http.post(s.url, json=init) as resp:
+                await resp.read()
+                session = {"Mcp-Session-Id": resp.headers["Mcp-Session-Id"]}
+            note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+            async with http.post(s.url, json=note, headers=session) as resp:
+                assert resp.status == 202
+            before = await count(http, s.url, session)
+            slow = tool(2, "wait_forever", {"progressToken": "p"})
+            async with asyncio.timeout(5), http.post(s.url, json=slow, headers=session) as resp:
+                async for line in resp.content:
+                    if b"notifications/progress" in line:
+                        break  # the tool runs: go away without reading the answer
+        async with aiohttp.ClientSession(headers=headers) as http, asyncio.timeout(5):
+            while await count(http, s.url, session) == before:
+                pass  # each check is a real round trip to the provider
