@@ -1,0 +1,184 @@
+"""The relay runtime: provider probe, monitor, hello, drain on SIGTERM, metrics port."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from infero.common.backoff import Backoff
+from infero.common.settings import load_settings
+from infero.relay.probe import ProviderDown, probe
+from infero.relay.runtime import McpRelay, ProviderMonitor, provider_path, split_endpoint
+from infero.relay.settings import RelaySettings
+from infero.server.mcp import BROKER
+from support.server import running_server
+
+INIT_RESULT = {
+    "jsonrpc": "2.0",
+    "id": "infero-probe",
+    "result": {"protocolVersion": "2025-06-18", "serverInfo": {"name": "fake", "version": "1"}},
+}
+
+
+@asynccontextmanager
+async def fake_provider(
+    handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+) -> AsyncIterator[str]:
+    """A tiny HTTP server answering POST/DELETE /mcp with `handler`."""
+    app = web.Application()
+    app.router.add_route("*", "/mcp", handler)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
+    finally:
+        await runner.cleanup()
+
+
+def test_requests_are_pointed_at_the_provider_path_with_merged_queries() -> None:
+    assert split_endpoint("http://h:1/mcp?x=1") == ("http://h:1", "/mcp", "x=1")
+    assert split_endpoint("https://h") == ("https://h", "/", "")
+    assert provider_path("/mcp", "", "/") == "/mcp"
+    assert provider_path("/mcp", "x=1", "/?y=2") == "/mcp?x=1&y=2"
+
+
+async def test_probe_accepts_json_and_sse_answers_and_ends_the_session_it_opened() -> None:
+    deleted: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            deleted.append(request.headers["Mcp-Session-Id"])
+            return web.Response()
+        body = await request.json()
+        assert body["method"] == "initialize"
+        assert body["params"]["protocolVersion"] == "2025-03-26"
+        if "text/event-stream" in request.headers["Accept"]:
+            data = json.dumps(INIT_RESULT)
+            return web.Response(
+                text=f"event: message\ndata: {data}\n\n",
+                content_type="text/event-stream",
+                headers={"Mcp-Session-Id": "s-1"},
+            )
+        return web.json_response(INIT_RESULT)
+
+    async with fake_provider(handle) as url, aiohttp.ClientSession() as http:
+        name = await probe(http, url, protocol_version="2025-03-26", within=5)
+    assert name == "fake"
+    assert deleted == ["s-1"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "reason"),
+    [
+        (500, "boom", "HTTP 500"),
+        (200, '{"jsonrpc":"2.0","id":"infero-probe","error":{"code":-1,"message":"no"}}', "no"),
+        (200, "not json", "not JSON-RPC"),
+    ],
+)
+async def test_probe_explains_why_a_provider_is_not_ready(
+    status: int, body: str, reason: str
+) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.Response(status=status, text=body, content_type="application/json")
+
+    async with fake_provider(handle) as url, aiohttp.ClientSession() as http:
+        with pytest.raises(ProviderDown, match=reason):
+            await probe(http, url, protocol_version="2025-06-18", within=5)
+
+
+async def test_probe_of_an_unreachable_provider_fails_cleanly() -> None:
+    async with aiohttp.ClientSession() as http:
+        with pytest.raises(ProviderDown, match="cannot reach"):
+            await probe(http, "http://127.0.0.1:9/mcp", protocol_version="2025-06-18", within=5)
+
+
+async def test_monitor_reports_not_ready_until_the_provider_answers() -> None:
+    answers: list[str | ProviderDown] = [ProviderDown("down"), ProviderDown("down"), "srv"]
+    changes: list[bool] = []
+
+    async def check() -> str:
+        answer = answers.pop(0)
+        if isinstance(answer, ProviderDown):
+            raise answer
+        return answer
+
+    monitor = ProviderMonitor(
+        check,
+        interval=60,
+        on_change=lambda: changes.append(monitor.healthy),
+        backoff=Backoff(schedule=(1, 5), ceiling=30),
+    )
+    delays = [await monitor.probe_once() for _ in range(3)]
+    assert changes == [False, True]
+    assert delays == [1, 5, 60]
+    assert monitor.healthy
+    assert monitor.last_error == ""
+
+
+def test_the_hello_announces_a_hash_of_auth_token_never_the_token() -> None:
+    settings = load_settings(
+        RelaySettings, environ={"AUTH_TOKEN": "s3cret", "CLIENT_ID": "r1", "CLIENT_KEY": "ck"}
+    )
+    hello = McpRelay(settings).hello()
+    assert hello.kind == "mcp"
+    assert hello.id == "r1"
+    assert hello.auth_sha256 == hashlib.sha256(b"s3cret").hexdigest()
+    assert "s3cret" not in hello.model_dump_json()
+    assert hello.status == "not_ready"
+
+
+async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["method"] == "initialize":
+            return web.json_response(INIT_RESULT)
+        entered.set()
+        await release.wait()
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        registry = server.app[BROKER].registry
+        env = {
+            "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+            "CLIENT_KEY": "ck",
+            "CLIENT_ID": "d1",
+            "PROVIDER_URL": url,
+            "METRICS_PORT": "0",
+        }
+        relay = McpRelay(load_settings(RelaySettings, environ=env))
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await relay.connected.wait()
+            await server.wait_for(
+                lambda: "d1" in registry.relays and registry.relays["d1"].status == "ready"
+            )
+        public = f"{server.url}/api/mcp/id/d1"
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        async with aiohttp.ClientSession() as http:
+            slow = asyncio.create_task(http.post(public, json=call))
+            async with asyncio.timeout(5):
+                await entered.wait()
+            relay.signal_received("SIGTERM")
+            async with asyncio.timeout(5):
+                await server.wait_for(lambda: registry.relays["d1"].status == "draining")
+            async with http.post(public, json=call) as refused:
+                assert refused.status == 503
+            async with http.get(relay.metrics_url) as metrics:
+                assert "infero_mcp_relay_exchanges_inflight 1.0" in await metrics.text()
+            release.set()
+            async with asyncio.timeout(5):
+                finished = await slow
+                assert finished.status == 200
+                finished.release()
+                assert await task == 0
