@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import defaultdict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -204,7 +204,11 @@ class Stack:
         self.backend_url = ""
 
     async def start(
-        self, *, connector_args: dict[str, Any] | None = None, **settings: Any
+        self,
+        *,
+        connector_args: dict[str, Any] | None = None,
+        runner: Callable[[Connector], Coroutine[Any, Any, int]] = Connector.run,
+        **settings: Any,
     ) -> Connector:
         ts = await self._factory(self.server.app())
         bs = await self._factory(self.backend.app())
@@ -219,7 +223,7 @@ class Stack:
             **settings,
         }
         self.connector = Connector(WorkerSettings.model_validate(values), **(connector_args or {}))
-        self.task = asyncio.create_task(self.connector.run())
+        self.task = asyncio.create_task(runner(self.connector))
         return self.connector
 
     async def connected(self) -> link.Hello:

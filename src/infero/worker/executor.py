@@ -248,14 +248,6 @@ class HttpExchanges:
         tasks.extend(self._side_tasks)
         await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def wait_idle(self) -> None:
-        """Return once no exchange is running (used by tests and shutdown)."""
-        while self._streams:
-            tasks = [ex.task for ex in self._streams.values() if ex.task is not None]
-            if not tasks:
-                return
-            await asyncio.wait(tasks)
-
     # ---- internals ---------------------------------------------------------------------------
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -311,6 +303,10 @@ class HttpExchanges:
         except asyncio.CancelledError:
             error = _error("cancelled", ex.cancel_reason or "cancelled")
             end = link.End(id=ex.request.id, error=error) if ex.notify_cancel else None
+        except Exception:  # supervisor of this exchange: end it, keep the link serving
+            logger.exception("exchange %d failed unexpectedly", ex.request.id)
+            error = _error("backend_error", "internal error in the connector")
+            end = link.End(id=ex.request.id, error=error)
         self._finish(ex, state.status, error, state.usage, state.first_byte, started)
         if end is not None:
             await self._send_end(end)

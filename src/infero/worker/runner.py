@@ -27,7 +27,8 @@ def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
     return factory
 
 
-async def _serve(connector: Connector) -> int:
+async def serve_with_signals(connector: Connector) -> int:
+    """Run `connector` with SIGTERM/SIGINT wired to its drain (first) and stop (second)."""
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         try:
@@ -48,6 +49,6 @@ def run_worker(settings: WorkerSettings, *, config_path: str | None) -> int:
     logger.info("%s", BUILD.line(COMPONENT))
     connector = Connector(settings, config_path=config_path)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(_serve(connector))
+        code = runner.run(serve_with_signals(connector))
     logger.info("connector exited with status %d", code)
     return code

@@ -7,8 +7,9 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -64,6 +65,7 @@ class Connector:
         self._clock = clock
         self._shutdown = False
         self._signals = 0
+        self._crashed = False
         self._jobs = 0
         self._job_error = ""
         self._started = False
@@ -101,7 +103,7 @@ class Connector:
     async def run(self) -> int:
         """Serve until stopped; 0 after a drain or stop, non-zero on a fatal failure."""
         self._session = new_session()
-        monitor = asyncio.create_task(self.monitor.run(), name="backend-monitor")
+        monitor = asyncio.create_task(self._supervise_monitor(), name="backend-monitor")
         try:
             try:
                 await self._start_ports()
@@ -109,14 +111,15 @@ class Connector:
                 logger.error("%s", exc)
                 return 1
             self._started = True
-            await self.monitor.probed.wait()
+            await _first_of(self.monitor.probed.wait(), self.stopped.wait())
             if self.stopped.is_set():
-                return 0
+                return 1 if self._crashed else 0
             code = await self.link_client.run()
+            if self._crashed:
+                return 1
             return 0 if self.draining or self.stopped.is_set() else code
         finally:
             self.stopped.set()
-            monitor.cancel()
             for task in (self._drain_timer, monitor):
                 if task is not None:
                     task.cancel()
@@ -125,6 +128,14 @@ class Connector:
             for runner in self._runners:
                 await runner.cleanup()
             await self._session.close()
+
+    async def _supervise_monitor(self) -> None:
+        try:
+            await self.monitor.run()
+        except Exception:  # outermost supervisor of the monitor task
+            logger.exception("backend monitor failed; stopping the connector")
+            self._crashed = True
+            self.request_stop()
 
     def request_stop(self) -> None:
         """Leave now: close the link (in-flight requests are aborted) and return from `run`."""
@@ -421,6 +432,17 @@ class Connector:
             server_url=s.server_url.split("?", 1)[0],
             completion_base_url=s.completion_base_url,
         )
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return when the first of `waits` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _url_host(host: str) -> str:
