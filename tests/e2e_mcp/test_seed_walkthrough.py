@@ -73,9 +73,14 @@ async def test_hosted_llm_style_json_posts_get_json_answers(
             answer = json.loads(await resp.read())
         async with http.get(f"{s.server.url}/api/state") as resp:
             state = StateSnapshot.model_validate(await resp.json())
+        async with http.get(f"{s.server.url}/metrics") as resp:
+            metrics = await resp.text()
     assert answer["id"] == 2
     assert answer["result"]["content"][0]["text"] == "blue with a hint of green"
     (relay,) = state.mcp.clients
     assert relay.functions == {"initialize": 1, "tools/call": 1}
     assert relay.calls_total == 2
     assert relay.status == "idle"
+    series = f'infero_mcp_calls_total{{method="tools/call",outcome="success",relay="{relay.id}"}}'
+    assert f"{series} 1.0" in metrics
+    assert "infero_mcp_relays 1.0" in metrics

@@ -10,6 +10,7 @@ Broker errors are JSON-RPC error responses whose `error.data.mcp` is a stable co
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -257,6 +258,9 @@ class Broker:
             ok = outcome == "success"
             self._count(relay.id, method, outcome, self._clock() - started)
             return response
+        except asyncio.CancelledError:
+            self._count(relay.id, method, "cancelled", self._clock() - started)
+            raise
         finally:
             if envelope.is_call:
                 self.registry.call_finished(relay, session_id, ok=ok)
