@@ -165,3 +165,35 @@ async def test_large_request_and_response_bodies_pass(stack: Stack) -> None:
     assert end.error is None
     assert received == payload
     assert stack.backend.bodies[0] == payload
+
+
+async def test_malformed_requests_end_as_invalid_and_the_link_keeps_serving(stack: Stack) -> None:
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(1, "@evil.example/x", CHAT)
+    await stack.server.request(2, "/chat/completions", CHAT, headers=[("X-A", "b\r\nX-Evil: 1")])
+    async with asyncio.timeout(5):
+        first = await stack.server.next_frame(link.End)
+        second = await stack.server.next_frame(link.End)
+    assert first.error is not None
+    assert first.error.code == "invalid"
+    assert second.error is not None
+    assert second.error.code == "invalid"
+    assert stack.backend.headers == []
+    await stack.server.request(3, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        end = await stack.server.next_frame(link.End)
+    assert (end.id, end.error) == (3, None)
+
+
+async def test_a_body_longer_than_announced_is_refused(stack: Stack) -> None:
+    await stack.start()
+    await stack.connected()
+    await stack.server.send(link.Request(id=1, path="/chat/completions", body_len=2))
+    assert stack.server.ws is not None
+    await stack.server.ws.send_bytes(link.pack_body(link.REQUEST_BODY, 1, b"abc"))
+    async with asyncio.timeout(5):
+        end = await stack.server.next_frame(link.End)
+    assert end.error is not None
+    assert end.error.code == "invalid"
+    assert stack.backend.bodies == []
