@@ -25,28 +25,43 @@ def _progress(message: str) -> None:
     print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
-async def measure(preset: Preset, work_dir: Path, *, connectors: int) -> dict[str, Any]:
-    """Start the stack, run every scenario, return the report document."""
+SCENARIOS = ("memory", "latency", "throughput", "embeddings", "slow", "clients")
+"""What `--only` may name; a full report runs them all."""
+
+
+async def measure(
+    preset: Preset, work_dir: Path, *, connectors: int, only: frozenset[str] = frozenset()
+) -> dict[str, Any]:
+    """Start the stack, run the scenarios (all, or those in `only`), return the report."""
+    wanted = only or frozenset(SCENARIOS)
     raw: scenarios.Raw = {}
     sections: list[report.Section] = []
     started = time.monotonic()
     _progress(f"starting backends, server, {connectors} connector(s), load generator")
     async with Stack(preset, work_dir, connectors=connectors) as stack:
-        _progress(f"idle connectors: {preset.idle_connectors}")
-        memory = await scenarios.idle_memory(stack, preset)
-        _progress("latency at concurrency 1")
-        sections.append(await scenarios.latency(stack, preset, raw))
-        _progress(f"throughput at concurrency {preset.concurrencies}")
-        sections.append(await scenarios.throughput(stack, preset, raw))
-        sections.append(scenarios.cpu(raw, preset))
-        _progress(f"embeddings, {preset.embedding_inputs} inputs")
-        sections.append(await scenarios.embeddings(stack, preset, raw))
-        _progress(f"slow streams: {preset.slow_streams}")
-        sections.append(await scenarios.slow_streams(stack, preset, raw, memory))
+        memory = report.Section("memory", "Server memory", ["value"])
+        if "memory" in wanted:
+            _progress(f"idle connectors: {preset.idle_connectors}")
+            memory = await scenarios.idle_memory(stack, preset)
+        if "latency" in wanted:
+            _progress("latency at concurrency 1")
+            sections.append(await scenarios.latency(stack, preset, raw))
+        if "throughput" in wanted:
+            _progress(f"throughput at concurrency {preset.concurrencies}")
+            sections.append(await scenarios.throughput(stack, preset, raw))
+            sections.append(scenarios.cpu(raw, preset))
+        if "embeddings" in wanted:
+            _progress(f"embeddings, {preset.embedding_inputs} inputs")
+            sections.append(await scenarios.embeddings(stack, preset, raw))
+        for delay, tokens in preset.slow_runs if "slow" in wanted else ():
+            _progress(f"slow streams: {preset.slow_streams}, {delay * 1000:g} ms apart")
+            sections.append(await scenarios.slow_streams(stack, preset, raw, memory, delay, tokens))
         sections.append(memory)
         sections.append(scenarios.overhead(raw))
-        _progress("backend client: aiohttp vs httpx")
-        sections.append(await scenarios.clients(stack, preset))
+        if "clients" in wanted:
+            _progress("backend client: aiohttp vs httpx")
+            sections.append(await scenarios.clients(stack, preset))
+    sections = [s for s in sections if s.rows]
     sections.append(report.targets(sections))
     return {
         "when": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -102,15 +117,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--profile", action="store_true", help="only profile server and connector (py-spy)"
     )
+    parser.add_argument(
+        "--only",
+        default="",
+        help=f"comma-separated subset of {','.join(SCENARIOS)} (for experiments)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS, help="directory for results and logs")
     args = parser.parse_args(argv)
+    only = frozenset(x for x in args.only.split(",") if x)
+    if only - set(SCENARIOS):
+        parser.error(f"--only takes {', '.join(SCENARIOS)}")
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     work_dir = args.out / f"{stamp}-{preset.name}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
-        go = profile_only if args.profile else measure
-        doc = run(go(preset, work_dir, connectors=args.connectors))
+        if args.profile:
+            doc = run(profile_only(preset, work_dir, connectors=args.connectors))
+        else:
+            doc = run(measure(preset, work_dir, connectors=args.connectors, only=only))
     except (StackError, scenarios.BenchError) as exc:
         print(f"bench: {exc} (logs in {work_dir})", file=sys.stderr)
         return 1

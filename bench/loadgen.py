@@ -36,6 +36,8 @@ class Job(TypedDict):
     """Requests sent (and not measured) before the measured ones."""
     gaps: bool
     """Record the time between consecutive body chunks of streamed answers."""
+    ramp: float
+    """Seconds over which the workers' starts are spread evenly (0: all at once)."""
 
 
 class Result(TypedDict):
@@ -51,6 +53,9 @@ class Result(TypedDict):
     total_ms: list[float]
     gap_ms: list[float]
     """Time between consecutive body chunks of streamed answers (when asked)."""
+    steady_gap_ms: list[float]
+    """The gaps that fell while every stream of the job was open (after the last first
+    chunk, before the first end)."""
     overhead_ms: list[float]
     """The `X-Infero-Overhead-Ms` header of each answer that had one."""
 
@@ -64,7 +69,10 @@ class _Record:
     bytes: int = 0
     ttfb: list[float] = field(default_factory=list)
     total: list[float] = field(default_factory=list)
-    gaps: list[float] = field(default_factory=list)
+    gaps: list[tuple[float, float]] = field(default_factory=list)
+    """(end, length) of each gap between chunks."""
+    firsts: list[float] = field(default_factory=list)
+    lasts: list[float] = field(default_factory=list)
     overhead: list[float] = field(default_factory=list)
 
     def fail(self, message: str) -> None:
@@ -90,7 +98,7 @@ async def _one(session: aiohttp.ClientSession, job: Job, body: bytes, rec: _Reco
                         if b"data:" in chunk:
                             first = now
                     elif job["gaps"]:
-                        rec.gaps.append(now - last)
+                        rec.gaps.append((now, now - last))
                     last = now
                     tail = (tail + chunk)[-64:]
                 ok = resp.status == 200 and _DONE in tail
@@ -110,6 +118,9 @@ async def _one(session: aiohttp.ClientSession, job: Job, body: bytes, rec: _Reco
         return
     rec.ok += 1
     rec.bytes += size
+    if job["stream"] and job["gaps"]:
+        rec.firsts.append(first)
+        rec.lasts.append(last)
     if rec.measure:
         rec.ttfb.append(ttfb * 1000)
         rec.total.append((end - start) * 1000)
@@ -117,19 +128,28 @@ async def _one(session: aiohttp.ClientSession, job: Job, body: bytes, rec: _Reco
             rec.overhead.append(float(overhead))
 
 
+def _steady(rec: _Record) -> list[float]:
+    if not rec.firsts:
+        return []
+    start, stop = max(rec.firsts), min(rec.lasts)
+    return [g * 1000 for end, g in rec.gaps if end - g >= start and end <= stop]
+
+
 async def _drive(session: aiohttp.ClientSession, job: Job, count: int, rec: _Record) -> float:
     body = job["body"].encode()
     remaining = count
     deadline = time.perf_counter() + job["duration"]
 
-    async def worker() -> None:
+    async def worker(k: int) -> None:
         nonlocal remaining
+        if job["ramp"]:
+            await asyncio.sleep(job["ramp"] * k / job["concurrency"])  # load shape, not a wait
         while (remaining > 0) if count else (time.perf_counter() < deadline):
             remaining -= 1
             await _one(session, job, body, rec)
 
     start = time.perf_counter()
-    await asyncio.gather(*(worker() for _ in range(job["concurrency"])))
+    await asyncio.gather(*(worker(k) for k in range(job["concurrency"])))
     return time.perf_counter() - start
 
 
@@ -143,7 +163,8 @@ def session() -> aiohttp.ClientSession:
 async def run_job(client: aiohttp.ClientSession, job: Job) -> Result:
     """Warm up, then measure; never raises for a failed request (it is counted)."""
     if job["warmup"]:
-        await _drive(client, {**job, "gaps": False}, job["warmup"], _Record(measure=False))
+        warm = Job(**{**job, "gaps": False, "ramp": 0.0})
+        await _drive(client, warm, job["warmup"], _Record(measure=False))
     rec = _Record(measure=True)
     elapsed = await _drive(client, job, job["count"], rec)
     return Result(
@@ -154,7 +175,8 @@ async def run_job(client: aiohttp.ClientSession, job: Job) -> Result:
         bytes=rec.bytes,
         ttfb_ms=rec.ttfb,
         total_ms=rec.total,
-        gap_ms=[g * 1000 for g in rec.gaps],
+        gap_ms=[g * 1000 for _, g in rec.gaps],
+        steady_gap_ms=_steady(rec),
         overhead_ms=rec.overhead,
     )
 

@@ -23,9 +23,10 @@ class Preset:
     """Tokens per answer in the requests/s and tokens/s figures."""
     idle_connectors: int
     slow_streams: int
-    slow_tokens: int
-    slow_delay: float
-    """Seconds between two tokens of a slow stream."""
+    slow_runs: tuple[tuple[float, int], ...]
+    """(seconds between two tokens, tokens per stream) of each slow-stream run."""
+    slow_ramp: float
+    """Seconds over which the slow streams' starts are spread."""
     embedding_inputs: int
     embedding_requests: int
     embedding_dim: int
@@ -46,8 +47,8 @@ FULL = Preset(
     throughput_tokens=64,
     idle_connectors=1000,
     slow_streams=1000,
-    slow_tokens=50,
-    slow_delay=0.02,
+    slow_runs=((0.02, 150), (0.1, 40)),
+    slow_ramp=1.0,
     embedding_inputs=2048,
     embedding_requests=30,
     embedding_dim=256,
@@ -65,8 +66,8 @@ QUICK = Preset(
     throughput_tokens=64,
     idle_connectors=1000,
     slow_streams=1000,
-    slow_tokens=25,
-    slow_delay=0.02,
+    slow_runs=((0.02, 50), (0.1, 15)),
+    slow_ramp=0.5,
     embedding_inputs=2048,
     embedding_requests=6,
     embedding_dim=256,
@@ -84,8 +85,8 @@ SMOKE = Preset(
     throughput_tokens=4,
     idle_connectors=2,
     slow_streams=3,
-    slow_tokens=3,
-    slow_delay=0.005,
+    slow_runs=((0.005, 6),),
+    slow_ramp=0.01,
     embedding_inputs=8,
     embedding_requests=2,
     embedding_dim=8,

@@ -12,7 +12,7 @@ from bench import procs
 from bench.loadgen import Result
 from bench.presets import Preset
 from bench.report import Row, Section, count, mib, ms, ratio, signed_ms
-from bench.stack import FAST_MODEL, SLOW_MODEL, Stack, Target
+from bench.stack import FAST_MODEL, Stack, Target, slow_model
 from bench.stats import summarize
 
 Raw = dict[str, Any]
@@ -69,13 +69,14 @@ def merge(results: list[Result]) -> Result:
         ttfb_ms=[x for r in results for x in r["ttfb_ms"]],
         total_ms=[x for r in results for x in r["total_ms"]],
         gap_ms=[x for r in results for x in r["gap_ms"]],
+        steady_gap_ms=[x for r in results for x in r["steady_gap_ms"]],
         overhead_ms=[x for r in results for x in r["overhead_ms"]],
     )
 
 
 def digest(result: Result) -> dict[str, Any]:
     """A result with its samples replaced by their summaries (for the JSON file)."""
-    samples = ("ttfb_ms", "total_ms", "gap_ms", "overhead_ms")
+    samples = ("ttfb_ms", "total_ms", "gap_ms", "steady_gap_ms", "overhead_ms")
     out: dict[str, Any] = {k: v for k, v in result.items() if k not in samples}
     out.update({k: summarize(result[k]) for k in samples})  # type: ignore[literal-required]
     return out
@@ -279,47 +280,71 @@ async def _peak_rss(children: list[procs.Child], peaks: list[float], done: async
             pass
 
 
-async def slow_streams(stack: Stack, p: Preset, raw: Raw, memory: Section) -> Section:
-    """Many concurrent streams with an inter-token delay: added gap between chunks, peak RSS."""
+async def slow_streams(
+    stack: Stack, p: Preset, raw: Raw, memory: Section, delay: float, tokens: int
+) -> Section:
+    """Many concurrent streams with an inter-token delay: added gap between chunks, peak RSS.
+
+    Stream starts are spread over `slow_ramp` seconds; gaps are reported over the whole run
+    and over the window when every stream was open at once (the target's figure).
+    """
     assert stack.server is not None
     n = p.slow_streams
-    body = chat_body(SLOW_MODEL, p.slow_tokens, stream=True)
-    job: dict[str, Any] = {"stream": True, "concurrency": n, "count": n, "gaps": True}
-    d = _check(
-        "slow.direct", await stack.run(stack.slow_direct.job("/chat/completions", body, **job))
-    )
-    raw["slow.direct"] = d
-    watched = [stack.server, stack.slow_connector]
+    tag = f"{delay * 1000:g}ms"
+    body = chat_body(slow_model(delay), tokens, stream=True)
+    job: dict[str, Any] = {
+        "stream": True, "concurrency": n, "count": n, "gaps": True, "ramp": p.slow_ramp,
+    }  # fmt: skip
+    busy: dict[str, dict[str, float]] = {}
+    results: dict[str, Result] = {}
     peaks = [0.0, 0.0]
-    done = asyncio.Event()
-    sampler = asyncio.create_task(_peak_rss(watched, peaks, done))
-    try:
-        i = await stack.run(stack.infero.job("/chat/completions", body, **job))
-    finally:
-        done.set()
-        await sampler
-    raw["slow.infero"] = digest(_check("slow.infero", i))
-    label = f"{n} streams x {p.slow_tokens} tokens, {p.slow_delay * 1000:g} ms apart (ms)"
-    section = Section("slow_streams", label, ["direct", "infero", "added"])
-    for q in ("p50", "p99"):
-        dg, ig = _pct(d, "gap_ms", q), _pct(i, "gap_ms", q)
-        row = Row(f"gap_{q}", [ms(dg), ms(ig), signed_ms(_minus(ig, dg))], label=f"gap {q}")
-        if q == "p99":
-            added = _minus(ig, dg)
+    for target in (stack.slow_direct, stack.infero):
+        before, started = stack.slow_cpu_seconds(), time.monotonic()
+        done = asyncio.Event()
+        watched = [stack.server, stack.slow_connector]
+        sampler = asyncio.create_task(_peak_rss(watched, peaks, done))
+        try:
+            result = await stack.run(target.job("/chat/completions", body, **job))
+        finally:
+            done.set()
+            await sampler
+        elapsed, after = time.monotonic() - started, stack.slow_cpu_seconds()
+        busy[target.name] = {k: (after[k] - before[k]) / elapsed for k in after}
+        results[target.name] = _check(f"slow_{tag}.{target.name}", result)
+        raw[f"slow_{tag}.{target.name}"] = {**digest(result), "cpu_share": busy[target.name]}
+    d, i = results["direct"], results["infero"]
+    label = f"{n} streams x {tokens} tokens, {delay * 1000:g} ms apart (ms)"
+    section = Section(f"slow_{tag}", label, ["direct", "infero", "added"])
+    rows = [
+        ("gap_p50", "gap p50, whole run", "gap_ms", "p50"),
+        ("gap_p99", "gap p99, whole run", "gap_ms", "p99"),
+        ("steady_gap_p50", "gap p50, all streams open", "steady_gap_ms", "p50"),
+        ("steady_gap_p99", "gap p99, all streams open", "steady_gap_ms", "p99"),
+        ("first_byte_p50", "first byte p50", "ttfb_ms", "p50"),
+        ("first_byte_p99", "first byte p99", "ttfb_ms", "p99"),
+    ]
+    for key, text, metric, q in rows:
+        dv, iv = _pct(d, metric, q), _pct(i, metric, q)
+        added = _minus(iv, dv)
+        row = Row(key, [ms(dv), ms(iv), signed_ms(added)], label=text)
+        if key == "steady_gap_p99":
+            row.label = f"{text} ({tag} apart)"
             row.target, row.measured = "added < 5 ms", f"{signed_ms(added)} ms"
             row.met = added is not None and added < 5
         section.rows.append(row)
-    for q in ("p50", "p99"):
-        dt, it = _pct(d, "ttfb_ms", q), _pct(i, "ttfb_ms", q)
-        section.rows.append(
-            Row(f"first_byte_{q}", [ms(dt), ms(it), signed_ms(_minus(it, dt))], f"first byte {q}")
-        )
     section.rows.append(Row("errors", [str(d["errors"]), str(i["errors"]), ""], "errors"))
-    memory.rows.append(
-        Row("rss_slow", [mib(peaks[0])], label=f"server RSS, {n} slow streams (peak)")
+    share = busy["infero"]
+    section.note = (
+        f"starts spread over {p.slow_ramp:g} s; {len(i['steady_gap_ms'])} of {len(i['gap_ms'])} "
+        f"infero gaps fell while all streams were open. CPU use through infero (1.0 = one core): "
+        + ", ".join(f"{k} {v:.2f}" for k, v in share.items())
+        + "; direct: "
+        + ", ".join(f"{k} {v:.2f}" for k, v in busy["direct"].items() if v > 0.005)
     )
+    where = f"{n} streams {tag} apart (peak)"
+    memory.rows.append(Row(f"rss_slow_{tag}", [mib(peaks[0])], label=f"server RSS, {where}"))
     memory.rows.append(
-        Row("connector_rss_slow", [mib(peaks[1])], label=f"connector RSS, {n} slow streams (peak)")
+        Row(f"connector_rss_slow_{tag}", [mib(peaks[1])], label=f"connector RSS, {where}")
     )
     return section
 
@@ -358,14 +383,18 @@ OVERHEAD_LABELS = {
     "nonstream_c32": "non-streaming, concurrency 32",
     "stream_c32": "streaming, concurrency 32",
     "embeddings": "embeddings batch",
-    "slow": "slow streams",
 }
 
 
 def overhead(raw: Raw) -> Section:
     """The server's own `X-Infero-Overhead-Ms`, per load."""
     section = Section("overhead", "X-Infero-Overhead-Ms (ms)", ["responses", "p50", "p99", "max"])
-    for key, label in OVERHEAD_LABELS.items():
+    labels = dict(OVERHEAD_LABELS)
+    for name in raw:
+        if name.startswith("slow_") and name.endswith(".infero"):
+            tag = name.removeprefix("slow_").removesuffix(".infero")
+            labels[f"slow_{tag}"] = f"slow streams, {tag} apart"
+    for key, label in labels.items():
         result: dict[str, Any] | None = raw.get(f"{key}.infero")
         if result is None:
             continue

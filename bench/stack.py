@@ -22,7 +22,13 @@ from infero.protocol.state import StateSnapshot
 API_KEY = "bench-api-key"
 CLIENT_KEY = "bench-client-key"
 FAST_MODEL = "bench"
-SLOW_MODEL = "bench-slow"
+
+
+def slow_model(delay: float) -> str:
+    """The slow backend's model whose tokens come `delay` seconds apart."""
+    return f"slow-{delay * 1000:g}ms"
+
+
 READY_TIMEOUT = 30.0
 """Seconds any child gets to become ready (a busy 2-core machine starts Python slowly)."""
 POLL_INTERVAL = 0.05
@@ -69,6 +75,7 @@ class Target:
             duration=float(sizes.get("duration", 0.0)),
             warmup=int(sizes.get("warmup", 0)),
             gaps=bool(sizes.get("gaps", False)),
+            ramp=float(sizes.get("ramp", 0.0)),
         )
 
 
@@ -85,6 +92,7 @@ class Stack:
         self.slow_port = 0
         self.server: procs.Child | None = None
         self._fast_backend: procs.Child | None = None
+        self._slow_backend: procs.Child | None = None
         self.connector_children: list[procs.Child] = []
         self._loadgen: procs.Child | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -162,9 +170,13 @@ class Stack:
                 f"--embedding-dim={p.embedding_dim}",
             ),
         )
-        slow = await self._child(
+        self._slow_backend = slow = await self._child(
             "backend-slow",
-            procs.python("bench.mock_backend", f"--models={SLOW_MODEL}", f"--delay={p.slow_delay}"),
+            procs.python(
+                "bench.mock_backend",
+                "--models=",
+                *(f"--model-delay={slow_model(d)}={d}" for d, _ in p.slow_runs),
+            ),
         )
         self._loadgen = await self._child("loadgen", procs.python("bench.loadgen"), stdin=True)
         self.server_port = procs.free_port()
@@ -258,6 +270,18 @@ class Stack:
             "server": self.server.cpu_seconds(),
             "connector": sum(c.cpu_seconds() for c in fast),
             "backend": self._fast_backend.cpu_seconds(),
+            "loadgen": self._loadgen.cpu_seconds(),
+        }
+
+    def slow_cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the processes on the slow-stream path, by role."""
+        assert self.server is not None
+        assert self._slow_backend is not None
+        assert self._loadgen is not None
+        return {
+            "server": self.server.cpu_seconds(),
+            "connector": self.slow_connector.cpu_seconds(),
+            "backend": self._slow_backend.cpu_seconds(),
             "loadgen": self._loadgen.cpu_seconds(),
         }
 

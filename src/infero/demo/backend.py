@@ -31,7 +31,17 @@ class DemoConfig:
     """Tokens per answer unless the request sets `max_tokens`."""
     token_delay: float = 0.0
     """Seconds between two streamed tokens."""
+    model_delays: tuple[tuple[str, float], ...] = ()
+    """Per-model overrides of `token_delay`, as (model, seconds) pairs (the benchmark's
+    slow streams of several speeds from one backend)."""
     embedding_dim: int = 8
+
+
+def _delay(cfg: DemoConfig, model: str) -> float:
+    for name, seconds in cfg.model_delays:
+        if name == model:
+            return seconds
+    return cfg.token_delay
 
 
 def _token(i: int) -> str:
@@ -102,6 +112,7 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
     async def chat(request: web.Request) -> web.StreamResponse:
         body = await _read_json(request)
         model = _check_model(body, cfg)
+        delay = _delay(cfg, model)
         n = _wanted_tokens(body, cfg)
         rid = "chatcmpl-demo-" + uuid.uuid4().hex[:12]
         usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
@@ -126,8 +137,8 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
 
         async def events() -> Any:
             for i in range(n):
-                if cfg.token_delay:
-                    await asyncio.sleep(cfg.token_delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 delta: dict[str, Any] = {"content": _token(i)}
                 if i == 0:
                     delta["role"] = "assistant"
@@ -154,6 +165,7 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
     async def completions(request: web.Request) -> web.StreamResponse:
         body = await _read_json(request)
         model = _check_model(body, cfg)
+        delay = _delay(cfg, model)
         n = _wanted_tokens(body, cfg)
         rid = "cmpl-demo-" + uuid.uuid4().hex[:12]
         usage = {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
@@ -172,8 +184,8 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
 
         async def events() -> Any:
             for i in range(n):
-                if cfg.token_delay:
-                    await asyncio.sleep(cfg.token_delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 chunk = {
                     "id": rid,
                     "object": "text_completion",
@@ -210,6 +222,7 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
     async def responses(request: web.Request) -> web.StreamResponse:
         body = await _read_json(request)
         model = _check_model(body, cfg)
+        delay = _delay(cfg, model)
         n = _wanted_tokens(body, cfg)
         rid = "resp_demo" + uuid.uuid4().hex[:12]
         text = "".join(_token(i) for i in range(n))
@@ -236,8 +249,8 @@ def create_app(cfg: DemoConfig | None = None) -> web.Application:
         async def events() -> Any:
             seq = 0
             for i in range(n):
-                if cfg.token_delay:
-                    await asyncio.sleep(cfg.token_delay)
+                if delay:
+                    await asyncio.sleep(delay)
                 ev = {
                     "type": "response.output_text.delta",
                     "sequence_number": seq,
