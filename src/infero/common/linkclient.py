@@ -226,11 +226,6 @@ class LinkClient:
         """Leave: close the current link and do not reconnect; `run` returns 0."""
         self._stop.set()
 
-    @property
-    def stopping(self) -> bool:
-        """True once `stop()` was called."""
-        return self._stop.is_set()
-
     async def run(self) -> int:
         """Connect until stopped; the exit code (0 after `stop()`, 1 on a fatal failure)."""
         where = public_url(self._url)
@@ -296,11 +291,7 @@ class LinkClient:
             self.backoff.reset()
             self.last_error = ""
             current = Link(ws, clock=self._clock)
-            liveness = Liveness(
-                interval=welcome.heartbeat_interval,
-                dead_after=welcome.dead_after,
-                now=self._clock(),
-            )
+            liveness = _liveness(welcome, self._clock())
             self.link = current
             logger.info("connected to %s as %s", public_url(self._url), welcome.id)
             self._handler.link_up(current, welcome)
@@ -336,6 +327,19 @@ class LinkClient:
         if not isinstance(frame, link.Welcome):
             raise ConnectionResetError(f"server answered the hello with {frame.type!r}")
         return frame
+
+
+def _liveness(welcome: link.Welcome, now: float) -> Liveness:
+    """Heartbeat timing from the welcome; the defaults when the server sent nonsense."""
+    try:
+        return Liveness(interval=welcome.heartbeat_interval, dead_after=welcome.dead_after, now=now)
+    except ValueError:
+        logger.warning(
+            "server sent unusable heartbeat timing (%s/%s); using 5s/15s",
+            welcome.heartbeat_interval,
+            welcome.dead_after,
+        )
+        return Liveness(interval=5.0, dead_after=15.0, now=now)
 
 
 def _describe(exc: BaseException) -> str:

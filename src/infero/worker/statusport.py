@@ -53,6 +53,8 @@ def load_or_create_token(path: Path) -> str:
     except FileNotFoundError:
         existing = ""
     if existing:
+        if path.stat().st_mode & 0o077:
+            logger.warning("%s is readable by other users; run: chmod 600 %s", path, path)
         return existing
     path.parent.mkdir(parents=True, exist_ok=True)
     token = secrets.token_hex(32)
