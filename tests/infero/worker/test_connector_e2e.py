@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import aiohttp
 import openai
+import pytest
 from aiohttp import web
 
 from infero.demo.backend import DemoConfig, create_app
@@ -34,7 +37,7 @@ async def stack(
     await web.TCPSite(runner, "127.0.0.1", 0).start()
     backend_url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
     try:
-        async with running_server(client_key="ck", api_key="ak") as server:
+        async with running_server(client_key="ck", api_key="ak", operator_key="ok") as server:
             settings = WorkerSettings.model_validate(
                 {
                     "server_url": server.ws_url,
@@ -102,3 +105,37 @@ async def test_drain_during_a_stream_tells_the_server_and_lets_the_stream_finish
         await s.connector.stopped.wait()
     assert chunks[-1].usage is not None
     assert chunks[-1].usage.completion_tokens == 3
+
+
+async def test_operator_drains_and_undrains_the_connector_through_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO)
+    backend = FakeBackend(models=["m1"], hold=True)
+    async with stack(backend=backend, drain_timeout=-1) as s, asyncio.timeout(5):
+        stream = await s.client.chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        await backend.entered.wait()
+        async with aiohttp.ClientSession() as http:
+            url = f"{s.server.url}/api/workers/w-e2e/drain"
+            async with http.post(url, headers={"Authorization": "Bearer ak"}) as resp:
+                assert resp.status == 403
+            async with http.post(url, headers={"Authorization": "Bearer ok"}) as resp:
+                assert resp.status == 202
+            await s.server.wait_for(lambda: s.connector.draining)
+            url = f"{s.server.url}/api/workers/w-e2e/undrain"
+            async with http.post(url, headers={"Authorization": "Bearer ok"}) as resp:
+                assert resp.status == 202
+
+            def ready_again() -> bool:
+                worker = s.server.fleet.get_live("w-e2e")
+                return worker is not None and worker.link_status == "ready"
+
+            await s.server.wait_for(ready_again)
+        backend.release.set()
+        chunks = [chunk async for chunk in stream]
+        assert not s.connector.draining
+        assert not s.connector.stopped.is_set()
+    assert chunks[-1].usage is not None
+    assert "asks to drain (by operator)" in caplog.text
