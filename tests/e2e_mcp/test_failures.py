@@ -126,6 +126,8 @@ async def test_calls_beyond_the_concurrency_limit_are_refused_with_429(
                 await client.call_tool("favorite/color", {})
             tg.cancel_scope.cancel()
         assert refused.value.error.data["mcp"] == "MCP_LIMIT_EXCEEDED"
+        async with asyncio.timeout(5):
+            await s.server.wait_for(lambda: s.registry.relays[s.relay.relay_id].inflight == 0)
         result = await client.call_tool("favorite/color", {})
         assert result.content[0].text == "blue with a hint of green"
 

@@ -94,7 +94,8 @@ async def test_cancelling_a_slow_tool_stops_it_on_the_provider(
         async with asyncio.timeout(5):
             while int(text(await client.call_tool("cancellations", {}))) == before:
                 pass  # each check is a real round trip to the provider
-        assert s.registry.relays[s.relay.relay_id].inflight == 0
+        async with asyncio.timeout(5):
+            await s.server.wait_for(lambda: s.registry.relays[s.relay.relay_id].inflight == 0)
 
 
 async def test_a_client_that_disconnects_mid_call_stops_the_tool_on_the_provider(
