@@ -208,12 +208,13 @@ class Stack:
         *,
         connector_args: dict[str, Any] | None = None,
         runner: Callable[[Connector], Coroutine[Any, Any, int]] = Connector.run,
+        base_path: str = "/v1",
         **settings: Any,
     ) -> Connector:
         ts = await self._factory(self.server.app())
         bs = await self._factory(self.backend.app())
         self.server_port = ts.port or 0
-        self.backend_url = f"http://127.0.0.1:{bs.port}/v1"
+        self.backend_url = f"http://127.0.0.1:{bs.port}{base_path}"
         values: dict[str, Any] = {
             "server_url": f"ws://127.0.0.1:{ts.port}/api/workers/connect",
             "completion_base_url": self.backend_url,

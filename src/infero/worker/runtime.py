@@ -237,6 +237,13 @@ class Connector:
             self._session, s.completion_base_url, s.completion_api_key, s.api_style
         )
 
+    def relay_base_url(self) -> str:
+        """Where requests go: `COMPLETION_BASE_URL`, plus `/v1` for an Ollama root URL."""
+        base = self.settings.completion_base_url.rstrip("/")
+        if self.monitor.kind == "ollama" and not base.endswith("/v1"):
+            return base + "/v1"
+        return base
+
     def _backend_changed(self) -> None:
         healthy = self.monitor.healthy
         self.metrics.connected_to_backend.set(1 if healthy else 0)
@@ -280,7 +287,7 @@ class Connector:
         self._exchanges = HttpExchanges(
             current,
             self._session,
-            self.settings.completion_base_url,
+            self.relay_base_url(),
             window=welcome.window,
             api_key=self.settings.completion_api_key,
             read_timeout=self.settings.request_timeout,

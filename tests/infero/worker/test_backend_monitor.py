@@ -14,7 +14,7 @@ from aiohttp.test_utils import TestServer
 from infero.protocol import link
 from infero.worker.backend import BackendDown, Discovery, discover, ollama_root
 from infero.worker.monitor import BackendMonitor
-from support.linkfakes import FakeBackend, ServerFactory, Stack
+from support.linkfakes import CHAT, FakeBackend, ServerFactory, Stack
 
 
 @pytest.fixture
@@ -169,3 +169,15 @@ async def test_static_models_are_advertised_instead_of_discovered_ones(stack: St
     hello = await stack.connected()
     assert hello.models == ["alpha", "beta"]
     assert hello.status == "ready"
+
+
+async def test_an_ollama_root_url_is_relayed_under_v1(stack: Stack) -> None:
+    stack.backend.ollama_only = True
+    connector = await stack.start(base_path="")
+    hello = await stack.connected()
+    assert hello.backend == "ollama"
+    assert connector.relay_base_url() == stack.backend_url + "/v1"
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        end = await stack.server.next_frame(link.End)
+    assert end.error is None
