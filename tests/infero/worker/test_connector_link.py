@@ -197,3 +197,17 @@ async def test_a_body_longer_than_announced_is_refused(stack: Stack) -> None:
     assert end.error is not None
     assert end.error.code == "invalid"
     assert stack.backend.bodies == []
+
+
+async def test_a_stream_without_credit_does_not_stall_another_stream(stack: Stack) -> None:
+    stack.server.window = 1000
+    stack.backend.answer = b"x" * 50_000
+    await stack.start()
+    await stack.connected()
+    await stack.server.request(1, "/big", b"y")
+    async with asyncio.timeout(5):
+        await stack.server.wait_body(1, 1000)
+        await stack.server.request(2, "/chat/completions", CHAT)
+        end = await stack.server.next_frame(link.End)
+    assert (end.id, end.error) == (2, None)
+    assert len(stack.server.bodies[1]) == 1000
