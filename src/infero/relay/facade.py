@@ -163,7 +163,12 @@ class _Session:
                 return
         if self.calls:
             self.calls[-1].deliver(data)
-        elif self.listener is not None:
+        else:
+            self.unsolicited(data)
+
+    def unsolicited(self, data: bytes) -> None:
+        """A message no open call takes: the GET stream, or the backlog until one opens."""
+        if self.listener is not None:
             self.listener.put_nowait(data)
         else:
             self.backlog.append(data)
@@ -369,14 +374,17 @@ class Facade:
         return response
 
     async def _collect(self, session: _Session, call: _Call, *, batch: bool) -> web.Response:
-        answers: list[Any] = []
+        replies: list[Any] = []
         while True:
             data, last = await call.queue.get()
             if data:
-                answers.append(json.loads(data))
+                message = json.loads(data)
+                if "method" in message:
+                    session.unsolicited(data)  # a JSON answer cannot carry it
+                else:
+                    replies.append(message)
             if last:
                 break
-        replies = [a for a in answers if "method" not in a]
         payload: Any = replies if batch else (replies[0] if replies else None)
         if payload is None:
             return web.Response(status=202, headers={SESSION_HEADER: session.id})

@@ -172,3 +172,34 @@ async def test_a_command_that_cannot_start_answers_502() -> None:
             assert (await resp.json())["id"] == 1
     finally:
         await front.close()
+
+
+async def test_a_json_only_client_gets_json_and_its_notifications_wait_for_the_get_stream(
+    facade: Facade,
+) -> None:
+    async with aiohttp.ClientSession() as http:
+        session = await open_session(http, facade.url)
+        body = {
+            "jsonrpc": "2.0",
+            "id": 5,
+            "method": "tools/call",
+            "params": {
+                "name": "count_up",
+                "arguments": {"steps": 2},
+                "_meta": {"progressToken": 1},
+            },
+        }
+        headers = {"Accept": "application/json", "Mcp-Session-Id": session}
+        async with asyncio.timeout(SPAWN), http.post(facade.url, json=body, headers=headers) as r:
+            assert r.headers["Content-Type"].startswith("application/json")
+            answer = await r.json()
+        assert answer["result"]["content"][0]["text"] == "counted to 2"
+        listen = {"Accept": "text/event-stream", "Mcp-Session-Id": session}
+        async with asyncio.timeout(5), http.get(facade.url, headers=listen) as stream:
+            seen = []
+            async for line in stream.content:
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:])["params"]["progress"])
+                if len(seen) == 2:
+                    break
+        assert seen == [1, 2]
