@@ -49,6 +49,10 @@ def run_worker(settings: WorkerSettings, *, config_path: str | None) -> int:
     logger.info("%s", BUILD.line(COMPONENT))
     connector = Connector(settings, config_path=config_path)
     with asyncio.Runner(loop_factory=_loop_factory()) as runner:
-        code = runner.run(serve_with_signals(connector))
+        try:
+            code = runner.run(serve_with_signals(connector))
+        except Exception:  # outermost supervisor: a bug must still end with a clear status
+            logger.exception("connector failed")
+            code = 1
     logger.info("connector exited with status %d", code)
     return code
