@@ -124,6 +124,7 @@ def test_unreachable_server_exits_non_zero_with_a_clear_message_and_a_log_file(
         env=env,
         capture_output=True,
         text=True,
+        encoding="utf-8",
         timeout=60,
         check=False,
     )
