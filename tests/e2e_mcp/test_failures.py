@@ -232,3 +232,15 @@ async def test_a_relay_whose_provider_is_down_is_listed_not_ready_and_answers_50
             status, answer = await post(f"{server.url}/api/mcp/id/down", INIT)
     assert status == 503
     assert answer["error"]["data"]["mcp"] == "MCP_PROVIDER_UNAVAILABLE"
+
+
+async def test_a_json_answer_over_the_size_limit_is_a_clean_json_rpc_error(
+    stateless_url: Any, make_stack: Any
+) -> None:
+    options = {"api_key": API_KEY, "broker_max_resp_bytes": 300}
+    tools = {"jsonrpc": "2.0", "id": 6, "method": "tools/list"}
+    async with make_stack(options, PROVIDER_URL=stateless_url) as s:
+        status, answer = await post(s.url, tools, API_KEY)
+    assert status == 502
+    assert answer["id"] == 6
+    assert answer["error"]["data"]["mcp"] == "MCP_LIMIT_EXCEEDED"

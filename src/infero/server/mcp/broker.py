@@ -17,8 +17,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from infero.protocol import mcp as pm
+from infero.protocol.link import Head
 from infero.server.auth import KeyRing, bearer_token
 from infero.server.exchange import (
     Exchange,
@@ -345,13 +347,14 @@ class Broker:
                 logger.warning("mcp relay %s: %s failed: %s", relay.id, method, failure.message)
             return _failure_reply(failure, first_id), _outcome(failure)
         self._track_session(relay, head.status, head.headers, session_id, method, request.method)
+        sse = is_event_stream(head.headers)
+        if not sse:
+            return await self._json_answer(relay, exchange, head, method, first_id, max_bytes)
         response = web.StreamResponse(status=head.status)
         for key, value in response_headers(head.headers):
             response.headers.add(key, value)
-        sse = is_event_stream(head.headers)
-        if sse:
-            response.headers["Cache-Control"] = "no-cache"
-            response.headers["X-Accel-Buffering"] = "no"
+        response.headers["Cache-Control"] = "no-cache"
+        response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
         sent = 0
 
@@ -366,10 +369,43 @@ class Broker:
         except ExchangeFailed as failure:
             code, message = _broken_code(failure)
             logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
-            if sse and request_ids:
+            if request_ids:
                 await response.write(b"\n\n" + pm.sse_error_events(code, message, request_ids))
             return response, _outcome(failure)
         await response.write_eof()
+        return response, "success" if head.status < 400 else "error"
+
+    async def _json_answer(
+        self,
+        relay: Relay,
+        exchange: Exchange,
+        head: Head,
+        method: str,
+        first_id: pm.RequestId | None,
+        max_bytes: int | None,
+    ) -> tuple[web.StreamResponse, CallOutcome]:
+        """A non-SSE answer is one message: read it whole, so any failure is a clean error."""
+        body = bytearray()
+        try:
+            while True:
+                try:
+                    chunk = await exchange.chunk(self.limits.call_timeout)
+                except TimeoutError:
+                    raise ExchangeFailed("idle_timeout", "no data in time") from None
+                if chunk is None:
+                    break
+                body += chunk
+                if max_bytes is not None and len(body) > max_bytes:
+                    raise _TooLarge()
+                await exchange.consumed(len(chunk))
+        except ExchangeFailed as failure:
+            logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
+            if isinstance(failure, _TooLarge):
+                reply = _error(502, "MCP_LIMIT_EXCEEDED", failure.message, request_id=first_id)
+                return reply, "too_large"
+            return _failure_reply(failure, first_id), _outcome(failure)
+        headers = CIMultiDict(response_headers(head.headers))
+        response = web.Response(status=head.status, body=bytes(body), headers=headers)
         return response, "success" if head.status < 400 else "error"
 
     def _track_session(
