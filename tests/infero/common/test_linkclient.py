@@ -179,14 +179,14 @@ async def test_answered_pings_keep_the_link_up_and_frames_reach_the_handler(
     seen: list[Any] = []
     pinged: asyncio.Queue[int] = asyncio.Queue()
     server = await aiohttp_server(
-        server_app("accept", seen, pinged, heartbeat_interval=0.02, dead_after=0.2)
+        server_app("accept", seen, pinged, heartbeat_interval=0.02, dead_after=0.4)
     )
     handler = Handler()
     client = LinkClient(url(server), handler, component="test", reconnect=False)
     task = asyncio.create_task(client.run())
     async with asyncio.timeout(5):
         await handler.up.wait()
-        while await pinged.get() < 15:  # 15 pings: well past dead_after (0.2s)
+        while await pinged.get() < 25:  # 25 pings: well past dead_after (0.4s)
             pass
         assert not task.done()
         client.stop()
