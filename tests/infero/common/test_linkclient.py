@@ -173,7 +173,7 @@ async def test_quiet_link_is_pinged_and_a_silent_server_is_dropped(
     assert "no frame from the server for 0.2s" in caplog.text
 
 
-async def test_answered_pings_keep_the_link_up_and_frames_reach_the_handler(
+async def test_answered_pings_keep_the_link_up_past_dead_after(
     aiohttp_server: ServerFactory,
 ) -> None:
     seen: list[Any] = []
