@@ -55,6 +55,15 @@ async def wait_forever(ctx: Context) -> str:
     return "released"
 
 
+async def confirm(action: str, ctx: Context) -> str:
+    """Log what is about to happen, then ask the user (elicitation) whether to go on."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        await ctx.info(f"about to {action}")
+    answer = await ctx.elicit(f"Really {action}?", bool)
+    return f"{action}: {getattr(answer, 'data', answer.action)}"
+
+
 def crash() -> str:
     """Exit the provider process at once (a crashing stdio server)."""
     os._exit(3)
@@ -96,6 +105,7 @@ app.tool()(count_up)
 app.tool()(wait_forever)
 app.tool()(cancellations)
 app.tool()(crash)
+app.tool()(confirm)
 app.tool()(ask_llm)
 app.resource("pref://theme")(theme)
 app.prompt()(greet)

@@ -12,6 +12,7 @@ from typing import Any
 
 import aiohttp
 import anyio
+import mcp_types as types
 import pytest
 
 API_KEY = "client-key-1"
@@ -147,3 +148,26 @@ async def test_a_client_that_disconnects_mid_call_stops_the_tool_on_the_provider
         async with aiohttp.ClientSession(headers=headers) as http, asyncio.timeout(5):
             while await count(http, s.url, session) == before:
                 pass  # each check is a real round trip to the provider
+
+
+async def test_elicitation_and_logging_reach_the_client(
+    provider: Any, make_stack: Any, connect: Any
+) -> None:
+    logged: list[str] = []
+    asked: list[str] = []
+
+    async def on_log(params: types.LoggingMessageNotificationParams) -> None:
+        logged.append(str(params.data))
+
+    async def on_elicit(context: Any, params: Any) -> types.ElicitResult:
+        asked.append(params.message)
+        return types.ElicitResult(action="accept", content={"value": True})
+
+    async with (
+        make_stack({"api_key": API_KEY}, **provider) as s,
+        connect(s.url, logging_callback=on_log, elicitation_callback=on_elicit) as client,
+    ):
+        result = await client.call_tool("confirm", {"action": "deploy"})
+    assert text(result) == "deploy: True"
+    assert asked == ["Really deploy?"]
+    assert any("about to deploy" in line for line in logged)
