@@ -113,11 +113,17 @@ async def test_malformed_and_oversized_posts_get_json_rpc_errors(
         assert status == 200
 
 
+@pytest.mark.parametrize(
+    ("server_limit", "relay_limit"),
+    [(1, "16"), (16, "1")],
+    ids=["BROKER_MAX_CONCURRENCY_PER_CLIENT", "MCP_MAX_INFLIGHT"],
+)
 async def test_calls_beyond_the_concurrency_limit_are_refused_with_429(
-    stateful_url: Any, make_stack: Any, connect: Any
+    server_limit: int, relay_limit: str, stateful_url: Any, make_stack: Any, connect: Any
 ) -> None:
-    options = {"api_key": API_KEY, "broker_max_concurrency_per_client": 1}
-    async with make_stack(options, PROVIDER_URL=stateful_url) as s, connect(s.url) as client:
+    options = {"api_key": API_KEY, "broker_max_concurrency_per_client": server_limit}
+    env = {"PROVIDER_URL": stateful_url, "MCP_MAX_INFLIGHT": relay_limit}
+    async with make_stack(options, **env) as s, connect(s.url) as client:
         async with anyio.create_task_group() as tg:
             tg.start_soon(client.call_tool, "wait_forever", {})
             async with asyncio.timeout(5):
