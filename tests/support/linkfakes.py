@@ -166,6 +166,7 @@ class FakeBackend:
         self.bodies.append(await request.read())
         body = json.loads(self.bodies[-1])
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Backend": "1"})
+        resp.set_cookie("session", "client-a")
         await resp.prepare(request)
         await resp.write(b'data: {"n":1}\n\n')
         self.entered.set()
@@ -209,12 +210,13 @@ class Stack:
         connector_args: dict[str, Any] | None = None,
         runner: Callable[[Connector], Coroutine[Any, Any, int]] = Connector.run,
         base_path: str = "/v1",
+        backend_host: str = "127.0.0.1",
         **settings: Any,
     ) -> Connector:
         ts = await self._factory(self.server.app())
         bs = await self._factory(self.backend.app())
         self.server_port = ts.port or 0
-        self.backend_url = f"http://127.0.0.1:{bs.port}{base_path}"
+        self.backend_url = f"http://{backend_host}:{bs.port}{base_path}"
         values: dict[str, Any] = {
             "server_url": f"ws://127.0.0.1:{ts.port}/api/workers/connect",
             "completion_base_url": self.backend_url,

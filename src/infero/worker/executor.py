@@ -111,6 +111,7 @@ def new_session(*, limit: int = 0) -> aiohttp.ClientSession:
     """The backend client session exchanges expect: raw bodies (no decompression)."""
     return aiohttp.ClientSession(
         auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),  # never carry one client's cookies to another
         timeout=aiohttp.ClientTimeout(total=None),
         connector=aiohttp.TCPConnector(limit=limit, enable_cleanup_closed=False),
         trust_env=False,

@@ -211,3 +211,16 @@ async def test_a_stream_without_credit_does_not_stall_another_stream(stack: Stac
         end = await stack.server.next_frame(link.End)
     assert (end.id, end.error) == (2, None)
     assert len(stack.server.bodies[1]) == 1000
+
+
+async def test_cookies_set_by_the_backend_are_relayed_but_never_replayed(stack: Stack) -> None:
+    await stack.start(backend_host="localhost")  # a host name: cookie jars ignore bare IPs
+    await stack.connected()
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        head = await stack.server.next_frame(link.Head)
+        await stack.server.next_frame(link.End)
+        await stack.server.request(2, "/chat/completions", CHAT)
+        await stack.server.next_frame(link.End)
+    assert any(k.lower() == "set-cookie" for k, _ in head.headers)
+    assert "Cookie" not in stack.backend.headers[1]
