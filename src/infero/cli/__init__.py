@@ -13,6 +13,7 @@ app = typer.Typer(
     help="Expose private LLM runtimes and MCP servers as one public, OpenAI-compatible API.",
     no_args_is_help=False,
     add_completion=False,
+    rich_markup_mode=None,  # help texts are literal: `[env: X]` must not be read as markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 server.register(app)

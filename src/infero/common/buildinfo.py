@@ -31,6 +31,7 @@ def _git(*args: str) -> str:
             cwd=source,
             capture_output=True,
             text=True,
+            encoding="utf-8",
             timeout=2,
             check=True,
         )
