@@ -42,8 +42,18 @@ logger = logging.getLogger(__name__)
 
 COMPONENT = "infero-mcp"
 
-LISTEN = "listen"
-"""Label (Request.model) the server gives GET listening streams; they are not calls."""
+
+def is_call(request: link.Request) -> bool:
+    """Whether an exchange is a call (a POST with requests) that counts against the limit.
+
+    The broker labels each exchange (`Request.model`) with its JSON-RPC method: the first
+    request's, else `notifications/...` or `response` for POSTs without requests. GET
+    (listening streams) and DELETE are not calls either.
+    """
+    label = request.model
+    return (
+        request.method == "POST" and label != "response" and not label.startswith("notifications/")
+    )
 
 
 CANCEL_HEADERS = frozenset({"mcp-session-id", "mcp-protocol-version"})
@@ -483,10 +493,16 @@ class McpRelay:
     # ---- exchange observer -------------------------------------------------------------------
 
     def admit(self, request: link.Request) -> link.LinkError | None:
-        """Refuse new work while draining or at MCP_MAX_INFLIGHT calls."""
+        """Refuse new calls while draining or at MCP_MAX_INFLIGHT calls.
+
+        Other exchanges still pass while draining: a client cancelling its call or answering
+        the provider's sampling request must reach it, or in-flight calls could not finish.
+        """
+        if not is_call(request):
+            return None
         if self.draining or self.stopped.is_set():
             return link.LinkError(code="draining", message="relay is draining")
-        if request.model != LISTEN and self._calls >= self.settings.mcp_max_inflight:
+        if self._calls >= self.settings.mcp_max_inflight:
             self.metrics.exchanges.labels("refused").inc()
             return link.LinkError(
                 code="busy", message=f"relay at MCP_MAX_INFLIGHT ({self.settings.mcp_max_inflight})"
@@ -494,15 +510,15 @@ class McpRelay:
         return None
 
     def started(self, request: link.Request) -> None:
-        """An exchange occupies a slot (listening streams do not count as calls)."""
-        if request.model != LISTEN:
+        """An exchange occupies a slot (only calls count, see `is_call`)."""
+        if is_call(request):
             self._calls += 1
         self.metrics.inflight.inc()
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
         """An exchange ended; a draining relay leaves after its last call."""
         self._open_calls.pop(request.id, None)
-        if request.model != LISTEN:
+        if is_call(request):
             self._calls -= 1
         self.metrics.inflight.dec()
         self.metrics.duration.observe(outcome.duration)

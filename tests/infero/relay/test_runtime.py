@@ -138,11 +138,15 @@ def test_the_hello_announces_a_hash_of_auth_token_never_the_token() -> None:
 async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
     release = asyncio.Event()
     entered = asyncio.Event()
+    notified: list[str] = []
 
     async def handle(request: web.Request) -> web.StreamResponse:
         body = await request.json()
         if body["method"] == "initialize":
             return web.json_response(INIT_RESULT)
+        if "id" not in body:
+            notified.append(body["method"])
+            return web.Response(status=202)
         entered.set()
         await release.wait()
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
@@ -174,6 +178,10 @@ async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
                 await server.wait_for(lambda: registry.relays["d1"].status == "draining")
             async with http.post(public, json=call) as refused:
                 assert refused.status == 503
+            note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {}}
+            async with http.post(public, json=note) as passed:
+                assert passed.status == 202  # notifications still reach the provider
+            assert notified == ["notifications/cancelled"]
             async with http.get(relay.metrics_url) as metrics:
                 assert "infero_mcp_relay_exchanges_inflight 1.0" in await metrics.text()
             release.set()

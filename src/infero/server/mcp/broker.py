@@ -83,6 +83,16 @@ def _error(
     )
 
 
+def _unavailable(message: str, *, request_id: pm.RequestId | None = None) -> web.Response:
+    return _error(
+        503,
+        "MCP_PROVIDER_UNAVAILABLE",
+        message,
+        request_id=request_id,
+        headers={"Retry-After": "5"},
+    )
+
+
 def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> web.Response:
     """The client's answer when a call fails before the provider's answer started."""
     if failure.code in ("first_byte_timeout", "idle_timeout", "timeout"):
@@ -169,24 +179,27 @@ class Broker:
         if not caller_allowed(token, keyring=self.keyring, relay_digest=relay.auth_digest):
             self._count(relay.id, "", "unauthorized", None)
             return self._unauthorized()
-        if self.lifecycle.draining:
-            return _error(
-                503,
-                "MCP_PROVIDER_UNAVAILABLE",
-                "the server is draining",
-                headers={"Retry-After": "5"},
-            )
-        if relay.status != "ready":
-            why = "draining" if relay.status == "draining" else "cannot reach its MCP provider"
-            return _error(
-                503,
-                "MCP_PROVIDER_UNAVAILABLE",
-                f"the MCP relay {why}",
-                headers={"Retry-After": "5"},
-            )
+        if relay.status == "not_ready":
+            return _unavailable("the MCP relay cannot reach its MCP provider")
+        closing = self._closing(relay)
+        if closing and request.method == "GET":
+            return _unavailable(closing)
         if request.method == "POST":
-            return await self._post(request, relay)
+            return await self._post(request, relay, closing)
         return await self._other(request, relay)
+
+    def _closing(self, relay: Relay) -> str | None:
+        """Why new calls are refused now (server or relay draining), else None.
+
+        Only new calls and listening streams are refused: notifications, answers to
+        server-initiated requests and DELETE still pass, so calls in flight can finish
+        (a tool waiting for a sampling answer, a client cancelling its call).
+        """
+        if self.lifecycle.draining:
+            return "the server is draining"
+        if relay.status == "draining":
+            return "the MCP relay is draining"
+        return None
 
     @staticmethod
     def _unauthorized() -> web.Response:
@@ -209,7 +222,9 @@ class Broker:
                 return None
         return bytes(body)
 
-    async def _post(self, request: web.Request, relay: Relay) -> web.StreamResponse:
+    async def _post(
+        self, request: web.Request, relay: Relay, closing: str | None
+    ) -> web.StreamResponse:
         body = await self._read_body(request)
         if body is None:
             self._count(relay.id, "", "too_large", None)
@@ -232,6 +247,8 @@ class Broker:
         method = envelope.first_method
         first_id = envelope.requests[0][0] if envelope.requests else None
         session_id = request.headers.get(SESSION_HEADER)
+        if envelope.is_call and closing:
+            return _unavailable(closing, request_id=first_id)
         if envelope.is_call:
             limit = self.registry.limit(relay, self.limits.max_concurrency)
             if relay.inflight >= limit:
