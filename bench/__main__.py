@@ -21,8 +21,11 @@ from bench.stack import Stack
 RESULTS = ROOT / "bench" / "results"
 
 
+_T0 = time.monotonic()
+
+
 def _progress(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+    print(f"[bench {time.monotonic() - _T0:5.1f}s] {message}", file=sys.stderr, flush=True)
 
 
 SCENARIOS = ("memory", "latency", "throughput", "embeddings", "slow", "clients")
@@ -102,7 +105,8 @@ def render(doc: dict[str, Any], *, markdown: bool) -> str:
     m = doc["machine"]
     head = (
         f"{doc['preset']['name']} run, {doc['when']}, {doc['seconds']} s; {m['cpus']} x "
-        f"{m['cpu_model']}, Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}"
+        f"{m['cpu_model']}, Python {m['python']}, aiohttp {m['aiohttp']}, uvloop {m['uvloop']}; "
+        f"load average at the end {m['load_average'][0]}"
     )
     return "\n\n".join([head, *(table(s) for s in sections)]) + "\n"
 

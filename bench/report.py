@@ -151,6 +151,7 @@ def machine() -> dict[str, Any]:
     """What the figures were measured on."""
     return {
         "cpus": os.cpu_count(),
+        "load_average": [round(x, 2) for x in os.getloadavg()],
         "cpu_model": _cpu_model(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
