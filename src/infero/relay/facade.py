@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
@@ -116,7 +117,14 @@ class _Session:
         self.listener: asyncio.Queue[bytes | None] | None = None
         self.backlog: deque[bytes] = deque(maxlen=BACKLOG)
         self.closed = asyncio.Event()
+        self.last_used = 0.0
+        """Monotonic time of the last request on this session."""
         self._chores: set[asyncio.Task[None]] = set()
+
+    @property
+    def busy(self) -> bool:
+        """A call or a listening stream is open on this session."""
+        return bool(self.calls) or self.listener is not None
 
     async def run(self, opener: Opener, ready: asyncio.Future[None]) -> None:
         """Own the provider connection for the session's lifetime (a task supervisor)."""
@@ -220,12 +228,23 @@ class _Session:
 class Facade:
     """The loopback Streamable HTTP endpoint; `url` is valid after `start()`."""
 
-    def __init__(self, opener: Opener, *, max_sessions: int = 32, label: str = "") -> None:
+    def __init__(
+        self,
+        opener: Opener,
+        *,
+        max_sessions: int = 32,
+        idle_timeout: float = 1800.0,
+        label: str = "",
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self._opener = opener
         self._max_sessions = max_sessions
+        self._idle_timeout = idle_timeout
         self._label = label
+        self._clock = clock
         self._sessions: dict[str, _Session] = {}
         self._runner: web.AppRunner | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self.url = ""
 
     @property
@@ -245,10 +264,16 @@ class Facade:
         await site.start()
         port = self._runner.addresses[0][1]
         self.url = f"http://127.0.0.1:{port}{PATH}"
+        self._reaper = asyncio.create_task(self._reap_forever(), name="facade-reaper")
         return self.url
 
     async def close(self) -> None:
         """Close every session (their provider connections) and stop listening."""
+        if self._reaper is not None:
+            self._reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reaper
+            self._reaper = None
         for session in list(self._sessions.values()):
             await self._close_session(session)
         if self._runner is not None:
@@ -261,6 +286,7 @@ class Facade:
         session = _Session(secrets.token_hex(16), self._forget)
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session.task = asyncio.create_task(session.run(self._opener, ready))
+        session.last_used = self._clock()
         self._sessions[session.id] = session
         try:
             await ready
@@ -270,6 +296,42 @@ class Facade:
             raise
         logger.info("%s session %s opened", self._label, session.id)
         return session
+
+    async def reap(self) -> int:
+        """Close sessions idle (no call, no GET stream) for `idle_timeout`; how many closed.
+
+        Clients such as hosted LLMs often never DELETE their sessions; without this their
+        provider processes would pile up until MCP_MAX_SESSIONS.
+        """
+        now = self._clock()
+        idle = [
+            s
+            for s in self._sessions.values()
+            if not s.busy and now - s.last_used >= self._idle_timeout
+        ]
+        for session in idle:
+            if session.busy:
+                continue
+            logger.info("%s session %s idle, closing it", self._label, session.id)
+            await self._close_session(session)
+        return len(idle)
+
+    async def _reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(min(self._idle_timeout, 60.0))
+            await self.reap()
+
+    async def _make_room(self) -> bool:
+        """At MCP_MAX_SESSIONS, close the least recently used idle session; False if none."""
+        if len(self._sessions) < self._max_sessions:
+            return True
+        idle = [s for s in self._sessions.values() if not s.busy]
+        if not idle:
+            return False
+        oldest = min(idle, key=lambda s: s.last_used)
+        logger.info("%s session limit reached, closing idle session %s", self._label, oldest.id)
+        await self._close_session(oldest)
+        return True
 
     def _forget(self, session: _Session) -> None:
         if self._sessions.pop(session.id, None) is not None:
@@ -294,6 +356,7 @@ class Facade:
         session = self._sessions.get(sid)
         if session is None:
             return _json_error(404, None, -32001, "Session not found")
+        session.last_used = self._clock()
         return session
 
     # ---- handlers ------------------------------------------------------------------------
@@ -315,7 +378,7 @@ class Facade:
                 return found
             session = found
         elif len(requests) == 1 and requests[0].method == "initialize":
-            if len(self._sessions) >= self._max_sessions:
+            if not await self._make_room():
                 return _json_error(
                     503, requests[0].id, -32000, "too many MCP sessions open on this relay"
                 )
@@ -345,6 +408,7 @@ class Facade:
             return await self._collect(session, call, batch=isinstance(raw, list))
         finally:
             session.end(call)
+            session.last_used = self._clock()
 
     @staticmethod
     def _note_cancel(session: _Session, message: JSONRPCMessage) -> None:
@@ -419,6 +483,7 @@ class Facade:
         finally:
             if session.listener is queue:
                 session.listener = None
+            session.last_used = self._clock()
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
         found = self._lookup(request)

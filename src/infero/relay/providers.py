@@ -64,6 +64,11 @@ async def open_facade(settings: RelaySettings, environ: Mapping[str, str]) -> Fa
     """Start the loopback facade for the configured stdio or SSE provider."""
     transport = settings.transport()
     opener = stdio_opener(settings, environ) if transport == "stdio" else sse_opener(settings)
-    facade = Facade(opener, max_sessions=settings.mcp_max_sessions, label=f"{transport} provider")
+    facade = Facade(
+        opener,
+        max_sessions=settings.mcp_max_sessions,
+        idle_timeout=settings.mcp_session_idle_timeout,
+        label=f"{transport} provider",
+    )
     await facade.start()
     return facade

@@ -163,6 +163,11 @@ class RelaySettings(SettingsModel):
         Field(ge=1, le=100_000),
         Opt("MCP_MAX_SESSIONS", "stdio/SSE providers: client sessions open at once (one each)."),
     ] = 32
+    mcp_session_idle_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("MCP_SESSION_IDLE_TIMEOUT", "stdio/SSE providers: close a session idle this long."),
+    ] = 1800.0
     mcp_probe_interval: Annotated[
         Duration,
         Field(gt=0),

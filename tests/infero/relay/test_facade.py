@@ -146,15 +146,49 @@ async def test_a_client_that_goes_away_cancels_its_call_in_the_child(facade: Fac
                 pass  # each check is a real round trip to the child
 
 
-async def test_the_session_limit_answers_503() -> None:
+class Clock:
+    now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_when_every_session_is_busy_a_new_one_is_refused_with_503() -> None:
     front = Facade(stdio_opener(provider_settings(), {}), max_sessions=1)
     await front.start()
     try:
         async with aiohttp.ClientSession() as http:
-            await open_session(http, front.url)
-            async with http.post(front.url, json=INIT, headers=SSE) as resp:
-                assert resp.status == 503
-                assert "too many" in (await resp.json())["error"]["message"]
+            first = await open_session(http, front.url)
+            listen = {"Accept": "text/event-stream", "Mcp-Session-Id": first}
+            async with http.get(front.url, headers=listen) as stream:
+                assert stream.status == 200
+                async with http.post(front.url, json=INIT, headers=SSE) as resp:
+                    assert resp.status == 503
+                    assert "too many" in (await resp.json())["error"]["message"]
+    finally:
+        await front.close()
+
+
+async def test_idle_sessions_make_room_at_the_limit_and_are_reaped_after_the_idle_timeout() -> None:
+    clock = Clock()
+    front = Facade(stdio_opener(provider_settings(), {}), max_sessions=1, clock=clock)
+    await front.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            first = await open_session(http, front.url)
+            clock.now = 10.0
+            second = await open_session(http, front.url)
+            assert second != first
+            assert front.session_count == 1
+            ping = {"jsonrpc": "2.0", "id": 4, "method": "ping"}
+            gone = {**SSE, "Mcp-Session-Id": first}
+            async with http.post(front.url, json=ping, headers=gone) as resp:
+                assert resp.status == 404
+            clock.now = 10.0 + 1799.0
+            assert await front.reap() == 0
+            clock.now = 10.0 + 1800.0
+            assert await front.reap() == 1
+            assert front.session_count == 0
     finally:
         await front.close()
 
