@@ -14,7 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
@@ -27,6 +27,9 @@ VALID_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._~-]{0,127}$")
 
 MAX_SESSIONS_PER_RELAY = 1000
 """Sessions tracked per relay; the least recently active is forgotten beyond it."""
+
+SESSION_FORGET_AFTER = timedelta(hours=1)
+"""A session without traffic for this long is no longer listed (clients often never DELETE)."""
 
 MAX_FUNCTIONS = 256
 """Distinct method names counted per relay; further ones count as `other`."""
@@ -199,8 +202,15 @@ class RelayRegistry:
     # ---- state -------------------------------------------------------------------------------
 
     def state(self) -> McpState:
-        """The `mcp` part of `/api/state`."""
+        """The `mcp` part of `/api/state` (forgetting sessions silent for an hour)."""
         now = self._now()
+        stale = [
+            key
+            for key, s in self.sessions.items()
+            if not s.inflight and now - s.last_activity >= SESSION_FORGET_AFTER
+        ]
+        for key in stale:
+            del self.sessions[key]
         clients = [
             McpClientInfo(
                 id=r.id,

@@ -127,3 +127,15 @@ def test_a_stale_link_cannot_change_or_remove_a_newer_relay() -> None:
     registry.status(stale, lp.StatusUpdate(max_concurrency=1, status="draining"))
     registry.detached(stale)
     assert registry.relays["r1"].status == "ready"
+
+
+def test_sessions_silent_for_an_hour_are_no_longer_listed() -> None:
+    clock = Clock()
+    registry = RelayRegistry(now=clock)
+    attach(registry, lp.Hello(kind="mcp", id="r1"))
+    relay = registry.relays["r1"]
+    registry.session_seen(relay, "old", "initialize")
+    clock.now = T0 + timedelta(minutes=30)
+    registry.session_seen(relay, "new", "initialize")
+    clock.now = T0 + timedelta(minutes=60)
+    assert [s.id for s in registry.state().sessions] == ["new"]
