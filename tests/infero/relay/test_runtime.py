@@ -5,8 +5,11 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import ssl
+import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -15,7 +18,13 @@ from aiohttp import web
 from infero.common.backoff import Backoff
 from infero.common.settings import load_settings
 from infero.relay.probe import ProviderDown, probe
-from infero.relay.runtime import McpRelay, ProviderMonitor, provider_path, split_endpoint
+from infero.relay.runtime import (
+    McpRelay,
+    ProviderMonitor,
+    provider_path,
+    provider_session,
+    split_endpoint,
+)
 from infero.relay.settings import RelaySettings
 from infero.server.mcp import BROKER
 from support.server import running_server
@@ -190,3 +199,58 @@ async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
                 assert finished.status == 200
                 finished.release()
                 assert await task == 0
+
+
+@pytest.fixture
+def tls_files(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 (key, cert), made by the openssl CLI."""
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(cert),
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return key, cert
+
+
+async def test_provider_tls_is_verified_unless_insecure_skip_verify(
+    tls_files: tuple[Path, Path],
+) -> None:
+    key, cert = tls_files
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.json_response(INIT_RESULT)
+
+    app = web.Application()
+    app.router.add_post("/mcp", handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context).start()
+    url = f"https://127.0.0.1:{runner.addresses[0][1]}/mcp"
+    try:
+        async with provider_session(verify_tls=True) as verified:
+            with pytest.raises(ProviderDown, match="cannot reach"):
+                await probe(verified, url, protocol_version="2025-06-18", within=5)
+        async with provider_session(verify_tls=False) as insecure:
+            assert await probe(insecure, url, protocol_version="2025-06-18", within=5) == "fake"
+    finally:
+        await runner.cleanup()
