@@ -111,6 +111,8 @@ def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> 
         return _error(
             502, "MCP_UPSTREAM_ERROR", "the MCP provider cannot be reached", request_id=request_id
         )
+    if failure.code == "draining":
+        return _unavailable("the MCP relay is draining", request_id=request_id)
     return _error(
         503,
         "MCP_PROVIDER_UNAVAILABLE",
