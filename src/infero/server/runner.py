@@ -46,14 +46,9 @@ async def drain_then_stop(
         logger.warning("stopping with %d request(s) still in flight", lifecycle.inflight)
 
 
-async def serve(settings: ServerSettings, *, started: asyncio.Event | None = None) -> int:
+async def serve(settings: ServerSettings) -> int:
     """Run the server until SIGTERM/SIGINT (then drain), on the running loop."""
     app = create_app(settings)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
-    await runner.setup()
-    site = web.TCPSite(runner, settings.host, settings.port)
-    await site.start()
-    logger.info("%s listening on %s:%s", BUILD.line("infero"), settings.host, settings.port)
     first, second = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -71,9 +66,12 @@ async def serve(settings: ServerSettings, *, started: asyncio.Event | None = Non
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
-    if started is not None:
-        started.set()
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    await runner.setup()
     try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        await site.start()
+        logger.info("%s listening on %s:%s", BUILD.line("infero"), settings.host, settings.port)
         await first.wait()
         await drain_then_stop(app, settings.drain_timeout, second)
     finally:
