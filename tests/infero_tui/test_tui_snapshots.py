@@ -4,26 +4,39 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import pytest_textual_snapshot  # type: ignore[import-untyped]  # the plugin ships no py.typed
 from textual.pilot import Pilot
-from tui_fakes import (
-    FakeClock,
-    FakeLocal,
-    FrozenFeed,
-    holding,
-    load_series,
-    load_snapshot,
-    load_status,
-)
 
+from infero.protocol.state import StateSnapshot
+from infero.protocol.status import WorkerStatusDoc
 from infero_tui.app import InferoConsole, make_app
 from infero_tui.config import ConsoleConfig
+from infero_tui.frozen import FrozenFeed, FrozenLocal, load_snapshots
 from infero_tui.local import LocalContext
 from infero_tui.screens.main import MainScreen
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+FIXED_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def snapshots(name: str) -> list[StateSnapshot]:
+    """Snapshots from tests/data/<name>.json."""
+    return load_snapshots(DATA / f"{name}.json")
+
+
+def local_status() -> WorkerStatusDoc:
+    text = (DATA / "local_status.json").read_text(encoding="utf-8")
+    return WorkerStatusDoc.model_validate_json(text)
+
+
+def fixed_clock() -> datetime:
+    return FIXED_NOW
+
 
 ROOT = Path(__file__).resolve().parents[2]
 SnapCompare = Callable[..., bool]
@@ -43,7 +56,7 @@ def top_level_snapshots(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def fleet_app(feed: FrozenFeed, *, read_only: bool = False) -> InferoConsole:
-    return make_app(fleet=feed, config=ConsoleConfig.frozen(read_only=read_only), clock=FakeClock())
+    return make_app(fleet=feed, config=ConsoleConfig.frozen(read_only=read_only), clock=fixed_clock)
 
 
 def settle(feed: FrozenFeed, *keys: str) -> Callable[[Pilot[Any]], Awaitable[None]]:
@@ -60,7 +73,7 @@ def settle(feed: FrozenFeed, *keys: str) -> Callable[[Pilot[Any]], Awaitable[Non
 
 
 def local_context(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: FakeLocal
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, client: FrozenLocal
 ) -> LocalContext:
     monkeypatch.chdir(tmp_path)
     Path("worker.yaml").write_text(
@@ -87,31 +100,31 @@ def local_context(
 
 def test_fleet_shows_workers_in_every_state(snap_compare: SnapCompare) -> None:
     """Idle, busy, draining, not_ready and gone workers with the first one's detail pane."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(120, 34), run_before=settle(feed))
 
 
 def test_fleet_fits_80x24(snap_compare: SnapCompare) -> None:
     """The workers tab at the smallest supported terminal."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed))
 
 
 def test_fleet_scales_to_a_wide_terminal(snap_compare: SnapCompare) -> None:
     """The workers tab on a wide terminal."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(180, 40), run_before=settle(feed))
 
 
 def test_empty_fleet_says_so(snap_compare: SnapCompare) -> None:
     """No workers yet, server not ready."""
-    feed = holding("fleet_empty")
+    feed = FrozenFeed.holding(snapshots("fleet_empty"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
 
 
 def test_detail_pane_follows_the_cursor(snap_compare: SnapCompare) -> None:
     """Moving down three rows shows the not_ready worker's error, as text not markup."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     app = fleet_app(feed)
     assert snap_compare(
         app, terminal_size=(100, 30), run_before=settle(feed, "down", "down", "down")
@@ -120,11 +133,11 @@ def test_detail_pane_follows_the_cursor(snap_compare: SnapCompare) -> None:
 
 def test_stale_badge_when_the_stream_is_lost(snap_compare: SnapCompare) -> None:
     """After the stream drops the header shows how stale the data is."""
-    clock = FakeClock()
-    feed = FrozenFeed([([load_snapshot("fleet")], "lost"), ([], "hold")])
+    now = [FIXED_NOW]
+    feed = FrozenFeed([([snapshots("fleet")[0]], "lost"), ([], "hold")])
     app = make_app(
         fleet=feed,
-        clock=clock,
+        clock=lambda: now[0],
         config=ConsoleConfig(
             refresh_interval=None, reconnect_schedule=(3600.0,), animation_level="none"
         ),
@@ -134,7 +147,7 @@ def test_stale_badge_when_the_stream_is_lost(snap_compare: SnapCompare) -> None:
         async with asyncio.timeout(5):
             await feed.settled.wait()
         await pilot.pause()
-        clock.now = clock.now.replace(second=12)
+        now[0] = FIXED_NOW.replace(second=12)
         screen = pilot.app.screen
         assert isinstance(screen, MainScreen)
         screen.redraw_header()
@@ -151,31 +164,31 @@ def test_unauthorized_stream_asks_for_the_key(snap_compare: SnapCompare) -> None
 
 def test_drain_asks_for_confirmation_naming_the_worker(snap_compare: SnapCompare) -> None:
     """Pressing d on alpha asks to drain alpha and shows its in-flight count."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "d"))
 
 
 def test_models_tab_shows_the_queue_and_rates(snap_compare: SnapCompare) -> None:
     """Models with a queue and rates computed from successive snapshots."""
-    feed = FrozenFeed([(load_series("fleet_series"), "hold")])
+    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "2"))
 
 
 def test_mcp_tab_lists_relays_and_sessions(snap_compare: SnapCompare) -> None:
     """MCP relays and a live session."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "3"))
 
 
 def test_server_tab_draws_sparklines(snap_compare: SnapCompare) -> None:
     """Server totals and sparklines of requests/s, tokens/s and queue depth."""
-    feed = FrozenFeed([(load_series("fleet_series"), "hold")])
+    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "4"))
 
 
 def test_help_lists_every_key(snap_compare: SnapCompare) -> None:
     """? opens the key list."""
-    feed = holding("fleet")
+    feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(
         fleet_app(feed), terminal_size=(100, 40), run_before=settle(feed, "question_mark")
     )
@@ -185,8 +198,8 @@ def test_local_view_shows_status_paths_and_log(
     snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The local connector alone: state, connections, jobs, models, paths and the log tail."""
-    context = local_context(tmp_path, monkeypatch, FakeLocal(load_status()))
-    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=FakeClock())
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
+    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
     assert snap_compare(app, terminal_size=(100, 30), run_before=_pause_twice)
 
 
@@ -194,8 +207,8 @@ def test_settings_editor_shows_a_validation_error(
     snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Saving max_concurrency 0 is refused with the connector's own message."""
-    context = local_context(tmp_path, monkeypatch, FakeLocal(load_status()))
-    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=FakeClock())
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
+    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
 
     async def run_before(pilot: Pilot[Any]) -> None:
         await _pause_twice(pilot)
@@ -213,9 +226,9 @@ def test_both_views_in_one_session(
     snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """--server and --worker together: the Local tab sits after the fleet tabs."""
-    context = local_context(tmp_path, monkeypatch, FakeLocal(None))
-    feed = holding("fleet")
-    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=FakeClock())
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(None))
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
     assert snap_compare(app, terminal_size=(100, 30), run_before=settle(feed, "5"))
 
 
