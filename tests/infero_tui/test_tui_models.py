@@ -17,6 +17,8 @@ from infero_tui.process import ConnectorProcess
 from infero_tui.rates import RateTracker
 
 DATA = Path(__file__).resolve().parents[1] / "data"
+
+
 def snapshots(name: str) -> list[StateSnapshot]:
     """Snapshots from tests/data/<name>.json."""
     return load_snapshots(DATA / f"{name}.json")
