@@ -247,3 +247,72 @@ async def test_backend_error_status_is_relayed_as_is() -> None:
             assert resp.status == 400
             assert await resp.json() == {"error": {"message": "bad"}}
             resp.release()
+
+
+async def test_slow_head_on_a_stream_gets_early_headers_and_keepalives_then_the_answer() -> None:
+    async with (
+        running_server(keepalive_interval=0.01) as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            resp = await call
+            assert resp.status == 200
+            assert resp.headers["Content-Type"] == "text/event-stream"
+            assert await _read_sse_line(resp) == b": keepalive"
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(incoming.id, b"data: {}\n\n")
+            await conn.end(incoming.id)
+            while (line := await _read_sse_line(resp)) == b": keepalive":
+                pass
+            assert line == b"data: {}"
+            resp.release()
+
+
+async def test_backend_error_after_early_headers_becomes_an_sse_error_event() -> None:
+    async with (
+        running_server(keepalive_interval=0.01) as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            resp = await call
+            assert await _read_sse_line(resp) == b": keepalive"
+            await conn.reply(
+                incoming.id, b'{"error":{"message":"context too long","type":"x"}}', status=400
+            )
+            while (line := await _read_sse_line(resp)) == b": keepalive":
+                pass
+            error = json.loads(line[6:])["error"]
+            assert error["message"] == "context too long"
+            assert error["code"] == "400"
+            resp.release()
+
+
+async def test_idle_connector_mid_stream_times_out_with_an_error_event_and_a_cancel() -> None:
+    async with (
+        running_server(request_timeout=0.05) as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(incoming.id, b"data: 1\n\n")
+            resp = await call
+            assert await _read_sse_line(resp) == b"data: 1"
+            error = json.loads((await _read_sse_line(resp))[6:])["error"]
+            assert error["code"] == "upstream_error"
+            await incoming.cancelled.wait()
+            resp.release()
