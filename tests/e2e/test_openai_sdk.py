@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import aiohttp
 import openai
@@ -54,7 +55,7 @@ class Stack:
 
 
 @asynccontextmanager
-async def stack(**server_settings: object) -> AsyncIterator[Stack]:
+async def stack(**server_settings: Any) -> AsyncIterator[Stack]:
     backend = ControlledBackend(models=("demo", "demo:7b"))
     async with (
         serving(backend),

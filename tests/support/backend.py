@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from infero.demo.backend import DemoConfig, create_app
 
@@ -43,7 +44,7 @@ class ControlledBackend:
         app = create_app(DemoConfig(models=self.models))
 
         @web.middleware
-        async def scripted(request: web.Request, handler: web.Handler) -> web.StreamResponse:
+        async def scripted(request: web.Request, handler: Handler) -> web.StreamResponse:
             if request.path != "/v1/chat/completions":
                 return await handler(request)
             model = json.loads(await request.read()).get("model")
