@@ -69,8 +69,13 @@ class InferoConsole(App[None]):
         )
 
     async def on_unmount(self) -> None:
-        if self.local is not None and self.local.process is not None:
-            await self.local.process.stop()
+        """Stop a connector started from here and close the network clients."""
+        if self.local is not None:
+            if self.local.process is not None:
+                await self.local.process.stop()
+            await self.local.client.aclose()
+        if self.fleet is not None:
+            await self.fleet.aclose()
 
     def help_sections(self) -> list[HelpSection]:
         """Every binding, grouped by where it works."""

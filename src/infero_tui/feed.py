@@ -25,6 +25,10 @@ class FleetFeed(Protocol):
         """Use this API key from the next request on."""
         ...
 
+    async def aclose(self) -> None:
+        """Release connections (the console calls this when it exits)."""
+        ...
+
 
 class LocalFeed(Protocol):
     """One local connector's status port (`LocalClient` is one)."""
@@ -39,4 +43,8 @@ class LocalFeed(Protocol):
 
     async def control(self, action: Action) -> None:
         """`POST /control/{action}`."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release connections (the console calls this when it exits)."""
         ...

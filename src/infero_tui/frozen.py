@@ -71,6 +71,9 @@ class FrozenFeed:
     def set_api_key(self, key: str) -> None:
         self.api_keys.append(key)
 
+    async def aclose(self) -> None:
+        """Nothing to release."""
+
 
 @dataclass
 class FrozenLocal:
@@ -93,3 +96,6 @@ class FrozenLocal:
 
     async def control(self, action: Action) -> None:
         self.calls.append(action)
+
+    async def aclose(self) -> None:
+        """Nothing to release."""

@@ -1,9 +1,125 @@
-"""`infero ctl` (work in progress)."""
+"""`infero ctl`: list the fleet, drain/undrain/shut down workers, watch changes (scriptable).
+
+Exit codes: 0 ok, 1 server or transport error, 2 usage, 3 key refused, 4 unknown worker.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Annotated, Literal
+
 import typer
+
+if TYPE_CHECKING:
+    from infero_tui.client import FleetClient
+
+DEFAULT_SERVER = "http://127.0.0.1:8080"
+
+Server = Annotated[
+    str,
+    typer.Option("--server", envvar="INFERO_SERVER", help="Server base URL.", show_envvar=True),
+]
+ApiKey = Annotated[
+    str,
+    typer.Option("--api-key", envvar="API_KEY", help="Key to read the state.", show_default=False),
+]
+OperatorKey = Annotated[
+    str,
+    typer.Option(
+        "--operator-key",
+        envvar="OPERATOR_KEY",
+        help="Key with the operator role, for drain/undrain/shutdown.",
+        show_default=False,
+    ),
+]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+Worker = Annotated[str, typer.Argument(help="Worker id or unique name.", show_default=False)]
+
+ctl = typer.Typer(
+    name="ctl",
+    help="Scriptable fleet control: the console's client without the UI (exit codes: "
+    "0 ok, 1 server/transport error, 2 usage, 3 key refused, 4 unknown worker).",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+
+
+def _run(
+    server: str, api_key: str, operator_key: str, body: Callable[[FleetClient], Awaitable[int]]
+) -> None:
+    from infero_tui.client import ClientError, Credentials, FleetClient
+    from infero_tui.ctl import exit_code
+
+    async def main() -> int:
+        async with FleetClient(server, Credentials(api_key, operator_key)) as client:
+            return await body(client)
+
+    try:
+        code = asyncio.run(main())
+    except ClientError as exc:
+        typer.echo(f"infero ctl: {exc}", err=True)
+        code = exit_code(exc)
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
+
+
+def _echo(line: str) -> None:
+    typer.echo(line)
+    sys.stdout.flush()
+
+
+def _lister(what: Literal["workers", "models", "mcp"], doc: str) -> Callable[..., None]:
+    def command(
+        server: Server = DEFAULT_SERVER, api_key: ApiKey = "", json_output: Json = False
+    ) -> None:
+        from infero_tui.ctl import list_command
+
+        _run(server, api_key, "", lambda c: list_command(c, what, json_output, _echo))
+
+    command.__doc__ = doc
+    return command
+
+
+def _controller(action: Literal["drain", "undrain", "shutdown"], doc: str) -> Callable[..., None]:
+    def command(
+        worker: Worker,
+        server: Server = DEFAULT_SERVER,
+        api_key: ApiKey = "",
+        operator_key: OperatorKey = "",
+        json_output: Json = False,
+    ) -> None:
+        from infero_tui.ctl import control_command
+
+        _run(
+            server,
+            api_key,
+            operator_key,
+            lambda c: control_command(c, action, worker, json_output, _echo),
+        )
+
+    command.__doc__ = doc
+    return command
+
+
+@ctl.command("watch")
+def watch(server: Server = DEFAULT_SERVER, api_key: ApiKey = "", json_output: Json = False) -> None:
+    """Print fleet changes as they happen (--json: every snapshot, one per line)."""
+    from infero_tui.ctl import watch_command
+
+    _run(server, api_key, "", lambda c: watch_command(c, json_output, _echo))
+
+
+ctl.command("workers")(_lister("workers", "List the workers (connectors) of the fleet."))
+ctl.command("models")(_lister("models", "List the models with their workers and queues."))
+ctl.command("mcp")(_lister("mcp", "List MCP relays and live sessions."))
+ctl.command("drain")(_controller("drain", "Drain a worker: finish in-flight work, take none."))
+ctl.command("undrain")(_controller("undrain", "Let a draining worker take work again."))
+ctl.command("shutdown")(_controller("shutdown", "Drain a worker, then make it exit."))
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `ctl` command (not yet available)."""
+    """Add the `ctl` command group."""
+    app.add_typer(ctl)

@@ -1,9 +1,125 @@
-"""`infero tui` (work in progress)."""
+"""`infero tui`: the Textual operator console (needs the `tui` extra: pip install 'infero[tui]')."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from infero.common.settings import ConfigError, default_log_dir, resolve_config_file
+
+if TYPE_CHECKING:
+    from infero_tui.local import LocalContext
+
+LOG_FILE = "infero-llm.log"
+TOKEN_FILE = "worker.token"
+
+
+def _local_context(
+    addr: str, config: str | None, token_file: str | None, log_dir: str | None
+) -> LocalContext:
+    from infero_tui.client import LocalClient
+    from infero_tui.local import LocalContext
+    from infero_tui.process import ConnectorProcess, default_command
+    from infero_tui.settings_file import load_worker_settings
+
+    config_path, exists = resolve_config_file(config, "worker.yaml")
+    if log_dir is None and exists:
+        try:
+            log_dir = load_worker_settings(config_path).log_dir or None
+        except ConfigError:
+            log_dir = None
+    logs = Path(log_dir).expanduser() if log_dir else default_log_dir()
+    token = Path(token_file).expanduser() if token_file else config_path.parent / TOKEN_FILE
+    return LocalContext(
+        client=LocalClient(addr, token),
+        addr=addr,
+        config_path=config_path,
+        token_file=token,
+        log_file=logs / LOG_FILE,
+        diagnostics_dir=Path.cwd(),
+        process=ConnectorProcess(default_command(config_path, addr)),
+    )
+
+
+def tui(
+    server: Annotated[
+        str | None,
+        typer.Option(
+            "--server",
+            envvar="INFERO_SERVER",
+            help="Server base URL (the fleet view).",
+            show_envvar=True,
+        ),
+    ] = None,
+    api_key: Annotated[
+        str, typer.Option("--api-key", envvar="API_KEY", help="Key to read the state.")
+    ] = "",
+    operator_key: Annotated[
+        str,
+        typer.Option(
+            "--operator-key", envvar="OPERATOR_KEY", help="Key with the operator role (actions)."
+        ),
+    ] = "",
+    worker: Annotated[
+        str | None,
+        typer.Option(
+            "--worker", help="Local connector status address, e.g. 127.0.0.1:4555 (local view)."
+        ),
+    ] = None,
+    config: Annotated[
+        str | None,
+        typer.Option("--config", envvar="CONFIG_FILE", help="The local connector's worker.yaml."),
+    ] = None,
+    token_file: Annotated[
+        str | None,
+        typer.Option("--token-file", help="Control token file (default: worker.token beside it)."),
+    ] = None,
+    log_dir: Annotated[
+        str | None,
+        typer.Option("--log-dir", envvar="LOG_DIR", help="The local connector's LOG_DIR."),
+    ] = None,
+    read_only: Annotated[
+        bool, typer.Option("--read-only", help="Watch only: every action is disabled.")
+    ] = False,
+    replay: Annotated[
+        Path | None,
+        typer.Option("--replay", help="Show snapshots from a JSON file instead of a server."),
+    ] = None,
+) -> None:
+    """Open the operator console: the fleet (--server) and/or the local connector (--worker)."""
+    if server is None and worker is None and replay is None:
+        typer.echo("infero tui: give --server URL and/or --worker ADDR (see --help)", err=True)
+        raise typer.Exit(2)
+    try:
+        from infero_tui.app import make_app
+    except ImportError as exc:
+        if exc.name != "textual" and not str(exc.name or "").startswith("textual."):
+            raise
+        typer.echo(
+            "infero tui: the console needs Textual; install it with: pip install 'infero[tui]'",
+            err=True,
+        )
+        raise typer.Exit(1) from None
+    from infero_tui.client import Credentials, FleetClient
+    from infero_tui.config import ConsoleConfig
+    from infero_tui.feed import FleetFeed
+    from infero_tui.frozen import FrozenFeed, load_snapshots
+
+    fleet: FleetFeed | None = None
+    if replay is not None:
+        try:
+            fleet = FrozenFeed.holding(load_snapshots(replay))
+        except (OSError, ValueError) as exc:
+            typer.echo(f"infero tui: cannot replay {replay}: {exc}", err=True)
+            raise typer.Exit(2) from None
+    elif server is not None:
+        fleet = FleetClient(server, Credentials(api_key, operator_key))
+    local = _local_context(worker, config, token_file, log_dir) if worker else None
+    make_app(fleet=fleet, local=local, config=ConsoleConfig(read_only=read_only)).run()
 
 
 def register(app: typer.Typer) -> None:
-    """Add the `tui` command (not yet available)."""
+    """Add the `tui` command."""
+    app.command("tui")(tui)

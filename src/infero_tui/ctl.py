@@ -1,0 +1,179 @@
+"""`infero ctl`: the console's client as a scriptable CLI (plain tables or JSON, exit codes).
+
+No Textual here. Exit codes: 0 ok, 1 server or transport error, 2 usage (e.g. an ambiguous
+worker name), 3 key refused (401/403), 4 unknown worker.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from infero.protocol.state import StateSnapshot, WorkerInfo
+from infero_tui.client import Action, AuthRefused, ClientError, FleetClient, NotFound
+from infero_tui.format import age, millis, rate
+
+OK, FAILED, USAGE, AUTH, NOT_FOUND = 0, 1, 2, 3, 4
+
+Echo = Callable[[str], None]
+
+
+class UsageError(ClientError):
+    """The command line cannot be carried out as given (exit 2)."""
+
+
+def exit_code(error: ClientError) -> int:
+    """The documented exit code for an error."""
+    if isinstance(error, AuthRefused):
+        return AUTH
+    if isinstance(error, NotFound):
+        return NOT_FOUND
+    if isinstance(error, UsageError):
+        return USAGE
+    return FAILED
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, two spaces apart."""
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(cell)) for w, cell in zip(widths, row, strict=True)]
+    lines = [headers, *rows]
+    return "\n".join(
+        "  ".join(cell.ljust(w) for cell, w in zip(line, widths, strict=True)).rstrip()
+        for line in lines
+    )
+
+
+def workers_table(snapshot: StateSnapshot) -> str:
+    now = snapshot.server.now
+    rows = [
+        [
+            w.id,
+            w.name,
+            w.status,
+            f"{w.inflight}/{w.max_concurrency}",
+            str(w.queue_len),
+            rate(w.avg_tokens_per_second),
+            millis(w.avg_ttft_ms),
+            str(w.failures_total),
+            age(now, w.last_heartbeat),
+            w.version,
+        ]
+        for w in snapshot.workers
+    ]
+    headers = ["ID", "NAME", "STATUS", "JOBS", "QUEUE", "TOK/S", "TTFT", "FAIL", "SEEN", "VERSION"]
+    return table(headers, rows)
+
+
+def models_table(snapshot: StateSnapshot) -> str:
+    rows = [
+        [
+            m.name,
+            f"{m.ready_workers}/{m.workers}",
+            str(m.queue_len),
+            millis(m.oldest_wait_ms),
+            str(m.requests_total),
+            str(m.error_total),
+            millis(m.avg_ttft_ms),
+            rate(m.avg_tokens_per_second),
+        ]
+        for m in snapshot.models
+    ]
+    headers = ["MODEL", "WORKERS", "QUEUE", "OLDEST", "REQUESTS", "ERRORS", "TTFT", "TOK/S"]
+    return table(headers, rows)
+
+
+def mcp_tables(snapshot: StateSnapshot) -> str:
+    relays = [
+        [c.id, c.name, c.status, str(c.inflight), str(c.calls_total), str(c.errors_total)]
+        for c in snapshot.mcp.clients
+    ]
+    sessions = [
+        [s.id, s.client_id, s.method, str(s.inflight), millis(s.duration_ms)]
+        for s in snapshot.mcp.sessions
+    ]
+    return (
+        table(["RELAY", "NAME", "STATUS", "INFLIGHT", "CALLS", "ERRORS"], relays)
+        + "\n\n"
+        + table(["SESSION", "RELAY", "METHOD", "INFLIGHT", "DURATION"], sessions)
+    )
+
+
+def as_json(snapshot: StateSnapshot, what: str) -> str:
+    """The part of the snapshot a listing shows, as JSON."""
+    data = snapshot.model_dump(mode="json")
+    return json.dumps(data[what], indent=2)
+
+
+def resolve_worker(snapshot: StateSnapshot, wanted: str) -> WorkerInfo:
+    """The live worker whose id, else whose name, is `wanted`."""
+    live = [w for w in snapshot.workers if w.status != "gone"]
+    for worker in live:
+        if worker.id == wanted:
+            return worker
+    named = [w for w in live if w.name == wanted]
+    if len(named) == 1:
+        return named[0]
+    if named:
+        ids = ", ".join(w.id for w in named)
+        raise UsageError(f"{len(named)} workers are named {wanted!r}; use an id ({ids})")
+    raise NotFound(f"no connected worker with id or name {wanted!r}")
+
+
+async def list_command(client: FleetClient, what: str, as_json_output: bool, echo: Echo) -> int:
+    """`workers`, `models` or `mcp`."""
+    snapshot = await client.state()
+    if as_json_output:
+        echo(as_json(snapshot, "workers" if what == "workers" else what))
+    elif what == "workers":
+        echo(workers_table(snapshot))
+    elif what == "models":
+        echo(models_table(snapshot))
+    else:
+        echo(mcp_tables(snapshot))
+    return OK
+
+
+async def control_command(
+    client: FleetClient, action: Action, wanted: str, as_json_output: bool, echo: Echo
+) -> int:
+    """`drain|undrain|shutdown WORKER` (id or unique name)."""
+    worker = resolve_worker(await client.state(), wanted)
+    result = await client.control(worker.id, action)
+    if as_json_output:
+        echo(result.model_dump_json())
+    else:
+        echo(f"{action} accepted for {worker.name} ({worker.id})")
+    return OK
+
+
+def changes(previous: StateSnapshot | None, current: StateSnapshot) -> list[str]:
+    """Human lines for what changed between two snapshots (everything, the first time)."""
+    stamp = current.server.now.strftime("%H:%M:%S")
+    lines: list[str] = []
+    if previous is None or previous.server.state != current.server.state:
+        lines.append(f"{stamp} server {current.server.state}")
+    before = {w.id: w for w in previous.workers} if previous else {}
+    for worker in current.workers:
+        old = before.pop(worker.id, None)
+        label = f"{worker.name} ({worker.id})"
+        if old is None:
+            lines.append(f"{stamp} worker {label} {worker.status}")
+        elif old.status != worker.status:
+            lines.append(f"{stamp} worker {label} {old.status} -> {worker.status}")
+    lines.extend(f"{stamp} worker {w.name} ({w.id}) left" for w in before.values())
+    return lines
+
+
+async def watch_command(client: FleetClient, as_json_output: bool, echo: Echo) -> int:
+    """Print changes (or every snapshot as one JSON line) until the stream ends."""
+    previous: StateSnapshot | None = None
+    async for snapshot in client.snapshots():
+        if as_json_output:
+            echo(snapshot.model_dump_json())
+        else:
+            for line in changes(previous, snapshot):
+                echo(line)
+        previous = snapshot
+    return FAILED
