@@ -187,8 +187,6 @@ class LinkEndpoint:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: upgrade, handshake, then serve the link until it closes."""
-        if self.lifecycle.draining:
-            return web.Response(status=503, text="server draining")
         ws = web.WebSocketResponse(
             max_msg_size=lp.MAX_FRAME, compress=False, autoping=True, heartbeat=None
         )

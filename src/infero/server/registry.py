@@ -164,6 +164,10 @@ class Fleet:
         self.model_totals: dict[str, Counters] = {}
         self.gone_retention = gone_retention
         self.clock = clock
+        self.by_model: dict[str, dict[str, Worker]] = {}
+        """Live workers by advertised model id (then by worker id)."""
+        self.by_alias: dict[str, dict[str, Worker]] = {}
+        """Live workers by alias key of their models."""
         self.on_capacity: Callable[[], None] = lambda: None
         """Called when capacity may have appeared (the scheduler dispatches its queues)."""
         self._stats: dict[str, WorkerStats] = {}
@@ -178,15 +182,22 @@ class Fleet:
 
     def attached(self, hello: Hello, link: Link) -> Link | None:
         """Register the link; return a link it replaces (the caller closes it)."""
-        old = self.workers.get(hello.id)
-        stats = self._stats.setdefault(hello.id, WorkerStats())
-        worker = Worker(hello, link, stats)
-        self.workers[hello.id] = worker
+        worker = Worker(hello, link, self._stats.setdefault(hello.id, WorkerStats()))
         link.worker = worker
+        old = self.register(worker)
+        return old.link if old is not None and old.live else None
+
+    def register(self, worker: Worker) -> Worker | None:
+        """Make `worker` the live holder of its id; return the previous holder."""
+        old = self.workers.get(worker.id)
+        if old is not None:
+            self._unindex(old)
+        self.workers[worker.id] = worker
+        self._index(worker)
         self._see_models(worker.models)
         self.changes.bump()
         self.on_capacity()
-        return old.link if old is not None and old.live else None
+        return old
 
     def status(self, link: Link, update: StatusUpdate) -> None:
         """Apply a connector's status update at once."""
@@ -194,7 +205,9 @@ class Fleet:
         if worker is None or worker.link is not link:
             return
         if update.models is not None:
+            self._unindex(worker)
             worker.set_models(update.models)
+            self._index(worker)
             self._see_models(worker.models)
         worker.capacity = update.max_concurrency
         worker.link_status = update.status
@@ -211,22 +224,48 @@ class Fleet:
             return
         worker.disconnected_at = self.clock()
         worker.link = None
+        if self.workers.get(worker.id) is worker:
+            self._unindex(worker)
         self.changes.bump()
 
     # ---- routing ---------------------------------------------------------------------------
 
     def candidates(self, model: str, target: str | None = None) -> Candidates:
         """Exact-model workers serving now, else alias ones; `known` if anyone advertises it."""
-        live = [w for w in self.workers.values() if w.disconnected_at is None]
-        if target is not None:
-            live = [w for w in live if w.id == target]
-        exact = [w for w in live if model in w.models]
+        exact = self._matching(self.by_model, model, target)
         serving = [w for w in exact if w.serving]
         if serving:
             return Candidates(serving, True)
         key = alias_key(model)
-        alias = [w for w in live if key in w.alias_keys] if key else []
+        alias = self._matching(self.by_alias, key, target) if key else []
         return Candidates([w for w in alias if w.serving], bool(exact or alias))
+
+    @staticmethod
+    def _matching(
+        index: dict[str, dict[str, Worker]], key: str, target: str | None
+    ) -> list[Worker]:
+        found = index.get(key)
+        if not found:
+            return []
+        if target is None:
+            return list(found.values())
+        worker = found.get(target)
+        return [worker] if worker is not None else []
+
+    def _index(self, worker: Worker) -> None:
+        for model in worker.models:
+            self.by_model.setdefault(model, {})[worker.id] = worker
+        for key in worker.alias_keys:
+            self.by_alias.setdefault(key, {})[worker.id] = worker
+
+    def _unindex(self, worker: Worker) -> None:
+        for index, keys in ((self.by_model, worker.models), (self.by_alias, worker.alias_keys)):
+            for key in keys:
+                holders = index.get(key)
+                if holders is not None and holders.get(worker.id) is worker:
+                    del holders[worker.id]
+                    if not holders:
+                        del index[key]
 
     def live_links(self) -> list[Link]:
         """Links of every live worker."""

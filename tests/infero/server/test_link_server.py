@@ -170,10 +170,14 @@ async def test_status_update_applies_at_once() -> None:
         worker = srv.fleet.workers["w1"]
         assert worker.models == {"b", "c"}
         assert worker.capacity == 3
+        scheduler = srv.app[keys.SCHEDULER]
+        assert not scheduler.known("a")
+        assert scheduler.known("b")
 
 
 async def test_draining_server_refuses_new_links() -> None:
-    async with running_server() as srv, aiohttp.ClientSession() as http:
+    async with running_server() as srv:
         srv.app[keys.LIFECYCLE].start_drain()
-        async with http.get(srv.url + "/api/workers/connect") as resp:
-            assert resp.status == 503
+        async with scripted_connector(srv.url) as conn:
+            assert isinstance(conn.answer, lp.Refused)
+            assert conn.answer.reason == "draining"

@@ -16,7 +16,7 @@ def _fleet(*workers: tuple[str, list[str], int, int]) -> tuple[Fleet, Scheduler]
     for wid, models, inflight, capacity in workers:
         worker = Worker(Hello(id=wid, models=models, max_concurrency=capacity), None, WorkerStats())
         worker.inflight = inflight
-        fleet.workers[wid] = worker
+        fleet.register(worker)
     return fleet, scheduler
 
 
