@@ -404,6 +404,8 @@ class _Relay:
     async def _start_sse(self) -> web.StreamResponse:
         if self.response is None:
             response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
+            overhead = (time.perf_counter() - self.started - self.waited) * 1000
+            response.headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
             await response.prepare(self.request)
             self.response = response
         return self.response

@@ -181,3 +181,22 @@ async def test_draining_server_refuses_new_links() -> None:
         async with scripted_connector(srv.url) as conn:
             assert isinstance(conn.answer, lp.Refused)
             assert conn.answer.reason == "draining"
+
+
+async def test_malformed_frames_are_ignored_and_the_link_keeps_working() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        await conn.ws.send_str('{"type":"nonsense"}')
+        await conn.ws.send_str("not json at all")
+        await conn.ws.send_bytes(b"\x09")
+        await conn.ws.send_str('{"type":"head","id":999,"status":200}')
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, b"{}")
+            resp = await call
+            assert resp.status == 200
+            resp.release()

@@ -263,6 +263,7 @@ async def test_slow_head_on_a_stream_gets_early_headers_and_keepalives_then_the_
             resp = await call
             assert resp.status == 200
             assert resp.headers["Content-Type"] == "text/event-stream"
+            assert float(resp.headers["X-Infero-Overhead-Ms"]) >= 0
             assert await _read_sse_line(resp) == b": keepalive"
             await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
             await conn.body(incoming.id, b"data: {}\n\n")
