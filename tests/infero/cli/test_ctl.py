@@ -1,0 +1,129 @@
+"""`infero ctl`: tables, JSON, change lines and exit codes (no server needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from infero.cli import app as cli
+from infero.protocol.state import StateSnapshot
+from infero_tui import ctl
+from infero_tui.client import AuthRefused, ClientError, FleetClient, NotFound, StreamLost
+from infero_tui.frozen import load_snapshots
+
+DATA = Path(__file__).resolve().parents[2] / "data"
+
+
+def fleet() -> StateSnapshot:
+    return load_snapshots(DATA / "fleet.json")[0]
+
+
+def serving(snapshot: StateSnapshot) -> httpx.MockTransport:
+    body = snapshot.model_dump_json()
+    return httpx.MockTransport(lambda request: httpx.Response(200, text=body))
+
+
+def test_workers_table_is_plain_text_with_one_row_per_worker() -> None:
+    lines = ctl.workers_table(fleet()).splitlines()
+    assert lines[0].split() == [
+        "ID", "NAME", "STATUS", "JOBS", "QUEUE", "TOK/S", "TTFT", "FAIL", "SEEN", "VERSION"
+    ]  # fmt: skip
+    assert lines[1].split() == [
+        "w-alpha", "alpha", "busy", "2/2", "3", "41.5", "380ms", "0", "2s", "0.1.0"
+    ]  # fmt: skip
+    assert len(lines) == 6
+    assert "delta [red]x[/red]" in lines[4]
+
+
+def test_models_and_mcp_tables_show_queues_relays_and_sessions() -> None:
+    models = ctl.models_table(fleet()).splitlines()
+    assert models[1].split()[:5] == ["llama3:8b", "2/2", "3", "4200ms", "1800"]
+    mcp = ctl.mcp_tables(fleet())
+    assert "m-files" in mcp
+    assert "sess-7f3a" in mcp
+
+
+def test_workers_resolve_by_id_then_by_unique_live_name() -> None:
+    snapshot = fleet()
+    assert ctl.resolve_worker(snapshot, "w-bravo").name == "bravo"
+    assert ctl.resolve_worker(snapshot, "bravo").id == "w-bravo"
+    with pytest.raises(NotFound):
+        ctl.resolve_worker(snapshot, "echo")  # gone: nothing to steer
+    with pytest.raises(NotFound):
+        ctl.resolve_worker(snapshot, "zulu")
+
+
+def test_two_workers_with_one_name_is_a_usage_error_naming_both_ids() -> None:
+    data = fleet().model_dump()
+    data["workers"][1]["name"] = "alpha"
+    snapshot = StateSnapshot.model_validate(data)
+    with pytest.raises(ctl.UsageError, match="w-alpha, w-bravo"):
+        ctl.resolve_worker(snapshot, "alpha")
+
+
+def test_exit_codes_are_the_documented_ones() -> None:
+    assert ctl.exit_code(ClientError("x")) == 1
+    assert ctl.exit_code(StreamLost("x")) == 1
+    assert ctl.exit_code(ctl.UsageError("x")) == 2
+    assert ctl.exit_code(AuthRefused("x", 401)) == 3
+    assert ctl.exit_code(AuthRefused("x", 403)) == 3
+    assert ctl.exit_code(NotFound("x")) == 4
+
+
+def test_changes_list_everything_first_then_only_what_moved() -> None:
+    first = fleet()
+    assert ctl.changes(None, first)[:2] == [
+        "12:00:00 server ready",
+        "12:00:00 worker alpha (w-alpha) busy",
+    ]
+    data = first.model_dump()
+    data["server"]["now"] = "2026-11-28T12:00:02Z"
+    data["workers"][0]["status"] = "draining"
+    del data["workers"][1]
+    data["workers"].append({**data["workers"][0], "id": "w-new", "name": "new", "status": "idle"})
+    assert ctl.changes(first, StateSnapshot.model_validate(data)) == [
+        "12:00:02 worker alpha (w-alpha) busy -> draining",
+        "12:00:02 worker new (w-new) idle",
+        "12:00:02 worker bravo (w-bravo) left",
+    ]
+
+
+async def test_list_command_prints_json_of_the_listing() -> None:
+    printed: list[str] = []
+    async with FleetClient("http://infero.test", transport=serving(fleet())) as client:
+        code = await ctl.list_command(client, "models", True, printed.append)
+    assert code == 0
+    assert [m["name"] for m in json.loads(printed[0])] == ["llama3:8b", "mistral:7b", "qwen2.5:7b"]
+
+
+async def test_watch_prints_changes_until_the_stream_ends_then_fails() -> None:
+    compact = fleet().model_dump_json()
+    body = f"id: 1\ndata: {compact}\n\n: keepalive\n\nid: 2\ndata: {compact}\n\n"
+    transport = httpx.MockTransport(lambda request: httpx.Response(200, text=body))
+    printed: list[str] = []
+    async with FleetClient("http://infero.test", transport=transport) as client:
+        with pytest.raises(StreamLost):
+            await ctl.watch_command(client, False, printed.append)
+    assert len(printed) == 6  # the server line and five workers, once: nothing changed after
+
+
+def test_cli_help_documents_the_exit_codes() -> None:
+    result = CliRunner().invoke(cli, ["ctl", "--help"])
+    assert result.exit_code == 0
+    assert "3 key refused" in result.output
+
+
+def test_cli_drain_without_a_worker_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["ctl", "drain"])
+    assert result.exit_code == 2
+
+
+def test_cli_with_an_unreachable_server_exits_1_with_one_line_on_stderr() -> None:
+    result = CliRunner().invoke(cli, ["ctl", "workers", "--server", "http://127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert result.stderr.startswith("infero ctl: state: http://127.0.0.1:1 unreachable")

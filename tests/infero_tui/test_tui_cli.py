@@ -1,0 +1,64 @@
+"""`infero tui` argument handling (the app itself is tested through its factory)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from infero.cli import app as cli
+from infero.cli.tui import _local_context
+
+
+def test_without_server_or_worker_it_explains_what_to_give() -> None:
+    result = CliRunner().invoke(cli, ["tui"])
+    assert result.exit_code == 2
+    assert "give --server URL and/or --worker ADDR" in result.stderr
+
+
+def test_help_lists_the_options() -> None:
+    result = CliRunner().invoke(cli, ["tui", "--help"])
+    assert result.exit_code == 0
+    for option in ("--server", "--api-key", "--operator-key", "--worker", "--read-only"):
+        assert option in result.output
+
+
+def test_an_unreadable_replay_file_is_a_usage_error(tmp_path: Path) -> None:
+    bad = tmp_path / "state.json"
+    bad.write_text('{"server": {}}', encoding="utf-8")
+    result = CliRunner().invoke(cli, ["tui", "--replay", str(bad)])
+    assert result.exit_code == 2
+    assert "cannot replay" in result.stderr
+
+
+def test_missing_textual_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in list(sys.modules):
+        if name.startswith(("textual.", "infero_tui.")):
+            monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "textual", None)
+    result = CliRunner().invoke(cli, ["tui", "--server", "http://127.0.0.1:1"])
+    assert result.exit_code == 1
+    assert "pip install 'infero[tui]'" in result.stderr
+
+
+def test_local_paths_come_from_the_config_file(tmp_path: Path) -> None:
+    config = tmp_path / "worker.yaml"
+    config.write_text(f"log_dir: {tmp_path / 'logs'}\n", encoding="utf-8")
+    context = _local_context("127.0.0.1:4555", str(config), None, None)
+    assert context.config_path == config
+    assert context.token_file == tmp_path / "worker.token"
+    assert context.log_file == tmp_path / "logs" / "infero-llm.log"
+    assert context.process is not None
+    assert "--status-addr" in context.process.command
+
+
+def test_flags_override_the_token_file_and_log_dir(tmp_path: Path) -> None:
+    config = tmp_path / "worker.yaml"
+    config.write_text("log_dir: /nowhere\n", encoding="utf-8")
+    context = _local_context(
+        "127.0.0.1:4555", str(config), str(tmp_path / "t"), str(tmp_path / "l")
+    )
+    assert context.token_file == tmp_path / "t"
+    assert context.log_file == tmp_path / "l" / "infero-llm.log"
