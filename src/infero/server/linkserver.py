@@ -203,17 +203,18 @@ class LinkEndpoint:
             interval=self.heartbeat_interval, dead_after=self.dead_after, now=self.clock()
         )
         link = Link(ws, hello, verdict, window=self.window, liveness=liveness, clock=self.clock)
-        await ws.send_str(
-            lp.encode(
-                lp.Welcome(
-                    id=verdict,
-                    server_version=BUILD.version,
-                    heartbeat_interval=self.heartbeat_interval,
-                    dead_after=self.dead_after,
-                    window=self.window,
-                )
-            )
+        welcome = lp.Welcome(
+            id=verdict,
+            server_version=BUILD.version,
+            heartbeat_interval=self.heartbeat_interval,
+            dead_after=self.dead_after,
+            window=self.window,
         )
+        try:
+            await ws.send_str(lp.encode(welcome))
+        except ConnectionError:
+            logger.info("link %s from %s left during the handshake", verdict, peer)
+            return ws
         replaced = self.handler.attached(hello, link)
         if replaced is not None:
             logger.info("link %s: replaced by a new connection from %s", replaced.id, peer)

@@ -190,6 +190,7 @@ class _Relay:
         entered = loop.time()
         deadline = entered + settings.queue_timeout
         shown = 0
+        handed = False
         try:
             while not waiter.future.done():
                 if self.stream:
@@ -220,10 +221,10 @@ class _Relay:
                     )
                 )
             worker = waiter.future.result()
-            waiter = None  # type: ignore[assignment]
+            handed = True
             return worker
         finally:
-            if waiter is not None:
+            if not handed:
                 scheduler.leave(waiter)
             spent = loop.time() - entered
             self.waited += spent
