@@ -200,3 +200,14 @@ async def test_malformed_frames_are_ignored_and_the_link_keeps_working() -> None
             resp = await call
             assert resp.status == 200
             resp.release()
+
+
+async def test_llm_endpoint_refuses_mcp_relays_and_connectors_without_id() -> None:
+    async with running_server() as srv:
+        async with scripted_connector(srv.url, kind="mcp", id="r1") as conn:
+            assert isinstance(conn.answer, lp.Refused)
+            assert conn.answer.reason == "invalid"
+        async with scripted_connector(srv.url, id="") as conn:
+            assert isinstance(conn.answer, lp.Refused)
+            assert conn.answer.reason == "invalid"
+        assert srv.fleet.workers == {}
