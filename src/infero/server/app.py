@@ -42,9 +42,10 @@ def create_app(
     fleet = Fleet(gone_retention=settings.gone_retention)
     scheduler = Scheduler(fleet, queue_max=settings.queue_max, clock=clock)
     events = EventBus()
+    origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
-        middlewares=[make_middleware(keyring, OriginPolicy(settings.allowed_origins))],
+        middlewares=[make_middleware(keyring, origins, events)],
     )
     app.on_response_prepare.append(on_response_prepare)
     app[keys.SETTINGS] = settings

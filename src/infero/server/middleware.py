@@ -11,6 +11,7 @@ from aiohttp.typedefs import Middleware
 
 from infero.server import errors
 from infero.server.auth import ApiKey, KeyRing, bearer_token
+from infero.server.events import EventBus, RequestRejected
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -74,7 +75,7 @@ def request_id_of(request: web.Request) -> str:
     return uuid.uuid4().hex
 
 
-def make_middleware(keyring: KeyRing, origins: OriginPolicy) -> Middleware:
+def make_middleware(keyring: KeyRing, origins: OriginPolicy, events: EventBus) -> Middleware:
     """One middleware for every request (cheaper than a chain on the hot path)."""
 
     @web.middleware
@@ -94,6 +95,7 @@ def make_middleware(keyring: KeyRing, origins: OriginPolicy) -> Middleware:
             token = bearer_token(request)
             key = keyring.match(token) if token is not None else None
             if key is None and not keyring.open:
+                events.request_rejected(RequestRejected(model="", reason="unauthorized"))
                 return errors.unauthorized()
             if key is not None:
                 request[CALLER] = key

@@ -157,8 +157,7 @@ class _Relay:
                 result = await self._attempt(worker)
                 if result is not None:
                     return result
-            failure = self.last_failure
-            raise _Done(await self._fail(502, _upstream_message(failure), "upstream_error"))
+            raise _Done(await self._all_failed())
         except _Done as done:
             return done.response
 
@@ -173,9 +172,7 @@ class _Relay:
         if self.tried:
             serving = self.api.fleet.candidates(self.model, self.target).serving
             if not any(w.id not in exclude for w in serving):
-                raise _Done(
-                    await self._fail(502, _upstream_message(self.last_failure), "upstream_error")
-                )
+                raise _Done(await self._all_failed())
         try:
             waiter = scheduler.enqueue(self.model, exclude, self.target)
         except QueueFull:
@@ -272,6 +269,9 @@ class _Relay:
                 )
                 return None
             if failure.code == "first_byte_timeout":
+                api.events.request_rejected(
+                    RequestRejected(model=self.model, reason="first_byte_timeout")
+                )
                 raise _Done(
                     await self._fail(504, "The connector did not answer in time.", "timeout")
                 ) from None
@@ -401,6 +401,11 @@ class _Relay:
             transport.close()
 
     # ---- client-facing helpers -------------------------------------------------------------
+
+    async def _all_failed(self) -> web.StreamResponse:
+        """502: every connector tried failed before answering."""
+        self.api.events.request_rejected(RequestRejected(model=self.model, reason="upstream_error"))
+        return await self._fail(502, _upstream_message(self.last_failure), "upstream_error")
 
     async def _start_sse(self) -> web.StreamResponse:
         if self.response is None:

@@ -9,6 +9,8 @@ import aiohttp
 import pytest
 
 from infero.protocol import link as lp
+from infero.server import keys
+from infero.server.events import RequestFinished, RequestRejected
 from support.connector import scripted_connector
 from support.server import running_server
 
@@ -202,3 +204,47 @@ async def test_x_infero_worker_pins_the_request_to_one_connector() -> None:
             headers={"X-Infero-Worker": "zzz"},
         ) as resp:
             assert resp.status == 404
+
+
+class _Recorder:
+    def __init__(self) -> None:
+        self.finished: list[RequestFinished] = []
+        self.rejected: list[RequestRejected] = []
+
+    def request_finished(self, event: RequestFinished) -> None:
+        self.finished.append(event)
+
+    def request_rejected(self, event: RequestRejected) -> None:
+        self.rejected.append(event)
+
+
+async def test_requests_are_reported_on_the_event_bus() -> None:
+    recorder = _Recorder()
+    async with (
+        running_server(api_key="k") as srv,
+        scripted_connector(srv.url, id="w1") as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        srv.app[keys.EVENTS].subscribe(recorder)
+        auth = {"Authorization": "Bearer k"}
+        async with http.post(srv.url + "/api/v1/chat/completions", json={"model": "m"}) as r:
+            assert r.status == 401
+        async with http.post(
+            srv.url + "/api/v1/chat/completions", json={"model": "x"}, headers=auth
+        ) as r:
+            assert r.status == 404
+        call = await _post(http, srv.url, {"model": "m"}, headers=auth)
+        async with asyncio.timeout(5):
+            incoming = await conn.next_request()
+            await conn.reply(
+                incoming.id, b"{}", usage=lp.Usage(prompt_tokens=1, completion_tokens=2)
+            )
+            (await call).release()
+    assert [(e.model, e.reason) for e in recorder.rejected] == [
+        ("", "unauthorized"),
+        ("x", "model_not_found"),
+    ]
+    (done,) = recorder.finished
+    assert (done.model, done.worker_id, done.outcome, done.status) == ("m", "w1", "success", 200)
+    assert (done.tokens_in, done.tokens_out) == (1, 2)
+    assert done.ttft_s is not None
