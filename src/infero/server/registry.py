@@ -189,6 +189,7 @@ class Fleet:
 
     def register(self, worker: Worker) -> Worker | None:
         """Make `worker` the live holder of its id; return the previous holder."""
+        self.prune_gone()
         old = self.workers.get(worker.id)
         if old is not None:
             self._unindex(old)
