@@ -105,13 +105,13 @@ async def _pair(
     stack: Stack, raw: Raw, key: str, direct: Target, path: str, body: str, **job: Any
 ) -> tuple[Result, Result]:
     """The same job against `direct` and through infero, alternating in `ROUNDS` rounds."""
-    count, duration = int(job.pop("count", 0)), float(job.pop("duration", 0.0))
+    total, duration = int(job.pop("count", 0)), float(job.pop("duration", 0.0))
     warmup, concurrency = int(job.pop("warmup", 0)), int(job.get("concurrency", 1))
-    rounds = min(ROUNDS, count) if count else ROUNDS
+    rounds = min(ROUNDS, total) if total else ROUNDS
     parts: dict[str, list[Result]] = {direct.name: [], stack.infero.name: []}
     cpu: dict[str, Counter[str]] = {direct.name: Counter(), stack.infero.name: Counter()}
     for n in range(rounds):
-        share = count // rounds + (1 if n < count % rounds else 0)
+        share = total // rounds + (1 if n < total % rounds else 0)
         for target in (direct, stack.infero):
             spec = target.job(
                 path, body, count=share, duration=duration / rounds,

@@ -143,8 +143,18 @@ class Stack:
     ) -> None:
         await self._exit.aclose()
 
-    async def _child(self, name: str, argv: list[str], **kwargs: object) -> procs.Child:
-        child = await procs.start(name, argv, log_dir=self.work_dir, **kwargs)  # type: ignore[arg-type]
+    async def _child(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        stdout: bool = True,
+    ) -> procs.Child:
+        child = await procs.start(
+            name, argv, log_dir=self.work_dir, env=env, stdin=stdin, stdout=stdout
+        )
         self._exit.push_async_callback(child.stop)
         return child
 
