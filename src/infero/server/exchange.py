@@ -1,15 +1,15 @@
 """One HTTP exchange relayed over a link, independent of model routing.
 
 The link reader feeds an `Exchange` (Head, body chunks, End) without ever blocking; the
-request handler consumes it, granting flow-control credit as it writes to its client.
-`relay_response` is the generic "stream the answer back" used by the MCP broker too.
+request handler consumes it, granting flow-control credit as it writes to its client
+(`write_body`). The OpenAI relay and the MCP broker both build on these pieces.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from typing import Protocol
 
 from aiohttp import web
@@ -212,48 +212,3 @@ async def write_body(
             on_chunk(chunk)
         await response.write(chunk)
         await exchange.consumed(len(chunk))
-
-
-async def relay_response(
-    request: web.Request,
-    exchange: Exchange,
-    *,
-    first_byte_timeout: float | None,
-    idle_timeout: float | None,
-    extra_headers: Mapping[str, str] | None = None,
-    on_broken: Callable[[ExchangeFailed], Awaitable[bytes | None]] | None = None,
-) -> web.StreamResponse:
-    """Relay an exchange's answer to `request`'s client, generic for any route.
-
-    Before the Head, failures raise `ExchangeFailed` (code `first_byte_timeout` on timeout)
-    so the caller picks its error shape. After it, a failure ends the response: `on_broken`
-    may return final bytes to write first (e.g. an SSE error event). A client that goes away
-    cancels the exchange. The exchange is always finished or cancelled on return.
-    """
-    try:
-        try:
-            head = await exchange.head(first_byte_timeout)
-        except TimeoutError:
-            raise ExchangeFailed(
-                "first_byte_timeout", "no answer from the connector in time"
-            ) from None
-        response = web.StreamResponse(status=head.status)
-        for key, value in response_headers(head.headers):
-            response.headers.add(key, value)
-        if is_event_stream(head.headers):
-            response.headers["Cache-Control"] = "no-cache"
-            response.headers["X-Accel-Buffering"] = "no"
-        if extra_headers:
-            response.headers.update(extra_headers)
-        await response.prepare(request)
-        try:
-            await write_body(response, exchange, idle_timeout=idle_timeout)
-        except ExchangeFailed as failure:
-            tail = await on_broken(failure) if on_broken is not None else None
-            if tail:
-                await response.write(tail)
-            return response
-        await response.write_eof()
-        return response
-    finally:
-        await exchange.cancel()
