@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
 from textual.pilot import Pilot
 
 from infero.protocol.state import StateSnapshot
@@ -309,3 +310,42 @@ async def test_local_log_view_shows_new_lines_after_a_poll(tmp_path: Path) -> No
         pane.poll_log()
         await pilot.pause()
         assert list(log.lines)[-1] == "line [b]three[/b]"
+
+
+async def test_palette_search_runs_a_worker_action_by_name() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("ctrl+p")
+        await pilot.press(*"undrain worker charlie")
+        from textual.command import CommandList, CommandPalette
+
+        palette = app.screen
+        assert isinstance(palette, CommandPalette)
+        commands = palette.query_one(CommandList)
+        await until(pilot, lambda: commands.option_count > 0)
+        await pilot.press("enter")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        async with asyncio.timeout(5):
+            await feed.control_called.wait()
+        assert feed.calls == [("w-charlie", "undrain")]
+
+
+async def test_gone_workers_offer_no_actions_in_the_palette() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = await ready(pilot, feed)
+        titles = [title for title, _, _ in screen.palette_commands()]
+        assert "Drain worker alpha" in titles
+        assert not [t for t in titles if t.endswith("echo")]
+
+
+async def test_no_color_environment_turns_the_console_monochrome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("NO_COLOR", "1")
+    app = fleet_app(FrozenFeed.holding(snapshots("fleet")))
+    assert app.no_color

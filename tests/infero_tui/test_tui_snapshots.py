@@ -235,3 +235,12 @@ def test_both_views_in_one_session(
 async def _pause_twice(pilot: Pilot[Any]) -> None:
     await pilot.pause()
     await pilot.pause()
+
+
+def test_no_color_renders_monochrome(
+    snap_compare: SnapCompare, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """NO_COLOR=1: the same fleet without colour (states are words, not only colours)."""
+    monkeypatch.setenv("NO_COLOR", "1")
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))

@@ -62,13 +62,17 @@ class MainScreen(Screen[None]):
     """Fleet tabs (with `--server`) and the Local tab (with `--worker`)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        Binding(str(index), f"show_tab('{tab}')", label.split()[1], show=False)
-        for index, (tab, label) in enumerate(TABS, start=1)
+        *(
+            Binding(str(index), f"show_tab('{tab}')", label.split()[1], show=False)
+            for index, (tab, label) in enumerate(TABS, start=1)
+        ),
+        Binding("a", "api_key", "API key", show=False),
     ]
     """
     | Key | Action |
     | :- | :- |
     | 1-5 | Workers, Models, MCP, Server, Local tab. |
+    | a | Enter another API key and reconnect. |
     """
 
     def __init__(
@@ -181,8 +185,16 @@ class MainScreen(Screen[None]):
     @on(AuthRequired)
     def _auth(self, message: AuthRequired) -> None:
         self.lost = True
-        self.connection = "API key refused"
+        self.connection = "API key refused (a: enter a key)"
         self.redraw_header()
+        self.ask_for_key(message.reason)
+
+    def action_api_key(self) -> None:
+        if self.fleet is not None:
+            self.ask_for_key("Enter the API key to use from now on.")
+
+    def ask_for_key(self, reason: str) -> None:
+        """Prompt for an API key; a non-empty answer restarts the stream with it."""
 
         def entered(key: str | None) -> None:
             if key and self.fleet is not None:
@@ -191,7 +203,7 @@ class MainScreen(Screen[None]):
                 self.redraw_header()
                 self.follow_fleet()
 
-        self.app.push_screen(ApiKeyScreen(message.reason), entered)
+        self.app.push_screen(ApiKeyScreen(reason), entered)
 
     @on(LocalStatusReceived)
     def _local_status(self, message: LocalStatusReceived) -> None:
@@ -301,6 +313,7 @@ class MainScreen(Screen[None]):
                     f"{worker.status}, {worker.inflight} in flight",
                 )
                 for worker in self.snapshot.workers
+                if worker.status != "gone"
                 for action in ACTIONS
             )
         return out

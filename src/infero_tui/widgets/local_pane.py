@@ -145,7 +145,8 @@ class LocalPane(Vertical):
             Text(status.version or "?"),
         )
         table.add_row("Models", Text(", ".join(status.models) or "-"), "", "")
-        table.add_row("Last error", Text(status.last_error or "-", style="red"), "", "")
+        error_style = "#ff8787" if status.last_error else ""
+        table.add_row("Last error", Text(status.last_error or "-", style=error_style), "", "")
         widget.update(table)
 
     def action_act(self, action: Action) -> None:

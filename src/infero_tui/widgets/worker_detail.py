@@ -56,7 +56,10 @@ class WorkerDetail(Static):
             f"TTFT {millis(worker.avg_ttft_ms)}  {rate(worker.avg_tokens_per_second)} tok/s  "
             f"tokens in/out {worker.tokens_in_total}/{worker.tokens_out_total}",
         )
-        error = _pair("Last error", Text(worker.last_error or "-", style="red"))
+        error = _pair(
+            "Last error",
+            Text(worker.last_error or "-", style="#ff8787" if worker.last_error else ""),
+        )
         models = Table(box=None, padding=(0, 1), show_edge=False, expand=False)
         for column in ("Model", "OK", "Errors", "Tokens in", "Tokens out"):
             models.add_column(column, justify="left" if column == "Model" else "right")
