@@ -62,3 +62,9 @@ def test_flags_override_the_token_file_and_log_dir(tmp_path: Path) -> None:
     )
     assert context.token_file == tmp_path / "t"
     assert context.log_file == tmp_path / "l" / "infero-llm.log"
+
+
+def test_a_config_file_that_does_not_exist_yet_is_accepted(tmp_path: Path) -> None:
+    context = _local_context("127.0.0.1:4555", str(tmp_path / "new.yaml"), None, None)
+    assert context.config_path == tmp_path / "new.yaml"
+    assert context.token_file == tmp_path / "worker.token"

@@ -24,7 +24,11 @@ def _local_context(
     from infero_tui.process import ConnectorProcess, default_command
     from infero_tui.settings_file import load_worker_settings
 
-    config_path, exists = resolve_config_file(config, "worker.yaml")
+    if config:  # may not exist yet: the settings editor creates it
+        config_path = Path(config).expanduser()
+        exists = config_path.is_file()
+    else:
+        config_path, exists = resolve_config_file(None, "worker.yaml")
     if log_dir is None and exists:
         try:
             log_dir = load_worker_settings(config_path).log_dir or None

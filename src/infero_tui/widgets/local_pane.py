@@ -215,6 +215,12 @@ class LocalPane(Vertical):
         if self.read_only or process is None:
             self.notify("Starting a connector is not available here.", severity="warning")
             return
+        if not self.context.config_path.is_file():
+            self.notify(
+                f"{self.context.config_path} does not exist yet: press e to create it.",
+                severity="warning",
+            )
+            return
         try:
             pid = await process.start()
         except OSError as exc:
