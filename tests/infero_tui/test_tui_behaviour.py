@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -349,3 +350,30 @@ async def test_no_color_environment_turns_the_console_monochrome(
     monkeypatch.setenv("NO_COLOR", "1")
     app = fleet_app(FrozenFeed.holding(snapshots("fleet")))
     assert app.no_color
+
+
+async def test_start_and_stop_keys_own_a_connector_process(tmp_path: Path) -> None:
+    import sys
+
+    from infero_tui.process import ConnectorProcess
+
+    app = local_app(tmp_path, FrozenLocal(None))
+    assert app.local is not None
+    process = ConnectorProcess([sys.executable, "-c", "import time; time.sleep(60)"])
+    app.local = replace(app.local, process=process)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("S")
+        await until(pilot, lambda: process.running)
+        await pilot.press("K")
+        await until(pilot, lambda: not process.running)
+        await pilot.press("S")
+        await until(pilot, lambda: process.running)
+    assert not process.running  # the console stops what it started when it exits
+
+
+async def test_editor_key_without_a_real_terminal_only_warns(tmp_path: Path) -> None:
+    app = local_app(tmp_path, FrozenLocal(None))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("o")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)

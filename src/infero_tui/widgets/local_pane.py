@@ -12,7 +12,7 @@ from typing import ClassVar
 from rich.table import Table
 from rich.text import Text
 from textual import work
-from textual.app import ComposeResult
+from textual.app import ComposeResult, SuspendNotSupported
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Log, Static
@@ -197,11 +197,15 @@ class LocalPane(Vertical):
 
     def _open(self, env: str, fallback: str, path: Path) -> None:
         command = [*shlex.split(os.environ.get(env) or fallback), str(path)]
-        with self.app.suspend():
-            try:
+        try:
+            with self.app.suspend():
                 subprocess.run(command, check=False)
-            except OSError as exc:
-                self.notify(f"Could not run {command[0]}: {exc.strerror}", severity="error")
+        except SuspendNotSupported:
+            self.notify(
+                f"This terminal cannot hand over to ${env}; open {path}.", severity="warning"
+            )
+        except OSError as exc:
+            self.notify(f"Could not run {command[0]}: {exc.strerror}", severity="error")
 
     def action_open_config(self) -> None:
         self._open("EDITOR", "vi", self.context.config_path)
