@@ -117,6 +117,17 @@ async def iter_sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
         yield "\n".join(data)
 
 
+def check_base_url(url: str) -> str:
+    """`url` if it is an http(s) URL with a host; else `ClientError` (a usage problem)."""
+    try:
+        parsed = httpx.URL(url)
+    except httpx.InvalidURL as exc:
+        raise ClientError(f"invalid server URL {url!r}: {exc}") from None
+    if parsed.scheme not in ("http", "https") or not parsed.host:
+        raise ClientError(f"invalid server URL {url!r}: expected http(s)://host[:port]")
+    return url
+
+
 class FleetClient:
     """Reads the fleet state and sends drain/undrain/shutdown through `infero server`."""
 
@@ -129,7 +140,7 @@ class FleetClient:
         timeout: float = 10.0,
         stream_read_timeout: float = 30.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url).rstrip("/")
         self.credentials = credentials
         self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
         self._http = httpx.AsyncClient(

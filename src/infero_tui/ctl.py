@@ -10,7 +10,14 @@ import json
 from collections.abc import Callable, Sequence
 
 from infero.protocol.state import StateSnapshot, WorkerInfo
-from infero_tui.client import Action, AuthRefused, ClientError, FleetClient, NotFound
+from infero_tui.client import (
+    Action,
+    AuthRefused,
+    ClientError,
+    Credentials,
+    FleetClient,
+    NotFound,
+)
 from infero_tui.format import age, millis, rate
 
 OK, FAILED, USAGE, AUTH, NOT_FOUND = 0, 1, 2, 3, 4
@@ -119,6 +126,14 @@ def resolve_worker(snapshot: StateSnapshot, wanted: str) -> WorkerInfo:
         ids = ", ".join(w.id for w in named)
         raise UsageError(f"{len(named)} workers are named {wanted!r}; use an id ({ids})")
     raise NotFound(f"no connected worker with id or name {wanted!r}")
+
+
+def open_client(server: str, api_key: str, operator_key: str) -> FleetClient:
+    """The client for `server`; a malformed URL is a usage error (exit 2)."""
+    try:
+        return FleetClient(server, Credentials(api_key, operator_key))
+    except ClientError as exc:
+        raise UsageError(str(exc)) from None
 
 
 async def list_command(client: FleetClient, what: str, as_json_output: bool, echo: Echo) -> int:

@@ -68,3 +68,9 @@ def test_a_config_file_that_does_not_exist_yet_is_accepted(tmp_path: Path) -> No
     context = _local_context("127.0.0.1:4555", str(tmp_path / "new.yaml"), None, None)
     assert context.config_path == tmp_path / "new.yaml"
     assert context.token_file == tmp_path / "worker.token"
+
+
+def test_a_malformed_server_url_is_a_usage_error() -> None:
+    result = CliRunner().invoke(cli, ["tui", "--server", "localhost:8080"])
+    assert result.exit_code == 2
+    assert "invalid server URL" in result.stderr

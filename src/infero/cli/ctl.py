@@ -49,11 +49,11 @@ ctl = typer.Typer(
 def _run(
     server: str, api_key: str, operator_key: str, body: Callable[[FleetClient], Awaitable[int]]
 ) -> None:
-    from infero_tui.client import ClientError, Credentials, FleetClient
-    from infero_tui.ctl import exit_code
+    from infero_tui.client import ClientError
+    from infero_tui.ctl import exit_code, open_client
 
     async def main() -> int:
-        async with FleetClient(server, Credentials(api_key, operator_key)) as client:
+        async with open_client(server, api_key, operator_key) as client:
             return await body(client)
 
     try:

@@ -106,7 +106,7 @@ def tui(
             err=True,
         )
         raise typer.Exit(1) from None
-    from infero_tui.client import Credentials, FleetClient
+    from infero_tui.client import ClientError, Credentials, FleetClient
     from infero_tui.config import ConsoleConfig
     from infero_tui.feed import FleetFeed
     from infero_tui.frozen import FrozenFeed, load_snapshots
@@ -119,7 +119,11 @@ def tui(
             typer.echo(f"infero tui: cannot replay {replay}: {exc}", err=True)
             raise typer.Exit(2) from None
     elif server is not None:
-        fleet = FleetClient(server, Credentials(api_key, operator_key))
+        try:
+            fleet = FleetClient(server, Credentials(api_key, operator_key))
+        except ClientError as exc:
+            typer.echo(f"infero tui: {exc}", err=True)
+            raise typer.Exit(2) from None
     local = _local_context(worker, config, token_file, log_dir) if worker else None
     make_app(fleet=fleet, local=local, config=ConsoleConfig(read_only=read_only)).run()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar
 
-from textual import on
+from textual import events, on
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import Vertical
@@ -85,10 +85,10 @@ class WorkersPane(Vertical):
         self._show_detail()
         self.table.focus()
 
-    def on_key(self, event: object) -> None:
-        key = getattr(event, "key", "")
+    def on_key(self, event: events.Key) -> None:
         filter_box = self.query_one("#filter", Input)
-        if key == "escape" and filter_box.has_focus:
+        if event.key == "escape" and filter_box.has_focus:
+            event.stop()
             filter_box.value = ""
             filter_box.display = False
             self.table.set_filter("")

@@ -127,3 +127,21 @@ def test_cli_with_an_unreachable_server_exits_1_with_one_line_on_stderr() -> Non
     assert result.exit_code == 1
     assert result.stdout == ""
     assert result.stderr.startswith("infero ctl: state: http://127.0.0.1:1 unreachable")
+
+
+@pytest.mark.parametrize("server", ["ftp://host", "http://", "http://[::1"])
+def test_cli_with_a_malformed_server_url_is_a_usage_error(server: str) -> None:
+    result = CliRunner().invoke(cli, ["ctl", "models", "--server", server])
+    assert result.exit_code == 2
+    assert "invalid server URL" in result.stderr
+
+
+def test_ctl_and_the_console_client_run_without_textual() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, infero.cli, infero_tui.ctl, infero_tui.client, infero_tui.frozen;"
+        "assert 'textual' not in sys.modules, sorted(m for m in sys.modules if 'textual' in m)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
