@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
@@ -11,7 +10,7 @@ from textual.app import App
 from textual.binding import Binding, BindingType
 
 from infero_tui.commands import ConsoleCommands
-from infero_tui.config import ConsoleConfig
+from infero_tui.config import Clock, ConsoleConfig
 from infero_tui.feed import FleetFeed
 from infero_tui.local import LocalContext
 from infero_tui.screens.confirm import ConfirmScreen
@@ -20,8 +19,6 @@ from infero_tui.screens.main import MainScreen
 from infero_tui.screens.settings_editor import SettingsEditorScreen
 from infero_tui.widgets.local_pane import LocalPane
 from infero_tui.widgets.workers_pane import WorkersPane
-
-Clock = Callable[[], datetime]
 
 
 def utc_now() -> datetime:
@@ -60,7 +57,7 @@ class InferoConsole(App[None]):
         self.local = local
         self.config = config = config or ConsoleConfig()
         self.clock = clock
-        self.animation_level = config.animation_level  # type: ignore[assignment]
+        self.animation_level = config.animation_level
         self.theme = config.theme
 
     def on_mount(self) -> None:

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import datetime
+from typing import Literal
 
 from infero.common.backoff import CEILING, SCHEDULE
+
+Clock = Callable[[], datetime]
+"""Where the console reads the time (tests pass a fixed one)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,7 +22,7 @@ class ConsoleConfig:
     """Seconds between local status polls, log polls and header redraws; None = never."""
     reconnect_schedule: tuple[float, ...] = SCHEDULE
     reconnect_ceiling: float = CEILING
-    animation_level: str = "basic"
+    animation_level: Literal["none", "basic", "full"] = "basic"
     theme: str = "textual-dark"
     cursor_blink: bool = True
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -103,6 +102,3 @@ def write_diagnostics(
     path = context.diagnostics_dir / f"infero-diagnostics-{now:%Y%m%d-%H%M%S}.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
-
-
-Clock = Callable[[], datetime]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -377,3 +377,23 @@ async def test_editor_key_without_a_real_terminal_only_warns(tmp_path: Path) -> 
         await pilot.press("o")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
+
+
+class BrokenFeed(FrozenFeed):
+    """A feed with a bug: the stream raises something that is not a `ClientError`."""
+
+    async def snapshots(self) -> AsyncIterator[StateSnapshot]:
+        self.opened += 1
+        raise ValueError("bug in the feed")
+        yield  # pragma: no cover - makes this an async generator
+
+
+async def test_an_unexpected_feed_error_is_shown_not_swallowed() -> None:
+    feed = BrokenFeed([])
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        screen = app.screen
+        assert isinstance(screen, MainScreen)
+        await until(pilot, lambda: screen.connection.startswith("stream stopped"))
+        assert screen.lost
+        assert feed.opened == 1

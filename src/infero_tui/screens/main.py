@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Callable
 from datetime import datetime
 from functools import partial
@@ -14,6 +15,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
 from textual.widgets import Footer, TabbedContent, TabPane
+from textual.worker import Worker, WorkerState
 
 from infero.common.backoff import Backoff
 from infero.protocol.state import StateSnapshot, WorkerInfo
@@ -38,6 +40,8 @@ from infero_tui.widgets.mcp_pane import McpPane
 from infero_tui.widgets.models_table import ModelsTable
 from infero_tui.widgets.server_pane import ServerPane
 from infero_tui.widgets.workers_pane import WorkersPane
+
+logger = logging.getLogger(__name__)
 
 PaletteCommand = tuple[str, Callable[[], object], str]
 
@@ -160,6 +164,19 @@ class MainScreen(Screen[None]):
             if not self.config.refresh_interval:
                 return
             await asyncio.sleep(self.config.refresh_interval)
+
+    @on(Worker.StateChanged)
+    def _worker_failed(self, event: Worker.StateChanged) -> None:
+        """The one place where an unexpected error of a background task surfaces."""
+        if event.state is not WorkerState.ERROR:
+            return
+        error = event.worker.error
+        logger.error("console task %s failed", event.worker.name, exc_info=error)
+        if event.worker.group == "fleet":
+            self.lost = True
+            self.connection = f"stream stopped ({type(error).__name__}); restart the console"
+            self.redraw_header()
+        self.notify(f"{event.worker.name}: {error}", title="Internal error", severity="error")
 
     # ---- feed messages ----------------------------------------------------------------
 

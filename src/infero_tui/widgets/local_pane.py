@@ -19,7 +19,8 @@ from textual.widgets import Log, Static
 
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
 from infero_tui.client import Action, ClientError
-from infero_tui.local import Clock, LocalContext, LogFollower, write_diagnostics
+from infero_tui.config import Clock
+from infero_tui.local import LocalContext, LogFollower, write_diagnostics
 from infero_tui.screens.confirm import ConfirmScreen, action_question
 from infero_tui.screens.settings_editor import SettingsEditorScreen
 from infero_tui.widgets.status_style import status_text
