@@ -137,8 +137,12 @@ async def test_filter_narrows_the_table_and_escape_clears_it() -> None:
     app = fleet_app(feed)
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot, feed)
-        await pilot.press("slash", *"qwen", "enter")
+        await pilot.press("slash", *"qwen")
         await pilot.pause()
+        assert row_ids(app) == ["w-alpha", "w-charlie"]
+        await pilot.press("enter", "down", "d")  # back in the table, the filter stays
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
         assert row_ids(app) == ["w-alpha", "w-charlie"]
         await pilot.press("slash", "escape")
         await pilot.pause()

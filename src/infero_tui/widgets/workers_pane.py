@@ -46,7 +46,9 @@ class WorkersPane(Vertical):
         self._snapshot: StateSnapshot | None = None
 
     def compose(self) -> ComposeResult:
-        yield Input(placeholder="filter workers (Enter to apply, Esc to clear)", id="filter")
+        yield Input(
+            placeholder="filter workers (Enter: back to the table, Esc: clear)", id="filter"
+        )
         yield WorkersTable(id="workers-table")
         yield WorkerDetail(id="worker-detail")
 
@@ -78,11 +80,15 @@ class WorkersPane(Vertical):
         event.stop()
         self._show_detail()
 
-    @on(Input.Submitted, "#filter")
-    def _filter_submitted(self, event: Input.Submitted) -> None:
+    @on(Input.Changed, "#filter")
+    def _filter_changed(self, event: Input.Changed) -> None:
         event.stop()
         self.table.set_filter(event.value)
         self._show_detail()
+
+    @on(Input.Submitted, "#filter")
+    def _filter_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
         self.table.focus()
 
     def on_key(self, event: events.Key) -> None:
