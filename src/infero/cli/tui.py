@@ -12,15 +12,12 @@ from infero.common.settings import ConfigError, default_log_dir, resolve_config_
 if TYPE_CHECKING:
     from infero_tui.local import LocalContext
 
-LOG_FILE = "infero-llm.log"
-TOKEN_FILE = "worker.token"
-
 
 def _local_context(
     addr: str, config: str | None, token_file: str | None, log_dir: str | None
 ) -> LocalContext:
     from infero_tui.client import LocalClient
-    from infero_tui.local import LocalContext
+    from infero_tui.local import LOG_FILE_NAME, TOKEN_FILE_NAME, LocalContext
     from infero_tui.process import ConnectorProcess, default_command
     from infero_tui.settings_file import load_worker_settings
 
@@ -35,13 +32,13 @@ def _local_context(
         except ConfigError:
             log_dir = None
     logs = Path(log_dir).expanduser() if log_dir else default_log_dir()
-    token = Path(token_file).expanduser() if token_file else config_path.parent / TOKEN_FILE
+    token = Path(token_file).expanduser() if token_file else config_path.parent / TOKEN_FILE_NAME
     return LocalContext(
         client=LocalClient(addr, token),
         addr=addr,
         config_path=config_path,
         token_file=token,
-        log_file=logs / LOG_FILE,
+        log_file=logs / LOG_FILE_NAME,
         diagnostics_dir=Path.cwd(),
         process=ConnectorProcess(default_command(config_path, addr)),
     )

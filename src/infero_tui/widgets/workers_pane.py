@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import ClassVar
 
 from textual import events, on
@@ -118,7 +117,3 @@ class WorkersPane(Vertical):
 
     def action_reverse(self) -> None:
         self.table.reverse_sort()
-
-    def now(self) -> datetime | None:
-        """Server time of the last snapshot shown."""
-        return self._snapshot.server.now if self._snapshot else None
