@@ -43,6 +43,10 @@ Kind = Literal["llm", "mcp"]
 class LinkHandler(Protocol):
     """What a link kind does with its links (implemented by `Fleet` and the MCP broker)."""
 
+    def connecting(self, peer: str) -> contextlib.AbstractContextManager[None]:
+        """Held while a link from `peer` is in its handshake (WebSocket open, no hello yet)."""
+        ...
+
     def admit(self, hello: lp.Hello) -> lp.Refused | str:
         """Refuse the hello, or return the id the link will have (may differ from hello.id)."""
         ...
@@ -192,30 +196,12 @@ class LinkEndpoint:
         )
         await ws.prepare(request)
         peer = request.remote or "?"
-        hello = await self._handshake(ws, peer)
-        if hello is None:
+        with self.handler.connecting(peer):
+            accepted = await self._accept(ws, peer)
+        if accepted is None:
             return ws
-        verdict = self.handler.admit(hello)
-        if isinstance(verdict, lp.Refused):
-            await self._refuse(ws, peer, verdict.reason, verdict.message)
-            return ws
-        liveness = Liveness(
-            interval=self.heartbeat_interval, dead_after=self.dead_after, now=self.clock()
-        )
-        link = Link(ws, hello, verdict, window=self.window, liveness=liveness, clock=self.clock)
-        welcome = lp.Welcome(
-            id=verdict,
-            server_version=BUILD.version,
-            heartbeat_interval=self.heartbeat_interval,
-            dead_after=self.dead_after,
-            window=self.window,
-        )
-        try:
-            await ws.send_str(lp.encode(welcome))
-        except ConnectionError:
-            logger.info("link %s from %s left during the handshake", verdict, peer)
-            return ws
-        replaced = self.handler.attached(hello, link)
+        link, replaced = accepted
+        hello = link.hello
         if replaced is not None:
             logger.info("link %s: replaced by a new connection from %s", replaced.id, peer)
             replaced.fail_exchanges("replaced by a new connection")
@@ -243,6 +229,35 @@ class LinkEndpoint:
                 await ws.close()
             logger.info("link %s (%s) closed", link.id, self.kind)
         return ws
+
+    async def _accept(
+        self, ws: web.WebSocketResponse, peer: str
+    ) -> tuple[Link, Link | None] | None:
+        """Handshake and admission; the attached link and the one it replaces, or None."""
+        hello = await self._handshake(ws, peer)
+        if hello is None:
+            return None
+        verdict = self.handler.admit(hello)
+        if isinstance(verdict, lp.Refused):
+            await self._refuse(ws, peer, verdict.reason, verdict.message)
+            return None
+        liveness = Liveness(
+            interval=self.heartbeat_interval, dead_after=self.dead_after, now=self.clock()
+        )
+        link = Link(ws, hello, verdict, window=self.window, liveness=liveness, clock=self.clock)
+        welcome = lp.Welcome(
+            id=verdict,
+            server_version=BUILD.version,
+            heartbeat_interval=self.heartbeat_interval,
+            dead_after=self.dead_after,
+            window=self.window,
+        )
+        try:
+            await ws.send_str(lp.encode(welcome))
+        except ConnectionError:
+            logger.info("link %s from %s left during the handshake", verdict, peer)
+            return None
+        return link, self.handler.attached(hello, link)
 
     async def _handshake(self, ws: web.WebSocketResponse, peer: str) -> lp.Hello | None:
         try:

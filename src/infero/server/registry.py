@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -144,6 +145,18 @@ class Worker:
 
 
 @dataclass(slots=True)
+class Pending:
+    """A link whose WebSocket is open but whose hello is not accepted yet (`connecting`).
+
+    Its id is a placeholder (`pending-<n>`): the connector has not said who it is.
+    """
+
+    id: str
+    peer: str
+    opened_at: float
+
+
+@dataclass(slots=True)
 class Candidates:
     """Workers that could serve a model: those serving now, and whether any exist at all."""
 
@@ -171,8 +184,24 @@ class Fleet:
         self.on_capacity: Callable[[], None] = lambda: None
         """Called when capacity may have appeared (the scheduler dispatches its queues)."""
         self._stats: dict[str, WorkerStats] = {}
+        self.pending: dict[str, Pending] = {}
+        """Links in their handshake, oldest first."""
+        self._pending_seq = 0
 
     # ---- link handler (kind llm) -------------------------------------------------------
+
+    @contextmanager
+    def connecting(self, peer: str) -> Iterator[None]:
+        """A link from `peer` is in its handshake: listed as `connecting` until it ends."""
+        self._pending_seq += 1
+        pending = Pending(f"pending-{self._pending_seq}", peer, self.clock())
+        self.pending[pending.id] = pending
+        self.changes.bump()
+        try:
+            yield
+        finally:
+            del self.pending[pending.id]
+            self.changes.bump()
 
     def admit(self, hello: Hello) -> Refused | str:
         """Accept any hello with an id; the id is the connector's own (a duplicate replaces)."""

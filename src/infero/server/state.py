@@ -6,6 +6,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
+from itertools import islice
 
 from aiohttp import web
 
@@ -21,7 +22,7 @@ from infero.protocol.state import (
     WorkersSummary,
 )
 from infero.server.lifecycle import Lifecycle
-from infero.server.registry import Counters, Fleet, Worker
+from infero.server.registry import Counters, Fleet, Pending, Worker
 from infero.server.scheduler import Scheduler
 
 STREAM_PERIOD = 2.0
@@ -30,6 +31,8 @@ STREAM_COALESCE = 0.1
 """Changes closer together than this go out as one event."""
 KEEPALIVE = 1.0
 """Comment line when nothing was sent for this long."""
+MAX_CONNECTING_LISTED = 20
+"""Links in their handshake listed at most (they are not authenticated yet)."""
 
 
 def _dt(ts: float) -> datetime:
@@ -74,6 +77,7 @@ class StateBuilder:
         workers = sorted(fleet.workers.values(), key=lambda w: w.connected_at)
         queues = self.scheduler.queues
         infos = [self._worker(w, now, mono) for w in workers]
+        connecting = [_connecting(p) for p in islice(fleet.pending.values(), MAX_CONNECTING_LISTED)]
         summary = WorkersSummary(
             connected=sum(1 for w in workers if w.live),
             working=sum(1 for i in infos if i.status == "busy"),
@@ -109,7 +113,7 @@ class StateBuilder:
             server=server,
             workers_summary=summary,
             models=models,
-            workers=infos,
+            workers=infos + connecting,
             mcp=self.mcp()(),
         )
 
@@ -179,6 +183,18 @@ class StateBuilder:
             avg_duration_ms=_avg(c.duration_s_total * 1000, c.requests_total),
             avg_tokens_per_second=_tps(c),
         )
+
+
+def _connecting(pending: Pending) -> WorkerInfo:
+    """A link in its handshake: only its peer address and age are known."""
+    opened = _dt(pending.opened_at)
+    return WorkerInfo(
+        id=pending.id,
+        name=pending.peer,
+        status="connecting",
+        connected_at=opened,
+        last_heartbeat=opened,
+    )
 
 
 def setup(app: web.Application, builder: StateBuilder, lifecycle: Lifecycle) -> None:

@@ -136,3 +136,44 @@ async def test_queue_shows_in_the_snapshot() -> None:
             await conn.reply(nxt.id, b"{}")
             for call in (first, second):
                 (await call).release()
+
+
+async def test_link_in_its_handshake_is_listed_as_connecting_until_its_hello_is_accepted() -> None:
+    async with (
+        running_server() as srv,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(srv.url + "/api/workers/connect") as ws,
+    ):
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: bool(srv.fleet.pending))
+        async with http.get(srv.url + "/api/state") as resp:
+            snap = StateSnapshot.model_validate(await resp.json())
+        (pending,) = snap.workers
+        assert (pending.status, pending.name) == ("connecting", "127.0.0.1")
+        assert pending.id.startswith("pending-")
+        assert snap.workers_summary.connected == 0
+        await ws.send_str(lp.encode(lp.Hello(id="w1", models=["m"], max_concurrency=1)))
+        assert isinstance(lp.SERVER_FRAMES.validate_json(await ws.receive_str()), lp.Welcome)
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: not srv.fleet.pending)
+        async with http.get(srv.url + "/api/state") as resp:
+            snap = StateSnapshot.model_validate(await resp.json())
+        assert [(w.id, w.status) for w in snap.workers] == [("w1", "idle")]
+
+
+async def test_refused_link_stops_being_listed_as_connecting() -> None:
+    async with (
+        running_server(client_key="right") as srv,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(srv.url + "/api/workers/connect") as ws,
+    ):
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: bool(srv.fleet.pending))
+            await ws.send_str(lp.encode(lp.Hello(id="w1", client_key="wrong")))
+            refused = lp.SERVER_FRAMES.validate_json(await ws.receive_str())
+            assert isinstance(refused, lp.Refused)
+            assert (await ws.receive()).type == aiohttp.WSMsgType.CLOSE
+            await srv.wait_for(lambda: not srv.fleet.pending)
+        async with http.get(srv.url + "/api/state") as resp:
+            snap = StateSnapshot.model_validate(await resp.json())
+        assert snap.workers == []

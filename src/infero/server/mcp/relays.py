@@ -8,6 +8,7 @@ one ends with a DELETE, a 404 from the provider, or the relay's departure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import uuid
@@ -89,6 +90,10 @@ class RelayRegistry:
         self._now = now
 
     # ---- link handler (kind mcp) ---------------------------------------------------------
+
+    def connecting(self, peer: str) -> contextlib.AbstractContextManager[None]:
+        """Relays are listed once accepted; nothing to show during the handshake."""
+        return contextlib.nullcontext()
 
     def admit(self, hello: lp.Hello) -> lp.Refused | str:
         """Assign an id when none is asked for; refuse an id a live relay holds."""
