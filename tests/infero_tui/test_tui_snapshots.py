@@ -244,3 +244,15 @@ def test_no_color_renders_monochrome(
     monkeypatch.setenv("NO_COLOR", "1")
     feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
+
+
+@pytest.mark.parametrize("tab", ["models", "mcp", "server", "local"])
+def test_every_tab_fits_80x24(
+    snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tab: str
+) -> None:
+    """Each tab at the smallest supported terminal, fleet and local together."""
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
+    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
+    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
+    key = {"models": "2", "mcp": "3", "server": "4", "local": "5"}[tab]
+    assert snap_compare(app, terminal_size=(80, 24), run_before=settle(feed, key))

@@ -39,8 +39,8 @@ class LocalPane(Vertical):
         Binding("x", "act('shutdown')", "Shutdown"),
         Binding("e", "edit_settings", "Settings"),
         Binding("g", "diagnostics", "Diagnostics"),
-        Binding("o", "open_config", "$EDITOR"),
-        Binding("l", "open_log", "$PAGER"),
+        Binding("o", "open_config", "Edit"),
+        Binding("l", "open_log", "Log"),
         Binding("S", "start", "Start"),
         Binding("K", "stop", "Stop"),
     ]
