@@ -179,6 +179,7 @@ class McpRelay:
         self._environ = environ if environ is not None else dict(os.environ)
         self._clock = clock
         self._signals = 0
+        self._shutdown = False
         self._calls = 0
         self._session: aiohttp.ClientSession | None = None
         self._facade: Facade | None = None
@@ -264,6 +265,26 @@ class McpRelay:
             return
         if timeout > 0 and self._drain_timer is None:
             self._drain_timer = asyncio.create_task(self._drain_deadline(timeout))
+
+    def undrain(self, *, by: str = "") -> bool:
+        """Take calls again; refused (False) once a shutdown was asked for or it is leaving."""
+        if self._shutdown or self.stopped.is_set():
+            logger.warning("undrain asked by %s refused: shutting down", by or "?")
+            return False
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
+            self._drain_timer = None
+        if self.draining:
+            self.draining = False
+            logger.info("undrained (asked by %s)", by or "?")
+            self._status_dirty.set()
+        return True
+
+    def shutdown(self, *, by: str = "") -> None:
+        """Drain and leave; unlike `drain`, it cannot be undone with `undrain`."""
+        logger.info("shutdown asked by %s", by or "?")
+        self._shutdown = True
+        self.drain(by=by)
 
     def signal_received(self, name: str) -> None:
         """SIGTERM/SIGINT: the first drains, the second exits at once."""
@@ -415,11 +436,13 @@ class McpRelay:
                 self._chores.add(chore)
                 chore.add_done_callback(self._chores.discard)
         elif isinstance(frame, link.Control):
-            logger.info("server asks to %s (by %s)", frame.action, frame.by or "operator")
+            by = f"server operator {frame.by or '?'!r}"
             if frame.action == "undrain":
-                logger.warning("undrain is not supported by infero mcp; ignored")
+                self.undrain(by=by)
+            elif frame.action == "shutdown":
+                self.shutdown(by=by)
             else:
-                self.drain(by=f"server operator {frame.by!r}")
+                self.drain(by=by)
 
     def body_received(self, stream_id: int, payload: memoryview) -> None:
         """Request body bytes."""

@@ -130,6 +130,47 @@ _PROBE: Json = {
 }
 
 
+def _control(what: str, noun: str) -> Json:
+    actions = ["drain", "undrain", "shutdown"]
+    return {
+        "post": {
+            "tags": ["Operations"],
+            "summary": f"Drain, undrain or shut down {what}",
+            "description": (
+                f"Relayed to the {noun} over its link and logged with the name of the "
+                "key that asked. Needs a key with the operator role (OPERATOR_KEY, or "
+                "`operator` in API_KEYS_FILE)."
+            ),
+            "security": [{"OperatorKey": []}],
+            "parameters": [
+                {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
+                {
+                    "name": "action",
+                    "in": "path",
+                    "required": True,
+                    "schema": {"enum": actions},
+                },
+            ],
+            "responses": {
+                "202": _json(
+                    {
+                        "type": "object",
+                        "properties": {
+                            "id": {"type": "string"},
+                            "action": {"enum": actions},
+                            "accepted": {"const": True},
+                        },
+                    },
+                    f"Sent to the {noun}.",
+                ),
+                "401": _ERRORS_V1["401"],
+                "403": _error("The key lacks the operator role, or none is configured."),
+                "404": _error(f"No connected {noun} with this id."),
+            },
+        }
+    }
+
+
 def _mcp_call(method: str, summary: str) -> Json:
     return {
         "tags": ["MCP"],
@@ -249,43 +290,8 @@ def _paths(metrics_on_main_port: bool) -> Json:
                 },
             }
         },
-        "/api/workers/{id}/{action}": {
-            "post": {
-                "tags": ["Operations"],
-                "summary": "Drain, undrain or shut down a connector",
-                "description": (
-                    "Relayed to the connector over its link and logged with the name of the "
-                    "key that asked. Needs a key with the operator role (OPERATOR_KEY, or "
-                    "`operator` in API_KEYS_FILE)."
-                ),
-                "security": [{"OperatorKey": []}],
-                "parameters": [
-                    {"name": "id", "in": "path", "required": True, "schema": {"type": "string"}},
-                    {
-                        "name": "action",
-                        "in": "path",
-                        "required": True,
-                        "schema": {"enum": ["drain", "undrain", "shutdown"]},
-                    },
-                ],
-                "responses": {
-                    "202": _json(
-                        {
-                            "type": "object",
-                            "properties": {
-                                "id": {"type": "string"},
-                                "action": {"enum": ["drain", "undrain", "shutdown"]},
-                                "accepted": {"const": True},
-                            },
-                        },
-                        "Sent to the connector.",
-                    ),
-                    "401": _ERRORS_V1["401"],
-                    "403": _error("The key lacks the operator role, or none is configured."),
-                    "404": _error("No connected connector with this id."),
-                },
-            }
-        },
+        "/api/workers/{id}/{action}": _control("an LLM connector", "connector"),
+        "/api/mcp/relays/{id}/{action}": _control("an MCP relay", "relay"),
         "/api/workers/connect": _link("LLM connector link (seed path)", "llm"),
         "/api/llm/connect": _link("LLM connector link", "llm"),
         "/api/mcp/connect": _link("MCP relay link", "mcp"),

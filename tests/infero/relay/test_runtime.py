@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import ssl
 import subprocess
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -254,3 +255,72 @@ async def test_provider_tls_is_verified_unless_insecure_skip_verify(
             assert await probe(insecure, url, protocol_version="2025-06-18", within=5) == "fake"
     finally:
         await runner.cleanup()
+
+
+async def test_operator_drains_undrains_and_shuts_down_a_relay_through_the_server(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, "infero.server.control")
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["method"] == "initialize":
+            return web.json_response(INIT_RESULT)
+        entered.set()
+        await release.wait()
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
+
+    async with (
+        running_server(client_key="ck", api_key="client", operator_key="op") as server,
+        fake_provider(handle) as url,
+        aiohttp.ClientSession() as http,
+    ):
+        registry = server.app[BROKER].registry
+        env = {
+            "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+            "CLIENT_KEY": "ck",
+            "CLIENT_ID": "d1",
+            "PROVIDER_URL": url,
+            "DRAIN_TIMEOUT": "-1",
+        }
+        relay = McpRelay(load_settings(RelaySettings, environ=env))
+        task = asyncio.create_task(relay.run())
+
+        def relay_is(status: str) -> Callable[[], bool]:
+            return lambda: "d1" in registry.relays and registry.relays["d1"].status == status
+
+        async def steer(action: str, key: str = "op", relay_id: str = "d1") -> int:
+            async with http.post(
+                f"{server.url}/api/mcp/relays/{relay_id}/{action}",
+                headers={"Authorization": f"Bearer {key}"},
+            ) as resp:
+                if resp.status == 202:
+                    assert await resp.json() == {"id": relay_id, "action": action, "accepted": True}
+                return resp.status
+
+        public = f"{server.url}/api/mcp/id/d1"
+        client = {"Authorization": "Bearer client"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is("ready"))
+            assert await steer("drain", key="client") == 403
+            assert await steer("drain", relay_id="nobody") == 404
+            slow = asyncio.create_task(http.post(public, json=call, headers=client))
+            await entered.wait()
+            assert await steer("drain") == 202
+            await server.wait_for(relay_is("draining"))
+            async with http.post(public, json=call, headers=client) as refused:
+                assert refused.status == 503
+            assert await steer("undrain") == 202
+            await server.wait_for(relay_is("ready"))
+            assert await steer("shutdown") == 202
+            await server.wait_for(relay_is("draining"))
+            assert await steer("undrain") == 202
+            release.set()
+            finished = await slow
+            assert finished.status == 200
+            finished.release()
+            assert await task == 0
+    assert "operator key 'operator' asked undrain of relay d1" in caplog.text

@@ -6,8 +6,8 @@ import contextlib
 
 from aiohttp import web
 
-from infero.server import keys
-from infero.server.linkserver import CLOSE_GOING_AWAY, LinkEndpoint
+from infero.server import control, keys
+from infero.server.linkserver import CLOSE_GOING_AWAY, Link, LinkEndpoint
 from infero.server.mcp.broker import Broker, Limits
 from infero.server.mcp.metrics import McpMetrics
 from infero.server.mcp.relays import RelayRegistry
@@ -18,6 +18,8 @@ BROKER = web.AppKey("mcp_broker", Broker)
 """The broker (its `registry` lists the connected relays)."""
 
 ROUTE = "/api/mcp/id/{id}"
+RELAYS = "/api/mcp/relays"
+"""Fleet control of relays: `POST /api/mcp/relays/{id}/drain|undrain|shutdown`."""
 
 
 def setup(app: web.Application, settings: ServerSettings) -> None:
@@ -49,6 +51,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         dead_after=settings.link_dead_after,
     )
     app.router.add_get("/api/mcp/connect", endpoint.handle)
+    control.mount(app, RELAYS, "relay", _relay_link(registry), app[keys.KEYRING])
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
 
@@ -66,3 +69,11 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
 
     app.on_startup.append(register_metrics)
     app.on_shutdown.append(close_links)
+
+
+def _relay_link(registry: RelayRegistry) -> control.LinkLookup:
+    def lookup(relay_id: str) -> Link | None:
+        relay = registry.live(relay_id)
+        return relay.link if relay is not None else None
+
+    return lookup
