@@ -83,9 +83,6 @@ class ServerSettings(SettingsModel):
     ] = 300.0
     log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
     log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
-    redis_addr: Annotated[
-        str, Opt("REDIS_ADDR", "Redis URL for state shared by several servers.", secret=True)
-    ] = ""
     broker_max_req_bytes: Annotated[
         int,
         Field(gt=0),
