@@ -139,7 +139,10 @@ class _Relay:
         self.target = target
         self.started = started
         self.waited = 0.0
-        """Seconds spent waiting on the queue or the connector (not server overhead)."""
+        """Seconds spent waiting on the queue or the connector (not server overhead).
+
+        Measured with `time.perf_counter()` like `started`: uvloop's `loop.time()` is a cached
+        millisecond clock, kept only for deadlines."""
         self.queue_wait = 0.0
         self.response: web.StreamResponse | None = None
         """The client response once its headers were sent."""
@@ -184,8 +187,8 @@ class _Relay:
             ) from None
         settings = self.api.settings
         loop = asyncio.get_running_loop()
-        entered = loop.time()
-        deadline = entered + settings.queue_timeout
+        entered = time.perf_counter()
+        deadline = loop.time() + settings.queue_timeout
         shown = 0
         handed = False
         try:
@@ -223,7 +226,7 @@ class _Relay:
         finally:
             if not handed:
                 scheduler.leave(waiter)
-            spent = loop.time() - entered
+            spent = time.perf_counter() - entered
             self.waited += spent
             self.queue_wait += spent
 
@@ -317,8 +320,8 @@ class _Relay:
     async def _await_head(self, exchange: Exchange) -> Head:
         settings = self.api.settings
         loop = asyncio.get_running_loop()
-        entered = loop.time()
-        deadline = entered + settings.first_byte_timeout
+        entered = time.perf_counter()
+        deadline = loop.time() + settings.first_byte_timeout
         try:
             while True:
                 remaining = deadline - loop.time()
@@ -331,7 +334,7 @@ class _Relay:
                     if self.stream and loop.time() < deadline:
                         await self._comment("keepalive")
         finally:
-            self.waited += loop.time() - entered
+            self.waited += time.perf_counter() - entered
 
     async def _start_response(self, head: Head) -> web.StreamResponse:
         overhead = (time.perf_counter() - self.started - self.waited) * 1000

@@ -19,6 +19,11 @@ from infero.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
 
+LISTEN_BACKLOG = 1024
+"""Pending TCP connections the kernel queues (aiohttp's default is 128): a reconnect storm of
+a thousand connectors, or a burst of clients, must not overflow it and wait 1-3 s for SYN
+retransmission. The kernel caps it at `net.core.somaxconn`."""
+
 
 async def drain_then_stop(
     app: web.Application, drain_timeout: float, second_signal: asyncio.Event
@@ -69,7 +74,7 @@ async def serve(settings: ServerSettings) -> int:
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
         await site.start()
         logger.info("%s listening on %s:%s", BUILD.line("infero"), settings.host, settings.port)
         await first.wait()
