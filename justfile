@@ -41,6 +41,10 @@ bench *args:
 serve *args:
     infero server {{args}}
 
+# the console replaying a recorded fleet (no server needed)
+console-dev:
+    infero tui --replay tests/data/fleet_series.json
+
 # server + connector + demo backend on loopback
 demo:
     infero demo

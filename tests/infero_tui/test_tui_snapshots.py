@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import pytest_textual_snapshot  # type: ignore[import-untyped]  # the plugin ships no py.typed
+import pytest_textual_snapshot
 from textual.pilot import Pilot
 
 from infero.protocol.state import StateSnapshot
