@@ -120,12 +120,15 @@ class Exchange:
     async def _next(self, limit: float | None) -> Head | bytes | End | ExchangeFailed:
         if not self._events:
             loop = asyncio.get_running_loop()
-            self._waiter = loop.create_future()
+            waiter = self._waiter = loop.create_future()
+            # A bare timer on the waiter: far cheaper per chunk than an asyncio.timeout context.
+            timer = None if limit is None else loop.call_later(limit, _expire, waiter)
             try:
-                async with asyncio.timeout(limit):
-                    await self._waiter
+                await waiter
             finally:
                 self._waiter = None
+                if timer is not None:
+                    timer.cancel()
         return self._events.popleft()
 
     async def head(self, limit: float | None) -> Head:
@@ -172,6 +175,11 @@ class Exchange:
         if not self.finished:
             self.finished = True
             await self._link.send(Cancel(id=self.id))
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _end_failure(error: LinkError | None) -> ExchangeFailed:

@@ -72,26 +72,36 @@ M = TypeVar("M", bound=MetricWrapperBase)
 
 
 class Bounded(Generic[M]):
-    """A labelled metric that keeps at most `limit` series, dropping the least recently used."""
+    """A labelled metric that keeps at most `limit` series, dropping the least recently used.
+
+    Labelled children are cached with their LRU entry, so a repeated label set costs one
+    dict lookup instead of prometheus_client's `labels()` (lock, validation, lookup).
+    """
 
     def __init__(self, metric: M, limit: int, evicted: Counter) -> None:
         self._metric = metric
         self._limit = limit
         self._evicted = evicted
-        self._recent: OrderedDict[tuple[str, ...], None] = OrderedDict()
+        self._recent: OrderedDict[tuple[str, ...], M] = OrderedDict()
 
     def labels(self, *values: str) -> M:
         """The child for these label values (cut to MAX_LABEL_LEN), evicting if over the cap."""
+        child = self._recent.get(values)
+        if child is not None:
+            self._recent.move_to_end(values)
+            return child
         key = tuple(value[:MAX_LABEL_LEN] for value in values)
-        if key in self._recent:
+        child = self._recent.get(key)
+        if child is not None:
             self._recent.move_to_end(key)
-        else:
-            self._recent[key] = None
-            if len(self._recent) > self._limit:
-                oldest, _ = self._recent.popitem(last=False)
-                self._metric.remove(*oldest)
-                self._evicted.inc()
-        return self._metric.labels(*key)
+            return child
+        child = self._metric.labels(*key)
+        self._recent[key] = child
+        if len(self._recent) > self._limit:
+            oldest, _ = self._recent.popitem(last=False)
+            self._metric.remove(*oldest)
+            self._evicted.inc()
+        return child
 
 
 class ServerMetrics:

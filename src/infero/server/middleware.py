@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
-import uuid
 from collections.abc import Awaitable, Callable, Iterable
 
 from aiohttp import web
@@ -67,20 +68,36 @@ class OriginPolicy:
         )
 
 
-def request_id_of(request: web.Request) -> str:
-    """The client's `X-Request-Id` if sane, else a new one."""
-    given = request.headers.get(REQUEST_ID)
-    if given and _VALID_ID.match(given):
-        return given
-    return uuid.uuid4().hex
+class RequestIds:
+    """Request ids: the client's `X-Request-Id` if sane, else 32 new hex digits.
+
+    New ids are a random prefix of this instance and a counter: unique like uuid4, cheaper.
+    """
+
+    def __init__(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(1)
+
+    def new(self) -> str:
+        """A fresh id."""
+        return f"{self._prefix}{next(self._counter):016x}"
+
+    def of(self, request: web.Request) -> str:
+        """The client's id if sane, else a fresh one."""
+        given = request.headers.get(REQUEST_ID)
+        if given and _VALID_ID.match(given):
+            return given
+        return self.new()
 
 
 def make_middleware(keyring: KeyRing, origins: OriginPolicy, events: EventBus) -> Middleware:
     """One middleware for every request (cheaper than a chain on the hot path)."""
 
+    ids = RequestIds()
+
     @web.middleware
     async def core(request: web.Request, handler: Handler) -> web.StreamResponse:
-        request[REQUEST_ID_KEY] = request_id_of(request)
+        request[REQUEST_ID_KEY] = ids.of(request)
         origin = request.headers.get("Origin")
         if origin is not None and origins.enabled and origins.allows(origin):
             request[CORS_ORIGIN] = "*" if origins.any else origin
