@@ -7,6 +7,7 @@ into one `ConfigError` line that names the setting the way the user wrote it.
 
 from __future__ import annotations
 
+import socket
 import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -16,7 +17,14 @@ from urllib.parse import urlsplit
 
 import platformdirs
 import yaml
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+)
 
 from infero.common.durations import parse_duration
 
@@ -33,6 +41,8 @@ class Opt:
     secret: bool = False
     aliases: tuple[str, ...] = ()
     """Extra long flag names, e.g. `--mcp-http-url` for `provider_url`."""
+    trailing: bool = False
+    """Listed after the command's own settings (a base model's reconnect, drain and log ones)."""
 
 
 class ConfigError(Exception):
@@ -50,20 +60,23 @@ class SettingsModel(BaseModel):
         for name, opt in field_opts(type(self)).items():
             if opt.secret and data.get(name):
                 data[name] = "***"
-        return data
+        return {name: data[name] for name in field_opts(type(self))} | data
 
 
 S = TypeVar("S", bound=SettingsModel)
 
 
 def field_opts(cls: type[SettingsModel]) -> dict[str, Opt]:
-    """The `Opt` of every field that has one, in declaration order."""
+    """The `Opt` of every field that has one: declaration order, `trailing` ones last.
+
+    This is the order of `--help`, `--print-config`, docs and the console's editor.
+    """
     out: dict[str, Opt] = {}
     for name, info in cls.model_fields.items():
         for meta in info.metadata:
             if isinstance(meta, Opt):
                 out[name] = meta
-    return out
+    return dict(sorted(out.items(), key=lambda item: item[1].trailing))
 
 
 def flag_name(field: str) -> str:
@@ -134,6 +147,63 @@ def _port(value: int) -> int:
 
 
 Port = Annotated[int, AfterValidator(_port)]
+
+
+# ---- what every connector shares ---------------------------------------------------------
+
+ServerUrl = Annotated[WsUrl, Opt("SERVER_URL", "Server link URL (ws:// or wss://).")]
+"""`SERVER_URL`; each connector declares it with its own default link path."""
+
+
+class ConnectorSettings(SettingsModel):
+    """Settings of every connector (`infero llm`, `infero mcp`): link, reconnect, drain, logs.
+
+    Subclasses redeclare `server_url` as `ServerUrl` with their default (it keeps its place)
+    and add their own fields, which `--help` lists between the link settings and the
+    `trailing` ones (reconnect, drain, metrics, logs).
+    """
+
+    server_url: ServerUrl
+    client_key: Annotated[
+        str, Opt("CLIENT_KEY", "Shared secret presented to the server.", secret=True)
+    ] = ""
+    client_id: Annotated[
+        str, Field(max_length=128), Opt("CLIENT_ID", "Stable connector id; random if empty.")
+    ] = ""
+    client_name: Annotated[
+        str, Field(max_length=128), Opt("CLIENT_NAME", "Display name; the hostname if empty.")
+    ] = ""
+    reconnect: Annotated[
+        Bool,
+        Opt(
+            "RECONNECT",
+            "Keep reconnecting with backoff instead of exiting.",
+            short="-r",
+            trailing=True,
+        ),
+    ] = False
+    metrics_port: Annotated[
+        Port | None, Opt("METRICS_PORT", "Serve connector metrics on this port.", trailing=True)
+    ] = None
+    drain_timeout: Annotated[
+        Duration,
+        Opt(
+            "DRAIN_TIMEOUT",
+            "On SIGTERM, wait this long for in-flight work (0 now, -1 forever).",
+            trailing=True,
+        ),
+    ] = 60.0
+    log_dir: Annotated[
+        str, Opt("LOG_DIR", "Also write a rotating log file here.", trailing=True)
+    ] = ""
+    log_level: Annotated[
+        LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.", trailing=True)
+    ] = "info"
+    log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.", trailing=True)] = "text"
+
+    def display_name(self) -> str:
+        """`CLIENT_NAME`, else this machine's hostname."""
+        return self.client_name or socket.gethostname() or "connector"
 
 
 # ---- file locations ---------------------------------------------------------------------

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import shlex
-import socket
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
@@ -12,14 +11,11 @@ from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, fie
 
 from infero.common.settings import (
     Bool,
+    ConnectorSettings,
     Duration,
     HttpUrl,
-    LogFormat,
-    LogLevel,
     Opt,
-    Port,
-    SettingsModel,
-    WsUrl,
+    ServerUrl,
 )
 
 Transport = Literal["http", "stdio", "sse"]
@@ -84,22 +80,14 @@ ArgList = Annotated[tuple[str, ...], BeforeValidator(_args)]
 EnvList = Annotated[tuple[str, ...], BeforeValidator(_env)]
 
 
-class RelaySettings(SettingsModel):
+class RelaySettings(ConnectorSettings):
     """Everything `infero mcp` can be told; see docs/mcp.md."""
 
-    server_url: Annotated[WsUrl, Opt("SERVER_URL", "Server link URL (ws:// or wss://).")] = (
-        "ws://localhost:8080/api/mcp/connect"
-    )
-    client_key: Annotated[
-        str, Opt("CLIENT_KEY", "Shared secret presented to the server.", secret=True)
-    ] = ""
+    server_url: ServerUrl = "ws://localhost:8080/api/mcp/connect"
     client_id: Annotated[
         str,
         Field(max_length=128),
         Opt("CLIENT_ID", "Relay id in the public URL /api/mcp/id/<id>; server assigns if empty."),
-    ] = ""
-    client_name: Annotated[
-        str, Field(max_length=128), Opt("CLIENT_NAME", "Display name; the hostname if empty.")
     ] = ""
     auth_token: Annotated[
         str,
@@ -173,17 +161,6 @@ class RelaySettings(SettingsModel):
         Field(gt=0),
         Opt("MCP_PROBE_INTERVAL", "How often a ready http/sse provider is probed again."),
     ] = 60.0
-    reconnect: Annotated[
-        Bool, Opt("RECONNECT", "Keep reconnecting with backoff instead of exiting.", short="-r")
-    ] = False
-    metrics_port: Annotated[Port | None, Opt("METRICS_PORT", "Serve relay metrics here.")] = None
-    drain_timeout: Annotated[
-        Duration,
-        Opt("DRAIN_TIMEOUT", "On SIGTERM, wait this long for in-flight calls (0 now, -1 forever)."),
-    ] = 60.0
-    log_dir: Annotated[str, Opt("LOG_DIR", "Also write a rotating log file here.")] = ""
-    log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
-    log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
 
     @field_validator("mcp_stdio_command")
     @classmethod
@@ -193,10 +170,6 @@ class RelaySettings(SettingsModel):
                 "must be an absolute path (set MCP_STDIO_ALLOW_RELATIVE=true to look it up in PATH)"
             )
         return command
-
-    def display_name(self) -> str:
-        """`CLIENT_NAME`, else this machine's hostname."""
-        return self.client_name or socket.gethostname() or "mcp"
 
     def configured(self) -> tuple[Transport, ...]:
         """Transports that have a provider configured, in `MCP_TRANSPORT_ORDER`."""

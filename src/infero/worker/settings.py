@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import socket
 from typing import Annotated, Literal
 
 from pydantic import AfterValidator, BeforeValidator, Field
 
 from infero.common.settings import (
-    Bool,
+    ConnectorSettings,
     CsvList,
     Duration,
     HttpUrl,
-    LogFormat,
-    LogLevel,
     Opt,
-    Port,
-    SettingsModel,
-    WsUrl,
+    ServerUrl,
 )
 
 
@@ -45,21 +40,10 @@ def _addr(value: str) -> str:
 ListenAddr = Annotated[str, AfterValidator(_addr)]
 
 
-class WorkerSettings(SettingsModel):
+class WorkerSettings(ConnectorSettings):
     """Everything `infero llm` can be told; see docs/configuration.md."""
 
-    server_url: Annotated[WsUrl, Opt("SERVER_URL", "Server link URL (ws:// or wss://).")] = (
-        "ws://localhost:8080/api/workers/connect"
-    )
-    client_key: Annotated[
-        str, Opt("CLIENT_KEY", "Shared secret presented to the server.", secret=True)
-    ] = ""
-    client_id: Annotated[
-        str, Field(max_length=128), Opt("CLIENT_ID", "Stable connector id; random if empty.")
-    ] = ""
-    client_name: Annotated[
-        str, Field(max_length=128), Opt("CLIENT_NAME", "Display name; the hostname if empty.")
-    ] = ""
+    server_url: ServerUrl = "ws://localhost:8080/api/workers/connect"
     completion_base_url: Annotated[
         HttpUrl, Opt("COMPLETION_BASE_URL", "OpenAI-compatible base URL of the backend.")
     ] = "http://127.0.0.1:11434/v1"
@@ -84,24 +68,11 @@ class WorkerSettings(SettingsModel):
         Field(gt=0),
         Opt("REQUEST_TIMEOUT", "Longest wait for the backend's headers or next chunk."),
     ] = 300.0
-    reconnect: Annotated[
-        Bool, Opt("RECONNECT", "Keep reconnecting with backoff instead of exiting.", short="-r")
-    ] = False
     status_addr: Annotated[
         ListenAddr,
-        Opt("STATUS_ADDR", "Local status/control port, e.g. 127.0.0.1:4555; empty = off."),
+        Opt(
+            "STATUS_ADDR",
+            "Local status/control port, e.g. 127.0.0.1:4555; empty = off.",
+            trailing=True,
+        ),
     ] = ""
-    metrics_port: Annotated[
-        Port | None, Opt("METRICS_PORT", "Serve connector metrics on this port.")
-    ] = None
-    drain_timeout: Annotated[
-        Duration,
-        Opt("DRAIN_TIMEOUT", "On SIGTERM, wait this long for in-flight work (0 now, -1 forever)."),
-    ] = 60.0
-    log_dir: Annotated[str, Opt("LOG_DIR", "Also write a rotating log file here.")] = ""
-    log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
-    log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
-
-    def display_name(self) -> str:
-        """`CLIENT_NAME`, else this machine's hostname."""
-        return self.client_name or socket.gethostname() or "worker"

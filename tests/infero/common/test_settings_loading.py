@@ -1,4 +1,4 @@
-"""Settings precedence (default < YAML < env < flag) and one-line errors, on WorkerSettings."""
+"""Settings precedence (default < YAML < env < flag), one-line errors, shared connector fields."""
 
 from __future__ import annotations
 
@@ -6,7 +6,14 @@ from pathlib import Path
 
 import pytest
 
-from infero.common.settings import ConfigError, load_settings, read_yaml
+from infero.common.settings import (
+    ConfigError,
+    ConnectorSettings,
+    field_opts,
+    load_settings,
+    read_yaml,
+)
+from infero.relay.settings import RelaySettings
 from infero.worker.settings import WorkerSettings
 
 
@@ -47,3 +54,24 @@ def test_bad_yaml_is_one_error_naming_the_file(tmp_path: Path) -> None:
     path.write_text("max_concurrency: [1,\n", encoding="utf-8")
     with pytest.raises(ConfigError, match="not valid YAML"):
         read_yaml(path)
+
+
+TRAILING = ["reconnect", "metrics_port", "drain_timeout", "log_dir", "log_level", "log_format"]
+
+
+@pytest.mark.parametrize(
+    ("cls", "path", "tail"),
+    [
+        (WorkerSettings, "/api/workers/connect", [*TRAILING, "status_addr"]),
+        (RelaySettings, "/api/mcp/connect", TRAILING),
+    ],
+)
+def test_connectors_share_their_common_settings_and_list_their_own_in_between(
+    cls: type[WorkerSettings] | type[RelaySettings], path: str, tail: list[str]
+) -> None:
+    names = list(field_opts(cls))
+    assert names[:4] == ["server_url", "client_key", "client_id", "client_name"]
+    assert names[-len(tail) :] == tail
+    assert list(cls().masked()) == names
+    assert cls().server_url == "ws://localhost:8080" + path
+    assert field_opts(cls)["drain_timeout"] is field_opts(ConnectorSettings)["drain_timeout"]
