@@ -7,8 +7,8 @@ import os
 import signal
 from typing import Any
 
+from infero.common.process import serve_with_signals
 from infero.protocol import link
-from infero.worker.runner import serve_with_signals
 from support.linkfakes import CHAT, ServerFactory, Stack
 
 
