@@ -68,6 +68,17 @@ def _event(data: bytes) -> bytes:
     return b"event: message\ndata: " + data + b"\n\n"
 
 
+def _sse_response(session: _Session) -> web.StreamResponse:
+    """An SSE answer carrying the session's `Mcp-Session-Id`."""
+    return web.StreamResponse(
+        headers={
+            "Content-Type": "text/event-stream",
+            "Cache-Control": "no-cache",
+            SESSION_HEADER: session.id,
+        }
+    )
+
+
 def _error(request_id: RequestId | None, code: int, message: str) -> bytes:
     body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
     return json.dumps(body, separators=(",", ":")).encode()
@@ -420,13 +431,7 @@ class Facade:
     async def _stream(
         self, request: web.Request, session: _Session, call: _Call
     ) -> web.StreamResponse:
-        response = web.StreamResponse(
-            headers={
-                "Content-Type": "text/event-stream",
-                "Cache-Control": "no-cache",
-                SESSION_HEADER: session.id,
-            }
-        )
+        response = _sse_response(session)
         await response.prepare(request)
         while True:
             data, last = await call.queue.get()
@@ -468,13 +473,7 @@ class Facade:
             queue.put_nowait(session.backlog.popleft())
         session.listener = queue
         try:
-            response = web.StreamResponse(
-                headers={
-                    "Content-Type": "text/event-stream",
-                    "Cache-Control": "no-cache",
-                    SESSION_HEADER: session.id,
-                }
-            )
+            response = _sse_response(session)
             await response.prepare(request)
             while (data := await queue.get()) is not None:
                 await response.write(_event(data))

@@ -28,7 +28,7 @@ from infero.relay.runtime import (
 )
 from infero.relay.settings import RelaySettings
 from infero.server.mcp import BROKER
-from support.server import running_server
+from support.server import RunningServer, running_server
 
 INIT_RESULT = {
     "jsonrpc": "2.0",
@@ -51,6 +51,24 @@ async def fake_provider(
         yield f"http://127.0.0.1:{runner.addresses[0][1]}/mcp"
     finally:
         await runner.cleanup()
+
+
+def relay_d1(server: RunningServer, provider_url: str, **env: str) -> McpRelay:
+    """Relay `d1` (CLIENT_KEY `ck`) for `server`, relaying to `provider_url`."""
+    environ = {
+        "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+        "CLIENT_KEY": "ck",
+        "CLIENT_ID": "d1",
+        "PROVIDER_URL": provider_url,
+        **env,
+    }
+    return McpRelay(load_settings(RelaySettings, environ=environ))
+
+
+def relay_is(server: RunningServer, status: str) -> Callable[[], bool]:
+    """`server.wait_for` predicate: relay `d1` is connected with `status`."""
+    relays = server.app[BROKER].registry.relays
+    return lambda: "d1" in relays and relays["d1"].status == status
 
 
 def test_requests_are_pointed_at_the_provider_path_with_merged_queries() -> None:
@@ -162,21 +180,11 @@ async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
         return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
 
     async with running_server(client_key="ck") as server, fake_provider(handle) as url:
-        registry = server.app[BROKER].registry
-        env = {
-            "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
-            "CLIENT_KEY": "ck",
-            "CLIENT_ID": "d1",
-            "PROVIDER_URL": url,
-            "METRICS_PORT": "0",
-        }
-        relay = McpRelay(load_settings(RelaySettings, environ=env))
+        relay = relay_d1(server, url, METRICS_PORT="0")
         task = asyncio.create_task(relay.run())
         async with asyncio.timeout(5):
             await relay.connected.wait()
-            await server.wait_for(
-                lambda: "d1" in registry.relays and registry.relays["d1"].status == "ready"
-            )
+            await server.wait_for(relay_is(server, "ready"))
         public = f"{server.url}/api/mcp/id/d1"
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
         async with aiohttp.ClientSession() as http:
@@ -185,7 +193,7 @@ async def test_sigterm_drains_in_flight_calls_then_the_relay_exits() -> None:
                 await entered.wait()
             relay.signal_received("SIGTERM")
             async with asyncio.timeout(5):
-                await server.wait_for(lambda: registry.relays["d1"].status == "draining")
+                await server.wait_for(relay_is(server, "draining"))
             async with http.post(public, json=call) as refused:
                 assert refused.status == 503
             note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {}}
@@ -277,19 +285,7 @@ async def test_operator_drains_undrains_and_shuts_down_a_relay_through_the_serve
         fake_provider(handle) as url,
         aiohttp.ClientSession() as http,
     ):
-        registry = server.app[BROKER].registry
-        env = {
-            "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
-            "CLIENT_KEY": "ck",
-            "CLIENT_ID": "d1",
-            "PROVIDER_URL": url,
-            "DRAIN_TIMEOUT": "-1",
-        }
-        relay = McpRelay(load_settings(RelaySettings, environ=env))
-        task = asyncio.create_task(relay.run())
-
-        def relay_is(status: str) -> Callable[[], bool]:
-            return lambda: "d1" in registry.relays and registry.relays["d1"].status == status
+        task = asyncio.create_task(relay_d1(server, url, DRAIN_TIMEOUT="-1").run())
 
         async def steer(action: str, key: str = "op", relay_id: str = "d1") -> int:
             async with http.post(
@@ -304,19 +300,19 @@ async def test_operator_drains_undrains_and_shuts_down_a_relay_through_the_serve
         client = {"Authorization": "Bearer client"}
         call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
         async with asyncio.timeout(5):
-            await server.wait_for(relay_is("ready"))
+            await server.wait_for(relay_is(server, "ready"))
             assert await steer("drain", key="client") == 403
             assert await steer("drain", relay_id="nobody") == 404
             slow = asyncio.create_task(http.post(public, json=call, headers=client))
             await entered.wait()
             assert await steer("drain") == 202
-            await server.wait_for(relay_is("draining"))
+            await server.wait_for(relay_is(server, "draining"))
             async with http.post(public, json=call, headers=client) as refused:
                 assert refused.status == 503
             assert await steer("undrain") == 202
-            await server.wait_for(relay_is("ready"))
+            await server.wait_for(relay_is(server, "ready"))
             assert await steer("shutdown") == 202
-            await server.wait_for(relay_is("draining"))
+            await server.wait_for(relay_is(server, "draining"))
             assert await steer("undrain") == 202
             release.set()
             finished = await slow
