@@ -26,6 +26,7 @@ from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
+from infero.common.drain import Drain
 from infero.common.linkclient import Link, LinkClient
 from infero.protocol import link
 from infero.protocol.mcp import EnvelopeError, parse_envelope
@@ -172,14 +173,11 @@ class McpRelay:
         self.metrics = RelayMetrics(registry or CollectorRegistry())
         self.connected = asyncio.Event()
         self.stopped = asyncio.Event()
-        self.draining = False
         self.endpoint = ""
         """The Streamable HTTP URL exchanges go to (provider or facade)."""
         self.metrics_url = ""
         self._environ = environ if environ is not None else dict(os.environ)
         self._clock = clock
-        self._signals = 0
-        self._shutdown = False
         self._calls = 0
         self._session: aiohttp.ClientSession | None = None
         self._facade: Facade | None = None
@@ -188,8 +186,14 @@ class McpRelay:
         self._path = "/"
         self._query = ""
         self._status_dirty = asyncio.Event()
+        self.drain = Drain(
+            timeout=settings.drain_timeout,
+            inflight=lambda: self._calls,
+            changed=self._status_dirty.set,
+            stop=self._stop,
+            unit="call",
+        )
         self._pusher: asyncio.Task[None] | None = None
-        self._drain_timer: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self._open_calls: dict[int, _Call] = {}
         self._chores: set[asyncio.Task[None]] = set()
@@ -230,14 +234,14 @@ class McpRelay:
             if self.stopped.is_set():
                 return 0
             code = await self.link_client.run()
-            return 0 if self.draining or self.stopped.is_set() else code
+            return 0 if self.drain.draining or self.stopped.is_set() else code
         finally:
             self.stopped.set()
-            for task in (self._drain_timer, monitor):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            await self.drain.close()
+            if monitor is not None:
+                monitor.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await monitor
             for chore in list(self._chores):
                 chore.cancel()
             await asyncio.gather(*self._chores, return_exceptions=True)
@@ -248,59 +252,17 @@ class McpRelay:
 
     def request_stop(self) -> None:
         """Leave now: close the link (in-flight calls are aborted)."""
+        self.drain.leave()
+
+    def signal_received(self, name: str) -> None:
+        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        self.drain.signal(name)
+
+    def _stop(self) -> None:
         if not self.stopped.is_set():
             logger.info("relay stopping")
         self.stopped.set()
         self.link_client.stop()
-
-    def drain(self, *, by: str = "") -> None:
-        """Take no new call, let in-flight calls finish, then leave (within DRAIN_TIMEOUT)."""
-        timeout = self.settings.drain_timeout
-        if not self.draining:
-            self.draining = True
-            logger.info("draining (asked by %s): %d call(s) in flight", by or "?", self._calls)
-            self._status_dirty.set()
-        if timeout == 0 or self._calls == 0:
-            self.request_stop()
-            return
-        if timeout > 0 and self._drain_timer is None:
-            self._drain_timer = asyncio.create_task(self._drain_deadline(timeout))
-
-    def undrain(self, *, by: str = "") -> bool:
-        """Take calls again; refused (False) once a shutdown was asked for or it is leaving."""
-        if self._shutdown or self.stopped.is_set():
-            logger.warning("undrain asked by %s refused: shutting down", by or "?")
-            return False
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-        if self.draining:
-            self.draining = False
-            logger.info("undrained (asked by %s)", by or "?")
-            self._status_dirty.set()
-        return True
-
-    def shutdown(self, *, by: str = "") -> None:
-        """Drain and leave; unlike `drain`, it cannot be undone with `undrain`."""
-        logger.info("shutdown asked by %s", by or "?")
-        self._shutdown = True
-        self.drain(by=by)
-
-    def signal_received(self, name: str) -> None:
-        """SIGTERM/SIGINT: the first drains, the second exits at once."""
-        self._signals += 1
-        if self._signals == 1:
-            self.drain(by=f"signal {name}")
-        else:
-            logger.info("second %s: exiting now", name)
-            self.request_stop()
-
-    async def _drain_deadline(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        logger.warning(
-            "drain timeout (%gs) reached with %d call(s) in flight", seconds, self._calls
-        )
-        self.request_stop()
 
     async def _start_provider(self) -> None:
         s = self.settings
@@ -372,7 +334,7 @@ class McpRelay:
         self._status_dirty.set()
 
     def _status(self) -> link.Status:
-        if self.draining:
+        if self.drain.draining:
             return "draining"
         return "ready" if self.monitor.healthy else "not_ready"
 
@@ -436,13 +398,7 @@ class McpRelay:
                 self._chores.add(chore)
                 chore.add_done_callback(self._chores.discard)
         elif isinstance(frame, link.Control):
-            by = f"server operator {frame.by or '?'!r}"
-            if frame.action == "undrain":
-                self.undrain(by=by)
-            elif frame.action == "shutdown":
-                self.shutdown(by=by)
-            else:
-                self.drain(by=by)
+            self.drain.control(frame)
 
     def body_received(self, stream_id: int, payload: memoryview) -> None:
         """Request body bytes."""
@@ -523,7 +479,7 @@ class McpRelay:
         """
         if not is_call(request):
             return None
-        if self.draining or self.stopped.is_set():
+        if self.drain.draining or self.stopped.is_set():
             return link.LinkError(code="draining", message="relay is draining")
         if self._calls >= self.settings.mcp_max_inflight:
             self.metrics.exchanges.labels("refused").inc()
@@ -552,9 +508,8 @@ class McpRelay:
         else:
             self.metrics.exchanges.labels("error").inc()
             logger.warning("MCP exchange failed: %s: %s", outcome.error.code, outcome.error.message)
-        if self.draining and self._calls == 0:
-            logger.info("drained: no call in flight")
-            self.request_stop()
+        if self._calls == 0:
+            self.drain.idle()
 
 
 def _public_mcp_url(server_url: str, relay_id: str) -> str:
