@@ -34,6 +34,10 @@ HOP_BY_HOP = frozenset(
 """Response headers the server never copies from a connector (it sets its own)."""
 
 
+JOIN_LIMIT = 256 * 1024
+"""Body chunks already received are joined into one client write up to this size."""
+
+
 class ExchangeFailed(Exception):
     """The exchange cannot go on: link lost, connector error, timeout or protocol breach."""
 
@@ -145,9 +149,22 @@ class Exchange:
         raise ExchangeFailed("protocol", "connector sent body before head")
 
     async def chunk(self, limit: float | None) -> bytes | None:
-        """Next body chunk, or None at a clean End; raise on failure (TimeoutError on idle)."""
+        """Next body bytes, or None at a clean End; raise on failure (TimeoutError on idle).
+
+        Chunks that arrived together come back joined (up to `JOIN_LIMIT`): one client write.
+        """
         item = await self._next(limit)
         if isinstance(item, bytes):
+            events = self._events
+            if events and isinstance(events[0], bytes):
+                parts = [item]
+                size = len(item)
+                while events and isinstance(events[0], bytes) and size < JOIN_LIMIT:
+                    part = events.popleft()
+                    assert isinstance(part, bytes)
+                    parts.append(part)
+                    size += len(part)
+                item = b"".join(parts)
             return item
         if isinstance(item, End):
             self.finished = True
@@ -161,6 +178,17 @@ class Exchange:
             item.retryable = False
             raise item
         raise ExchangeFailed("protocol", "connector sent a second head")
+
+    def at_clean_end(self) -> bool:
+        """Whether a clean End is already here, next: consume it (the body is complete)."""
+        events = self._events
+        if len(events) == 1:
+            item = events[0]
+            if isinstance(item, End) and item.error is None:
+                events.popleft()
+                self.finished = True
+                return True
+        return False
 
     async def consumed(self, size: int) -> None:
         """`size` bytes reached the client: grant credit (batched at half a window)."""

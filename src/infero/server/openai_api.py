@@ -50,6 +50,13 @@ _SSE_HEADERS = {
 _ERROR_BODY_LIMIT = 64 * 1024
 
 
+class _HeadWithBody(web.StreamResponse):
+    """A non-streamed answer: its head waits for the first body bytes (or the end), so that
+    head, body and end usually leave in one write, as with aiohttp's `Response`."""
+
+    _send_headers_immediately = False
+
+
 class _Done(Exception):
     """Stop relaying and answer with `response`."""
 
@@ -340,11 +347,15 @@ class _Relay:
         overhead = (time.perf_counter() - self.started - self.waited) * 1000
         if self.response is not None:
             return self.response
-        response = web.StreamResponse(status=head.status)
+        event_stream = is_event_stream(head.headers)
+        if self.stream or event_stream:
+            response = web.StreamResponse(status=head.status)
+        else:
+            response = _HeadWithBody(status=head.status)
         headers = response.headers
         for key, value in response_headers(head.headers):
             headers.add(key, value)
-        if is_event_stream(head.headers):
+        if event_stream:
             headers["Cache-Control"] = "no-cache"
             headers["X-Accel-Buffering"] = "no"
         headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
@@ -372,6 +383,10 @@ class _Relay:
                 if converted:
                     if len(collected) < _ERROR_BODY_LIMIT:
                         collected += chunk
+                elif exchange.at_clean_end():
+                    # The whole rest of the answer is here: body and end in one write.
+                    await response.write_eof(chunk)
+                    return ttft, "success", ""
                 else:
                     await response.write(chunk)
                 await exchange.consumed(len(chunk))
