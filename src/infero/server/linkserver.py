@@ -11,9 +11,10 @@ import asyncio
 import contextlib
 import json
 import logging
+import struct
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal, Protocol
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
@@ -29,6 +30,9 @@ if TYPE_CHECKING:
     from infero.server.registry import Worker
 
 logger = logging.getLogger(__name__)
+
+INLINE_BODY = 64 * 1024
+"""Request bodies up to this size leave in the same write as their Request frame."""
 
 HELLO_TIMEOUT = 10.0
 """Seconds a new link has to send its Hello."""
@@ -64,6 +68,18 @@ class LinkHandler(Protocol):
         ...
 
 
+@runtime_checkable
+class RawTransport(Protocol):
+    """What `Link` needs of the TCP transport under its WebSocket (uvloop's transports are
+    not `asyncio.WriteTransport` subclasses, hence a protocol)."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def is_closing(self) -> bool: ...
+
+    def get_write_buffer_size(self) -> int: ...
+
+
 class Link:
     """One accepted link: sends frames, owns the exchanges of its streams."""
 
@@ -78,6 +94,9 @@ class Link:
         clock: Callable[[], float],
     ) -> None:
         self.ws = ws
+        self.transport: RawTransport | None = None
+        """The link's TCP transport, once known: small Request frames and their body then
+        go in one write (see `use_transport`)."""
         self.hello = hello
         self.id = link_id
         self.kind: Kind = hello.kind
@@ -134,17 +153,41 @@ class Link:
             model=model,
         )
         try:
-            await self.ws.send_str(lp.encode(frame))
-            view = memoryview(body)
-            for start in range(0, len(body), lp.BODY_CHUNK):
-                await self.ws.send_bytes(
-                    lp.pack_body(lp.REQUEST_BODY, sid, view[start : start + lp.BODY_CHUNK])
-                )
+            if not self._send_small_request(frame, body):
+                await self.ws.send_str(lp.encode(frame))
+                view = memoryview(body)
+                for start in range(0, len(body), lp.BODY_CHUNK):
+                    await self.ws.send_bytes(
+                        lp.pack_body(lp.REQUEST_BODY, sid, view[start : start + lp.BODY_CHUNK])
+                    )
         except ConnectionError:
             self.exchanges.pop(sid, None)
             raise ExchangeFailed("link_lost", "connector link closed", retryable=True) from None
         self.liveness.sent(self.clock())
         return exchange
+
+    def use_transport(self, transport: asyncio.BaseTransport | None) -> None:
+        """The TCP transport under `ws` (the request's), for `_send_small_request`."""
+        self.transport = transport if isinstance(transport, RawTransport) else None
+
+    def _send_small_request(self, frame: lp.Request, body: bytes) -> bool:
+        """Write the Request frame and its small body as two WebSocket frames in one write.
+
+        Same frames as `send_str` + `send_bytes` (server frames are unmasked and the link is
+        uncompressed), one system call and one wake-up of the connector instead of two.
+        False (nothing sent) when the body is large or the transport has a backlog: the
+        regular path then applies aiohttp's flow control.
+        """
+        transport = self.transport
+        if transport is None or len(body) > INLINE_BODY or transport.get_write_buffer_size():
+            return False
+        if transport.is_closing() or self.ws.closed:
+            raise ConnectionResetError("connector link closed")
+        data = _ws_frame(_OP_TEXT, lp.encode(frame).encode())
+        if body:
+            data += _ws_frame(_OP_BINARY, lp.pack_body(lp.REQUEST_BODY, frame.id, body))
+        transport.write(data)
+        return True
 
     def forget(self, exchange: Exchange) -> None:
         """Drop an exchange the handler no longer reads (late frames for it are ignored)."""
@@ -201,6 +244,7 @@ class LinkEndpoint:
         if accepted is None:
             return ws
         link, replaced = accepted
+        link.use_transport(request.transport)
         hello = link.hello
         if replaced is not None:
             logger.info("link %s: replaced by a new connection from %s", replaced.id, peer)
@@ -373,6 +417,22 @@ class LinkEndpoint:
             if action is Action.PING:
                 await link.send(lp.Ping(ts=time.time()))
             await asyncio.sleep(max(liveness.next_deadline(self.clock()), 0.001))
+
+
+_OP_TEXT = 0x1
+_OP_BINARY = 0x2
+
+
+def _ws_frame(opcode: int, payload: bytes) -> bytes:
+    """One final, unmasked WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
+    size = len(payload)
+    if size < 126:
+        head = struct.pack("!BB", 0x80 | opcode, size)
+    elif size < 1 << 16:
+        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
+    else:
+        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
+    return head + payload
 
 
 def _first(exc: ValidationError) -> str:

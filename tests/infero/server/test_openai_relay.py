@@ -248,3 +248,32 @@ async def test_requests_are_reported_on_the_event_bus() -> None:
     assert (done.model, done.worker_id, done.outcome, done.status) == ("m", "w1", "success", 200)
     assert (done.tokens_in, done.tokens_out) == (1, 2)
     assert done.ttft_s is not None
+
+
+@pytest.mark.parametrize("padding", [0, 200, 65_400, 65_600, 70_000])
+async def test_request_bodies_around_the_frame_size_limits_reach_the_connector_intact(
+    padding: int,
+) -> None:
+    # Small bodies leave in one write with their Request frame (hand-built WebSocket
+    # frames); the sizes cross the 126-byte and 64 KiB length encodings and the inline limit.
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, models=["m"]) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        body = json.dumps({"model": "m", "pad": "x" * padding}).encode()
+        call = asyncio.create_task(
+            http.post(
+                srv.url + "/api/v1/chat/completions",
+                data=body,
+                headers={"Content-Type": "application/json", "Authorization": "Bearer secret"},
+            )
+        )
+        async with asyncio.timeout(5):
+            incoming = await conn.next_request()
+            assert incoming.frame.body_len == len(body)
+            assert incoming.body == body
+            await conn.reply(incoming.id, b"{}")
+            resp = await call
+            assert await resp.read() == b"{}"
+        resp.release()
