@@ -66,8 +66,10 @@ class Exchange:
 
     __slots__ = (
         "_allowance",
+        "_deadline",
         "_events",
         "_link",
+        "_timer",
         "_ungranted",
         "_waiter",
         "_window",
@@ -84,6 +86,10 @@ class Exchange:
         self._ungranted = 0
         self._events: deque[Head | bytes | End | ExchangeFailed] = deque()
         self._waiter: asyncio.Future[None] | None = None
+        self._deadline = 0.0
+        """When the current wait times out (loop clock)."""
+        self._timer: asyncio.TimerHandle | None = None
+        """One timer for all waits: re-armed only when it fires early or too late."""
         self.end: End | None = None
         """The final frame once received (carries usage)."""
         self.finished = False
@@ -125,15 +131,39 @@ class Exchange:
         if not self._events:
             loop = asyncio.get_running_loop()
             waiter = self._waiter = loop.create_future()
-            # A bare timer on the waiter: far cheaper per chunk than an asyncio.timeout context.
-            timer = None if limit is None else loop.call_later(limit, _expire, waiter)
+            if limit is not None:
+                self._arm(loop, loop.time() + limit)
             try:
                 await waiter
             finally:
                 self._waiter = None
-                if timer is not None:
-                    timer.cancel()
         return self._events.popleft()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, deadline: float) -> None:
+        """Time the current wait out at `deadline`.
+
+        A stream waits once per chunk: instead of a timer per wait (two heap operations in
+        the loop), the pending timer stays when it fires before the new deadline; it then
+        re-arms itself for the rest (`_expire`).
+        """
+        self._deadline = deadline
+        timer = self._timer
+        if timer is not None:
+            if timer.when() <= deadline:
+                return
+            timer.cancel()
+        self._timer = loop.call_at(deadline, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        waiter = self._waiter
+        if waiter is None or waiter.done():
+            return
+        loop = asyncio.get_running_loop()
+        if loop.time() >= self._deadline:
+            waiter.set_exception(TimeoutError())
+        else:
+            self._timer = loop.call_at(self._deadline, self._expire)
 
     async def head(self, limit: float | None) -> Head:
         """Wait up to `limit` s for the Head; raise `ExchangeFailed` (or TimeoutError)."""
@@ -199,15 +229,14 @@ class Exchange:
             await self._link.send(Credit(id=self.id, bytes=grant))
 
     async def cancel(self) -> None:
-        """Abort the backend call on the connector (no-op once finished)."""
+        """Abort the backend call on the connector (no-op once finished); always call it
+        when done with the exchange (it also stops the wait timer)."""
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if not self.finished:
             self.finished = True
             await self._link.send(Cancel(id=self.id))
-
-
-def _expire(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_exception(TimeoutError())
 
 
 def _end_failure(error: LinkError | None) -> ExchangeFailed:

@@ -71,3 +71,31 @@ async def test_waiting_for_a_chunk_times_out_and_a_late_chunk_is_still_delivered
     exchange.on_body(memoryview(b"late"))
     async with asyncio.timeout(5):
         assert await exchange.chunk(1) == b"late"
+
+
+async def test_a_shorter_wait_after_a_long_one_still_times_out_in_time() -> None:
+    exchange, _ = _exchange()
+    exchange.on_body(memoryview(b"first"))
+    assert await exchange.chunk(300) == b"first"
+    long_wait = asyncio.create_task(exchange.chunk(300))
+    await asyncio.sleep(0)  # let it park on its waiter
+    exchange.on_body(memoryview(b"second"))
+    async with asyncio.timeout(5):
+        assert await long_wait == b"second"
+        with pytest.raises(TimeoutError):
+            await exchange.chunk(0.01)
+
+
+async def test_a_wait_outliving_an_earlier_deadline_times_out_at_its_own() -> None:
+    exchange, _ = _exchange()
+    short_wait = asyncio.create_task(exchange.chunk(0.02))
+    await asyncio.sleep(0)  # let it park on its waiter (arms the timer)
+    exchange.on_body(memoryview(b"x"))
+    async with asyncio.timeout(5):
+        assert await short_wait == b"x"
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        with pytest.raises(TimeoutError):
+            await exchange.chunk(0.1)
+        assert loop.time() - started >= 0.09
+    await exchange.cancel()
