@@ -133,6 +133,12 @@ class _Exchange:
     task: asyncio.Task[None] | None = None
     cancel_reason: str = ""
     notify_cancel: bool = True
+    reading: bool = False
+    """Waiting on the backend (not on credit): what the read timeout measures."""
+    read_since: float = 0.0
+    """Loop time at which the current wait on the backend began."""
+    timed_out: bool = False
+    timer: asyncio.TimerHandle | None = None
 
 
 def forward_request_headers(
@@ -172,9 +178,10 @@ class HttpExchanges:
         self._base = base_url.rstrip("/")
         self._window = window
         self._api_key = api_key
-        self._timeout = aiohttp.ClientTimeout(
-            total=None, sock_connect=CONNECT_TIMEOUT, sock_read=read_timeout
-        )
+        # The read timeout is ours (`_check_idle`): aiohttp's sock_read re-arms a loop timer
+        # on every packet, a heap operation per streamed token.
+        self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
+        self._read_timeout = read_timeout
         self._observer: ExchangeObserver = observer or AcceptAll()
         self._usage = usage
         self._clock = clock
@@ -277,6 +284,9 @@ class HttpExchanges:
         first_byte: float | None,
         started: float | None = None,
     ) -> None:
+        if ex.timer is not None:
+            ex.timer.cancel()
+            ex.timer = None
         if self._streams.pop(ex.request.id, None) is None:
             return
         duration = self._clock() - started if started is not None else 0.0
@@ -302,7 +312,11 @@ class HttpExchanges:
             error = _error("cancelled", "link to server lost")
             end = None
         except asyncio.CancelledError:
-            error = _error("cancelled", ex.cancel_reason or "cancelled")
+            if ex.timed_out:
+                silent = "backend did not answer in time" if state.status is None else None
+                error = _error("timeout", silent or "backend stopped sending")
+            else:
+                error = _error("cancelled", ex.cancel_reason or "cancelled")
             end = link.End(id=ex.request.id, error=error) if ex.notify_cancel else None
         except Exception:  # supervisor of this exchange: end it, keep the link serving
             logger.exception("exchange %d failed unexpectedly", ex.request.id)
@@ -316,6 +330,8 @@ class HttpExchanges:
         req = ex.request
         if not req.path.startswith("/"):
             raise _Failed("invalid", "request path must start with /")
+        loop = asyncio.get_running_loop()
+        self._watch(ex, loop)
         try:
             url = URL(self._base + req.path, encoded=True)
             headers = forward_request_headers(req.headers, self._api_key)
@@ -340,6 +356,7 @@ class HttpExchanges:
         try:
             state.status = resp.status
             state.first_byte = self._clock() - started
+            ex.reading = False
             await self._sender.send(
                 link.Head(
                     id=req.id,
@@ -347,11 +364,16 @@ class HttpExchanges:
                     headers=relayed_response_headers(resp.headers.items()),
                 )
             )
+            ex.read_since = loop.time()
+            ex.reading = True
             scanner = self._usage() if self._usage is not None else None
             async for data in resp.content.iter_any():
+                ex.reading = False
                 if scanner is not None:
                     scanner.feed(data)
                 await self._send_body(ex, data)
+                ex.read_since = loop.time()
+                ex.reading = True
             complete = True
             if scanner is not None:
                 state.usage = scanner.result()
@@ -364,6 +386,33 @@ class HttpExchanges:
                 resp.release()
             else:
                 resp.close()
+
+    def _watch(self, ex: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
+        """Start the read timeout: the backend may stay silent `read_timeout` s at most."""
+        if self._read_timeout is None:
+            return
+        ex.read_since = loop.time()
+        ex.reading = True
+        ex.timer = loop.call_at(ex.read_since + self._read_timeout, self._check_idle, ex)
+
+    def _check_idle(self, ex: _Exchange) -> None:
+        """Timer: abort a backend silent for too long, else re-arm (one timer per exchange,
+        not one per chunk)."""
+        ex.timer = None
+        assert self._read_timeout is not None
+        if ex.task is None or ex.task.done():
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if not ex.reading:
+            when = now + self._read_timeout
+        elif now - ex.read_since >= self._read_timeout:
+            ex.timed_out = True
+            ex.task.cancel()
+            return
+        else:
+            when = ex.read_since + self._read_timeout
+        ex.timer = loop.call_at(when, self._check_idle, ex)
 
     async def _send_body(self, ex: _Exchange, data: bytes) -> None:
         view = memoryview(data)

@@ -224,3 +224,20 @@ async def test_cookies_set_by_the_backend_are_relayed_but_never_replayed(stack: 
         await stack.server.next_frame(link.End)
     assert any(k.lower() == "set-cookie" for k, _ in head.headers)
     assert "Cookie" not in stack.backend.headers[1]
+
+
+async def test_a_backend_silent_for_request_timeout_ends_the_stream_with_timeout(
+    stack: Stack,
+) -> None:
+    stack.backend.hold = True
+    await stack.start(request_timeout=0.2)
+    await stack.connected()
+    await stack.server.request(1, "/chat/completions", CHAT)
+    async with asyncio.timeout(5):
+        head = await stack.server.next_frame(link.Head)
+        end = await stack.server.next_frame(link.End)
+        await stack.backend.cancelled.wait()
+    assert head.status == 200
+    assert bytes(stack.server.bodies[1]) == b'data: {"n":1}\n\n'
+    assert end.error == link.LinkError(code="timeout", message="backend stopped sending")
+
