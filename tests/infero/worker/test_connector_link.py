@@ -240,4 +240,3 @@ async def test_a_backend_silent_for_request_timeout_ends_the_stream_with_timeout
     assert head.status == 200
     assert bytes(stack.server.bodies[1]) == b'data: {"n":1}\n\n'
     assert end.error == link.LinkError(code="timeout", message="backend stopped sending")
-
