@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
+from infero.common.drain import Drain
 from infero.common.linkclient import Link, LinkClient
 from infero.protocol import link
 from infero.protocol.status import ConnectorState, WorkerStatusDoc
@@ -59,12 +60,9 @@ class Connector:
         """Set while the server has accepted our hello and the link is up."""
         self.stopped = asyncio.Event()
         """Set once the connector decided to leave."""
-        self.draining = False
         self.metrics = WorkerMetrics(registry or CollectorRegistry())
         self.metrics.max_concurrency.set(0)
         self._clock = clock
-        self._shutdown = False
-        self._signals = 0
         self._crashed = False
         self._jobs = 0
         self._job_error = ""
@@ -73,8 +71,14 @@ class Connector:
         self._link: Link | None = None
         self._exchanges: HttpExchanges | None = None
         self._status_dirty = asyncio.Event()
+        self._drain = Drain(
+            timeout=settings.drain_timeout,
+            inflight=lambda: self._jobs,
+            changed=self._mark_status,
+            stop=self._stop,
+            unit="request",
+        )
         self._pusher: asyncio.Task[None] | None = None
-        self._drain_timer: asyncio.Task[None] | None = None
         self._runners: list[web.AppRunner] = []
         self.status_url = ""
         """`http://host:port` of the status port once it is listening."""
@@ -120,11 +124,11 @@ class Connector:
             return 0 if self.draining or self.stopped.is_set() else code
         finally:
             self.stopped.set()
-            for task in (self._drain_timer, monitor):
-                if task is not None:
-                    task.cancel()
-                    with contextlib.suppress(asyncio.CancelledError):
-                        await task
+            self._drain.leave()  # once `run` ends, nothing can undrain the connector
+            await self._drain.close()
+            monitor.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await monitor
             for runner in self._runners:
                 await runner.cleanup()
             await self._session.close()
@@ -137,66 +141,36 @@ class Connector:
             self._crashed = True
             self.request_stop()
 
+    @property
+    def draining(self) -> bool:
+        """True while no new request is taken."""
+        return self._drain.draining
+
     def request_stop(self) -> None:
         """Leave now: close the link (in-flight requests are aborted) and return from `run`."""
+        self._drain.leave()
+
+    def drain(self, *, by: str = "") -> None:
+        """Take nothing new, finish in-flight, then leave (within `DRAIN_TIMEOUT`)."""
+        self._drain.drain(by=by)
+
+    def undrain(self, *, by: str = "") -> bool:
+        """Take requests again; refused (False) once a shutdown was asked for."""
+        return self._drain.undrain(by=by)
+
+    def shutdown(self, *, by: str = "") -> None:
+        """Drain and exit; unlike `drain`, it cannot be undone with `undrain`."""
+        self._drain.shutdown(by=by)
+
+    def signal_received(self, name: str) -> None:
+        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        self._drain.signal(name)
+
+    def _stop(self) -> None:
         if not self.stopped.is_set():
             logger.info("connector stopping")
         self.stopped.set()
         self.link_client.stop()
-
-    def drain(self, *, by: str = "") -> None:
-        """Take nothing new, finish in-flight, then leave (within `DRAIN_TIMEOUT`)."""
-        timeout = self.settings.drain_timeout
-        if not self.draining:
-            self.draining = True
-            logger.info(
-                "draining (asked by %s): %d request(s) in flight", by or "unknown", self._jobs
-            )
-            self._mark_status()
-        if timeout == 0 or self._jobs == 0:
-            self.request_stop()
-            return
-        if timeout > 0:
-            if self._drain_timer is not None:
-                self._drain_timer.cancel()
-            self._drain_timer = asyncio.create_task(self._drain_deadline(timeout))
-
-    def undrain(self, *, by: str = "") -> bool:
-        """Take requests again; refused (False) once a shutdown was asked for."""
-        if self._shutdown or self.stopped.is_set():
-            logger.warning("undrain asked by %s refused: shutting down", by or "unknown")
-            return False
-        if self._drain_timer is not None:
-            self._drain_timer.cancel()
-            self._drain_timer = None
-        if self.draining:
-            self.draining = False
-            logger.info("undrained (asked by %s)", by or "unknown")
-            self._mark_status()
-        return True
-
-    def shutdown(self, *, by: str = "") -> None:
-        """Drain and exit; unlike `drain`, it cannot be undone with `undrain`."""
-        logger.info("shutdown asked by %s", by or "unknown")
-        self._shutdown = True
-        self.drain(by=by)
-
-    def signal_received(self, name: str) -> None:
-        """SIGTERM/SIGINT: the first drains, the second exits at once."""
-        self._signals += 1
-        if self._signals == 1:
-            self.drain(by=f"signal {name}")
-        else:
-            logger.info("second %s: exiting now", name)
-            self.request_stop()
-
-    async def _drain_deadline(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)
-        if self.draining:
-            logger.warning(
-                "drain timeout (%gs) reached with %d request(s) in flight", seconds, self._jobs
-            )
-            self.request_stop()
 
     async def _start_ports(self) -> None:
         settings = self.settings
@@ -312,7 +286,7 @@ class Connector:
         elif isinstance(frame, link.Cancel):
             exchanges.on_cancel(frame)
         elif isinstance(frame, link.Control):
-            self._control(frame)
+            self._drain.control(frame)
 
     def body_received(self, stream_id: int, payload: memoryview) -> None:
         """Request body bytes."""
@@ -331,16 +305,6 @@ class Connector:
         if self._exchanges is not None:
             exchanges, self._exchanges = self._exchanges, None
             await exchanges.close()
-
-    def _control(self, frame: link.Control) -> None:
-        who = f"server operator {frame.by!r}" if frame.by else "server operator"
-        logger.info("server asks to %s (by %s)", frame.action, frame.by or "unnamed operator")
-        if frame.action == "drain":
-            self.drain(by=who)
-        elif frame.action == "undrain":
-            self.undrain(by=who)
-        else:
-            self.shutdown(by=who)
 
     def _mark_status(self) -> None:
         self._status_dirty.set()
@@ -393,9 +357,8 @@ class Connector:
             logger.warning(
                 "request %s failed: %s", request.request_id or request.id, self._job_error
             )
-        if self.draining and self._jobs == 0:
-            logger.info("drained: no request in flight")
-            self.request_stop()
+        if self._jobs == 0:
+            self._drain.idle()
 
     # ---- status port ----------------------------------------------------------------------
 

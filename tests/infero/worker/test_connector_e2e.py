@@ -138,4 +138,4 @@ async def test_operator_drains_and_undrains_the_connector_through_the_server(
         assert not s.connector.draining
         assert not s.connector.stopped.is_set()
     assert chunks[-1].usage is not None
-    assert "asks to drain (by operator)" in caplog.text
+    assert "asks to drain (by server operator 'operator')" in caplog.text
