@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import logging
 import signal
 import sys
@@ -13,9 +12,11 @@ from aiohttp import web
 
 from infero.common.buildinfo import BUILD
 from infero.common.logs import setup_logging
+from infero.common.process import loop_factory, settle_heap
 from infero.common.settings import ConfigError
 from infero.server import keys
 from infero.server.app import create_app
+from infero.server.auth import KeyRing
 from infero.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -26,13 +27,12 @@ a thousand connectors, or a burst of clients, must not overflow it and wait 1-3 
 retransmission. The kernel caps it at `net.core.somaxconn`."""
 
 
-def settle_heap() -> None:
-    """Move the objects that exist once the server listens out of the cyclic GC's way.
-
-    Modules, classes and the app live as long as the process; without this every full
-    collection scans them again, a pause in every open stream (see docs/performance.md)."""
-    gc.collect()
-    gc.freeze()
+def warn_open_doors(settings: ServerSettings, keyring: KeyRing) -> None:
+    """One WARNING per way in that needs no secret (see docs/security.md)."""
+    if keyring.open:
+        logger.warning("no API key configured: /api/* is open to anyone who can reach this port")
+    if not settings.client_key:
+        logger.warning("CLIENT_KEY is empty: any connector can register")
 
 
 async def drain_then_stop(
@@ -64,6 +64,7 @@ async def drain_then_stop(
 async def serve(settings: ServerSettings) -> int:
     """Run the server until SIGTERM/SIGINT (then drain), on the running loop."""
     app = create_app(settings)
+    warn_open_doors(settings, app[keys.KEYRING])
     first, second = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -102,13 +103,8 @@ def run_server(settings: ServerSettings) -> int:
     """Entry point of `infero server`: logging, uvloop when available, serve, exit code."""
     setup_logging(settings.log_level, settings.log_format)
     try:
-        import uvloop
-    except ImportError:
-        runner = asyncio.run
-    else:
-        runner = uvloop.run
-    try:
-        return runner(serve(settings))
+        with asyncio.Runner(loop_factory=loop_factory()) as runner:
+            return runner.run(serve(settings))
     except ConfigError as exc:
         print(f"infero: {exc}", file=sys.stderr)
         return 2
