@@ -12,6 +12,8 @@ from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from infero.common.buildinfo import BUILD
+
 if TYPE_CHECKING:
     from infero_tui.client import FleetClient
 
@@ -44,6 +46,21 @@ ctl = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
 )
+
+
+@ctl.callback(invoke_without_command=True)
+def _group(
+    ctx: typer.Context,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print version, git sha and build date.")
+    ] = False,
+) -> None:
+    if version:
+        typer.echo(BUILD.line("infero-ctl"))
+        raise typer.Exit(0)
+    if ctx.invoked_subcommand is None:
+        typer.echo(ctx.get_help(), err=True)
+        raise typer.Exit(2)
 
 
 def _run(

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from infero.common.buildinfo import BUILD
 from infero.common.settings import ConfigError, default_log_dir, resolve_config_file
 
 if TYPE_CHECKING:
@@ -88,8 +89,14 @@ def tui(
         Path | None,
         typer.Option("--replay", help="Show snapshots from a JSON file instead of a server."),
     ] = None,
+    version: Annotated[
+        bool, typer.Option("--version", help="Print version, git sha and build date.")
+    ] = False,
 ) -> None:
     """Open the operator console: the fleet (--server) and/or the local connector (--worker)."""
+    if version:
+        typer.echo(BUILD.line("infero-tui"))
+        raise typer.Exit(0)
     if server is None and worker is None and replay is None:
         typer.echo("infero tui: give --server URL and/or --worker ADDR (see --help)", err=True)
         raise typer.Exit(2)

@@ -145,3 +145,15 @@ def test_ctl_and_the_console_client_run_without_textual() -> None:
         "assert 'textual' not in sys.modules, sorted(m for m in sys.modules if 'textual' in m)"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_ctl_and_tui_print_their_version() -> None:
+    from typer.testing import CliRunner
+
+    from infero.cli import app
+    from infero.common.buildinfo import BUILD
+
+    for command, component in (("ctl", "infero-ctl"), ("tui", "infero-tui")):
+        result = CliRunner().invoke(app, [command, "--version"])
+        assert result.exit_code == 0, result.output
+        assert result.stdout.strip() == BUILD.line(component)
