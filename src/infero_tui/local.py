@@ -49,12 +49,21 @@ class LogFollower:
         self._offset: int | None = None
 
     def read_new(self) -> list[str]:
-        """The first call returns the last `initial` lines, later calls only new ones."""
+        """The first call returns the last `initial` lines, later calls only new ones.
+
+        A missing file reads as empty (it is followed from its start once it appears); an
+        unreadable one (permissions) reads as empty too, and is tried again at the next call.
+        """
         try:
-            size = self.path.stat().st_size
+            return self._read_new()
         except FileNotFoundError:
             self._offset = 0
             return []
+        except OSError:
+            return []
+
+    def _read_new(self) -> list[str]:
+        size = self.path.stat().st_size
         if self._offset is None:
             self._offset = size
             return tail_lines(self.path, self._initial)

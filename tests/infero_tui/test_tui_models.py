@@ -121,6 +121,16 @@ def test_log_follower_returns_the_tail_then_only_new_complete_lines(tmp_path: Pa
     assert follower.read_new() == ["new"]
 
 
+def test_log_follower_reads_an_unreadable_log_as_empty_instead_of_raising(
+    tmp_path: Path,
+) -> None:
+    log = tmp_path / "infero-llm.log"
+    log.mkdir()  # stat works, reading fails (like a log the operator may not read)
+    follower = LogFollower(log)
+    assert follower.read_new() == []
+    assert follower.read_new() == []
+
+
 def test_tail_lines_of_a_missing_file_is_empty(tmp_path: Path) -> None:
     assert tail_lines(tmp_path / "none.log", 10) == []
 
