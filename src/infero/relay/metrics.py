@@ -11,7 +11,7 @@ from prometheus_client import (
     ProcessCollector,
 )
 
-from infero.common.buildinfo import BUILD
+from infero.common.metrics import register_build_info
 
 DURATION_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 
@@ -23,13 +23,7 @@ class RelayMetrics:
         self.registry = registry
         ProcessCollector(registry=registry)
         PlatformCollector(registry=registry)
-        build = Gauge(
-            "infero_build_info",
-            "Build of this process (value is always 1).",
-            ["component", "version", "sha", "date"],
-            registry=registry,
-        )
-        build.labels("infero-mcp", BUILD.version, BUILD.sha, BUILD.date).set(1)
+        register_build_info(registry, "infero-mcp")
         self.connected_to_server = Gauge(
             "infero_mcp_relay_connected_to_server",
             "1 while the link to the server is up.",

@@ -21,20 +21,19 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
+from infero.common.connector import HttpPorts, LinkStatus, StartupError, new_link_client
 from infero.common.drain import Drain
-from infero.common.linkclient import Link, LinkClient
+from infero.common.linkclient import Link
 from infero.protocol import link
 from infero.protocol.mcp import EnvelopeError, parse_envelope
 from infero.relay.metrics import RelayMetrics
 from infero.relay.probe import ProviderDown, probe
 from infero.relay.settings import RelaySettings
 from infero.worker.executor import HttpExchanges, Outcome
-from infero.worker.metrics import create_metrics_app
 
 if TYPE_CHECKING:
     from infero.relay.facade import Facade
@@ -67,10 +66,6 @@ class _Call:
     headers: list[tuple[str, str]]
     size: int
     body: bytearray = field(default_factory=bytearray)
-
-
-class StartupError(Exception):
-    """The relay cannot start (bad provider setup, a port cannot be bound)."""
 
 
 def provider_session(*, verify_tls: bool) -> aiohttp.ClientSession:
@@ -171,7 +166,8 @@ class McpRelay:
         self.name = settings.display_name()
         self.transport = settings.transport()
         self.metrics = RelayMetrics(registry or CollectorRegistry())
-        self.connected = asyncio.Event()
+        self._link_status = LinkStatus(self._status_update, self.metrics.connected_to_server)
+        self.connected = self._link_status.connected
         self.stopped = asyncio.Event()
         self.endpoint = ""
         """The Streamable HTTP URL exchanges go to (provider or facade)."""
@@ -185,16 +181,14 @@ class McpRelay:
         self._origin = ""
         self._path = "/"
         self._query = ""
-        self._status_dirty = asyncio.Event()
         self.drain = Drain(
             timeout=settings.drain_timeout,
             inflight=lambda: self._calls,
-            changed=self._status_dirty.set,
+            changed=self._link_status.changed,
             stop=self._stop,
             unit="call",
         )
-        self._pusher: asyncio.Task[None] | None = None
-        self._runners: list[web.AppRunner] = []
+        self._ports = HttpPorts()
         self._open_calls: dict[int, _Call] = {}
         self._chores: set[asyncio.Task[None]] = set()
         self.monitor = ProviderMonitor(
@@ -205,14 +199,8 @@ class McpRelay:
             sleep=sleep,
             backoff=probe_backoff,
         )
-        self.link_client = LinkClient(
-            settings.server_url,
-            self,
-            component=COMPONENT,
-            reconnect=settings.reconnect,
-            backoff=link_backoff,
-            sleep=sleep,
-            clock=clock,
+        self.link_client = new_link_client(
+            settings, self, COMPONENT, backoff=link_backoff, sleep=sleep, clock=clock
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -225,7 +213,10 @@ class McpRelay:
         try:
             try:
                 await self._start_provider()
-                await self._start_metrics()
+                if s.metrics_port is not None:
+                    self.metrics_url = await self._ports.serve_metrics(
+                        self.metrics.registry, s.metrics_port
+                    )
             except StartupError as exc:
                 logger.error("%s", exc)
                 return 1
@@ -246,8 +237,7 @@ class McpRelay:
                 chore.cancel()
             await asyncio.gather(*self._chores, return_exceptions=True)
             await self._close_facade()
-            for runner in self._runners:
-                await runner.cleanup()
+            await self._ports.close()
             await self._session.close()
 
     def request_stop(self) -> None:
@@ -293,23 +283,6 @@ class McpRelay:
         if facade is not None:
             await facade.close()
 
-    async def _start_metrics(self) -> None:
-        port = self.settings.metrics_port
-        if port is None:
-            return
-        runner = web.AppRunner(
-            create_metrics_app(self.metrics.registry), access_log=None, handle_signals=False
-        )
-        await runner.setup()
-        self._runners.append(runner)
-        try:
-            await web.TCPSite(runner, "0.0.0.0", port).start()
-        except OSError as exc:
-            raise StartupError(f"METRICS_PORT: cannot listen on port {port}: {exc}") from None
-        bound = runner.addresses[0][1] if runner.addresses else port
-        self.metrics_url = f"http://127.0.0.1:{bound}/metrics"
-        logger.info("metrics on port %s", bound)
-
     # ---- provider ----------------------------------------------------------------------------
 
     async def _probe(self) -> str:
@@ -331,7 +304,7 @@ class McpRelay:
 
     def _provider_changed(self) -> None:
         self.metrics.provider_ready.set(1 if self.monitor.healthy else 0)
-        self._status_dirty.set()
+        self._link_status.changed()
 
     def _status(self) -> link.Status:
         if self.drain.draining:
@@ -374,10 +347,7 @@ class McpRelay:
             observer=self,
             clock=self._clock,
         )
-        self._status_dirty.clear()
-        self._pusher = asyncio.create_task(self._push_status(current), name="status-pusher")
-        self.metrics.connected_to_server.set(1)
-        self.connected.set()
+        self._link_status.up(current)
 
     def frame_received(self, frame: link.ServerFrame) -> None:
         """Dispatch one server frame (requests are pointed at the provider's path)."""
@@ -445,29 +415,17 @@ class McpRelay:
 
     async def link_down(self) -> None:
         """The link closed: abort its exchanges."""
-        self.connected.clear()
-        self.metrics.connected_to_server.set(0)
-        if self._pusher is not None:
-            self._pusher.cancel()
-            await asyncio.gather(self._pusher, return_exceptions=True)
-            self._pusher = None
+        await self._link_status.down()
         if self._exchanges is not None:
             exchanges, self._exchanges = self._exchanges, None
             await exchanges.close()
 
-    async def _push_status(self, current: Link) -> None:
-        while True:
-            await self._status_dirty.wait()
-            self._status_dirty.clear()
-            update = link.StatusUpdate(
-                max_concurrency=self.settings.mcp_max_inflight,
-                status=self._status(),
-                last_error=self.monitor.last_error[:2048],
-            )
-            try:
-                await current.send(update)
-            except ConnectionError:
-                return
+    def _status_update(self) -> link.StatusUpdate:
+        return link.StatusUpdate(
+            max_concurrency=self.settings.mcp_max_inflight,
+            status=self._status(),
+            last_error=self.monitor.last_error[:2048],
+        )
 
     # ---- exchange observer -------------------------------------------------------------------
 

@@ -18,11 +18,11 @@ from typing import Generic, TypeVar, get_args
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from infero.common.buildinfo import BUILD
+from infero.common.metrics import register_build_info
 from infero.protocol.state import StateSnapshot
 from infero.server import keys
 from infero.server.events import RejectReason, RequestFinished, RequestRejected
@@ -113,13 +113,7 @@ class ServerMetrics:
             "Series dropped because a labelled family reached its cap.",
             registry=registry,
         )
-        build = Gauge(
-            "infero_build_info",
-            "Build of this process (always 1).",
-            ["component", "version", "sha", "date"],
-            registry=registry,
-        )
-        build.labels("server", BUILD.version, BUILD.sha, BUILD.date).set(1)
+        register_build_info(registry, "server")
         self.requests = Bounded(
             Counter(
                 "infero_model_requests",

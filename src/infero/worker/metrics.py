@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from aiohttp import web
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.exposition import generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
-from infero.common.buildinfo import BUILD
+from infero.common.metrics import register_build_info
 
 
 class WorkerMetrics:
@@ -50,23 +48,4 @@ class WorkerMetrics:
             "Time from start to end of a relayed request.",
             registry=registry,
         )
-        build = Gauge(
-            "infero_build_info",
-            "Build of this process (value is always 1).",
-            ["component", "version", "sha", "date"],
-            registry=registry,
-        )
-        build.labels("infero-llm", BUILD.version, BUILD.sha, BUILD.date).set(1)
-
-
-def create_metrics_app(registry: CollectorRegistry) -> web.Application:
-    """`GET /metrics` in the Prometheus text format."""
-
-    async def metrics(_: web.Request) -> web.Response:
-        return web.Response(
-            body=generate_latest(registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
-        )
-
-    app = web.Application()
-    app.router.add_get("/metrics", metrics)
-    return app
+        register_build_info(registry, "infero-llm")

@@ -12,18 +12,18 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
-from aiohttp import web
 from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
+from infero.common.connector import HttpPorts, LinkStatus, StartupError, new_link_client
 from infero.common.drain import Drain
-from infero.common.linkclient import Link, LinkClient
+from infero.common.linkclient import Link
 from infero.protocol import link
 from infero.protocol.status import ConnectorState, WorkerStatusDoc
 from infero.worker.backend import Discovery, discover
 from infero.worker.executor import HttpExchanges, Outcome, new_session
-from infero.worker.metrics import WorkerMetrics, create_metrics_app
+from infero.worker.metrics import WorkerMetrics
 from infero.worker.monitor import BackendMonitor
 from infero.worker.settings import WorkerSettings, parse_addr
 from infero.worker.statusport import create_status_app, load_or_create_token, token_path
@@ -32,10 +32,6 @@ from infero.worker.usage import TokenUsageScanner
 logger = logging.getLogger(__name__)
 
 COMPONENT = "infero-llm"
-
-
-class StartupError(Exception):
-    """The connector cannot start (a port cannot be bound, a file cannot be written)."""
 
 
 class Connector:
@@ -56,12 +52,13 @@ class Connector:
         self.config_path = config_path
         self.worker_id = settings.client_id or str(uuid.uuid4())
         self.name = settings.display_name()
-        self.connected = asyncio.Event()
+        self.metrics = WorkerMetrics(registry or CollectorRegistry())
+        self.metrics.max_concurrency.set(0)
+        self._link_status = LinkStatus(self._status_update, self.metrics.connected_to_server)
+        self.connected = self._link_status.connected
         """Set while the server has accepted our hello and the link is up."""
         self.stopped = asyncio.Event()
         """Set once the connector decided to leave."""
-        self.metrics = WorkerMetrics(registry or CollectorRegistry())
-        self.metrics.max_concurrency.set(0)
         self._clock = clock
         self._crashed = False
         self._jobs = 0
@@ -70,16 +67,14 @@ class Connector:
         self._session: aiohttp.ClientSession | None = None
         self._link: Link | None = None
         self._exchanges: HttpExchanges | None = None
-        self._status_dirty = asyncio.Event()
         self._drain = Drain(
             timeout=settings.drain_timeout,
             inflight=lambda: self._jobs,
-            changed=self._mark_status,
+            changed=self._link_status.changed,
             stop=self._stop,
             unit="request",
         )
-        self._pusher: asyncio.Task[None] | None = None
-        self._runners: list[web.AppRunner] = []
+        self._ports = HttpPorts()
         self.status_url = ""
         """`http://host:port` of the status port once it is listening."""
         self.metrics_url = ""
@@ -92,14 +87,8 @@ class Connector:
             sleep=sleep,
             backoff=backend_backoff,
         )
-        self.link_client = LinkClient(
-            settings.server_url,
-            self,
-            component=COMPONENT,
-            reconnect=settings.reconnect,
-            backoff=link_backoff,
-            sleep=sleep,
-            clock=clock,
+        self.link_client = new_link_client(
+            settings, self, COMPONENT, backoff=link_backoff, sleep=sleep, clock=clock
         )
 
     # ---- lifecycle ---------------------------------------------------------------------------
@@ -129,8 +118,7 @@ class Connector:
             monitor.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await monitor
-            for runner in self._runners:
-                await runner.cleanup()
+            await self._ports.close()
             await self._session.close()
 
     async def _supervise_monitor(self) -> None:
@@ -181,26 +169,14 @@ class Connector:
                 token = load_or_create_token(path)
             except OSError as exc:
                 raise StartupError(f"cannot create the control token {path}: {exc}") from None
-            bound = await self._serve(create_status_app(self, token), host, port, "STATUS_ADDR")
+            app = create_status_app(self, token)
+            bound = await self._ports.serve(app, host, port, "STATUS_ADDR")
             self.status_url = f"http://{_url_host(host)}:{bound}"
             logger.info("status port on %s", self.status_url)
         if settings.metrics_port is not None:
-            app = create_metrics_app(self.metrics.registry)
-            bound = await self._serve(app, "0.0.0.0", settings.metrics_port, "METRICS_PORT")
-            self.metrics_url = f"http://127.0.0.1:{bound}/metrics"
-            logger.info("metrics on port %d", bound)
-
-    async def _serve(self, app: web.Application, host: str, port: int, setting: str) -> int:
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        self._runners.append(runner)
-        site = web.TCPSite(runner, host, port)
-        try:
-            await site.start()
-        except OSError as exc:
-            raise StartupError(f"{setting}: cannot listen on {host}:{port}: {exc}") from None
-        sockets = runner.addresses
-        return int(sockets[0][1]) if sockets else port
+            self.metrics_url = await self._ports.serve_metrics(
+                self.metrics.registry, settings.metrics_port
+            )
 
     # ---- backend --------------------------------------------------------------------------
 
@@ -222,7 +198,7 @@ class Connector:
         healthy = self.monitor.healthy
         self.metrics.connected_to_backend.set(1 if healthy else 0)
         self.metrics.max_concurrency.set(self._capacity())
-        self._mark_status()
+        self._link_status.changed()
 
     def _capacity(self) -> int:
         return self.settings.max_concurrency if self.monitor.healthy else 0
@@ -269,10 +245,7 @@ class Connector:
             usage=TokenUsageScanner,
             clock=self._clock,
         )
-        self._status_dirty.clear()
-        self._pusher = asyncio.create_task(self._push_status(current), name="status-pusher")
-        self.metrics.connected_to_server.set(1)
-        self.connected.set()
+        self._link_status.up(current)
 
     def frame_received(self, frame: link.ServerFrame) -> None:
         """Dispatch one server frame."""
@@ -295,34 +268,19 @@ class Connector:
 
     async def link_down(self) -> None:
         """The link closed: abort its exchanges."""
-        self.connected.clear()
-        self.metrics.connected_to_server.set(0)
         self._link = None
-        if self._pusher is not None:
-            self._pusher.cancel()
-            await asyncio.gather(self._pusher, return_exceptions=True)
-            self._pusher = None
+        await self._link_status.down()
         if self._exchanges is not None:
             exchanges, self._exchanges = self._exchanges, None
             await exchanges.close()
 
-    def _mark_status(self) -> None:
-        self._status_dirty.set()
-
-    async def _push_status(self, current: Link) -> None:
-        while True:
-            await self._status_dirty.wait()
-            self._status_dirty.clear()
-            update = link.StatusUpdate(
-                models=list(self.monitor.models),
-                max_concurrency=self._capacity(),
-                status=self._status(),
-                last_error=self._last_error()[:2048],
-            )
-            try:
-                await current.send(update)
-            except ConnectionError:
-                return
+    def _status_update(self) -> link.StatusUpdate:
+        return link.StatusUpdate(
+            models=list(self.monitor.models),
+            max_concurrency=self._capacity(),
+            status=self._status(),
+            last_error=self._last_error()[:2048],
+        )
 
     # ---- exchange observer ----------------------------------------------------------------
 
