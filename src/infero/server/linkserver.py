@@ -315,7 +315,7 @@ class LinkEndpoint:
             return None
         try:
             raw = json.loads(msg.data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
             await self._refuse(ws, peer, "invalid", "hello is not JSON")
             return None
         if isinstance(raw, dict) and raw.get("type") == "hello":

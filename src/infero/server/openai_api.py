@@ -105,7 +105,7 @@ class OpenAIRelay:
             return self.reject("", "too_large", errors.too_large(limit))
         try:
             doc = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
             return self.reject("", "bad_request", errors.bad_request("Body is not valid JSON."))
         if not isinstance(doc, dict):
             return self.reject("", "bad_request", errors.bad_request("Body must be a JSON object."))
@@ -463,7 +463,7 @@ def _error_event_from(status: int, body: bytes) -> bytes:
     detail: Any = None
     try:
         detail = json.loads(body).get("error")
-    except (ValueError, AttributeError):
+    except (ValueError, RecursionError, AttributeError):
         detail = None
     if isinstance(detail, dict) and isinstance(detail.get("message"), str):
         payload = {"error": {**detail, "code": detail.get("code") or str(status)}}

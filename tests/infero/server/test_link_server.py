@@ -162,6 +162,18 @@ async def test_unsupported_protocol_version_is_refused() -> None:
         assert closing.data == 1008
 
 
+async def test_deeply_nested_hello_is_refused_as_invalid() -> None:
+    async with (
+        running_server() as srv,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(srv.url + "/api/llm/connect") as ws,
+    ):
+        await ws.send_str("[" * 100_000)
+        refused = lp.SERVER_FRAMES.validate_json((await ws.receive()).data)
+        assert isinstance(refused, lp.Refused)
+        assert refused.reason == "invalid"
+
+
 async def test_status_update_applies_at_once() -> None:
     async with running_server() as srv, scripted_connector(srv.url, models=["a"]) as conn:
         await conn.status(models=["b", "c"], max_concurrency=3, status="draining")

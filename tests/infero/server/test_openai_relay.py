@@ -147,6 +147,20 @@ async def test_bad_requests_get_openai_shaped_errors(
         assert error["code"] == code
 
 
+async def test_deeply_nested_json_body_is_a_bad_request_not_a_server_error() -> None:
+    async with (
+        running_server() as srv,
+        aiohttp.ClientSession() as http,
+        http.post(
+            srv.url + "/api/v1/chat/completions",
+            data=b"[" * 100_000,
+            headers={"Content-Type": "application/json"},
+        ) as resp,
+    ):
+        assert resp.status == 400
+        assert (await resp.json())["error"]["type"] == "invalid_request_error"
+
+
 async def test_api_key_is_required_when_configured() -> None:
     async with (
         running_server(api_key="k1") as srv,
