@@ -33,6 +33,7 @@ from infero.server.lifecycle import Lifecycle
 from infero.server.mcp.access import caller_allowed, may_learn_relays
 from infero.server.mcp.metrics import CallOutcome, McpMetrics
 from infero.server.mcp.relays import Relay, RelayRegistry
+from infero.server.middleware import REQUEST_ID_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -325,7 +326,7 @@ class Broker:
                 body=body,
                 stream=True,
                 model=method,
-                request_id=str(request.get("request_id", "")),
+                request_id=request.get(REQUEST_ID_KEY, ""),
             )
         except ExchangeFailed as failure:
             return _failure_reply(failure, first_id), "error"

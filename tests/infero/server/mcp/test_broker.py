@@ -1,0 +1,32 @@
+"""The MCP broker relays a client's call over the relay's link."""
+
+from __future__ import annotations
+
+import asyncio
+
+import aiohttp
+
+from support.connector import scripted_connector
+from support.server import running_server
+
+
+async def test_a_call_reaches_the_relay_with_the_clients_request_id() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(
+                    srv.url + "/api/mcp/id/r1",
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={"X-Request-Id": "trace-42", "Accept": "application/json"},
+                )
+            )
+            incoming = await relay.next_request()
+            assert incoming.frame.request_id == "trace-42"
+            await relay.reply(incoming.id, b'{"jsonrpc":"2.0","id":1,"result":{}}')
+            resp = await call
+            assert resp.status == 200
+            resp.release()
