@@ -173,12 +173,7 @@ class Broker:
         if relay is None:
             if not may_learn_relays(token, self.keyring):
                 return self._unauthorized()
-            return _error(
-                503,
-                "MCP_PROVIDER_UNAVAILABLE",
-                "no MCP relay is connected with this id",
-                headers={"Retry-After": "5"},
-            )
+            return _unavailable("no MCP relay is connected with this id")
         if not caller_allowed(token, keyring=self.keyring, relay_digest=relay.auth_digest):
             self._count(relay.id, "", "unauthorized", None)
             return self._unauthorized()
