@@ -161,6 +161,29 @@ async def test_deeply_nested_json_body_is_a_bad_request_not_a_server_error() -> 
         assert (await resp.json())["error"]["type"] == "invalid_request_error"
 
 
+async def test_a_connector_header_with_a_line_break_is_dropped_not_a_broken_answer() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, models=["m"]) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + "/api/v1/chat/completions", json={"model": "m"})
+            )
+            incoming = await conn.next_request()
+            headers = [("Content-Type", "application/json"), ("X-Split", "a\r\nX-Evil: 1")]
+            await conn.head(incoming.id, 200, headers)
+            await conn.body(incoming.id, b"{}")
+            await conn.end(incoming.id)
+            resp = await call
+        assert resp.status == 200
+        assert "X-Split" not in resp.headers
+        assert "X-Evil" not in resp.headers
+        assert await resp.read() == b"{}"
+        resp.release()
+
+
 async def test_api_key_is_required_when_configured() -> None:
     async with (
         running_server(api_key="k1") as srv,
