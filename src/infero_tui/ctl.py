@@ -109,7 +109,7 @@ def mcp_tables(snapshot: StateSnapshot) -> str:
 
 def as_json(snapshot: StateSnapshot, what: str) -> str:
     """The part of the snapshot a listing shows, as JSON."""
-    data = snapshot.model_dump(mode="json")
+    data = snapshot.model_dump(mode="json", include={what})
     return json.dumps(data[what], indent=2)
 
 
@@ -140,7 +140,7 @@ async def list_command(client: FleetClient, what: str, as_json_output: bool, ech
     """`workers`, `models` or `mcp`."""
     snapshot = await client.state()
     if as_json_output:
-        echo(as_json(snapshot, "workers" if what == "workers" else what))
+        echo(as_json(snapshot, what))
     elif what == "workers":
         echo(workers_table(snapshot))
     elif what == "models":
