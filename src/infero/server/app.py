@@ -80,7 +80,7 @@ def create_app(
     app.router.add_get("/api/llm/connect", endpoint.handle)
 
     health.setup(app, fleet, lifecycle)
-    state_api.setup(app, builder, lifecycle)
+    state_api.setup(app, builder)
     control.setup(app, fleet, keyring)
 
     async def close_links(_: web.Application) -> None:

@@ -197,9 +197,10 @@ def _connecting(pending: Pending) -> WorkerInfo:
     )
 
 
-def setup(app: web.Application, builder: StateBuilder, lifecycle: Lifecycle) -> None:
+def setup(app: web.Application, builder: StateBuilder) -> None:
     """Mount `/api/state` and `/api/state/stream` (behind the API key, see middleware)."""
     changes = builder.fleet.changes
+    lifecycle = builder.lifecycle
 
     async def state(_: web.Request) -> web.Response:
         return web.Response(
