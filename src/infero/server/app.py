@@ -98,6 +98,6 @@ def create_app(
 
     mcp.setup(app, settings)
     metrics.setup(app, settings)
-    dashboard.setup(app, settings)
+    dashboard.setup(app)
     openapi.setup(app, settings)
     return app

@@ -16,8 +16,6 @@ from importlib.resources import files
 
 from aiohttp import web
 
-from infero.server.settings import ServerSettings
-
 STATIC = files("infero.server") / "static"
 """Packaged assets of the dashboard and the API docs."""
 
@@ -79,7 +77,7 @@ async def handle_state_page(request: web.Request) -> web.Response:
     )
 
 
-def setup(app: web.Application, settings: ServerSettings) -> None:
+def setup(app: web.Application) -> None:
     """Mount `GET /state` on `app` (the page is built here, so a broken asset fails at start)."""
     dashboard_page()
     app.router.add_get("/state", handle_state_page)

@@ -19,7 +19,7 @@ from infero.server.settings import ServerSettings
 
 def _app() -> web.Application:
     app = web.Application()
-    dashboard.setup(app, ServerSettings())
+    dashboard.setup(app)
     return app
 
 
