@@ -114,12 +114,7 @@ def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> 
         )
     if failure.code == "draining":
         return _unavailable("the MCP relay is draining", request_id=request_id)
-    return _error(
-        503,
-        "MCP_PROVIDER_UNAVAILABLE",
-        "the MCP relay went away during the call",
-        request_id=request_id,
-    )
+    return _unavailable("the MCP relay went away during the call", request_id=request_id)
 
 
 def _broken_code(failure: ExchangeFailed) -> tuple[pm.McpCode, str]:

@@ -30,3 +30,27 @@ async def test_a_call_reaches_the_relay_with_the_clients_request_id() -> None:
             resp = await call
             assert resp.status == 200
             resp.release()
+
+
+async def test_a_relay_gone_before_answering_is_a_503_with_retry_after() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(
+                    srv.url + "/api/mcp/id/r1",
+                    json={"jsonrpc": "2.0", "id": 7, "method": "tools/list"},
+                    headers={"Accept": "application/json"},
+                )
+            )
+            await relay.next_request()
+            await relay.ws.close()
+            resp = await call
+        assert resp.status == 503
+        assert resp.headers["Retry-After"] == "5"
+        body = await resp.json()
+        assert body["error"]["data"] == {"mcp": "MCP_PROVIDER_UNAVAILABLE"}
+        assert body["id"] == 7
