@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
 from collections.abc import Callable
 
@@ -15,7 +13,7 @@ from infero.server import state as state_api
 from infero.server.auth import KeyRing, load_keyring
 from infero.server.events import EventBus
 from infero.server.lifecycle import Lifecycle
-from infero.server.linkserver import CLOSE_GOING_AWAY, LinkEndpoint
+from infero.server.linkserver import LinkEndpoint, shut_down_links
 from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
 from infero.server.openai_api import ROUTES, OpenAIRelay
 from infero.server.registry import Fleet
@@ -86,13 +84,7 @@ def create_app(
     async def close_links(_: web.Application) -> None:
         lifecycle.stopping.set()
         fleet.changes.bump()
-        links = fleet.live_links()
-        for link in links:
-            link.fail_exchanges("server shutting down")
-        with contextlib.suppress(ConnectionError):
-            await asyncio.gather(
-                *(link.close(CLOSE_GOING_AWAY, "server shutdown") for link in links)
-            )
+        await shut_down_links(fleet.live_links())
 
     app.on_shutdown.append(close_links)
 

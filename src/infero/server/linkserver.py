@@ -13,7 +13,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
@@ -204,6 +204,15 @@ class Link:
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(message)
+
+
+async def shut_down_links(links: Iterable[Link]) -> None:
+    """Server shutdown: fail every exchange on `links`, then close them all at once (1001)."""
+    links = list(links)
+    for link in links:
+        link.fail_exchanges("server shutting down")
+    with contextlib.suppress(ConnectionError):
+        await asyncio.gather(*(link.close(CLOSE_GOING_AWAY, "server shutdown") for link in links))
 
 
 class LinkEndpoint:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import contextlib
-
 from aiohttp import web
 
 from infero.server import control, keys
-from infero.server.linkserver import CLOSE_GOING_AWAY, Link, LinkEndpoint
+from infero.server.linkserver import Link, LinkEndpoint, shut_down_links
 from infero.server.mcp.broker import Broker, Limits
 from infero.server.mcp.metrics import McpMetrics
 from infero.server.mcp.relays import RelayRegistry
@@ -60,12 +58,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
             holder.append(McpMetrics(app[METRICS_REGISTRY], registry.state))
 
     async def close_links(_: web.Application) -> None:
-        links = [relay.link for relay in registry.relays.values()]
-        for link in links:
-            link.fail_exchanges("server shutting down")
-        with contextlib.suppress(ConnectionError):
-            for link in links:
-                await link.close(CLOSE_GOING_AWAY, "server shutdown")
+        await shut_down_links(relay.link for relay in registry.relays.values())
 
     app.on_startup.append(register_metrics)
     app.on_shutdown.append(close_links)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 
 import aiohttp
 
@@ -54,3 +55,22 @@ async def test_a_relay_gone_before_answering_is_a_503_with_retry_after() -> None
         body = await resp.json()
         assert body["error"]["data"] == {"mcp": "MCP_PROVIDER_UNAVAILABLE"}
         assert body["id"] == 7
+
+
+async def test_server_shutdown_closes_every_relay_link_as_going_away() -> None:
+    async with contextlib.AsyncExitStack() as relays:
+        server = running_server()
+        srv = await server.__aenter__()
+        try:
+            connected = [
+                await relays.enter_async_context(
+                    scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id=rid)
+                )
+                for rid in ("r1", "r2")
+            ]
+        finally:
+            await server.__aexit__(None, None, None)
+        async with asyncio.timeout(5):
+            for relay in connected:
+                await relay.closed.wait()
+        assert [relay.ws.close_code for relay in connected] == [1001, 1001]
