@@ -24,6 +24,8 @@ class ServerInfo(_Model):
 
     now: datetime
     version: str
+    started_at: datetime | None = None
+    """When the server started (`uptime_s` is `now` minus this)."""
     build_sha: str = ""
     build_date: str = ""
     state: ServerState
@@ -58,6 +60,8 @@ class ModelInfo(_Model):
     """Of those, how many can take work now (not draining, backend up)."""
     queue_len: int = 0
     oldest_wait_ms: int = 0
+    queued_since: datetime | None = None
+    """When the oldest waiting request joined the queue (`oldest_wait_ms` is its age)."""
     requests_total: int = 0
     success_total: int = 0
     error_total: int = 0

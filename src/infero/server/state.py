@@ -99,6 +99,7 @@ class StateBuilder:
         server = ServerInfo(
             now=_dt(now),
             version=BUILD.version,
+            started_at=_dt(self.started),
             build_sha=BUILD.sha,
             build_date=BUILD.date,
             state=state,
@@ -168,12 +169,15 @@ class StateBuilder:
     def _model(self, name: str, workers: list[Worker]) -> ModelInfo:
         owners = [w for w in workers if w.live and name in w.models]
         c = self.fleet.model_totals.get(name) or Counters()
+        queue_len = self.scheduler.queue_len(name)
+        wait_s = self.scheduler.oldest_wait_s(name)
         return ModelInfo(
             name=name,
             workers=len(owners),
             ready_workers=sum(1 for w in owners if w.serving),
-            queue_len=self.scheduler.queue_len(name),
-            oldest_wait_ms=int(self.scheduler.oldest_wait_s(name) * 1000),
+            queue_len=queue_len,
+            oldest_wait_ms=int(wait_s * 1000),
+            queued_since=_dt(time.time() - wait_s) if queue_len else None,
             requests_total=c.requests_total,
             success_total=c.success_total,
             error_total=c.error_total,
