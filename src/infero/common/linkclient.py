@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import secrets
 import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol
@@ -250,6 +251,8 @@ class LinkClient:
         self._stop = asyncio.Event()
         self.link: Link | None = None
         self.last_error = ""
+        self.instance = secrets.token_hex(8)
+        """Sent in every hello: lets this process replace its own stale link at once."""
 
     def stop(self) -> None:
         """Leave: close the current link and do not reconnect; `run` returns 0."""
@@ -339,7 +342,8 @@ class LinkClient:
             await current.close("connector leaving")
 
     async def _handshake(self, ws: ClientConnection) -> link.Welcome:
-        await ws.send(link.encode(self._handler.hello()))
+        hello = self._handler.hello().model_copy(update={"instance": self.instance})
+        await ws.send(link.encode(hello))
         try:
             async with asyncio.timeout(HANDSHAKE_TIMEOUT):
                 raw = await ws.recv()

@@ -52,6 +52,10 @@ class Hello(_Frame):
     """Stable connector id (`CLIENT_ID`); empty `mcp` relay ids are assigned by the server."""
     name: str = Field(default="", max_length=128)
     """Display name (`CLIENT_NAME`)."""
+    instance: str = Field(default="", max_length=64)
+    """Random nonce of this connector process, the same on every reconnect: the server lets
+    a link of the same instance replace its stale predecessor at once, and refuses another
+    instance while the holder of the id is live (`duplicate`). Empty: an unknown instance."""
     version: str = Field(default="", max_length=64)
     build_sha: str = Field(default="", max_length=64)
     build_date: str = Field(default="", max_length=64)

@@ -37,6 +37,10 @@ INLINE_BODY = 64 * 1024
 HELLO_TIMEOUT = 10.0
 """Seconds a new link has to send its Hello."""
 
+STALE_AFTER = 2.0
+"""A link silent for this many heartbeat intervals is stale: a newcomer with its id may
+replace it (a live connector is heard from at least once per interval)."""
+
 CLOSE_POLICY = 1008
 CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
@@ -189,6 +193,14 @@ class Link:
         transport.write(data)
         return True
 
+    def replaceable_by(self, hello: lp.Hello) -> bool:
+        """May a newcomer with `hello` take this link's id? Yes for the same connector instance
+        reconnecting, and when this link is closed or stale; never for another live one."""
+        if hello.instance and hello.instance == self.hello.instance:
+            return True
+        silent = self.clock() - self.liveness.last_received
+        return self.closed or silent >= STALE_AFTER * self.liveness.interval
+
     def forget(self, exchange: Exchange) -> None:
         """Drop an exchange the handler no longer reads (late frames for it are ignored)."""
         if self.exchanges.get(exchange.id) is exchange:
@@ -204,6 +216,15 @@ class Link:
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(message)
+
+
+def duplicate_refusal(client_id: str) -> lp.Refused:
+    """The answer to a second connector that asks for the id of a live one."""
+    return lp.Refused(
+        reason="duplicate",
+        message=f"another connector with CLIENT_ID={client_id} is linked; "
+        "give each connector its own CLIENT_ID",
+    )
 
 
 async def shut_down_links(links: Iterable[Link]) -> None:
@@ -338,8 +359,8 @@ class LinkEndpoint:
                     f"protocol {protocol!r} not supported (server speaks {supported})",
                 )
                 return None
-        try:
-            hello = lp.Hello.model_validate(raw)
+        try:  # from the text again: pydantic's JSON parser refuses lone surrogates
+            hello = lp.Hello.model_validate_json(msg.data)
         except ValidationError as exc:
             detail = exc.errors(include_url=False)[0]
             where = ".".join(map(str, detail.get("loc", ()))) or "hello"

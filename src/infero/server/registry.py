@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from infero.protocol.link import Hello, Refused, Status, StatusUpdate
 from infero.protocol.state import WorkerStatus
 from infero.server.changes import ChangeFeed
+from infero.server.linkserver import duplicate_refusal
 
 if TYPE_CHECKING:
     from infero.server.linkserver import Link
@@ -167,7 +168,8 @@ class Candidates:
 class Fleet:
     """Every LLM connector by id (live and recently gone), plus per-model totals.
 
-    It is the link handler of kind `llm`: a duplicate id replaces the old link.
+    It is the link handler of kind `llm`: a second live connector with the id of a live one is
+    refused; the same connector instance reconnecting replaces its stale link.
     """
 
     def __init__(self, *, gone_retention: float, clock: Callable[[], float] = time.time) -> None:
@@ -204,9 +206,12 @@ class Fleet:
             self.changes.bump()
 
     def admit(self, hello: Hello) -> Refused | str:
-        """Accept any hello with an id; the id is the connector's own (a duplicate replaces)."""
+        """Accept a hello with an id no other live connector holds; the id is the connector's."""
         if not hello.id:
             return Refused(reason="invalid", message="an llm connector needs an id")
+        holder = self.workers.get(hello.id)
+        if holder is not None and holder.link is not None and not holder.link.replaceable_by(hello):
+            return duplicate_refusal(hello.id)
         return hello.id
 
     def attached(self, hello: Hello, link: Link) -> Link | None:

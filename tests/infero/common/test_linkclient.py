@@ -14,6 +14,7 @@ from aiohttp.test_utils import TestServer
 from infero.common.backoff import Backoff
 from infero.common.linkclient import Link, LinkClient
 from infero.protocol import link
+from support.server import running_server
 
 ServerFactory = Callable[..., Awaitable[TestServer]]
 
@@ -148,6 +149,8 @@ async def test_attempt_counter_resets_after_a_successful_connection(
     assert delays == [1, 1, 1, 1]
     assert handler.downs == 4
     assert [h.models for h in seen] == [["model-1"], ["model-2"], ["model-3"], ["model-4"]]
+    assert {h.instance for h in seen} == {client.instance}
+    assert client.instance
 
 
 async def test_lost_link_without_reconnect_exits_non_zero(
@@ -191,3 +194,37 @@ async def test_answered_pings_keep_the_link_up_past_dead_after(
         assert not task.done()
         client.stop()
         assert await task == 0
+
+
+async def test_a_second_connector_with_a_linked_id_is_refused_logs_what_to_change_and_backs_off(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async with running_server(client_key="ck") as srv:
+        first_handler = Handler()
+        first = LinkClient(srv.ws_url, first_handler, component="test", reconnect=True)
+        first_run = asyncio.create_task(first.run())
+        delays: list[float] = []
+        second: LinkClient
+
+        async def sleep(delay: float) -> None:
+            delays.append(delay)
+            if len(delays) == 5:
+                second.stop()
+
+        second = LinkClient(srv.ws_url, Handler(), component="test", reconnect=True, sleep=sleep)
+        async with asyncio.timeout(10):
+            await first_handler.up.wait()
+            assert await second.run() == 0
+            assert delays == [1, 1, 1, 5, 5]
+            assert not first_run.done()
+            assert srv.fleet.workers["c1"].link is not None
+            first.stop()
+            assert await first_run == 0
+    refusals = [r for r in caplog.records if "refused the connector" in r.getMessage()]
+    assert len(refusals) == 5
+    assert all(r.levelno == logging.ERROR for r in refusals)
+    assert (
+        "duplicate: another connector with CLIENT_ID=c1 is linked; "
+        "give each connector its own CLIENT_ID" in refusals[0].getMessage()
+    )
+    assert second.last_error.startswith("refused by server: duplicate")

@@ -5,13 +5,17 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+from typing import cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from infero.common.liveness import Liveness
 from infero.protocol import link as lp
 from infero.server import keys
 from infero.server.exchange import Exchange, ExchangeFailed
+from infero.server.linkserver import Link
 from support.connector import scripted_connector
 from support.server import running_server
 
@@ -117,11 +121,34 @@ async def test_silent_link_is_closed_by_the_heartbeat_and_becomes_gone() -> None
         assert conn.pings >= 1
 
 
-async def test_duplicate_id_replaces_the_old_link() -> None:
+async def test_a_second_connector_with_a_live_id_is_refused_and_the_first_keeps_serving(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING, "infero.server.linkserver")
     async with (
         running_server() as srv,
-        scripted_connector(srv.url, id="dup", models=["old"]) as first,
-        scripted_connector(srv.url, id="dup", models=["new"]) as second,
+        scripted_connector(srv.url, id="dup", instance="a", models=["old"]) as first,
+        scripted_connector(srv.url, id="dup", instance="b", models=["new"]) as second,
+    ):
+        assert isinstance(second.answer, lp.Refused)
+        assert second.answer.reason == "duplicate"
+        assert second.answer.message == (
+            "another connector with CLIENT_ID=dup is linked; give each connector its own CLIENT_ID"
+        )
+        worker = srv.fleet.workers["dup"]
+        assert worker.live
+        assert worker.link is not None
+        assert not worker.link.closed
+        assert worker.models == {"old"}
+        assert not first.closed.is_set()
+    assert "refused (duplicate)" in caplog.text
+
+
+async def test_the_same_instance_reconnecting_replaces_its_own_link_at_once() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="dup", instance="a", models=["old"]) as first,
+        scripted_connector(srv.url, id="dup", instance="a", models=["new"]) as second,
     ):
         assert isinstance(second.answer, lp.Welcome)
         async with asyncio.timeout(5):
@@ -130,6 +157,30 @@ async def test_duplicate_id_replaces_the_old_link() -> None:
         assert worker.live
         assert worker.models == {"new"}
         assert len(srv.fleet.live_links()) == 1
+
+
+def test_a_link_silent_for_two_heartbeats_is_stale_and_may_be_replaced() -> None:
+    now = [0.0]
+    liveness = Liveness(interval=5.0, dead_after=15.0, now=0.0)
+    holder = Link(
+        cast(web.WebSocketResponse, None),
+        lp.Hello(id="w", instance="a"),
+        "w",
+        window=lp.DEFAULT_WINDOW,
+        liveness=liveness,
+        clock=lambda: now[0],
+    )
+    other, same, unknown = (lp.Hello(id="w", instance=i) for i in ("b", "a", ""))
+    now[0] = 9.0
+    assert not holder.replaceable_by(other)
+    assert not holder.replaceable_by(unknown)
+    assert holder.replaceable_by(same)
+    liveness.received(9.0)
+    now[0] = 18.5
+    assert not holder.replaceable_by(other)
+    now[0] = 19.0
+    assert holder.replaceable_by(other)
+    assert holder.replaceable_by(unknown)
 
 
 async def test_wrong_client_key_is_refused_and_the_reason_logged(
@@ -222,4 +273,20 @@ async def test_llm_endpoint_refuses_mcp_relays_and_connectors_without_id() -> No
         async with scripted_connector(srv.url, id="") as conn:
             assert isinstance(conn.answer, lp.Refused)
             assert conn.answer.reason == "invalid"
+        assert srv.fleet.workers == {}
+
+
+async def test_a_hello_with_a_lone_surrogate_is_refused_not_dropped() -> None:
+    async with (
+        running_server(client_key="k") as srv,
+        aiohttp.ClientSession() as http,
+        http.ws_connect(srv.url + "/api/llm/connect") as ws,
+    ):
+        await ws.send_str('{"type":"hello","protocol":1,"id":"x","client_key":"\\ud800"}')
+        refused = lp.SERVER_FRAMES.validate_json((await ws.receive()).data)
+        assert isinstance(refused, lp.Refused)
+        assert refused.reason == "invalid"
+        closing = await ws.receive()
+        assert closing.type == aiohttp.WSMsgType.CLOSE
+        assert closing.data == 1008
         assert srv.fleet.workers == {}

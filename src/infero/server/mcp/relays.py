@@ -1,9 +1,10 @@
 """The MCP relays connected to this server, their calls and their clients' sessions.
 
-`RelayRegistry` is the link handler of kind `mcp`: it assigns ids, refuses an id that a
-live relay holds, and keeps the counters `/api/state` shows (`mcp.clients`,
-`mcp.sessions`). Sessions are the `Mcp-Session-Id`s providers issued through a relay;
-one ends with a DELETE, a 404 from the provider, or the relay's departure.
+`RelayRegistry` is the link handler of kind `mcp`: it assigns ids, refuses an id that
+another live relay holds (the same relay instance reconnecting replaces its stale link), and
+keeps the counters `/api/state` shows (`mcp.clients`, `mcp.sessions`). Sessions are the
+`Mcp-Session-Id`s providers issued through a relay; one ends with a DELETE, a 404 from the
+provider, or the relay's departure.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
-from infero.server.linkserver import Link
+from infero.server.linkserver import Link, duplicate_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class RelayRegistry:
         return contextlib.nullcontext()
 
     def admit(self, hello: lp.Hello) -> lp.Refused | str:
-        """Assign an id when none is asked for; refuse an id a live relay holds."""
+        """Assign an id when none is asked for; refuse an id another live relay holds."""
         if not hello.id:
             return uuid.uuid4().hex
         if not VALID_ID.match(hello.id):
@@ -104,16 +105,13 @@ class RelayRegistry:
                 reason="invalid",
                 message="CLIENT_ID may use letters, digits and . _ ~ - only (at most 128)",
             )
-        if hello.id in self.relays:
-            return lp.Refused(
-                reason="duplicate",
-                message=f"relay id {hello.id!r} is in use by a connected relay; "
-                "stop it or choose another CLIENT_ID",
-            )
+        holder = self.relays.get(hello.id)
+        if holder is not None and not holder.link.replaceable_by(hello):
+            return duplicate_refusal(hello.id)
         return hello.id
 
     def attached(self, hello: lp.Hello, link: Link) -> Link | None:
-        """Register the relay; a racing registration of the same id is replaced."""
+        """Register the relay; return the stale link of the same id it replaces."""
         old = self.relays.get(link.id)
         self.relays[link.id] = Relay(
             id=link.id,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import cast
 
+from aiohttp import web
+
+from infero.common.liveness import Liveness
 from infero.protocol import link as lp
 from infero.server.linkserver import Link
 from infero.server.mcp.relays import MAX_SESSIONS_PER_RELAY, RelayRegistry
@@ -21,14 +23,22 @@ class Clock:
         return self.now
 
 
-def fake_link(link_id: str) -> Link:
-    return cast(Link, SimpleNamespace(id=link_id, closed=False))
+def fake_link(link_id: str, hello: lp.Hello | None = None, *, silent: float = 0.0) -> Link:
+    """A link (no socket) last heard from `silent` seconds ago; heartbeat interval 5 s."""
+    return Link(
+        cast(web.WebSocketResponse, None),
+        hello or lp.Hello(kind="mcp", id=link_id),
+        link_id,
+        window=lp.DEFAULT_WINDOW,
+        liveness=Liveness(interval=5.0, dead_after=15.0, now=0.0),
+        clock=lambda: silent,
+    )
 
 
-def attach(registry: RelayRegistry, hello: lp.Hello) -> Link:
+def attach(registry: RelayRegistry, hello: lp.Hello, *, silent: float = 0.0) -> Link:
     verdict = registry.admit(hello)
     assert isinstance(verdict, str)
-    link = fake_link(verdict)
+    link = fake_link(verdict, hello, silent=silent)
     assert registry.attached(hello, link) is None
     return link
 
@@ -43,11 +53,24 @@ def test_an_empty_id_gets_one_assigned_and_a_wanted_id_is_kept() -> None:
 
 def test_an_id_held_by_a_live_relay_is_refused_as_duplicate() -> None:
     registry = RelayRegistry()
-    attach(registry, lp.Hello(kind="mcp", id="taken"))
-    refused = registry.admit(lp.Hello(kind="mcp", id="taken"))
-    assert isinstance(refused, lp.Refused)
-    assert refused.reason == "duplicate"
-    assert "taken" in refused.message
+    attach(registry, lp.Hello(kind="mcp", id="taken", instance="a"))
+    for instance in ("b", ""):
+        refused = registry.admit(lp.Hello(kind="mcp", id="taken", instance=instance))
+        assert isinstance(refused, lp.Refused)
+        assert refused.reason == "duplicate"
+        assert "CLIENT_ID=taken" in refused.message
+
+
+def test_the_same_relay_instance_or_a_stale_holder_is_replaced() -> None:
+    registry = RelayRegistry()
+    attach(registry, lp.Hello(kind="mcp", id="r", instance="a"))
+    again = lp.Hello(kind="mcp", id="r", instance="a")
+    assert registry.admit(again) == "r"
+    old = registry.relays["r"].link
+    assert registry.attached(again, fake_link("r", again)) is old
+    stale = RelayRegistry()
+    attach(stale, lp.Hello(kind="mcp", id="s", instance="a"), silent=10.0)
+    assert stale.admit(lp.Hello(kind="mcp", id="s", instance="b")) == "s"
 
 
 def test_ids_that_do_not_fit_in_a_url_are_refused() -> None:
