@@ -17,6 +17,7 @@ from urllib.parse import quote
 import httpx
 from pydantic import BaseModel, ValidationError
 
+from infero.common.tls import check_ca_file, client_context, describe_failure, verify_failure
 from infero.protocol.errors import ErrorBody
 from infero.protocol.state import StateSnapshot
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
@@ -139,13 +140,29 @@ class FleetClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 10.0,
         stream_read_timeout: float = 30.0,
+        ca_file: str = "",
     ) -> None:
         self.base_url = check_base_url(base_url).rstrip("/")
         self.credentials = credentials
+        self._ca_file = ca_file
+        try:
+            check_ca_file(ca_file)
+        except ValueError as exc:
+            raise ClientError(f"TLS_CA_FILE: {exc}") from None
         self._stream_timeout = httpx.Timeout(timeout, read=stream_read_timeout)
         self._http = httpx.AsyncClient(
-            base_url=self.base_url, transport=transport, timeout=timeout, trust_env=False
+            base_url=self.base_url,
+            transport=transport,
+            timeout=timeout,
+            trust_env=False,
+            verify=client_context(ca_file),
         )
+
+    def _unreachable(self, exc: httpx.HTTPError) -> str:
+        failure = verify_failure(exc)
+        if failure is not None:
+            return describe_failure(self.base_url, failure, self._ca_file)
+        return f"{self.base_url} unreachable ({type(exc).__name__})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -165,7 +182,7 @@ class FleetClient:
         try:
             response = await self._http.get("/api/state", headers=self.credentials.for_read())
         except httpx.HTTPError as exc:
-            raise ClientError(f"state: {self.base_url} unreachable ({type(exc).__name__})") from exc
+            raise ClientError(f"state: {self._unreachable(exc)}") from exc
         _raise_for_status(response, "state")
         return _parse(StateSnapshot, response, "state")
 
@@ -187,6 +204,8 @@ class FleetClient:
                     except ValidationError:
                         logger.warning("state stream: skipped an invalid snapshot")
         except httpx.HTTPError as exc:
+            if verify_failure(exc) is not None:
+                raise StreamLost(f"state stream: {self._unreachable(exc)}") from exc
             raise StreamLost(f"state stream lost ({type(exc).__name__})") from exc
         raise StreamLost("state stream ended")
 
@@ -196,7 +215,7 @@ class FleetClient:
         try:
             response = await self._http.post(path, headers=self.credentials.for_action())
         except httpx.HTTPError as exc:
-            raise ClientError(f"{action}: {self.base_url} unreachable") from exc
+            raise ClientError(f"{action}: {self._unreachable(exc)}") from exc
         _raise_for_status(response, action)
         return _parse(ControlAccepted, response, action)
 

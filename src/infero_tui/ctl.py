@@ -7,6 +7,7 @@ worker name), 3 key refused (401/403), 4 unknown worker.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable, Sequence
 
 from infero.protocol.state import StateSnapshot, WorkerInfo
@@ -129,9 +130,12 @@ def resolve_worker(snapshot: StateSnapshot, wanted: str) -> WorkerInfo:
 
 
 def open_client(server: str, api_key: str, operator_key: str) -> FleetClient:
-    """The client for `server`; a malformed URL is a usage error (exit 2)."""
+    """The client for `server` (https:// verified, with `TLS_CA_FILE` from the environment when
+    set); a malformed URL is a usage error (exit 2)."""
     try:
-        return FleetClient(server, Credentials(api_key, operator_key))
+        return FleetClient(
+            server, Credentials(api_key, operator_key), ca_file=os.environ.get("TLS_CA_FILE", "")
+        )
     except ClientError as exc:
         raise UsageError(str(exc)) from None
 

@@ -9,7 +9,7 @@ from typing import Any
 
 from aiohttp import web
 
-from infero.server import keys
+from infero.server import keys, tls
 from infero.server.app import create_app
 from infero.server.registry import Fleet
 from infero.server.settings import ServerSettings
@@ -21,7 +21,7 @@ class RunningServer:
 
     app: web.Application
     url: str
-    """`http://127.0.0.1:<port>`."""
+    """`http://127.0.0.1:<port>` (`https://` with TLS settings)."""
 
     @property
     def fleet(self) -> Fleet:
@@ -52,10 +52,12 @@ async def running_server(
     app = create_app(config)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
+    context = tls.context_of(app)
+    site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)
     await site.start()
     port = runner.addresses[0][1]
+    scheme = "https" if context else "http"
     try:
-        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
+        yield RunningServer(app=app, url=f"{scheme}://127.0.0.1:{port}")
     finally:
         await runner.cleanup()

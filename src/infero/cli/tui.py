@@ -64,6 +64,14 @@ def tui(
             "--operator-key", envvar="OPERATOR_KEY", help="Key with the operator role (actions)."
         ),
     ] = "",
+    tls_ca_file: Annotated[
+        str,
+        typer.Option(
+            "--tls-ca-file",
+            envvar="TLS_CA_FILE",
+            help="PEM CA certificates that sign an https:// server (private CA).",
+        ),
+    ] = "",
     worker: Annotated[
         str | None,
         typer.Option(
@@ -124,7 +132,7 @@ def tui(
             raise typer.Exit(2) from None
     elif server is not None:
         try:
-            fleet = FleetClient(server, Credentials(api_key, operator_key))
+            fleet = FleetClient(server, Credentials(api_key, operator_key), ca_file=tls_ca_file)
         except ClientError as exc:
             typer.echo(f"infero tui: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -42,6 +42,7 @@ def new_link_client(
         handler,
         component=component,
         reconnect=settings.reconnect,
+        ca_file=settings.tls_ca_file,
         backoff=backoff,
         sleep=sleep,
         clock=clock,

@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from infero.common.backoff import Backoff
 from infero.common.liveness import Action, Liveness
+from infero.common.tls import client_context, describe_failure, verify_failure
 from infero.protocol import link
 
 logger = logging.getLogger(__name__)
@@ -237,11 +238,14 @@ class LinkClient:
         *,
         component: str,
         reconnect: bool,
+        ca_file: str = "",
         backoff: Backoff | None = None,
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
         self._url = url
+        self._ca_file = ca_file
+        self._tls = client_context(ca_file) if url.startswith("wss:") else None
         self._handler = handler
         self._component = component
         self._reconnect = reconnect
@@ -270,15 +274,16 @@ class LinkClient:
                 if exc.frame.reason in FATAL_REFUSALS:
                     return 1
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
-                self.last_error = f"cannot reach server: {_describe(exc)}"
+                why = self._describe(exc)
+                self.last_error = f"cannot reach server: {why}"
                 if not self._reconnect:
                     logger.error(
                         "cannot reach the server at %s: %s (pass --reconnect/-r to keep trying)",
                         where,
-                        _describe(exc),
+                        why,
                     )
                     return 1
-                logger.warning("cannot reach the server at %s: %s", where, _describe(exc))
+                logger.warning("cannot reach the server at %s: %s", where, why)
             else:
                 if self._stop.is_set():
                     break
@@ -297,6 +302,12 @@ class LinkClient:
             logger.info("reconnecting in %gs (attempt %d)", delay, self.backoff.attempt)
             await self._wait_or_stop(self._sleep(delay))
         return 0
+
+    def _describe(self, exc: BaseException) -> str:
+        failure = verify_failure(exc)
+        if failure is not None:
+            return describe_failure(self._url, failure, self._ca_file)
+        return _describe(exc)
 
     async def _wait_or_stop(self, waiting: Awaitable[None]) -> None:
         sleeper = asyncio.ensure_future(waiting)
@@ -318,6 +329,7 @@ class LinkClient:
             open_timeout=HANDSHAKE_TIMEOUT,
             close_timeout=2,
             user_agent_header=self._component,
+            ssl=self._tls,
         ) as ws:
             welcome = await self._handshake(ws)
             self.backoff.reset()

@@ -27,6 +27,7 @@ from pydantic import (
 )
 
 from infero.common.durations import parse_duration
+from infero.common.tls import check_ca_file
 
 APP_NAME = "infero"
 
@@ -172,6 +173,11 @@ class ConnectorSettings(SettingsModel):
     ] = ""
     client_name: Annotated[
         str, Field(max_length=128), Opt("CLIENT_NAME", "Display name; the hostname if empty.")
+    ] = ""
+    tls_ca_file: Annotated[
+        str,
+        AfterValidator(check_ca_file),
+        Opt("TLS_CA_FILE", "PEM CA certificates that sign a wss:// server (private CA)."),
     ] = ""
     reconnect: Annotated[
         Bool,

@@ -8,7 +8,17 @@ from collections.abc import Callable
 from aiohttp import web
 
 from infero.protocol.state import McpState
-from infero.server import control, dashboard, health, keys, mcp, metrics, models_api, openapi
+from infero.server import (
+    control,
+    dashboard,
+    health,
+    keys,
+    mcp,
+    metrics,
+    models_api,
+    openapi,
+    tls,
+)
 from infero.server import state as state_api
 from infero.server.auth import KeyRing, load_keyring
 from infero.server.events import EventBus
@@ -33,7 +43,7 @@ def create_app(
 ) -> web.Application:
     """Build the server: OpenAI relay, links, state, health, control, and the others' parts.
 
-    Raises `ConfigError` when the API keys file is unusable.
+    Raises `ConfigError` when the API keys file or the TLS certificate is unusable.
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
     lifecycle = Lifecycle()
@@ -89,6 +99,7 @@ def create_app(
     app.on_shutdown.append(close_links)
 
     mcp.setup(app, settings)
+    tls.setup(app, settings)
     metrics.setup(app, settings)
     dashboard.setup(app)
     openapi.setup(app, settings)

@@ -24,7 +24,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from infero.common.metrics import register_build_info
 from infero.protocol.state import StateSnapshot
-from infero.server import keys
+from infero.server import keys, tls
 from infero.server.events import RejectReason, RequestFinished, RequestRejected
 from infero.server.settings import ServerSettings
 
@@ -255,7 +255,7 @@ def _separate_listener(
         runner = web.AppRunner(side, access_log=None)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port).start()
+            await web.TCPSite(runner, host, port, ssl_context=tls.context_of(app)).start()
         except OSError:
             await runner.cleanup()
             raise

@@ -14,7 +14,7 @@ from infero.common.buildinfo import BUILD
 from infero.common.logs import setup_logging
 from infero.common.process import loop_factory, settle_heap
 from infero.common.settings import ConfigError
-from infero.server import keys
+from infero.server import keys, tls
 from infero.server.app import create_app
 from infero.server.auth import KeyRing
 from infero.server.settings import ServerSettings
@@ -82,17 +82,29 @@ async def serve(settings: ServerSettings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    certificate = app.get(tls.TLS)
+    if certificate is not None:
+        loop.add_signal_handler(signal.SIGHUP, certificate.reload)
     runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
     await runner.setup()
     try:
-        site = web.TCPSite(runner, settings.host, settings.port, backlog=LISTEN_BACKLOG)
+        site = web.TCPSite(
+            runner,
+            settings.host,
+            settings.port,
+            backlog=LISTEN_BACKLOG,
+            ssl_context=tls.context_of(app),
+        )
         await site.start()
         settle_heap()
-        logger.info("%s listening on %s:%s", BUILD.line("infero"), settings.host, settings.port)
+        scheme = "https" if certificate is not None else "http"
+        logger.info(
+            "%s listening on %s:%s (%s)", BUILD.line("infero"), settings.host, settings.port, scheme
+        )
         await first.wait()
         await drain_then_stop(app, settings.drain_timeout, second)
     finally:
-        for signum in (signal.SIGTERM, signal.SIGINT):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
     logger.info("server stopped")

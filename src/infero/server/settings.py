@@ -39,6 +39,22 @@ class ServerSettings(SettingsModel):
     metrics_port: Annotated[
         Port | None, Opt("METRICS_PORT", "Serve /metrics on this port instead of PORT.")
     ] = None
+    tls_cert_file: Annotated[
+        str,
+        Opt(
+            "TLS_CERT_FILE",
+            "PEM certificate chain: serve HTTPS/WSS (reloaded on change or SIGHUP).",
+            aliases=("--tls-cert",),
+        ),
+    ] = ""
+    tls_key_file: Annotated[
+        str,
+        Opt(
+            "TLS_KEY_FILE",
+            "PEM private key of TLS_CERT_FILE (empty: the key is in that file).",
+            aliases=("--tls-key",),
+        ),
+    ] = ""
     allowed_origins: Annotated[
         CsvList, Opt("ALLOWED_ORIGINS", "Comma-separated CORS origins; empty denies all.")
     ] = ()
