@@ -34,6 +34,8 @@ class ServerInfo(_Model):
     jobs_inflight_total: int = 0
     jobs_completed_total: int = 0
     jobs_failed_total: int = 0
+    jobs_cancelled_total: int = 0
+    """Requests the client gave up on (disconnect or stalled reader): not failures."""
     scheduler_queue_len: int = 0
     """Requests waiting in all model queues."""
 
@@ -65,6 +67,8 @@ class ModelInfo(_Model):
     requests_total: int = 0
     success_total: int = 0
     error_total: int = 0
+    cancelled_total: int = 0
+    """Requests the client gave up on (disconnect or stalled reader)."""
     tokens_in_total: int = 0
     tokens_out_total: int = 0
     avg_ttft_ms: float = 0.0
@@ -78,6 +82,7 @@ class PerModelCounters(_Model):
 
     success_total: int = 0
     error_total: int = 0
+    cancelled_total: int = 0
     tokens_in_total: int = 0
     tokens_out_total: int = 0
 
@@ -104,6 +109,9 @@ class WorkerInfo(_Model):
     processing_ms_total: int = 0
     avg_processing_ms: float = 0.0
     failures_total: int = 0
+    """Requests that failed on this connector (client cancels are not failures)."""
+    cancelled_total: int = 0
+    """Requests on this connector the client gave up on (disconnect or stalled reader)."""
     queue_len: int = 0
     """Requests waiting for a model this connector serves."""
     last_error: str = ""

@@ -17,6 +17,9 @@ from infero.server.events import EventBus, RequestRejected
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 REQUEST_ID = "X-Request-Id"
+INFERO_REQUEST_ID = "X-Infero-Request-Id"
+"""infero's own id of the request, on every answer (a relayed answer keeps the backend's
+`X-Request-Id` when it sends one)."""
 
 REQUEST_ID_KEY = web.RequestKey("request_id", str)
 """The request's id (client's `X-Request-Id` or generated)."""
@@ -30,7 +33,7 @@ PUBLIC_API_PREFIXES = ("/api/workers/connect", "/api/llm/connect", "/api/mcp/", 
 broker checks its callers itself; the API docs are public)."""
 
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
-_EXPOSED = "X-Request-Id, X-Infero-Overhead-Ms, Retry-After, Mcp-Session-Id"
+_EXPOSED = "X-Request-Id, X-Infero-Request-Id, X-Infero-Overhead-Ms, Retry-After, Mcp-Session-Id"
 
 
 class OriginPolicy:
@@ -150,10 +153,11 @@ def _preflight(request: web.Request) -> web.StreamResponse:
 
 
 async def on_response_prepare(request: web.Request, response: web.StreamResponse) -> None:
-    """Echo the request id and add CORS headers to every answer (streams included)."""
+    """Add the request id and CORS headers to every answer (streams included)."""
     rid = request.get(REQUEST_ID_KEY)
     if rid is not None:
-        response.headers[REQUEST_ID] = rid
+        response.headers[INFERO_REQUEST_ID] = rid
+        response.headers.setdefault(REQUEST_ID, rid)
     allowed = request.get(CORS_ORIGIN)
     if allowed is not None:
         response.headers["Access-Control-Allow-Origin"] = allowed

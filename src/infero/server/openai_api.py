@@ -48,6 +48,8 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _ERROR_BODY_LIMIT = 64 * 1024
+_DONE = b"[DONE]\n\n"
+"""End of an OpenAI event stream: SDKs close the connection as soon as they read it."""
 
 
 class _HeadWithBody(web.StreamResponse):
@@ -118,9 +120,12 @@ class OpenAIRelay:
         if not self.scheduler.known(model, target):
             return self.reject(model, "model_not_found", errors.model_not_found(model))
         self.lifecycle.enter()
+        relay = _Relay(self, request, body, model, doc.get("stream") is True, target, started)
         try:
-            relay = _Relay(self, request, body, model, doc.get("stream") is True, target, started)
             return await relay.run()
+        except ConnectionResetError:
+            # The client went away while we wrote to it: already counted, nothing to answer.
+            return relay.response or web.Response()
         finally:
             self.lifecycle.leave()
 
@@ -153,10 +158,15 @@ class _Relay:
         self.queue_wait = 0.0
         self.response: web.StreamResponse | None = None
         """The client response once its headers were sent."""
+        self.written = b""
+        """The last body chunk the client's transport accepted."""
+        self.complete = False
+        """The whole answer was handed to the client's transport (only the end may be missing)."""
         self.tried: set[str] = set()
         self.last_failure: ExchangeFailed | None = None
-        path = request.path.removeprefix("/api/v1")
-        self.path = path + (f"?{request.query_string}" if request.query_string else "")
+        # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
+        _, mark, query = request.raw_path.partition("?")
+        self.path = request.path.removeprefix("/api/v1") + mark + query
         self.headers = [(k, v) for k, v in request.headers.items() if k.lower() in _FORWARDED]
         self.request_id = request.get(REQUEST_ID_KEY, "")
 
@@ -289,7 +299,12 @@ class _Relay:
                 await self._fail(502, _upstream_message(failure), "upstream_error")
             ) from None
         except (asyncio.CancelledError, ConnectionResetError):
-            outcome, error = "cancelled", "client disconnected"
+            # A client that leaves once it has the whole answer (SDKs close right after
+            # `[DONE]`) got what it asked for; one that leaves earlier cancelled it.
+            if self.complete or self.written.endswith(_DONE):
+                outcome, error = "success", ""
+            else:
+                outcome, error = "cancelled", "client disconnected"
             raise
         finally:
             if exchange is not None and link is not None:
@@ -303,7 +318,7 @@ class _Relay:
             api.fleet.record(
                 worker,
                 self.model,
-                ok=outcome == "success",
+                outcome=outcome,
                 error=error,
                 duration_s=duration,
                 ttft_s=ttft,
@@ -356,8 +371,8 @@ class _Relay:
         for key, value in response_headers(head.headers):
             headers.add(key, value)
         if event_stream:
-            headers["Cache-Control"] = "no-cache"
-            headers["X-Accel-Buffering"] = "no"
+            headers.setdefault("Cache-Control", "no-cache")
+            headers.setdefault("X-Accel-Buffering", "no")
         headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
         await response.prepare(self.request)
         self.response = response
@@ -389,6 +404,7 @@ class _Relay:
                     return ttft, "success", ""
                 else:
                     await response.write(chunk)
+                    self.written = chunk
                 await exchange.consumed(len(chunk))
         except ExchangeFailed as failure:
             await self._broken(response, failure)
@@ -397,6 +413,7 @@ class _Relay:
             await response.write(_error_event_from(head.status, bytes(collected)))
             await response.write_eof()
             return ttft, "error", f"backend status {head.status}"
+        self.complete = True
         await response.write_eof()
         return ttft, "success", ""
 

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from infero.protocol.link import Hello, Refused, Status, StatusUpdate
 from infero.protocol.state import WorkerStatus
 from infero.server.changes import ChangeFeed
+from infero.server.events import Outcome
 from infero.server.linkserver import duplicate_refusal
 
 if TYPE_CHECKING:
@@ -37,6 +38,8 @@ class Counters:
     requests_total: int = 0
     success_total: int = 0
     error_total: int = 0
+    cancelled_total: int = 0
+    """Requests the client gave up on (disconnect, stall): neither success nor error."""
     tokens_in_total: int = 0
     tokens_out_total: int = 0
     ttft_s_total: float = 0.0
@@ -44,14 +47,22 @@ class Counters:
     duration_s_total: float = 0.0
 
     def record(
-        self, *, ok: bool, duration_s: float, ttft_s: float | None, tokens_in: int, tokens_out: int
+        self,
+        *,
+        outcome: Outcome,
+        duration_s: float,
+        ttft_s: float | None,
+        tokens_in: int,
+        tokens_out: int,
     ) -> None:
         """Count one finished request."""
         self.requests_total += 1
-        if ok:
+        if outcome == "success":
             self.success_total += 1
-        else:
+        elif outcome == "error":
             self.error_total += 1
+        else:
+            self.cancelled_total += 1
         self.tokens_in_total += tokens_in
         self.tokens_out_total += tokens_out
         self.duration_s_total += duration_s
@@ -318,18 +329,22 @@ class Fleet:
         worker: Worker,
         model: str,
         *,
-        ok: bool,
+        outcome: Outcome,
         error: str,
         duration_s: float,
         ttft_s: float | None,
         tokens_in: int,
         tokens_out: int,
     ) -> None:
-        """Count one finished request on the worker and on the model."""
+        """Count one finished request on the worker and on the model.
+
+        Only an `error` is the connector's failure (`failures_total`, `last_error`); a client
+        that gave up (`cancelled`) is counted apart.
+        """
         stats = worker.stats
         stats.processed_total += 1
         stats.processing_s_total += duration_s
-        if not ok:
+        if outcome == "error":
             stats.failures_total += 1
             stats.last_error = error
         per_model = stats.per_model.get(model)
@@ -340,7 +355,7 @@ class Fleet:
             totals = self.model_totals[model] = Counters()
         for counters in (stats.total, per_model, totals):
             counters.record(
-                ok=ok,
+                outcome=outcome,
                 duration_s=duration_s,
                 ttft_s=ttft_s,
                 tokens_in=tokens_in,

@@ -108,6 +108,7 @@ class StateBuilder:
             jobs_inflight_total=sum(w.inflight for w in workers),
             jobs_completed_total=sum(c.success_total for c in totals),
             jobs_failed_total=sum(c.error_total for c in totals),
+            jobs_cancelled_total=sum(c.cancelled_total for c in totals),
             scheduler_queue_len=sum(len(q) for q in queues.values()),
         )
         return StateSnapshot(
@@ -148,6 +149,7 @@ class StateBuilder:
             processing_ms_total=processing_ms,
             avg_processing_ms=_avg(processing_ms, processed),
             failures_total=stats.failures_total,
+            cancelled_total=total.cancelled_total,
             queue_len=sum(self.scheduler.queue_len(m) for m in w.models),
             last_error=stats.last_error or w.link_error,
             tokens_in_total=total.tokens_in_total,
@@ -159,6 +161,7 @@ class StateBuilder:
                 name: PerModelCounters(
                     success_total=c.success_total,
                     error_total=c.error_total,
+                    cancelled_total=c.cancelled_total,
                     tokens_in_total=c.tokens_in_total,
                     tokens_out_total=c.tokens_out_total,
                 )
@@ -181,6 +184,7 @@ class StateBuilder:
             requests_total=c.requests_total,
             success_total=c.success_total,
             error_total=c.error_total,
+            cancelled_total=c.cancelled_total,
             tokens_in_total=c.tokens_in_total,
             tokens_out_total=c.tokens_out_total,
             avg_ttft_ms=_avg(c.ttft_s_total * 1000, c.ttft_count),
