@@ -10,6 +10,7 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Protocol, TypeVar
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -80,8 +81,19 @@ class ControlledBackend:
         return response
 
 
+class Servable(Protocol):
+    """A fake backend: its aiohttp app, and the `/v1` URL it is served at."""
+
+    url: str
+
+    def app(self) -> web.Application: ...
+
+
+B = TypeVar("B", bound=Servable)
+
+
 @asynccontextmanager
-async def serving(backend: ControlledBackend) -> AsyncIterator[ControlledBackend]:
+async def serving(backend: B) -> AsyncIterator[B]:
     """Serve the backend on loopback (handler cancellation on, so aborts are seen)."""
     runner = web.AppRunner(backend.app(), handler_cancellation=True, access_log=None)
     await runner.setup()

@@ -27,6 +27,12 @@ from infero.server.linkserver import LinkEndpoint, shut_down_links
 from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
 from infero.server.openai_api import ROUTES, OpenAIRelay
 from infero.server.registry import Fleet
+from infero.server.responses_affinity import (
+    STORED_ROUTES,
+    AffinityTable,
+    MemoryAffinity,
+    StoredResponses,
+)
 from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
 
@@ -40,9 +46,12 @@ def create_app(
     *,
     keyring: KeyRing | None = None,
     clock: Callable[[], float] = time.monotonic,
+    affinity: AffinityTable | None = None,
 ) -> web.Application:
     """Build the server: OpenAI relay, links, state, health, control, and the others' parts.
 
+    `affinity` records which connector created each stored response (Responses API);
+    by default an in-memory table bounded by RESPONSE_AFFINITY_MAX/_RETENTION.
     Raises `ConfigError` when the API keys file or the TLS certificate is unusable.
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
@@ -68,11 +77,25 @@ def create_app(
     )
     app[keys.SNAPSHOT] = builder.snapshot
 
+    if affinity is None:
+        affinity = MemoryAffinity(
+            max_entries=settings.response_affinity_max,
+            ttl=settings.response_affinity_retention,
+            clock=clock,
+        )
     relay = OpenAIRelay(
-        settings, fleet=fleet, scheduler=scheduler, lifecycle=lifecycle, events=events
+        settings,
+        fleet=fleet,
+        scheduler=scheduler,
+        lifecycle=lifecycle,
+        events=events,
+        affinity=affinity,
     )
     for route in ROUTES:
         app.router.add_post("/api/v1" + route, relay.handle)
+    stored = StoredResponses(relay, affinity)
+    for method, path in STORED_ROUTES:
+        app.router.add_route(method, path, stored.handle)
     models_api.setup(app, fleet)
 
     endpoint = LinkEndpoint(

@@ -15,6 +15,7 @@ RejectReason = Literal[
     "bad_request",
     "too_large",
     "model_not_found",
+    "response_not_found",
     "queue_full",
     "queue_timeout",
     "draining",

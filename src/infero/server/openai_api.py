@@ -21,6 +21,13 @@ from infero.server.exchange import Exchange, ExchangeFailed, is_event_stream, re
 from infero.server.lifecycle import Lifecycle
 from infero.server.middleware import REQUEST_ID_KEY
 from infero.server.registry import Fleet, Worker
+from infero.server.responses_affinity import (
+    RESPONSES_PATH,
+    AffinityTable,
+    ResponseTap,
+    owner_gone,
+    previous_owner,
+)
 from infero.server.scheduler import QueueFull, Scheduler
 from infero.server.settings import ServerSettings
 
@@ -77,12 +84,15 @@ class OpenAIRelay:
         scheduler: Scheduler,
         lifecycle: Lifecycle,
         events: EventBus,
+        affinity: AffinityTable,
     ) -> None:
         self.settings = settings
         self.fleet = fleet
         self.scheduler = scheduler
         self.lifecycle = lifecycle
         self.events = events
+        self.affinity = affinity
+        """Which connector created each stored response (see responses_affinity.py)."""
 
     def reject(self, model: str, reason: RejectReason, response: web.Response) -> web.Response:
         """Report a rejection and return its response."""
@@ -117,10 +127,35 @@ class OpenAIRelay:
                 "", "bad_request", errors.bad_request("`model` is required.", "missing_model")
             )
         target = request.headers.get(TARGET_HEADER) or None
+        tap: ResponseTap | None = None
+        if request.path == RESPONSES_PATH:
+            tap = ResponseTap(self.affinity, model)
+            previous = None if target else await previous_owner(self.affinity, doc)
+            if previous is not None:
+                target = previous[1].connector_id
+                if not self.scheduler.known(model, target):
+                    return self.reject(model, "response_not_found", owner_gone(previous[0], target))
         if not self.scheduler.known(model, target):
             return self.reject(model, "model_not_found", errors.model_not_found(model))
+        stream = doc.get("stream") is True
+        return await self.forward(
+            request, body, model=model, stream=stream, target=target, started=started, tap=tap
+        )
+
+    async def forward(
+        self,
+        request: web.Request,
+        body: bytes,
+        *,
+        model: str,
+        stream: bool,
+        target: str | None,
+        started: float,
+        tap: ResponseTap | None = None,
+    ) -> web.StreamResponse:
+        """Route and relay a checked request (`target`: only that connector id)."""
         self.lifecycle.enter()
-        relay = _Relay(self, request, body, model, doc.get("stream") is True, target, started)
+        relay = _Relay(self, request, body, model, stream, target, started, tap)
         try:
             return await relay.run()
         except ConnectionResetError:
@@ -142,6 +177,7 @@ class _Relay:
         stream: bool,
         target: str | None,
         started: float,
+        tap: ResponseTap | None,
     ) -> None:
         self.api = api
         self.request = request
@@ -150,6 +186,8 @@ class _Relay:
         self.stream = stream
         self.target = target
         self.started = started
+        self.tap = tap
+        """Learns the id of a response this `POST /responses` creates (None elsewhere)."""
         self.waited = 0.0
         """Seconds spent waiting on the queue or the connector (not server overhead).
 
@@ -273,6 +311,8 @@ class _Relay:
             )
             head = await self._await_head(exchange)
             status = head.status
+            if self.tap is not None:
+                self.tap.start(worker.id, head.status, head.headers)
             response = await self._start_response(head)
             ttft, outcome, error = await self._relay_body(exchange, response, head, dispatched)
             return response
@@ -383,6 +423,7 @@ class _Relay:
     ) -> tuple[float | None, Outcome, str]:
         idle = self.api.settings.request_timeout
         converted = self.response is not None and head.status >= 400 and response.status < 400
+        tap = self.tap
         ttft: float | None = None
         collected = bytearray()
         try:
@@ -395,11 +436,15 @@ class _Relay:
                     break
                 if ttft is None:
                     ttft = time.perf_counter() - dispatched
+                if tap is not None and tap.active:
+                    await tap.feed(chunk)
                 if converted:
                     if len(collected) < _ERROR_BODY_LIMIT:
                         collected += chunk
                 elif exchange.at_clean_end():
                     # The whole rest of the answer is here: body and end in one write.
+                    if tap is not None and tap.active:
+                        await tap.end()
                     await response.write_eof(chunk)
                     return ttft, "success", ""
                 else:
@@ -413,6 +458,8 @@ class _Relay:
             await response.write(_error_event_from(head.status, bytes(collected)))
             await response.write_eof()
             return ttft, "error", f"backend status {head.status}"
+        if tap is not None and tap.active:
+            await tap.end()
         self.complete = True
         await response.write_eof()
         return ttft, "success", ""

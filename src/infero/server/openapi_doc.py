@@ -58,6 +58,14 @@ _OPENAI_BODY: Json = {
     "additionalProperties": True,
 }
 
+_ANSWER: Json = {
+    "description": "The backend's answer.",
+    "content": {
+        "application/json": {"schema": {"type": "object"}},
+        "text/event-stream": {"schema": {"type": "string"}},
+    },
+}
+
 _WORKER_HEADER: Json = {
     "name": "X-Infero-Worker",
     "in": "header",
@@ -83,16 +91,35 @@ def _relayed(summary: str, openai_name: str) -> Json:
                 "content": {"application/json": {"schema": _OPENAI_BODY}},
             },
             "responses": {
-                "200": {
-                    "description": "The backend's answer.",
-                    "content": {
-                        "application/json": {"schema": {"type": "object"}},
-                        "text/event-stream": {"schema": {"type": "string"}},
-                    },
-                },
+                "200": _ANSWER,
                 **_ERRORS_V1,
             },
         }
+    }
+
+
+def _stored(summary: str) -> Json:
+    return {
+        "tags": ["OpenAI"],
+        "summary": summary,
+        "description": (
+            "Responses API: relayed untouched to the connector that created the response "
+            "(learned from its `POST /api/v1/responses` answer; see docs/routing.md), queued "
+            "while it is busy. Query parameters pass through (`stream=true` answers as "
+            "server-sent events)."
+        ),
+        "parameters": [
+            {"name": "response_id", "in": "path", "required": True, "schema": {"type": "string"}}
+        ],
+        "responses": {
+            "200": _ANSWER,
+            "401": _ERRORS_V1["401"],
+            "404": _error(
+                "Unknown response id (`response_not_found`), or its connector is gone "
+                "(`response_connector_gone`)."
+            ),
+            **{code: _ERRORS_V1[code] for code in ("502", "503", "504")},
+        },
     }
 
 
@@ -230,6 +257,16 @@ def _paths(metrics_on_main_port: bool) -> Json:
         "/api/v1/completions": _relayed("Text completion", "completions"),
         "/api/v1/embeddings": _relayed("Embeddings", "embeddings"),
         "/api/v1/responses": _relayed("Response (Responses API)", "responses"),
+        "/api/v1/responses/{response_id}": {
+            "get": _stored("Retrieve a stored response"),
+            "delete": _stored("Delete a stored response"),
+        },
+        "/api/v1/responses/{response_id}/cancel": {
+            "post": _stored("Cancel a background response"),
+        },
+        "/api/v1/responses/{response_id}/input_items": {
+            "get": _stored("Input items of a stored response"),
+        },
         "/api/v1/models": {
             "get": {
                 "tags": ["OpenAI"],

@@ -97,6 +97,16 @@ class ServerSettings(SettingsModel):
         Duration,
         Opt("DRAIN_TIMEOUT", "On SIGTERM, wait this long for in-flight work (0 now, -1 forever)."),
     ] = 300.0
+    response_affinity_max: Annotated[
+        int,
+        Field(ge=1),
+        Opt("RESPONSE_AFFINITY_MAX", "Response ids remembered with their connector (LRU)."),
+    ] = 100_000
+    response_affinity_retention: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("RESPONSE_AFFINITY_RETENTION", "How long a response id stays routable."),
+    ] = 30 * 24 * 3600.0
     log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
     log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
     broker_max_req_bytes: Annotated[

@@ -1,0 +1,265 @@
+"""The Responses API across a fleet: a stored response lives on the connector that made it.
+
+`POST /responses` answers carry the new response's id; `ResponseTap` reads it from the
+first bytes of the answer (the JSON's leading `"id"`, or the `response.created` event of a
+stream) and records its connector in an `AffinityTable`. `GET`/`DELETE /responses/{id}`,
+`POST /responses/{id}/cancel`, `GET /responses/{id}/input_items` and a follow-up carrying
+`previous_response_id` are then sent to that connector. See docs/routing.md.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from aiohttp import web
+
+from infero.server import errors
+from infero.server.exchange import is_event_stream
+
+if TYPE_CHECKING:
+    from infero.server.openai_api import OpenAIRelay
+
+RESPONSES_PATH = "/api/v1/responses"
+STORED_ROUTES = (
+    ("GET", RESPONSES_PATH + "/{response_id}"),
+    ("DELETE", RESPONSES_PATH + "/{response_id}"),
+    ("POST", RESPONSES_PATH + "/{response_id}/cancel"),
+    ("GET", RESPONSES_PATH + "/{response_id}/input_items"),
+)
+"""Routes answered by the connector that created the response."""
+
+JSON_SCAN_LIMIT = 4 * 1024 * 1024
+"""A JSON answer whose `id` is not its first key is parsed whole, up to this size."""
+
+SSE_SCAN_LIMIT = 64 * 1024
+"""A streamed answer is scanned for `response.created` in its first bytes only."""
+
+_LEADING_ID = re.compile(rb'\A\s*\{\s*"id"\s*:\s*"([^"\\]{1,256})"')
+_ID_LIMIT = 256
+
+
+@dataclass(frozen=True, slots=True)
+class Owner:
+    """Where a response was created: the connector id and the model it was asked for."""
+
+    connector_id: str
+    model: str
+
+
+class AffinityTable(Protocol):
+    """Response id -> `Owner`; in memory here, shared between instances in Redis."""
+
+    async def remember(self, response_id: str, owner: Owner) -> None: ...
+
+    async def lookup(self, response_id: str) -> Owner | None: ...
+
+    async def forget(self, response_id: str) -> None: ...
+
+
+class MemoryAffinity:
+    """An in-process `AffinityTable`: at most `max_entries` ids (least recently used go
+    first), each forgotten `ttl` seconds after it was remembered."""
+
+    def __init__(
+        self, *, max_entries: int, ttl: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.clock = clock
+        self._entries: OrderedDict[str, tuple[Owner, float]] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    async def remember(self, response_id: str, owner: Owner) -> None:
+        entries = self._entries
+        entries[response_id] = (owner, self.clock() + self.ttl)
+        entries.move_to_end(response_id)
+        while len(entries) > self.max_entries:
+            entries.popitem(last=False)
+
+    async def lookup(self, response_id: str) -> Owner | None:
+        entry = self._entries.get(response_id)
+        if entry is None:
+            return None
+        owner, expires = entry
+        if self.clock() >= expires:
+            del self._entries[response_id]
+            return None
+        self._entries.move_to_end(response_id)
+        return owner
+
+    async def forget(self, response_id: str) -> None:
+        self._entries.pop(response_id, None)
+
+
+class ResponseTap:
+    """Learns the id of the response one `POST /responses` creates, before the client can
+    see it, and remembers which connector made it.
+
+    The relay calls `start` at the answer's head, `feed` with each chunk before writing it
+    and `end` before the final write, while `active`. A JSON answer that starts with its
+    `"id"` (OpenAI's, vLLM's and llama.cpp's do) costs one regular expression on the first
+    chunk; otherwise the body is kept (up to `JSON_SCAN_LIMIT`) and parsed once at its end.
+    A stream is scanned only until its `response.created` event (within `SSE_SCAN_LIMIT`).
+    """
+
+    __slots__ = ("_buffer", "_connector_id", "_sse", "_table", "active", "model")
+
+    def __init__(self, table: AffinityTable, model: str) -> None:
+        self._table = table
+        self.model = model
+        self.active = False
+        self._sse = False
+        self._connector_id = ""
+        self._buffer = bytearray()
+
+    def start(self, connector_id: str, status: int, headers: Iterable[tuple[str, str]]) -> None:
+        """The answer's head arrived from `connector_id`: scan it if it is a success."""
+        self.active = 200 <= status < 300
+        self._sse = is_event_stream(headers)
+        self._connector_id = connector_id
+        self._buffer.clear()
+
+    async def feed(self, chunk: bytes) -> None:
+        """Look at the next chunk (before the client gets it)."""
+        buffer = self._buffer
+        if self._sse:
+            buffer += chunk
+            found = _created_id(buffer)
+            if found is not None or len(buffer) > SSE_SCAN_LIMIT:
+                await self._found(found)
+            return
+        if not buffer:
+            match = _LEADING_ID.match(chunk)
+            if match is not None:
+                await self._found(match.group(1).decode())
+                return
+        if len(buffer) + len(chunk) > JSON_SCAN_LIMIT:
+            await self._found(None)
+            return
+        buffer += chunk
+
+    async def end(self) -> None:
+        """The answer is complete (before its last write): parse a JSON body kept so far."""
+        found: str | None = None
+        if not self._sse:
+            found = _json_id(bytes(self._buffer))
+        await self._found(found)
+
+    async def _found(self, response_id: str | None) -> None:
+        self.active = False
+        self._buffer = bytearray()
+        if response_id:
+            await self._table.remember(response_id, Owner(self._connector_id, self.model))
+
+
+def _json_id(body: bytes) -> str | None:
+    try:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
+        return None
+    return _valid_id(doc.get("id")) if isinstance(doc, dict) else None
+
+
+def _created_id(buffer: bytearray) -> str | None:
+    """The response id of a complete `response.created` event in `buffer`, if any."""
+    text = bytes(buffer).replace(b"\r\n", b"\n")
+    events = text.split(b"\n\n")
+    for event in events[:-1]:  # the last part may be incomplete
+        data = b"\n".join(
+            line[5:].removeprefix(b" ") for line in event.split(b"\n") if line.startswith(b"data:")
+        )
+        if not data:
+            continue
+        try:
+            doc: Any = json.loads(data)
+        except (ValueError, RecursionError):
+            continue
+        if isinstance(doc, dict) and isinstance(doc.get("response"), dict):
+            found = _valid_id(doc["response"].get("id"))
+            if found is not None:
+                return found
+    return None
+
+
+def _valid_id(value: object) -> str | None:
+    return value if isinstance(value, str) and 0 < len(value) <= _ID_LIMIT else None
+
+
+def response_not_found(response_id: str) -> web.Response:
+    """404: no connector is known to hold this response."""
+    return errors.api_error(
+        404,
+        f"No response with id {response_id[:_ID_LIMIT]!r} is known to this server.",
+        "invalid_request_error",
+        "response_not_found",
+    )
+
+
+def owner_gone(response_id: str, connector_id: str) -> web.Response:
+    """404: the connector that created the response cannot take requests for it now."""
+    return errors.api_error(
+        404,
+        f"Response {response_id[:_ID_LIMIT]!r} is stored on connector {connector_id!r}, "
+        "which is not connected or does not serve the model asked for.",
+        "invalid_request_error",
+        "response_connector_gone",
+    )
+
+
+async def previous_owner(table: AffinityTable, doc: dict[str, Any]) -> tuple[str, Owner] | None:
+    """The `previous_response_id` of a `POST /responses` body and its owner, when known."""
+    previous = doc.get("previous_response_id")
+    if not isinstance(previous, str) or not previous:
+        return None
+    owner = await table.lookup(previous)
+    return (previous, owner) if owner is not None else None
+
+
+class StoredResponses:
+    """`GET`/`DELETE /responses/{id}`, `POST .../cancel`, `GET .../input_items`: relayed to
+    the connector that created the response (queued like any request to it)."""
+
+    def __init__(self, relay: OpenAIRelay, table: AffinityTable) -> None:
+        self.relay = relay
+        self.table = table
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        """Look the response up and relay the request to its connector."""
+        started = time.perf_counter()
+        relay = self.relay
+        if relay.lifecycle.draining:
+            return relay.reject("", "draining", errors.draining())
+        response_id = request.match_info["response_id"]
+        owner = await self.table.lookup(response_id)
+        if owner is None:
+            return relay.reject("", "response_not_found", response_not_found(response_id))
+        if not relay.scheduler.known(owner.model, owner.connector_id):
+            return relay.reject(
+                owner.model, "response_not_found", owner_gone(response_id, owner.connector_id)
+            )
+        body = b""
+        if request.method == "POST":
+            try:
+                body = await request.read()
+            except web.HTTPRequestEntityTooLarge:
+                limit = relay.settings.max_body_bytes
+                return relay.reject(owner.model, "too_large", errors.too_large(limit))
+        response = await relay.forward(
+            request,
+            body,
+            model=owner.model,
+            stream=request.query.get("stream", "").lower() == "true",
+            target=owner.connector_id,
+            started=started,
+        )
+        if request.method == "DELETE" and 200 <= response.status < 300:
+            await self.table.forget(response_id)
+        return response
