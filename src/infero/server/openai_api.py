@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import math
 import time
 from typing import Any
 
@@ -243,25 +244,32 @@ class _Relay:
         settings = self.api.settings
         loop = asyncio.get_running_loop()
         entered = time.perf_counter()
-        deadline = loop.time() + settings.queue_timeout
+        now = loop.time()
+        deadline = now + settings.queue_timeout
+        # A stream's status stays open (errors keep their real status) until a wait is long
+        # enough to need headers and `: queued` comments to keep proxies from cutting it.
+        notice_at = now + settings.queue_headers_after if self.stream else math.inf
         shown = 0
         handed = False
         try:
             while not waiter.future.done():
-                if self.stream:
+                now = loop.time()
+                if now >= notice_at:
                     position = scheduler.position(waiter)
                     if position != shown or self.response is None:
                         await self._comment(f"queued position={position}")
                         shown = position
-                remaining = deadline - loop.time()
+                remaining = deadline - now
                 if remaining <= 0:
                     break
+                step = settings.keepalive_interval if now >= notice_at else notice_at - now
                 waiter.moved.clear()
                 try:
-                    async with asyncio.timeout(min(remaining, settings.keepalive_interval)):
+                    async with asyncio.timeout(min(remaining, step)):
                         await waiter.moved.wait()
                 except TimeoutError:
-                    if self.stream and not waiter.future.done() and loop.time() < deadline:
+                    late = self.response is not None and loop.time() < deadline
+                    if late and not waiter.future.done():
                         await self._comment(f"queued position={scheduler.position(waiter)}")
             if not waiter.future.done():
                 self.api.events.request_rejected(

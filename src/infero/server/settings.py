@@ -67,6 +67,14 @@ class ServerSettings(SettingsModel):
     queue_timeout: Annotated[
         Duration, Field(gt=0), Opt("QUEUE_TIMEOUT", "Longest wait in the queue.")
     ] = 60.0
+    queue_headers_after: Annotated[
+        Duration,
+        Field(ge=0),
+        Opt(
+            "QUEUE_HEADERS_AFTER",
+            "A queued stream gets 200 + `: queued` comments after waiting this long.",
+        ),
+    ] = 2.0
     first_byte_timeout: Annotated[
         Duration,
         Field(gt=0),

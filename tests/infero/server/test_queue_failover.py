@@ -6,6 +6,8 @@ import asyncio
 import json
 
 import aiohttp
+import openai
+import pytest
 
 from infero.protocol import link as lp
 from infero.server import keys
@@ -25,7 +27,7 @@ async def _read_sse_line(resp: aiohttp.ClientResponse) -> bytes:
 
 async def test_streaming_client_waits_in_queue_with_position_comments_then_gets_served() -> None:
     async with (
-        running_server() as srv,
+        running_server(queue_headers_after=0) as srv,
         scripted_connector(srv.url, max_concurrency=1) as conn,
         aiohttp.ClientSession() as http,
     ):
@@ -66,7 +68,7 @@ async def test_queue_timeout_is_503_with_retry_after() -> None:
 
 async def test_streaming_queue_timeout_ends_with_an_sse_error_event() -> None:
     async with (
-        running_server(queue_timeout=0.05) as srv,
+        running_server(queue_timeout=0.05, queue_headers_after=0) as srv,
         scripted_connector(srv.url, max_concurrency=1) as conn,
         aiohttp.ClientSession() as http,
     ):
@@ -78,6 +80,51 @@ async def test_streaming_queue_timeout_ends_with_an_sse_error_event() -> None:
                 event = await _read_sse_line(resp)
                 assert event.startswith(b"data: ")
                 assert json.loads(event[6:])["error"]["code"] == "queue_timeout"
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+
+
+async def test_queued_stream_gets_the_backends_real_status_through_the_sdk() -> None:
+    """A stream that waited less than QUEUE_HEADERS_AFTER has sent nothing: a backend error
+    arrives with its real status, so the SDK raises the matching error class."""
+    async with (
+        running_server(queue_headers_after=60) as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+        openai.AsyncOpenAI(base_url=srv.url + "/api/v1", api_key="k", max_retries=0) as client,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(10):
+            first = await conn.next_request()
+            queued = asyncio.create_task(
+                client.chat.completions.create(model="m", messages=[], stream=True)
+            )
+            await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
+            await conn.reply(first.id, b"{}")
+            (await busy).release()
+            second = await conn.next_request()
+            error = b'{"error":{"message":"slow down","type":"rate_limit","code":"busy"}}'
+            await conn.reply(second.id, error, status=429)
+            with pytest.raises(openai.RateLimitError) as raised:
+                await queued
+        assert raised.value.status_code == 429
+        assert raised.value.code == "busy"
+
+
+async def test_queued_stream_timing_out_before_headers_is_a_plain_503() -> None:
+    async with (
+        running_server(queue_timeout=0.05, queue_headers_after=60) as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        busy = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
+        async with asyncio.timeout(5):
+            first = await conn.next_request()
+            body = {"model": "m", "stream": True}
+            async with http.post(srv.url + CHAT, json=body) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "1"
+                assert (await resp.json())["error"]["code"] == "queue_timeout"
             await conn.reply(first.id, b"{}")
             (await busy).release()
 
