@@ -7,9 +7,11 @@ import sys
 import typer
 
 from infero.cli import ctl, demo, llm, mcp, server, tui
+from infero.cli.options import VersionedGroup
 
 app = typer.Typer(
     name="infero",
+    cls=VersionedGroup,
     help="Expose private LLM runtimes and MCP servers as one public, OpenAI-compatible API.",
     no_args_is_help=False,
     add_completion=False,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from infero.cli.options import settings_command
+from infero.cli.options import settings_command, versioned
 from infero.worker.settings import WorkerSettings
 
 
@@ -16,7 +16,7 @@ def _run(settings: WorkerSettings, config_path: str) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add the `llm` command."""
-    app.command("llm")(
+    app.command("llm", cls=versioned("infero-llm"))(
         settings_command(
             WorkerSettings,
             component="infero-llm",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from infero.cli.options import settings_command
+from infero.cli.options import settings_command, versioned
 from infero.relay.settings import RelaySettings
 
 
@@ -16,7 +16,7 @@ def _run(settings: RelaySettings, config_path: str) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add the `mcp` command."""
-    app.command("mcp")(
+    app.command("mcp", cls=versioned("infero-mcp"))(
         settings_command(
             RelaySettings,
             component="infero-mcp",

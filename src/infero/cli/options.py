@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Annotated, Any, TypeVar, get_args, get_origin
 
 import typer
+from typer.core import TyperCommand, TyperGroup
 
 from infero.common.buildinfo import BUILD
 from infero.common.durations import format_duration
@@ -174,6 +175,23 @@ def settings_command(
     command.__doc__ = doc
     command.__name__ = component.replace("-", "_")
     return command
+
+
+def versioned(component: str) -> type[TyperCommand]:
+    """A command class whose `--help` starts with the version line, as in the Go original."""
+
+    class Versioned(TyperCommand):
+        def get_help(self, ctx: Any) -> str:  # Any: typer's vendored click Context is private
+            return f"{BUILD.line(component)}\n\n{super().get_help(ctx)}"
+
+    return Versioned
+
+
+class VersionedGroup(TyperGroup):
+    """`infero --help` starts with the version line too."""
+
+    def get_help(self, ctx: Any) -> str:  # Any: typer's vendored click Context is private
+        return f"{BUILD.line('infero')}\n\n{super().get_help(ctx)}"
 
 
 def fail(component: str, message: str, code: int = 1) -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from infero.cli.options import settings_command
+from infero.cli.options import settings_command, versioned
 from infero.server.settings import ServerSettings
 
 
@@ -16,7 +16,7 @@ def _run(settings: ServerSettings, config_path: str) -> int:
 
 def register(app: typer.Typer) -> None:
     """Add the `server` command."""
-    app.command("server")(
+    app.command("server", cls=versioned("infero"))(
         settings_command(
             ServerSettings,
             component="infero",

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, ClassVar, Literal, TypeVar
 from urllib.parse import urlsplit
 
 import platformdirs
@@ -44,6 +44,10 @@ class Opt:
     """Extra long flag names, e.g. `--mcp-http-url` for `provider_url`."""
     trailing: bool = False
     """Listed after the command's own settings (a base model's reconnect, drain and log ones)."""
+    old_env: tuple[str, ...] = ()
+    """Env names the Go original read for this setting; used when `env` is not set."""
+    old_keys: tuple[str, ...] = ()
+    """YAML keys of the Go original that are not just the field name without underscores."""
 
 
 class ConfigError(Exception):
@@ -54,6 +58,9 @@ class SettingsModel(BaseModel):
     """Base for every runtime's settings: immutable, unknown keys refused."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    replaced_env: ClassVar[Mapping[str, str]] = {}
+    """Env names of the Go original that infero does not read -> what to set instead."""
 
     def masked(self) -> dict[str, Any]:
         """The resolved settings as plain data, with every secret replaced by `***`."""
@@ -149,6 +156,25 @@ def _port(value: int) -> int:
 
 Port = Annotated[int, AfterValidator(_port)]
 
+_ANY_HOST = {"", "0.0.0.0", "::", "[::]", "*"}
+
+
+def _listen_port(value: Any) -> Any:
+    """`9090`, `:9090` or `0.0.0.0:9090` (the Go original's forms) -> 9090."""
+    if not isinstance(value, str) or ":" not in value:
+        return value
+    host, _, port = value.strip().rpartition(":")
+    if host not in _ANY_HOST:
+        raise ValueError(
+            f"{value!r}: give only the port (METRICS_PORT={port}); the listener binds "
+            "HOST for the server and all interfaces for a connector"
+        )
+    return port
+
+
+ListenPort = Annotated[Port, BeforeValidator(_listen_port)]
+"""A port that also accepts the original's `:9090` and `0.0.0.0:9090`."""
+
 
 # ---- what every connector shares ---------------------------------------------------------
 
@@ -189,7 +215,13 @@ class ConnectorSettings(SettingsModel):
         ),
     ] = False
     metrics_port: Annotated[
-        Port | None, Opt("METRICS_PORT", "Serve connector metrics on this port.", trailing=True)
+        ListenPort | None,
+        Opt(
+            "METRICS_PORT",
+            "Serve connector metrics on this port.",
+            trailing=True,
+            old_keys=("metricsaddr",),
+        ),
     ] = None
     drain_timeout: Annotated[
         Duration,
@@ -278,18 +310,41 @@ def load_settings(
     opts = field_opts(cls)
     source: dict[str, str] = {}
     merged: dict[str, Any] = {}
+    where = f"config file {file_path}" if file_path else "config file"
+    old_keys = _old_yaml_keys(cls, opts)
     for key, value in (file_values or {}).items():
         name = key.replace("-", "_").lower()
+        if name == "configfile":
+            raise ConfigError(f"{where}: {key!r} has no effect in a file; use CONFIG_FILE/--config")
         if name not in cls.model_fields:
-            where = f"config file {file_path}" if file_path else "config file"
+            name = old_keys.get(name, "")
+        if not name:
             raise ConfigError(f"{where}: unknown setting {key!r}")
+        if name in merged:
+            raise ConfigError(f"{where}: {key!r} sets {name} a second time")
         merged[name] = value
-        source[name] = f"{name} in {file_path}" if file_path else name
+        source[name] = f"{key} in {file_path}" if file_path else key
     env = environ if environ is not None else {}
+    for old, new in cls.replaced_env.items():
+        if old in env:
+            raise ConfigError(f"{old} (environment) is not read by infero; use {new}")
     for name, opt in opts.items():
-        if opt.env in env:
-            merged[name] = env[opt.env]
-            source[name] = f"{opt.env} (environment)"
+        for env_name in (opt.env, *opt.old_env):
+            if env_name in env:
+                merged[name] = env[env_name]
+                source[name] = f"{env_name} (environment)"
+                break
+    if "log_level" in opts and "LOG_LEVEL" not in env and env.get("DEBUG"):
+        try:
+            debug = _bool(env["DEBUG"])
+        except ValueError:
+            raise ConfigError(
+                f"invalid setting DEBUG (environment): {env['DEBUG']!r}: use true or false "
+                "(or LOG_LEVEL=debug)"
+            ) from None
+        if debug:
+            merged["log_level"] = "debug"
+            source["log_level"] = "DEBUG (environment)"
     for name, value in (flags or {}).items():
         if value is not None:
             merged[name] = value
@@ -298,6 +353,14 @@ def load_settings(
         return cls.model_validate(merged)
     except ValidationError as exc:
         raise ConfigError(_first_error(cls, exc, source, opts)) from None
+
+
+def _old_yaml_keys(cls: type[SettingsModel], opts: Mapping[str, Opt]) -> dict[str, str]:
+    """The Go original's YAML keys (field names lower-cased, no underscores) -> field names."""
+    out = {name.replace("_", ""): name for name in cls.model_fields}
+    for name, opt in opts.items():
+        out.update(dict.fromkeys(opt.old_keys, name))
+    return out
 
 
 def _first_error(

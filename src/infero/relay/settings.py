@@ -136,7 +136,12 @@ class RelaySettings(ConnectorSettings):
     mcp_http_timeout: Annotated[
         Duration,
         Field(gt=0),
-        Opt("MCP_HTTP_TIMEOUT", "Longest wait for the provider's answer to start or continue."),
+        Opt(
+            "MCP_HTTP_TIMEOUT",
+            "Longest wait for the provider's answer to start or continue.",
+            old_env=("REQUEST_TIMEOUT",),
+            old_keys=("requesttimeout",),
+        ),
     ] = 300.0
     mcp_http_insecure_skip_verify: Annotated[
         Bool, Opt("MCP_HTTP_INSECURE_SKIP_VERIFY", "Do not verify the provider's TLS certificate.")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from collections.abc import Mapping
+from typing import Annotated, Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from infero.common.settings import (
     CsvList,
     Duration,
+    ListenPort,
     LogFormat,
     LogLevel,
     Opt,
@@ -19,6 +21,12 @@ from infero.common.settings import (
 
 class ServerSettings(SettingsModel):
     """Everything `infero server` can be told; see docs/configuration.md."""
+
+    replaced_env: ClassVar[Mapping[str, str]] = {
+        "BROKER_WS_HEARTBEAT_MS": "HEARTBEAT_INTERVAL (a duration such as 15s)",
+        "BROKER_WS_DEAD_AFTER_MS": "LINK_DEAD_AFTER (a duration such as 45s)",
+        "LISTEN_ADDR": "HOST and PORT",
+    }
 
     host: Annotated[str, Opt("HOST", "Address to listen on.")] = "0.0.0.0"
     port: Annotated[Port, Opt("PORT", "TCP port of the API, links and dashboard.")] = 8080
@@ -37,7 +45,12 @@ class ServerSettings(SettingsModel):
         str, Opt("CLIENT_KEY", "Shared secret connectors present when they dial in.", secret=True)
     ] = ""
     metrics_port: Annotated[
-        Port | None, Opt("METRICS_PORT", "Serve /metrics on this port instead of PORT.")
+        ListenPort | None,
+        Opt(
+            "METRICS_PORT",
+            "Serve /metrics on this port instead of PORT.",
+            old_keys=("metricsaddr",),
+        ),
     ] = None
     tls_cert_file: Annotated[
         str,
@@ -135,5 +148,21 @@ class ServerSettings(SettingsModel):
     broker_call_timeout: Annotated[
         Duration,
         Field(gt=0),
-        Opt("BROKER_CALL_TIMEOUT", "Longest MCP call wait for an answer or its next event."),
+        Opt(
+            "BROKER_CALL_TIMEOUT",
+            "Longest MCP call wait for an answer or its next event (default: REQUEST_TIMEOUT "
+            "when that is set, else 5m).",
+        ),
     ] = 300.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mcp_calls_follow_request_timeout(cls, data: Any) -> Any:
+        """The Go original bounded MCP calls by REQUEST_TIMEOUT; keep that when only it is set."""
+        if (
+            isinstance(data, dict)
+            and data.get("request_timeout") is not None
+            and data.get("broker_call_timeout") is None
+        ):
+            return {**data, "broker_call_timeout": data["request_timeout"]}
+        return data

@@ -39,6 +39,13 @@ def _addr(value: str) -> str:
 
 ListenAddr = Annotated[str, AfterValidator(_addr)]
 
+ZERO_POLL_INTERVAL = 20.0
+"""`MODEL_POLL_INTERVAL` of 0 or less means this, as in the Go original."""
+
+
+def _poll_interval(value: float) -> float:
+    return value if value > 0 else ZERO_POLL_INTERVAL
+
 
 class WorkerSettings(ConnectorSettings):
     """Everything `infero llm` can be told; see docs/configuration.md."""
@@ -48,7 +55,13 @@ class WorkerSettings(ConnectorSettings):
         HttpUrl, Opt("COMPLETION_BASE_URL", "OpenAI-compatible base URL of the backend.")
     ] = "http://127.0.0.1:11434/v1"
     completion_api_key: Annotated[
-        str, Opt("COMPLETION_API_KEY", "Bearer key sent to the backend.", secret=True)
+        str,
+        Opt(
+            "COMPLETION_API_KEY",
+            "Bearer key sent to the backend.",
+            secret=True,
+            old_env=("OLLAMA_API_KEY",),
+        ),
     ] = ""
     api_style: Annotated[
         ApiStyle,
@@ -61,7 +74,9 @@ class WorkerSettings(ConnectorSettings):
         int, Field(ge=1, le=100_000), Opt("MAX_CONCURRENCY", "Requests served at once.")
     ] = 2
     model_poll_interval: Annotated[
-        Duration, Field(gt=0), Opt("MODEL_POLL_INTERVAL", "How often models are re-discovered.")
+        Duration,
+        AfterValidator(_poll_interval),
+        Opt("MODEL_POLL_INTERVAL", "How often models are re-discovered (0 or less: 20s)."),
     ] = 60.0
     request_timeout: Annotated[
         Duration,

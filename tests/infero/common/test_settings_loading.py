@@ -34,8 +34,8 @@ def test_errors_name_the_setting_where_it_was_written(tmp_path: Path) -> None:
         load_settings(WorkerSettings, file_values={"max_concurrency": "x"}, file_path=path)
     with pytest.raises(ConfigError, match=r"^invalid setting DRAIN_TIMEOUT \(environment\)"):
         load_settings(WorkerSettings, environ={"DRAIN_TIMEOUT": "later"})
-    with pytest.raises(ConfigError, match=r"unknown setting 'serverurl'"):
-        load_settings(WorkerSettings, file_values={"serverurl": "ws://x"}, file_path=path)
+    with pytest.raises(ConfigError, match=r"unknown setting 'server_adress'"):
+        load_settings(WorkerSettings, file_values={"server_adress": "ws://x"}, file_path=path)
 
 
 def test_secret_values_are_not_echoed_in_errors_and_are_masked() -> None:
