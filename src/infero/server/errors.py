@@ -74,6 +74,24 @@ def retry_later(status: int, message: str, code: str) -> web.Response:
     )
 
 
+def overloaded() -> web.Response:
+    """503: the request bodies held at once reached MAX_HELD_BODY_BYTES."""
+    return retry_later(
+        503, "The server holds too many request bodies right now.", "server_overloaded"
+    )
+
+
+def body_timeout() -> web.Response:
+    """408: the client stopped sending its body for BODY_TIMEOUT (the connection then closes)."""
+    return api_error(
+        408,
+        "The request body stopped arriving.",
+        "invalid_request_error",
+        "request_timeout",
+        headers={"Connection": "close"},
+    )
+
+
 def draining() -> web.Response:
     """503 while the server drains."""
     return retry_later(503, "The server is shutting down.", "server_draining")

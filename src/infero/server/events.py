@@ -14,6 +14,8 @@ RejectReason = Literal[
     "unauthorized",
     "bad_request",
     "too_large",
+    "body_timeout",
+    "overloaded",
     "model_not_found",
     "response_not_found",
     "queue_full",

@@ -129,7 +129,7 @@ class Link:
         method: str,
         path: str,
         headers: lp.Headers,
-        body: bytes,
+        body: bytes | bytearray,
         stream: bool = False,
         model: str = "",
         request_id: str = "",
@@ -174,7 +174,7 @@ class Link:
         """The TCP transport under `ws` (the request's), for `_send_small_request`."""
         self.transport = transport if isinstance(transport, RawTransport) else None
 
-    def _send_small_request(self, frame: lp.Request, body: bytes) -> bool:
+    def _send_small_request(self, frame: lp.Request, body: bytes | bytearray) -> bool:
         """Write the Request frame and its small body as two WebSocket frames in one write.
 
         Same frames as `send_str` + `send_bytes` (server frames are unmasked and the link is

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from infero.protocol.link import Head
 from infero.server import errors
+from infero.server.bodies import BodyBudget, BodyRefused, read_body
 from infero.server.events import EventBus, Outcome, RejectReason, RequestFinished, RequestRejected
 from infero.server.exchange import Exchange, ExchangeFailed, is_event_stream, response_headers
 from infero.server.lifecycle import Lifecycle
@@ -94,6 +95,8 @@ class OpenAIRelay:
         self.events = events
         self.affinity = affinity
         """Which connector created each stored response (see responses_affinity.py)."""
+        self.bodies = BodyBudget(settings.max_held_body_bytes)
+        """Bytes of request bodies held by requests in progress."""
 
     def reject(self, model: str, reason: RejectReason, response: web.Response) -> web.Response:
         """Report a rejection and return its response."""
@@ -109,13 +112,25 @@ class OpenAIRelay:
             return self.reject(
                 "", "bad_request", errors.bad_request("Content-Type must be application/json.")
             )
-        limit = self.settings.max_body_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return self.reject("", "too_large", errors.too_large(limit))
+        settings = self.settings
         try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self.reject("", "too_large", errors.too_large(limit))
+            body = await read_body(
+                request,
+                limit=settings.max_body_bytes,
+                idle_timeout=settings.body_timeout,
+                budget=self.bodies,
+            )
+        except BodyRefused as refused:
+            return self.reject("", refused.reason, refused.response)
+        try:
+            return await self._checked(request, body, started)
+        finally:
+            self.bodies.give_back(len(body))
+
+    async def _checked(
+        self, request: web.Request, body: bytes | bytearray, started: float
+    ) -> web.StreamResponse:
+        """Parse, check and forward a request whose body is read."""
         try:
             doc = json.loads(body)
         except (ValueError, RecursionError):  # RecursionError: nesting too deep to parse
@@ -139,6 +154,7 @@ class OpenAIRelay:
         if not self.scheduler.known(model, target):
             return self.reject(model, "model_not_found", errors.model_not_found(model))
         stream = doc.get("stream") is True
+        del doc  # the parsed body can be as large as the body: not held while relaying
         return await self.forward(
             request, body, model=model, stream=stream, target=target, started=started, tap=tap
         )
@@ -146,7 +162,7 @@ class OpenAIRelay:
     async def forward(
         self,
         request: web.Request,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         model: str,
         stream: bool,
@@ -173,7 +189,7 @@ class _Relay:
         self,
         api: OpenAIRelay,
         request: web.Request,
-        body: bytes,
+        body: bytes | bytearray,
         model: str,
         stream: bool,
         target: str | None,

@@ -74,6 +74,19 @@ class ServerSettings(SettingsModel):
     max_body_bytes: Annotated[
         int, Field(gt=0), Opt("MAX_BODY_BYTES", "Largest request body accepted (413 above).")
     ] = 64 * 1024 * 1024
+    max_held_body_bytes: Annotated[
+        int,
+        Field(gt=0),
+        Opt(
+            "MAX_HELD_BODY_BYTES",
+            "Bytes of request bodies the server holds at once (503 above).",
+        ),
+    ] = 256 * 1024 * 1024
+    body_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("BODY_TIMEOUT", "Longest gap while a request body arrives (408 above)."),
+    ] = 30.0
     queue_max: Annotated[
         int, Field(ge=0), Opt("QUEUE_MAX", "Requests that may wait per model; 0 disables queue.")
     ] = 100
