@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import profile as profiler
-from bench import report, scenarios
+from bench import report, scenarios, views
 from bench._loop import run
 from bench.presets import FULL, QUICK, SMOKE, Preset
 from bench.procs import ROOT, StackError
@@ -95,6 +95,24 @@ async def profile_only(preset: Preset, work_dir: Path, *, connectors: int) -> di
     }
 
 
+async def views_only(preset: Preset, work_dir: Path) -> dict[str, Any]:
+    """Start the stack and run the views scenario (idle links, viewers, churn, requests)."""
+    started = time.monotonic()
+    _progress(f"views: {preset.view_links} idle links, {preset.viewers} viewers")
+    async with Stack(preset, work_dir, connectors=1) as stack:
+        sections, raw = await views.measure_views(stack, preset)
+    sections.append(report.targets(sections))
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "preset": asdict(preset),
+        "connectors": 1,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": report.machine(),
+        "sections": [asdict(s) for s in sections],
+        "raw": raw,
+    }
+
+
 def render(doc: dict[str, Any], *, markdown: bool) -> str:
     """All tables of a report document, as text or Markdown."""
     sections = [
@@ -122,6 +140,11 @@ def main(argv: list[str] | None = None) -> int:
         "--profile", action="store_true", help="only profile server and connector (py-spy)"
     )
     parser.add_argument(
+        "--views",
+        action="store_true",
+        help="only the views scenario: idle links, state viewers, churn, requests",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help=f"comma-separated subset of {','.join(SCENARIOS)} (for experiments)",
@@ -133,11 +156,13 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only takes {', '.join(SCENARIOS)}")
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    work_dir = args.out / f"{stamp}-{preset.name}"
+    work_dir = args.out / f"{stamp}-{preset.name}{'-views' if args.views else ''}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         if args.profile:
             doc = run(profile_only(preset, work_dir, connectors=args.connectors))
+        elif args.views:
+            doc = run(views_only(preset, work_dir))
         else:
             doc = run(measure(preset, work_dir, connectors=args.connectors, only=only))
     except (StackError, scenarios.BenchError) as exc:

@@ -35,6 +35,16 @@ class Preset:
     client_seconds: float
     connector_capacity: int = 4096
     """MAX_CONCURRENCY of the benchmark's connectors: high, so infero never queues."""
+    view_seconds: float = 10.0
+    """Length of each phase of the views scenario (`--views`)."""
+    view_links: int = 1000
+    """Idle connectors held during the views scenario."""
+    viewers: int = 20
+    """`/api/state/stream` viewers in the views scenario."""
+    view_churn_per_s: float = 10.0
+    """Connectors joining (and as many leaving) per second in the churn phase."""
+    view_concurrency: int = 2
+    """Clients sending small chat requests back to back during the traffic phases."""
 
 
 FULL = Preset(
@@ -73,6 +83,7 @@ QUICK = Preset(
     embedding_dim=256,
     client_requests=150,
     client_seconds=0.4,
+    view_seconds=5.0,
 )
 
 SMOKE = Preset(
@@ -92,4 +103,8 @@ SMOKE = Preset(
     embedding_dim=8,
     client_requests=3,
     client_seconds=0.05,
+    view_seconds=0.5,
+    view_links=3,
+    viewers=2,
+    view_churn_per_s=4.0,
 )

@@ -306,15 +306,22 @@ class Stack:
         return result
 
     @asynccontextmanager
-    async def idle_links(self, count: int) -> AsyncIterator[dict[str, object]]:
-        """`count` simulated idle connectors, connected for the duration of the block."""
+    async def idle_links(
+        self, count: int, *, prefix: str = "idle", churn_per_s: float = 0.0
+    ) -> AsyncIterator[dict[str, object]]:
+        """`count` simulated idle connectors, connected for the duration of the block.
+
+        With `churn_per_s`, that many leave and as many new ones join every second.
+        """
         child = await procs.start(
-            "idle-links",
+            f"{prefix}-links",
             procs.python(
                 "bench.idle_links",
                 f"--url={self.link_url}",
                 f"--client-key={CLIENT_KEY}",
                 f"--count={count}",
+                f"--prefix={prefix}",
+                f"--churn-per-s={churn_per_s}",
             ),
             log_dir=self.work_dir,
         )

@@ -1,0 +1,196 @@
+"""`python -m bench --views`: what dashboards cost a big fleet (issue 13).
+
+1,000 idle links, 20 `/api/state/stream` viewers, connectors joining and leaving, and steady
+small chat requests, in phases that add one load at a time. Each phase reports the event-loop
+lag seen by a `/healthz` probe, the relay's requests/s, the bytes each viewer receives per
+second and the server's CPU use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from bench import procs
+from bench.presets import Preset
+from bench.report import Row, Section, count, ms, ratio
+from bench.scenarios import BenchError, Raw, chat_body, digest
+from bench.stack import API_KEY, FAST_MODEL, READY_TIMEOUT, Stack
+from bench.stats import summarize
+
+PROBE_PERIOD = 0.05
+"""Seconds between two `/healthz` probes."""
+CHURN_POOL = 20
+"""Links of the churning connector process (each lives about POOL / rate seconds)."""
+OPEN_TIMEOUT = 120.0
+"""Seconds the viewers get to receive their first documents (1,000 rows, loaded machine)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Phase:
+    """One measured window: which loads run during it."""
+
+    key: str
+    label: str
+    viewers: bool
+    traffic: bool
+    churn: bool
+
+
+PHASES = (
+    Phase("idle", "idle links only", viewers=False, traffic=False, churn=False),
+    Phase("traffic", "+ requests, no viewers", viewers=False, traffic=True, churn=False),
+    Phase("viewers", "+ viewers, no requests", viewers=True, traffic=False, churn=False),
+    Phase("viewers_traffic", "+ viewers + requests", viewers=True, traffic=True, churn=False),
+    Phase("churn", "+ viewers + requests + churn", viewers=True, traffic=True, churn=True),
+)
+
+
+async def _start_viewers(stack: Stack, name: str) -> procs.Child:
+    child = await procs.start(
+        name, procs.python("bench.viewers"), log_dir=stack.work_dir, stdin=True
+    )
+    await child.read_json(READY_TIMEOUT)
+    return child
+
+
+async def _ask(child: procs.Child, command: dict[str, Any], within: float) -> dict[str, Any]:
+    await child.send_json(command)
+    return await child.read_json(within)
+
+
+async def _phase(
+    stack: Stack, p: Preset, phase: Phase, viewers: procs.Child, probe: procs.Child
+) -> dict[str, Any]:
+    """Run one window; the viewers (if any) are open already."""
+    assert stack.server is not None
+    base = f"http://127.0.0.1:{stack.server_port}"
+    window = {"seconds": p.view_seconds, "probe_url": "", "probe_period": PROBE_PERIOD}
+    jobs: list[Any] = [_ask(probe, {"measure": {**window, "probe_url": base + "/healthz"}}, 300)]
+    if phase.viewers:
+        jobs.append(_ask(viewers, {"measure": window}, 300))
+    if phase.traffic:
+        body = chat_body(FAST_MODEL, 16, stream=False)
+        job = stack.infero.job(
+            "/chat/completions", body, stream=False,
+            concurrency=p.view_concurrency, duration=p.view_seconds,
+        )  # fmt: skip
+        jobs.append(stack.run(job))
+    before, started = stack.server.cpu_seconds(), time.monotonic()
+    results = await asyncio.gather(*jobs)
+    cpu = (stack.server.cpu_seconds() - before) / (time.monotonic() - started)
+    probed = results[0]
+    out: dict[str, Any] = {"server_cpu": cpu, "probe_ms": summarize(probed["probe_ms"])}
+    if phase.viewers:
+        seen = results[1]
+        if seen["errors"]:
+            raise BenchError(f"views {phase.key}: viewer failed ({seen['error_sample']})")
+        per_s = [b / seen["elapsed_s"] for b in seen["bytes"]]
+        out["bytes_per_viewer_s"] = sum(per_s) / len(per_s)
+        out["events_per_viewer_s"] = sum(seen["events"]) / len(per_s) / seen["elapsed_s"]
+    if phase.traffic:
+        result = results[-1]
+        if result["ok"] == 0:
+            raise BenchError(f"views {phase.key}: no request succeeded ({result['error_sample']})")
+        out["rps"] = result["ok"] / result["elapsed_s"]
+        out["requests"] = digest(result)
+    return out
+
+
+async def _measure(stack: Stack, p: Preset, viewers: procs.Child, probe: procs.Child) -> Raw:
+    raw: Raw = {}
+    query = {"url": "", "headers": {"Authorization": f"Bearer {API_KEY}"}, "viewers": p.viewers}
+    query["url"] = f"http://127.0.0.1:{stack.server_port}/api/state/stream"
+    opened = False
+    for phase in PHASES:
+        if phase.viewers and not opened:
+            answer = await _ask(viewers, {"open": query}, OPEN_TIMEOUT)
+            if answer["errors"]:
+                raise BenchError(f"views: {answer['errors']} viewer(s) could not open the stream")
+            opened = True
+        if phase.churn:
+            async with stack.idle_links(CHURN_POOL, prefix="churn", churn_per_s=p.view_churn_per_s):
+                raw[phase.key] = await _phase(stack, p, phase, viewers, probe)
+        else:
+            raw[phase.key] = await _phase(stack, p, phase, viewers, probe)
+    await _ask(viewers, {"close": True}, 60)
+    return raw
+
+
+def _kb(value: float | None) -> str:
+    return "-" if value is None else f"{value / 1000:,.1f}"
+
+
+def _p(figures: dict[str, Any], q: str) -> float | None:
+    probe = figures["probe_ms"]
+    return None if probe is None else float(probe[q])
+
+
+def sections(raw: Raw, p: Preset) -> list[Section]:
+    """The phase table and the issue's targets."""
+    table = Section(
+        "views",
+        f"{p.view_links} idle links, {p.viewers} viewers, {p.view_seconds:g} s per phase",
+        ["/healthz p50 ms", "/healthz p99 ms", "req/s", "KB/s per viewer", "server CPU"],
+    )
+    for phase in PHASES:
+        f = raw[phase.key]
+        cells = [
+            ms(_p(f, "p50")),
+            ms(_p(f, "p99")),
+            count(f.get("rps")),
+            _kb(f.get("bytes_per_viewer_s")),
+            ratio(f["server_cpu"]),
+        ]
+        table.rows.append(Row(phase.key, cells, label=phase.label))
+    table.note = (
+        f"requests: {p.view_concurrency} clients sending 16-token chat completions back to "
+        f"back; churn: {p.view_churn_per_s:g} connectors join and {p.view_churn_per_s:g} leave "
+        "per second; server CPU in cores (1.00 = one core busy)"
+    )
+    targets = Section("views_targets", "Views against issue 13", ["measured"])
+    churn, idle, viewers = raw["churn"], raw["idle"], raw["viewers"]
+    lag = _p(churn, "p99")
+    row = Row("lag_p99", [ms(lag)], label="/healthz p99 under churn, requests, viewers")
+    row.target, row.measured, row.met = "< 20 ms", f"{ms(lag)} ms", lag is not None and lag < 20
+    targets.rows.append(row)
+    for key, label, figures, limit in (
+        ("bytes_churn", "bytes per viewer per second, churn", churn, 50_000),
+        ("bytes_idle", "bytes per viewer per second, nothing changes", viewers, 2_000),
+    ):
+        value = figures["bytes_per_viewer_s"]
+        row = Row(key, [f"{_kb(value)} KB/s"], label=label)
+        row.target, row.measured = f"< {limit / 1000:g} KB/s", f"{_kb(value)} KB/s"
+        row.met = value < limit
+        targets.rows.append(row)
+    views_cpu = viewers["server_cpu"] - idle["server_cpu"]
+    row = Row("cpu_views", [ratio(views_cpu)], label="server CPU of 20 idle viewers (cores)")
+    row.target, row.measured, row.met = "< 0.10", ratio(views_cpu), views_cpu < 0.10
+    targets.rows.append(row)
+    share = raw["viewers_traffic"]["rps"] / raw["traffic"]["rps"]
+    row = Row("relay_share", [ratio(share)], label="req/s with viewers / without")
+    row.target, row.measured, row.met = ">= 0.90", ratio(share), share >= 0.90
+    targets.rows.append(row)
+    return [table, targets]
+
+
+async def measure_views(stack: Stack, p: Preset) -> tuple[list[Section], Raw]:
+    """Hold the idle links, open the viewers and the probe, run every phase."""
+    viewers = await _start_viewers(stack, "viewers")
+    try:
+        probe = await _start_viewers(stack, "probe")
+        try:
+            async with stack.idle_links(p.view_links) as info:
+                if info["connected"] != p.view_links:
+                    raise BenchError(
+                        f"{info['connected']} of {p.view_links} idle links welcomed: "
+                        f"{info['reason']}"
+                    )
+                raw = await _measure(stack, p, viewers, probe)
+        finally:
+            await probe.stop()
+    finally:
+        await viewers.stop()
+    return sections(raw, p), raw
