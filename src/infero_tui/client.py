@@ -192,6 +192,7 @@ class FleetClient:
             async with self._http.stream(
                 "GET",
                 "/api/state/stream",
+                params={"mode": "full"},
                 headers={**self.credentials.for_read(), "Accept": "text/event-stream"},
                 timeout=self._stream_timeout,
             ) as response:

@@ -67,3 +67,28 @@ def test_smoke_run_through_infero_reports_every_row_and_the_overhead_header(
     assert all(result["errors"] == 0 for result in doc["raw"].values())
     assert "Targets" in done.stdout
     assert (report.parent / "report.md").read_text(encoding="utf-8").startswith("smoke run")
+
+
+def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
+    """Idle links, viewers, probe, churn and requests all start, work and stop."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--views", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (report,) = tmp_path.glob("*/report.json")
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
+    assert rows["views"] == {"idle", "traffic", "viewers", "viewers_traffic", "churn"}
+    assert rows["views_targets"] == {
+        "lag_p99",
+        "bytes_churn",
+        "bytes_idle",
+        "cpu_views",
+        "relay_share",
+    }
+    assert doc["raw"]["churn"]["requests"]["errors"] == 0

@@ -55,6 +55,7 @@ async def test_stream_yields_snapshots_skipping_ids_comments_and_bad_events() ->
             await read_all()
     assert [s.workers[0].name for s in got] == ["alpha", "alpha"]
     assert seen[0].url.path == "/api/state/stream"
+    assert seen[0].url.params["mode"] == "full"
     assert seen[0].headers["Authorization"] == "Bearer k1"
 
 

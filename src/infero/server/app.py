@@ -75,7 +75,6 @@ def create_app(
     builder = state_api.StateBuilder(
         fleet=fleet, scheduler=scheduler, lifecycle=lifecycle, mcp=lambda: app[keys.MCP_STATE]
     )
-    app[keys.SNAPSHOT] = builder.snapshot
 
     if affinity is None:
         affinity = MemoryAffinity(

@@ -1,11 +1,11 @@
 """Prometheus metrics of the server: `/metrics`, from a registry owned by the app.
 
 Request series are fed by the core's `EventBus`; fleet gauges (queue depth, connectors) are
-read from the state snapshot at scrape time. Every labelled family keeps at most
-`max_series` series: when a new label set would exceed it, the least recently updated
-series is dropped (and `infero_metrics_series_evicted_total` counts it), so a churning
-fleet or a flood of model names cannot grow memory or scrape size without bound.
-See docs/metrics.md.
+read from the fleet's and the scheduler's own counters at scrape time (never a snapshot).
+Every labelled family keeps at most `max_series` series: when a new label set would exceed
+it, the least recently updated series is dropped (and `infero_metrics_series_evicted_total`
+counts it), so a churning fleet or a flood of model names cannot grow memory or scrape size
+without bound. See docs/metrics.md.
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from infero.common.metrics import register_build_info
-from infero.protocol.state import StateSnapshot
 from infero.server import keys, tls
 from infero.server.events import RejectReason, RequestFinished, RequestRejected
+from infero.server.registry import Fleet
+from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -193,27 +194,53 @@ class ServerMetrics:
         self.rejected.labels(event.reason).inc()
 
 
-class FleetCollector:
-    """Gauges computed from the state snapshot at scrape time."""
+@dataclass(frozen=True, slots=True)
+class FleetGauges:
+    """The fleet's figures at one moment, read from the registry and the queues."""
 
-    def __init__(self, snapshot: Callable[[], StateSnapshot]) -> None:
-        self._snapshot = snapshot
+    queues: dict[str, tuple[int, float]]
+    """(depth, age of the oldest waiter in seconds) for every advertised or queued model."""
+    inflight: int
+    connected: int
+    draining: int
+
+
+def fleet_gauges(fleet: Fleet, scheduler: Scheduler) -> FleetGauges:
+    """Read the gauges from the counters the fleet and the scheduler keep (no snapshot)."""
+    inflight = connected = draining = 0
+    for worker in fleet.workers.values():
+        if worker.live:
+            connected += 1
+            inflight += worker.inflight
+            draining += worker.link_status == "draining"
+    queues = {
+        name: (scheduler.queue_len(name), scheduler.oldest_wait_s(name))
+        for name in set(fleet.by_model) | set(scheduler.queues)
+    }
+    return FleetGauges(queues, inflight, connected, draining)
+
+
+class FleetCollector:
+    """Gauges read from the fleet's own counters at scrape time."""
+
+    def __init__(self, gauges: Callable[[], FleetGauges]) -> None:
+        self._gauges = gauges
 
     def describe(self) -> Iterable[Metric]:
         """The families this collector yields (no samples; lets the registry spot clashes)."""
         return self._families().values()
 
     def collect(self) -> Iterable[Metric]:
-        """Read the snapshot once and yield the gauges."""
-        snap = self._snapshot()
+        """Read the figures once and yield the gauges."""
+        gauges = self._gauges()
         families = self._families()
-        for model in snap.models:
-            name = model.name[:MAX_LABEL_LEN]
-            families["depth"].add_metric([name], model.queue_len)
-            families["oldest"].add_metric([name], model.oldest_wait_ms / 1000)
-        families["inflight"].add_metric([], snap.server.jobs_inflight_total)
-        families["connected"].add_metric([], snap.workers_summary.connected)
-        families["draining"].add_metric([], snap.workers_summary.draining)
+        for model, (depth, oldest) in sorted(gauges.queues.items()):
+            name = model[:MAX_LABEL_LEN]
+            families["depth"].add_metric([name], depth)
+            families["oldest"].add_metric([name], oldest)
+        families["inflight"].add_metric([], gauges.inflight)
+        families["connected"].add_metric([], gauges.connected)
+        families["draining"].add_metric([], gauges.draining)
         return families.values()
 
     @staticmethod
@@ -284,7 +311,8 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     registry = CollectorRegistry()
     app[REGISTRY] = registry
     app[keys.EVENTS].subscribe(ServerMetrics(registry))
-    registry.register(FleetCollector(lambda: app[keys.SNAPSHOT]()))
+    fleet, scheduler = app[keys.FLEET], app[keys.SCHEDULER]
+    registry.register(FleetCollector(lambda: fleet_gauges(fleet, scheduler)))
     handler = metrics_handler(registry)
     port = separate_port(settings)
     if port is None:

@@ -48,6 +48,28 @@ _ERRORS_V1 = {
     "504": _error("No first byte from the connector within FIRST_BYTE_TIMEOUT."),
 }
 
+_STATE_SCOPE: list[Json] = [
+    {
+        "name": "parts",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Comma list of summary, workers, models, mcp (default all; the summary "
+        "always comes).",
+    },
+    {
+        "name": "connector",
+        "in": "query",
+        "schema": {"type": "string"},
+        "description": "Only this connector's row.",
+    },
+    {
+        "name": "gone",
+        "in": "query",
+        "schema": {"type": "string", "enum": ["count", "list"]},
+        "description": "Departed connectors only counted (default) or listed.",
+    },
+]
+
 _OPENAI_BODY: Json = {
     "type": "object",
     "required": ["model"],
@@ -304,8 +326,10 @@ def _paths(metrics_on_main_port: bool) -> Json:
             "get": {
                 "tags": ["Operations"],
                 "summary": "Snapshot of the server, connectors, models and MCP relays",
+                "parameters": _STATE_SCOPE,
                 "responses": {
                     "200": _json(_ref("StateSnapshot"), "The snapshot (see docs/state.md)."),
+                    "400": _error("Unknown `parts`, `gone` or `mode` value."),
                     "401": _ERRORS_V1["401"],
                 },
             }
@@ -313,16 +337,34 @@ def _paths(metrics_on_main_port: bool) -> Json:
         "/api/state/stream": {
             "get": {
                 "tags": ["Operations"],
-                "summary": "Snapshots as server-sent events",
+                "summary": "The snapshot, then deltas, as server-sent events",
                 "description": (
-                    "One `data:` event (a StateSnapshot) at once, then on every change "
-                    "(coalesced) and at least every 2 s, with `id:` lines and keepalive comments."
+                    "`event: snapshot` (a StateSnapshot) at once, then `event: delta` with only "
+                    "what changed (keyed by id, at most four a second), each with an `id:` to "
+                    "resume from with `Last-Event-ID`; keepalive comments. `mode=full` sends "
+                    "whole documents as plain events instead. See docs/state.md."
                 ),
+                "parameters": [
+                    *_STATE_SCOPE,
+                    {
+                        "name": "mode",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["delta", "full"]},
+                        "description": "`delta` (default) or `full` documents on every change.",
+                    },
+                    {
+                        "name": "Last-Event-ID",
+                        "in": "header",
+                        "schema": {"type": "string"},
+                        "description": "Resume after this event (else a full snapshot first).",
+                    },
+                ],
                 "responses": {
                     "200": {
                         "description": "The event stream.",
                         "content": {"text/event-stream": {"schema": {"type": "string"}}},
                     },
+                    "400": _error("Unknown `parts`, `gone` or `mode` value."),
                     "401": _ERRORS_V1["401"],
                 },
             }

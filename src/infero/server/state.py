@@ -1,16 +1,24 @@
-"""`/api/state` and `/api/state/stream`: the fleet as one `StateSnapshot`. See docs/state.md."""
+"""`/api/state` and `/api/state/stream`: the fleet as a `StateSnapshot`, then deltas.
+
+See docs/state.md. `StateBuilder` offers the rows, `StatePublisher` (statefeed.py) serialises
+each change once and fans it out to the viewers.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
+from functools import partial
 from itertools import islice
+from typing import cast
 
 from aiohttp import web
+from pydantic import BaseModel
 
 from infero.common.buildinfo import BUILD
+from infero.protocol.delta import PARTS, Part, StreamMode, session_key
 from infero.protocol.state import (
     McpState,
     ModelInfo,
@@ -21,16 +29,22 @@ from infero.protocol.state import (
     WorkerInfo,
     WorkersSummary,
 )
+from infero.server import keys
+from infero.server.errors import bad_request
 from infero.server.lifecycle import Lifecycle
 from infero.server.registry import Counters, Fleet, Pending, Worker
 from infero.server.scheduler import Scheduler
+from infero.server.statefeed import Entry, Scan, Scope, StatePublisher
 
-STREAM_PERIOD = 2.0
-"""A snapshot at least this often on the stream (seconds)."""
-STREAM_COALESCE = 0.1
-"""Changes closer together than this go out as one event."""
-KEEPALIVE = 1.0
-"""Comment line when nothing was sent for this long."""
+SETTLE = 0.05
+"""Seconds the publisher waits after a change, so a burst goes out as one batch."""
+SPACING = 0.25
+"""Least seconds between two batches: request traffic causes at most 4 events a second."""
+KEEPALIVE = 5.0
+"""Comment line when nothing was sent for this long (seconds); nothing else is periodic."""
+PRUNE_PERIOD = 5.0
+"""Most seconds between two sweeps of connectors gone for longer than GONE_RETENTION (a tenth
+of GONE_RETENTION when that is shorter, at least 0.1 s)."""
 MAX_CONNECTING_LISTED = 20
 """Links in their handshake listed at most (they are not authenticated yet)."""
 
@@ -52,7 +66,11 @@ def _tps(counters: Counters) -> float:
 
 
 class StateBuilder:
-    """Builds snapshots from the fleet, the scheduler's queues and the lifecycle."""
+    """The rows of the state document, from the fleet, the scheduler's queues and the lifecycle.
+
+    It is the `RowSource` of the `StatePublisher`: `scan()` offers a cheap fingerprint of every
+    row, and a row is built (and serialised) only when its fingerprint changed.
+    """
 
     def __init__(
         self,
@@ -67,59 +85,145 @@ class StateBuilder:
         self.lifecycle = lifecycle
         self.mcp = mcp
         self.started = time.time()
+        self._figures: tuple[ServerState, int, int, int, int, int] = ("not_ready", 0, 0, 0, 0, 0)
 
-    def snapshot(self) -> StateSnapshot:
-        """The current document."""
+    def scan(self) -> Scan:
+        """Fingerprints of every row, the summary, and the server's figures (kept for `server`)."""
         fleet = self.fleet
-        fleet.prune_gone()
+        queues = self.scheduler.queues
         now = time.time()
         mono = time.monotonic()
-        workers = sorted(fleet.workers.values(), key=lambda w: w.connected_at)
-        queues = self.scheduler.queues
-        infos = [self._worker(w, now, mono) for w in workers]
-        connecting = [_connecting(p) for p in islice(fleet.pending.values(), MAX_CONNECTING_LISTED)]
-        summary = WorkersSummary(
-            connected=sum(1 for w in workers if w.live),
-            working=sum(1 for i in infos if i.status == "busy"),
-            idle=sum(1 for i in infos if i.status == "idle"),
-            draining=sum(1 for i in infos if i.status == "draining"),
-            not_ready=sum(1 for i in infos if i.status == "not_ready"),
-            gone=sum(1 for i in infos if i.status == "gone"),
+        counts = dict.fromkeys(("idle", "busy", "draining", "not_ready", "gone"), 0)
+        inflight = 0
+        serving = False
+        workers: list[Entry] = []
+        for w in fleet.workers.values():
+            stats = w.stats
+            status = w.status
+            counts[status] += 1
+            inflight += w.inflight
+            serving = serving or w.serving
+            queued = sum(len(queues[m]) for m in w.models if m in queues) if queues else 0
+            mark = (
+                w.connected_at,
+                status,
+                w.link_status,
+                w.inflight,
+                w.capacity,
+                w.models,
+                w.link_error,
+                stats.processed_total,
+                stats.total.requests_total,
+                stats.failures_total,
+                stats.last_error,
+                queued,
+            )
+            workers.append(
+                Entry(
+                    w.id,
+                    mark,
+                    partial(self._worker, w, queued, now, mono),
+                    (0, w.connected_at),
+                    status == "gone",
+                )
+            )
+        workers.extend(
+            Entry(p.id, (p.peer, p.opened_at), partial(_connecting, p), (1, p.opened_at))
+            for p in islice(fleet.pending.values(), MAX_CONNECTING_LISTED)
         )
-        names = {m for w in workers if w.live for m in w.models} | set(queues)
-        models = [self._model(name, workers) for name in sorted(names)]
+        models = [self._model_entry(name, now) for name in set(fleet.by_model) | set(queues)]
+        mcp = self.mcp()()
+        clients = [
+            Entry(
+                c.id,
+                (
+                    c.connected_at,
+                    c.name,
+                    c.version,
+                    c.status,
+                    c.inflight,
+                    c.calls_total,
+                    c.errors_total,
+                ),
+                partial(_same, c),
+                (0, c.connected_at.timestamp() if c.connected_at else 0.0),
+            )
+            for c in mcp.clients
+        ]
+        sessions = [
+            Entry(
+                session_key(s),
+                (s.started_at, s.last_activity, s.inflight, s.method),
+                partial(_same, s),
+                (0, s.started_at.timestamp()),
+            )
+            for s in mcp.sessions
+        ]
         state: ServerState = (
-            "draining"
-            if self.lifecycle.draining
-            else "ready"
-            if any(w.serving for w in workers)
-            else "not_ready"
+            "draining" if self.lifecycle.draining else "ready" if serving else "not_ready"
         )
-        totals = list(fleet.model_totals.values())
-        server = ServerInfo(
-            now=_dt(now),
+        totals = fleet.model_totals.values()
+        self._figures = (
+            state,
+            inflight,
+            sum(c.success_total for c in totals),
+            sum(c.error_total for c in totals),
+            sum(c.cancelled_total for c in totals),
+            sum(len(q) for q in queues.values()),
+        )
+        summary = WorkersSummary(
+            connected=len(fleet.workers) - counts["gone"],
+            working=counts["busy"],
+            idle=counts["idle"],
+            draining=counts["draining"],
+            not_ready=counts["not_ready"],
+            gone=counts["gone"],
+        )
+        return Scan(
+            entries={
+                "workers": workers,
+                "models": models,
+                "mcp_clients": clients,
+                "mcp_sessions": sessions,
+            },
+            server_mark=(self.lifecycle.draining, *self._figures),
+            summary=summary,
+        )
+
+    def server(self, now: datetime) -> ServerInfo:
+        """The `server` object at `now`, with the figures of the last scan."""
+        state, inflight, completed, failed, cancelled, queued = self._figures
+        return ServerInfo(
+            now=now,
             version=BUILD.version,
             started_at=_dt(self.started),
             build_sha=BUILD.sha,
             build_date=BUILD.date,
             state=state,
             draining=self.lifecycle.draining,
-            uptime_s=int(now - self.started),
-            jobs_inflight_total=sum(w.inflight for w in workers),
-            jobs_completed_total=sum(c.success_total for c in totals),
-            jobs_failed_total=sum(c.error_total for c in totals),
-            jobs_cancelled_total=sum(c.cancelled_total for c in totals),
-            scheduler_queue_len=sum(len(q) for q in queues.values()),
-        )
-        return StateSnapshot(
-            server=server,
-            workers_summary=summary,
-            models=models,
-            workers=infos + connecting,
-            mcp=self.mcp()(),
+            uptime_s=int(now.timestamp() - self.started),
+            jobs_inflight_total=inflight,
+            jobs_completed_total=completed,
+            jobs_failed_total=failed,
+            jobs_cancelled_total=cancelled,
+            scheduler_queue_len=queued,
         )
 
-    def _worker(self, w: Worker, now: float, mono: float) -> WorkerInfo:
+    def _model_entry(self, name: str, now: float) -> Entry:
+        owners = self.fleet.by_model.get(name, {})
+        ready = sum(1 for w in owners.values() if w.serving)
+        queue = self.scheduler.queues.get(name)
+        counters = self.fleet.model_totals.get(name)
+        mark = (
+            len(owners),
+            ready,
+            len(queue) if queue else 0,
+            queue[0].enqueued_at if queue else None,
+            counters.requests_total if counters else 0,
+        )
+        return Entry(name, mark, partial(self._model, name, len(owners), ready, now))
+
+    def _worker(self, w: Worker, queued: int, now: float, mono: float) -> WorkerInfo:
         stats = w.stats
         link = w.link
         if link is not None:
@@ -150,7 +254,7 @@ class StateBuilder:
             avg_processing_ms=_avg(processing_ms, processed),
             failures_total=stats.failures_total,
             cancelled_total=total.cancelled_total,
-            queue_len=sum(self.scheduler.queue_len(m) for m in w.models),
+            queue_len=queued,
             last_error=stats.last_error or w.link_error,
             tokens_in_total=total.tokens_in_total,
             tokens_out_total=total.tokens_out_total,
@@ -169,18 +273,17 @@ class StateBuilder:
             },
         )
 
-    def _model(self, name: str, workers: list[Worker]) -> ModelInfo:
-        owners = [w for w in workers if w.live and name in w.models]
+    def _model(self, name: str, workers: int, ready: int, now: float) -> ModelInfo:
         c = self.fleet.model_totals.get(name) or Counters()
         queue_len = self.scheduler.queue_len(name)
         wait_s = self.scheduler.oldest_wait_s(name)
         return ModelInfo(
             name=name,
-            workers=len(owners),
-            ready_workers=sum(1 for w in owners if w.serving),
+            workers=workers,
+            ready_workers=ready,
             queue_len=queue_len,
             oldest_wait_ms=int(wait_s * 1000),
-            queued_since=_dt(time.time() - wait_s) if queue_len else None,
+            queued_since=_dt(now - wait_s) if queue_len else None,
             requests_total=c.requests_total,
             success_total=c.success_total,
             error_total=c.error_total,
@@ -191,6 +294,10 @@ class StateBuilder:
             avg_duration_ms=_avg(c.duration_s_total * 1000, c.requests_total),
             avg_tokens_per_second=_tps(c),
         )
+
+
+def _same(row: BaseModel) -> BaseModel:
+    return row
 
 
 def _connecting(pending: Pending) -> WorkerInfo:
@@ -205,17 +312,65 @@ def _connecting(pending: Pending) -> WorkerInfo:
     )
 
 
-def setup(app: web.Application, builder: StateBuilder) -> None:
-    """Mount `/api/state` and `/api/state/stream` (behind the API key, see middleware)."""
+class ScopeError(ValueError):
+    """A query parameter of `/api/state` or its stream is not understood."""
+
+
+def read_scope(query: Mapping[str, str]) -> Scope:
+    """`parts`, `connector` and `gone` of a state request (see docs/state.md)."""
+    parts = frozenset(PARTS)
+    if "parts" in query:
+        asked = {p.strip() for p in query["parts"].split(",") if p.strip()}
+        unknown = asked - set(PARTS)
+        if unknown:
+            raise ScopeError(f"parts: unknown {', '.join(sorted(unknown))}; use {', '.join(PARTS)}")
+        parts = frozenset(cast("set[Part]", asked)) | {"summary"}
+    gone = query.get("gone", "count")
+    if gone not in ("count", "list"):
+        raise ScopeError("gone: use count or list")
+    connector = query.get("connector") or None
+    return Scope(parts=parts, connector=connector, gone=gone == "list")
+
+
+def read_mode(query: Mapping[str, str]) -> StreamMode:
+    """`mode` of a stream request: `delta` (default) or `full`."""
+    mode = query.get("mode", "delta")
+    if mode not in ("delta", "full"):
+        raise ScopeError("mode: use delta or full")
+    return cast("StreamMode", mode)
+
+
+async def prune_gone(fleet: Fleet, period: float) -> None:
+    """Forget connectors gone for longer than GONE_RETENTION, every `period` s (until cancelled)."""
+    while True:
+        await asyncio.sleep(period)  # a timer: pruning is due by the clock, not by an event
+        fleet.prune_gone()
+
+
+def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
+    """Mount `/api/state` and `/api/state/stream` (behind the API key, see middleware).
+
+    The publisher and the pruning timer run as long as the app does.
+    """
     changes = builder.fleet.changes
     lifecycle = builder.lifecycle
+    publisher = StatePublisher(builder)
+    prune_period = min(PRUNE_PERIOD, max(0.1, builder.fleet.gone_retention / 10))
 
-    async def state(_: web.Request) -> web.Response:
-        return web.Response(
-            text=builder.snapshot().model_dump_json() + "\n", content_type="application/json"
-        )
+    async def state(request: web.Request) -> web.Response:
+        try:
+            scope = read_scope(request.query)
+        except ScopeError as exc:
+            return bad_request(str(exc))
+        publisher.collect()
+        return web.Response(text=publisher.document(scope) + "\n", content_type="application/json")
 
     async def stream(request: web.Request) -> web.StreamResponse:
+        try:
+            scope = read_scope(request.query)
+            mode = read_mode(request.query)
+        except ScopeError as exc:
+            return bad_request(str(exc))
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -224,32 +379,46 @@ def setup(app: web.Application, builder: StateBuilder) -> None:
             }
         )
         await response.prepare(request)
-        loop = asyncio.get_running_loop()
-        event_id = 0
+        viewer = publisher.attach(scope, mode, request.headers.get("Last-Event-ID", ""))
         try:
             await response.write(b"retry: 1000\n\n")
-            while not lifecycle.stopping.is_set():
-                seen = changes.version
-                event_id += 1
-                data = builder.snapshot().model_dump_json()
-                await response.write(f"id: {event_id}\ndata: {data}\n\n".encode())
-                sent = loop.time()
-                while True:
-                    remaining = sent + STREAM_PERIOD - loop.time()
-                    if remaining <= 0 or lifecycle.stopping.is_set():
-                        break
+            while not (publisher.closed or lifecycle.stopping.is_set()):
+                if not viewer.wake.is_set():
                     try:
-                        async with asyncio.timeout(min(remaining, KEEPALIVE)):
-                            await changes.wait(seen)
+                        async with asyncio.timeout(KEEPALIVE):
+                            await viewer.wake.wait()
                     except TimeoutError:
-                        if loop.time() - sent >= KEEPALIVE and remaining > KEEPALIVE:
-                            await response.write(b": keepalive\n\n")
+                        await response.write(b": keepalive\n\n")
                         continue
-                    await asyncio.sleep(STREAM_COALESCE)
-                    break
+                data = publisher.next_event(viewer)
+                if data:
+                    await response.write(data)
         except ConnectionResetError:
-            return response
+            pass
+        finally:
+            publisher.detach(viewer)
         return response
 
+    async def background(_: web.Application) -> AsyncIterator[None]:
+        tasks = [
+            asyncio.create_task(publisher.run(changes, settle=SETTLE, spacing=SPACING)),
+            asyncio.create_task(prune_gone(builder.fleet, prune_period)),
+        ]
+        yield
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def close(_: web.Application) -> None:
+        publisher.close()
+
+    def snapshot() -> StateSnapshot:
+        publisher.collect()
+        return StateSnapshot.model_validate_json(publisher.document(Scope(gone=True)))
+
+    app[keys.SNAPSHOT] = snapshot
+    app.cleanup_ctx.append(background)
+    app.on_shutdown.append(close)
     app.router.add_get("/api/state", state)
     app.router.add_get("/api/state/stream", stream)
+    return publisher

@@ -1,8 +1,8 @@
-"""`/metrics`: request series from events, fleet gauges from the snapshot, bounded labels."""
+"""`/metrics`: request series from events, fleet gauges from counters, bounded labels."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import pytest
@@ -14,32 +14,36 @@ from prometheus_client.parser import text_string_to_metric_families
 from pytest_aiohttp import AiohttpClient
 
 from infero.common.buildinfo import BUILD
-from infero.protocol.state import ModelInfo, ServerInfo, StateSnapshot, WorkersSummary
+from infero.protocol import link as lp
 from infero.server import keys, metrics
 from infero.server.events import EventBus, RequestFinished, RequestRejected
+from infero.server.registry import Fleet, Worker, WorkerStats
+from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
 
 
-def _snapshot() -> StateSnapshot:
-    return StateSnapshot(
-        server=ServerInfo(now=datetime.now(UTC), version="t", state="ready", jobs_inflight_total=3),
-        workers_summary=WorkersSummary(connected=4, draining=1),
-        models=[
-            ModelInfo(name="llama3:8b", queue_len=2, oldest_wait_ms=1500),
-            ModelInfo(name="qwen", queue_len=0),
-        ],
-    )
-
-
-def _app(settings: ServerSettings | None = None) -> web.Application:
+def _app(
+    settings: ServerSettings | None = None, clock: list[float] | None = None
+) -> web.Application:
     """The pieces of create_app that metrics.setup relies on, and nothing else."""
     settings = settings or ServerSettings(host="127.0.0.1")
     app = web.Application()
     app[keys.SETTINGS] = settings
     app[keys.EVENTS] = EventBus()
-    app[keys.SNAPSHOT] = _snapshot
+    fleet = Fleet(gone_retention=300)
+    app[keys.FLEET] = fleet
+    now = clock or [0.0]
+    app[keys.SCHEDULER] = Scheduler(fleet, queue_max=10, clock=lambda: now[0])
     metrics.setup(app, settings)
     return app
+
+
+def _connector(fleet: Fleet, wid: str, models: list[str], **hello: Any) -> Worker:
+    worker = Worker(
+        lp.Hello(id=wid, models=models, max_concurrency=4, **hello), None, WorkerStats()
+    )
+    fleet.register(worker)
+    return worker
 
 
 def _finished(model: str = "llama3:8b", worker: str = "w1", **kw: object) -> RequestFinished:
@@ -136,10 +140,22 @@ async def test_rejections_count_by_reason_and_never_label_the_client_model(
     assert "made up" not in text
 
 
-async def test_fleet_gauges_are_read_from_the_snapshot_at_scrape_time(
+async def test_fleet_gauges_are_read_from_the_fleet_and_the_queues_at_scrape_time(
     aiohttp_client: AiohttpClient,
 ) -> None:
-    client = await aiohttp_client(_app())
+    clock = [100.0]
+    app = _app(clock=clock)
+    client = await aiohttp_client(app)
+    fleet, scheduler = app[keys.FLEET], app[keys.SCHEDULER]
+    _connector(fleet, "w1", ["qwen"]).inflight = 3
+    _connector(fleet, "w2", ["qwen"])
+    _connector(fleet, "w3", ["qwen"])
+    _connector(fleet, "w4", ["llama3:8b"], status="draining")
+    fleet.workers["w3"].disconnected_at = 1.0
+    _connector(fleet, "w5", ["qwen"])
+    waiters = [scheduler.enqueue("llama3:8b") for _ in range(2)]
+    clock[0] = 101.5
+
     families = await _scrape(client)
     depth = families["infero_queue_depth"]
     assert _value(depth, "infero_queue_depth", model="llama3:8b") == 2
@@ -149,6 +165,8 @@ async def test_fleet_gauges_are_read_from_the_snapshot_at_scrape_time(
     assert _value(families["infero_connectors_connected"], "infero_connectors_connected") == 4
     assert _value(families["infero_connectors_draining"], "infero_connectors_draining") == 1
     assert _value(families["infero_requests_inflight"], "infero_requests_inflight") == 3
+    for waiter in waiters:
+        scheduler.leave(waiter)
 
 
 def test_a_labelled_family_keeps_at_most_max_series_dropping_the_least_recent() -> None:

@@ -11,19 +11,9 @@ from infero.protocol.state import StateSnapshot
 from infero.server import keys
 from support.connector import scripted_connector
 from support.server import running_server
+from support.statestream import StateView
 
 CHAT = "/api/v1/chat/completions"
-
-
-async def _event(resp: aiohttp.ClientResponse) -> tuple[int, StateSnapshot]:
-    """Next `id:` + `data:` event (comments and retry lines skipped)."""
-    event_id = -1
-    while True:
-        line = (await resp.content.readline()).decode().rstrip("\n")
-        if line.startswith("id: "):
-            event_id = int(line[4:])
-        elif line.startswith("data: "):
-            return event_id, StateSnapshot.model_validate_json(line[6:])
 
 
 async def test_snapshot_carries_worker_model_and_server_fields() -> None:
@@ -68,15 +58,7 @@ async def test_snapshot_carries_worker_model_and_server_fields() -> None:
         assert model.avg_duration_ms > 0
 
 
-async def test_departed_connector_stays_gone_then_disappears() -> None:
-    async with running_server(gone_retention=0) as srv, aiohttp.ClientSession() as http:
-        async with scripted_connector(srv.url, id="w1"):
-            pass
-        async with asyncio.timeout(5):
-            await srv.wait_for(lambda: not srv.fleet.workers["w1"].live)
-        async with http.get(srv.url + "/api/state") as resp:
-            snap = StateSnapshot.model_validate(await resp.json())
-        assert snap.workers == []
+async def test_departed_connector_is_counted_listed_on_request_then_forgotten() -> None:
     async with running_server(gone_retention=300) as srv, aiohttp.ClientSession() as http:
         async with scripted_connector(srv.url, id="w1"):
             pass
@@ -84,32 +66,43 @@ async def test_departed_connector_stays_gone_then_disappears() -> None:
             await srv.wait_for(lambda: not srv.fleet.workers["w1"].live)
         async with http.get(srv.url + "/api/state") as resp:
             snap = StateSnapshot.model_validate(await resp.json())
-        assert [w.status for w in snap.workers] == ["gone"]
+        assert snap.workers == [], "gone connectors are only counted by default"
         assert snap.workers_summary.gone == 1
+        async with http.get(srv.url + "/api/state?gone=list") as resp:
+            snap = StateSnapshot.model_validate(await resp.json())
+        assert [w.status for w in snap.workers] == ["gone"]
         assert snap.server.state == "not_ready"
+    async with running_server(gone_retention=0) as srv, aiohttp.ClientSession() as http:
+        async with scripted_connector(srv.url, id="w1"):
+            pass
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: "w1" not in srv.fleet.workers)
+        async with http.get(srv.url + "/api/state?gone=list") as resp:
+            snap = StateSnapshot.model_validate(await resp.json())
+        assert snap.workers == []
+        assert snap.workers_summary.gone == 0
 
 
-async def test_stream_sends_a_first_event_at_once_and_pushes_changes() -> None:
+async def test_stream_sends_a_snapshot_at_once_then_deltas_of_what_changed() -> None:
     async with (
-        asyncio.timeout(5),
+        asyncio.timeout(10),
         running_server() as srv,
         aiohttp.ClientSession() as http,
         http.get(srv.url + "/api/state/stream") as resp,
     ):
         assert resp.headers["Content-Type"] == "text/event-stream"
         assert resp.headers["X-Accel-Buffering"] == "no"
-        first_id, first = await _event(resp)
-        assert first.workers == []
+        view = StateView(resp)
+        first = await view.step()
+        assert first.name == "snapshot"
+        assert view.snapshot is not None
+        assert view.snapshot.workers == []
         async with scripted_connector(srv.url, id="w9") as conn:
-            while True:
-                event_id, snap = await _event(resp)
-                assert event_id > first_id
-                if snap.workers:
-                    break
-            assert snap.workers[0].id == "w9"
+            snap = await view.until(lambda s: [w.id for w in s.workers] == ["w9"])
+            assert all(e.name == "delta" for e in view.events[1:])
+            assert snap.workers_summary.connected == 1
             await conn.status(max_concurrency=1, status="draining")
-            while snap.workers[0].status != "draining":
-                _, snap = await _event(resp)
+            await view.until(lambda s: s.workers[0].status == "draining")
 
 
 async def test_queue_shows_in_the_snapshot() -> None:
@@ -118,17 +111,15 @@ async def test_queue_shows_in_the_snapshot() -> None:
         scripted_connector(srv.url, max_concurrency=1) as conn,
         aiohttp.ClientSession() as http,
     ):
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(10):
             first = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
             held = await conn.next_request()
             second = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
             await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
             async with http.get(srv.url + "/api/state/stream") as resp:
-                while True:
-                    _, snap = await _event(resp)
-                    if snap.server.scheduler_queue_len == 1:
-                        break
+                snap = await StateView(resp).until(lambda s: s.server.scheduler_queue_len == 1)
             assert snap.models[0].queue_len == 1
+            assert snap.models[0].queued_since is not None
             assert snap.workers[0].status == "busy"
             assert snap.workers[0].queue_len == 1
             await conn.reply(held.id, b"{}")

@@ -2,7 +2,7 @@
 // infero dashboard: reads /api/state/stream (SSE over fetch, so it can send the API key),
 // renders it with DOM APIs only (textContent, never HTML strings: names come from connectors).
 (() => {
-  const STREAM_URL = "api/state/stream";
+  const STREAM_URL = "api/state/stream?mode=full";
   const KEY_STORAGE = "infero.apiKey";
   const BACKOFF_MS = [1000, 2000, 5000, 10000];
   const STATUSES = new Set(["connecting", "idle", "busy", "draining", "not_ready", "gone", "active"]);

@@ -1,0 +1,419 @@
+"""One publisher of state changes for every `/api/state/stream` viewer. See docs/state.md.
+
+`StatePublisher` keeps the current rows of the state document (each serialised once, when it
+changes), collects changes from a `RowSource` by comparing cheap fingerprints, and publishes
+them as numbered `Batch`es. A batch is rendered once per distinct `Scope` and mode, and the
+same bytes go to every viewer with that scope. Viewers have bounded buffers: one that falls
+behind is marked for a resync (a fresh full document) and never holds the others up. A ring
+of recent batches lets a reconnecting viewer resume from its `Last-Event-ID`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import secrets
+from collections import deque
+from collections.abc import Callable, Hashable, Iterable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Literal, NamedTuple, Protocol
+
+from pydantic import BaseModel
+
+from infero.protocol.delta import EVENT_DELTA, EVENT_SNAPSHOT, Part, StreamMode
+from infero.protocol.state import ServerInfo, WorkersSummary
+from infero.server.changes import ChangeFeed
+
+Kind = Literal["workers", "models", "mcp_clients", "mcp_sessions"]
+KINDS: tuple[Kind, ...] = ("workers", "models", "mcp_clients", "mcp_sessions")
+_PART_OF: dict[Kind, Part] = {
+    "workers": "workers",
+    "models": "models",
+    "mcp_clients": "mcp",
+    "mcp_sessions": "mcp",
+}
+
+RING = 512
+"""Recent batches kept for viewers resuming with `Last-Event-ID`."""
+VIEWER_BUFFER_BYTES = 4 * 1024 * 1024
+"""Bytes a viewer may have waiting; beyond them it is resynced with a full document."""
+
+
+class Entry(NamedTuple):
+    """One row as a source offers it: key, fingerprint, and how to build the row."""
+
+    key: str
+    mark: Hashable
+    """Equal marks mean an equal row (fields derived from the clock aside)."""
+    build: Callable[[], BaseModel]
+    order: tuple[int, float] = (0, 0.0)
+    """Position in full documents, then the key (workers: accepted ones by `connected_at`,
+    then handshakes; models: by name)."""
+    gone: bool = False
+    """A departed connector (listed only with `gone=list`)."""
+
+
+@dataclass(slots=True)
+class Scan:
+    """Everything a source offers at one moment."""
+
+    entries: dict[Kind, list[Entry]]
+    server_mark: Hashable
+    """Fingerprint of `server` without its clock fields."""
+    summary: WorkersSummary
+
+
+class RowSource(Protocol):
+    """Where rows come from: this instance's registries today, the shared state tomorrow."""
+
+    def scan(self) -> Scan:
+        """Fingerprints of every row (rows are built only when asked)."""
+        ...
+
+    def server(self, now: datetime) -> ServerInfo:
+        """The `server` object at `now`, with the figures of the last scan."""
+        ...
+
+
+@dataclass(slots=True)
+class Row:
+    """A row as last published, serialised once."""
+
+    key: str
+    mark: Hashable
+    json: str
+    order: tuple[int, float]
+    gone: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Scope:
+    """What a viewer reads: the parts, one connector, and whether `gone` rows are listed."""
+
+    parts: frozenset[Part] = frozenset(("summary", "workers", "models", "mcp"))
+    connector: str | None = None
+    gone: bool = False
+
+    def wants(self, kind: Kind, row: Row) -> bool:
+        """Whether `row` of `kind` belongs to this scope."""
+        if _PART_OF[kind] not in self.parts:
+            return False
+        if kind != "workers":
+            return True
+        if self.connector is not None and row.key != self.connector:
+            return False
+        return self.gone or not row.gone
+
+
+@dataclass(slots=True)
+class Batch:
+    """Changes published together, under one event id."""
+
+    id: int
+    now: datetime
+    server: str | None
+    summary: str | None
+    upsert: dict[Kind, list[Row]]
+    remove: dict[Kind, list[str]]
+    rendered: dict[Scope, bytes] = field(default_factory=dict)
+
+
+@dataclass(slots=True)
+class _Pending:
+    server: bool = False
+    summary: bool = False
+    upsert: dict[Kind, dict[str, Row]] = field(default_factory=lambda: {k: {} for k in KINDS})
+    remove: dict[Kind, set[str]] = field(default_factory=lambda: {k: set() for k in KINDS})
+
+    def __bool__(self) -> bool:
+        return self.server or self.summary or any(self.upsert.values()) or any(self.remove.values())
+
+
+class Viewer:
+    """One stream client: its scope, mode and a bounded buffer of event bytes."""
+
+    def __init__(self, scope: Scope, mode: StreamMode, *, limit: int) -> None:
+        self.scope = scope
+        self.mode = mode
+        self.limit = limit
+        self.buffer: list[bytes] = []
+        self.size = 0
+        self.resync = False
+        self.stale = False
+        """Full mode: a newer document exists than the one sent last."""
+        self.wake = asyncio.Event()
+
+    def push(self, data: bytes) -> None:
+        """Queue an event; past the limit, drop the queue and ask for a resync."""
+        if self.resync:
+            return
+        if self.size + len(data) > self.limit:
+            self.buffer.clear()
+            self.size = 0
+            self.resync = True
+        else:
+            self.buffer.append(data)
+            self.size += len(data)
+        self.wake.set()
+
+    def take(self) -> bytes:
+        """Everything queued, as one write."""
+        data = b"".join(self.buffer)
+        self.buffer.clear()
+        self.size = 0
+        self.wake.clear()
+        return data
+
+
+def _event(name: str | None, event_id: str, data: str) -> bytes:
+    head = f"event: {name}\n" if name else ""
+    return f"{head}id: {event_id}\ndata: {data}\n\n".encode()
+
+
+class StatePublisher:
+    """Owns the published rows, the ring of recent batches and the viewers."""
+
+    def __init__(
+        self,
+        source: RowSource,
+        *,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        ring: int = RING,
+        viewer_buffer: int = VIEWER_BUFFER_BYTES,
+    ) -> None:
+        self.source = source
+        self.clock = clock
+        self.epoch = secrets.token_hex(4)
+        """Prefix of event ids: ids of another server process never resume here."""
+        self.last_id = 0
+        self.rows: dict[Kind, dict[str, Row]] = {k: {} for k in KINDS}
+        self.viewers: set[Viewer] = set()
+        self._ring: deque[Batch] = deque(maxlen=ring)
+        self._viewer_buffer = viewer_buffer
+        self._server_mark: Hashable = None
+        self._server_json = ""
+        self._summary = WorkersSummary()
+        self._summary_json = self._summary.model_dump_json()
+        self._pending = _Pending()
+        self._full: dict[Scope, tuple[int, bytes]] = {}
+        self._watched = asyncio.Event()
+        """Set while at least one viewer is attached (nobody watching: nothing is collected)."""
+        self.closed = False
+
+    # ---- collecting and publishing ---------------------------------------------------------
+
+    def collect(self) -> None:
+        """Compare the source with the published rows; changed rows join the pending batch."""
+        pending = self._pending
+        scan = self.source.scan()
+        for kind, entries in scan.entries.items():
+            rows = self.rows[kind]
+            seen: set[str] = set()
+            upsert, remove = pending.upsert[kind], pending.remove[kind]
+            for entry in entries:
+                key = entry.key
+                seen.add(key)
+                row = rows.get(key)
+                if row is not None and row.mark == entry.mark:
+                    continue
+                row = Row(key, entry.mark, entry.build().model_dump_json(), entry.order, entry.gone)
+                rows[key] = row
+                upsert[key] = row
+                remove.discard(key)
+            for key in rows.keys() - seen:
+                del rows[key]
+                upsert.pop(key, None)
+                remove.add(key)
+        if scan.server_mark != self._server_mark:
+            self._server_mark = scan.server_mark
+            pending.server = True
+        if scan.summary != self._summary:
+            self._summary = scan.summary
+            self._summary_json = scan.summary.model_dump_json()
+            pending.summary = True
+
+    def publish(self) -> Batch | None:
+        """Number the pending changes and hand them to every viewer (none: nothing to do)."""
+        pending = self._pending
+        if not pending:
+            return None
+        self._pending = _Pending()
+        now = self.clock()
+        self.last_id += 1
+        server = self.source.server(now).model_dump_json() if pending.server else None
+        if server is not None:
+            self._server_json = server
+        batch = Batch(
+            id=self.last_id,
+            now=now,
+            server=server,
+            summary=self._summary_json if pending.summary else None,
+            upsert={k: list(v.values()) for k, v in pending.upsert.items() if v},
+            remove={k: sorted(v) for k, v in pending.remove.items() if v},
+        )
+        self._ring.append(batch)
+        for viewer in self.viewers:
+            if viewer.mode == "full":
+                viewer.stale = True
+                viewer.wake.set()
+            else:
+                viewer.push(self.delta_event(batch, viewer.scope))
+        return batch
+
+    def refresh(self) -> None:
+        """Collect and publish now (a new viewer sees the present)."""
+        self.collect()
+        self.publish()
+
+    async def run(self, changes: ChangeFeed, *, settle: float, spacing: float) -> None:
+        """Publish while anyone watches: `settle` s after a change, batches `spacing` s apart.
+
+        Request traffic changes counters all the time; this bounds the events it causes to
+        one batch per `spacing`, whatever the request rate. Runs until cancelled.
+        """
+        loop = asyncio.get_running_loop()
+        last = -spacing
+        seen = changes.version
+        while True:
+            await self._watched.wait()
+            seen = await changes.wait(seen)
+            delay = max(settle, last + spacing - loop.time())
+            await asyncio.sleep(delay)  # the coalescing window: a rate, not a wait for a state
+            seen = changes.version
+            if self.viewers:
+                self.refresh()
+            last = loop.time()
+
+    # ---- viewers -------------------------------------------------------------------------
+
+    def event_id(self, n: int | None = None) -> str:
+        """The SSE id of batch `n` (default: the latest)."""
+        return f"{self.epoch}-{self.last_id if n is None else n}"
+
+    def attach(self, scope: Scope, mode: StreamMode, last_event_id: str = "") -> Viewer:
+        """A new viewer, with what it must be sent first already queued.
+
+        It resumes after `last_event_id` when that batch is still in the ring (only the newer
+        batches are queued), otherwise it starts with a full document.
+        """
+        self.refresh()
+        viewer = Viewer(scope, mode, limit=self._viewer_buffer)
+        resumed = mode == "delta" and self._resume(viewer, last_event_id)
+        if not resumed:
+            viewer.push(self.snapshot_event(scope, mode))
+        self.viewers.add(viewer)
+        self._watched.set()
+        return viewer
+
+    def detach(self, viewer: Viewer) -> None:
+        """The viewer left."""
+        self.viewers.discard(viewer)
+        if not self.viewers:
+            self._watched.clear()
+
+    def _resume(self, viewer: Viewer, last_event_id: str) -> bool:
+        epoch, _, number = last_event_id.partition("-")
+        if epoch != self.epoch or not number.isdigit():
+            return False
+        seen = int(number)
+        if seen == self.last_id:
+            return True
+        first = self._ring[0].id if self._ring else self.last_id + 1
+        if not first - 1 <= seen < self.last_id:
+            return False
+        for batch in self._ring:
+            if batch.id > seen:
+                viewer.push(self.delta_event(batch, viewer.scope))
+        return True
+
+    def next_event(self, viewer: Viewer) -> bytes:
+        """What to write to `viewer` now (after its `wake`): queued deltas or a full document."""
+        if viewer.resync:
+            self.refresh()
+            viewer.resync = False
+            viewer.take()
+            return self.snapshot_event(viewer.scope, viewer.mode)
+        if viewer.stale:
+            viewer.stale = False
+            viewer.take()
+            return self.snapshot_event(viewer.scope, viewer.mode)
+        return viewer.take()
+
+    def close(self) -> None:
+        """The server stops: wake every viewer so its stream ends."""
+        self.closed = True
+        for viewer in self.viewers:
+            viewer.wake.set()
+
+    # ---- rendering -----------------------------------------------------------------------
+
+    def delta_event(self, batch: Batch, scope: Scope) -> bytes:
+        """`event: delta` of `batch` for `scope` (rendered once per scope)."""
+        data = batch.rendered.get(scope)
+        if data is None:
+            data = _event(EVENT_DELTA, self.event_id(batch.id), self._delta_json(batch, scope))
+            batch.rendered[scope] = data
+        return data
+
+    def _delta_json(self, batch: Batch, scope: Scope) -> str:
+        parts = [f'"now":{json.dumps(batch.now.isoformat().replace("+00:00", "Z"))}']
+        if batch.server is not None:
+            parts.append(f'"server":{batch.server}')
+        if batch.summary is not None:
+            parts.append(f'"workers_summary":{batch.summary}')
+        for kind in KINDS:
+            upserts = batch.upsert.get(kind, ())
+            removes = list(batch.remove.get(kind, ()))
+            if _PART_OF[kind] not in scope.parts or not (upserts or removes):
+                continue
+            kept = []
+            for row in upserts:
+                if scope.wants(kind, row):
+                    kept.append(row.json)
+                elif kind == "workers" and (scope.connector in (None, row.key)):
+                    removes.append(row.key)
+            if kind == "workers" and scope.connector is not None:
+                removes = [key for key in removes if key == scope.connector]
+            if kept or removes:
+                parts.append(
+                    f'"{kind}":{{"upsert":[{",".join(kept)}],"remove":{json.dumps(removes)}}}'
+                )
+        return "{" + ",".join(parts) + "}"
+
+    def snapshot_event(self, scope: Scope, mode: StreamMode) -> bytes:
+        """A full document for `scope` as of the latest batch (built once per batch)."""
+        cached = self._full.get(scope)
+        if cached is not None and cached[0] == self.last_id:
+            body = cached[1]
+        else:
+            text = self.document(scope)
+            body = _event(EVENT_SNAPSHOT, self.event_id(), text)
+            self._full = {k: v for k, v in self._full.items() if v[0] == self.last_id}
+            self._full[scope] = (self.last_id, body)
+        if mode == "full":
+            return body.split(b"\n", 1)[1]
+        return body
+
+    def document(self, scope: Scope, now: datetime | None = None) -> str:
+        """The full JSON document for `scope` from the published rows (call `refresh` first)."""
+        server = self.source.server(now or self.clock()).model_dump_json()
+        parts = [f'"server":{server}', f'"workers_summary":{self._summary_json}']
+        if "models" in scope.parts:
+            parts.append(f'"models":[{",".join(self._listed("models", scope))}]')
+        if "workers" in scope.parts:
+            parts.append(f'"workers":[{",".join(self._listed("workers", scope))}]')
+        if "mcp" in scope.parts:
+            clients = ",".join(self._listed("mcp_clients", scope))
+            sessions = ",".join(self._listed("mcp_sessions", scope))
+            parts.append(f'"mcp":{{"clients":[{clients}],"sessions":[{sessions}]}}')
+        return "{" + ",".join(parts) + "}"
+
+    def _listed(self, kind: Kind, scope: Scope) -> Iterator[str]:
+        rows = self.rows[kind]
+        if kind == "workers" and scope.connector is not None:
+            row = rows.get(scope.connector)
+            chosen: Iterable[Row] = [row] if row is not None else []
+        else:
+            chosen = sorted(rows.values(), key=lambda r: (r.order, r.key))
+        return (row.json for row in chosen if scope.wants(kind, row))
