@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-from infero.cli import ctl, demo, llm, mcp, server, tui
+from infero.cli import ctl, demo, llm, mcp, server, service, tui
 from infero.cli.options import VersionedGroup
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ mcp.register(app)
 tui.register(app)
 ctl.register(app)
 demo.register(app)
+service.register(app)
 
 _TOP_LEVEL = {"--help", "-h"}
 
