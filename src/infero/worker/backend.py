@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import aiohttp
@@ -25,6 +25,8 @@ class Discovery:
 
     kind: Literal["openai", "ollama"]
     models: tuple[str, ...]
+    owners: frozenset[str] = field(default=frozenset(), compare=False)
+    """The `owned_by` values of an OpenAI-style list (`vllm` names vLLM)."""
 
 
 def ollama_root(base_url: str) -> str:
@@ -33,7 +35,14 @@ def ollama_root(base_url: str) -> str:
     return base.removesuffix("/v1")
 
 
-async def _get_json(session: aiohttp.ClientSession, url: str, api_key: str) -> Any:
+async def get_json(
+    session: aiohttp.ClientSession,
+    url: str,
+    api_key: str,
+    *,
+    limit: int | None = None,
+) -> Any:
+    """The JSON answer of `GET url` (2xx only, at most `limit` bytes); else `BackendDown`."""
     headers = {"Accept": "application/json", "Accept-Encoding": "identity"}
     if api_key:
         headers["Authorization"] = f"Bearer {api_key}"
@@ -46,15 +55,27 @@ async def _get_json(session: aiohttp.ClientSession, url: str, api_key: str) -> A
         ) as resp:
             if not 200 <= resp.status < 300:
                 raise BackendDown(f"GET {url}: HTTP {resp.status}")
-            raw = await resp.read()
+            if limit is None:
+                raw = await resp.read()
+            else:
+                raw = await _read_at_most(resp, limit, url)
     except aiohttp.ClientError as exc:
         raise BackendDown(f"GET {url}: {exc or type(exc).__name__}") from None
     except TimeoutError:
         raise BackendDown(f"GET {url}: no answer within {DISCOVERY_TIMEOUT:g}s") from None
     try:
         return json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):  # too deeply nested
         raise BackendDown(f"GET {url}: answer is not JSON") from None
+
+
+async def _read_at_most(resp: aiohttp.ClientResponse, limit: int, url: str) -> bytes:
+    body = bytearray()
+    async for chunk in resp.content.iter_chunked(64 * 1024):
+        body += chunk
+        if len(body) > limit:
+            raise BackendDown(f"GET {url}: answer larger than {limit} bytes")
+    return bytes(body)
 
 
 def _names(items: Any, key: str, url: str) -> tuple[str, ...]:
@@ -71,15 +92,21 @@ def _names(items: Any, key: str, url: str) -> tuple[str, ...]:
 async def discover_openai(session: aiohttp.ClientSession, base_url: str, api_key: str) -> Discovery:
     """`GET {base}/models` (vLLM, llama.cpp server, LM Studio, Ollama's /v1)."""
     url = base_url.rstrip("/") + "/models"
-    data = await _get_json(session, url, api_key)
+    data = await get_json(session, url, api_key)
     items = data.get("data") if isinstance(data, dict) else None
-    return Discovery("openai", _names(items, "id", url))
+    names = _names(items, "id", url)
+    owners = frozenset(
+        item["owned_by"]
+        for item in (items if isinstance(items, list) else [])[:MAX_MODELS]
+        if isinstance(item, dict) and isinstance(item.get("owned_by"), str)
+    )
+    return Discovery("openai", names, owners)
 
 
 async def discover_ollama(session: aiohttp.ClientSession, base_url: str, api_key: str) -> Discovery:
     """`GET {root}/api/tags` of an Ollama server."""
     url = ollama_root(base_url) + "/api/tags"
-    data = await _get_json(session, url, api_key)
+    data = await get_json(session, url, api_key)
     items = data.get("models") if isinstance(data, dict) else None
     return Discovery("ollama", _names(items, "name", url))
 

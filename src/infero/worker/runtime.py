@@ -21,7 +21,8 @@ from infero.common.drain import Drain
 from infero.common.linkclient import Link
 from infero.protocol import link
 from infero.protocol.status import ConnectorState, WorkerStatusDoc
-from infero.worker.backend import Discovery, discover
+from infero.worker.backend import BackendDown, Discovery, discover
+from infero.worker.capacity import CapacityLearner
 from infero.worker.executor import HttpExchanges, Outcome, new_session
 from infero.worker.metrics import WorkerMetrics
 from infero.worker.monitor import BackendMonitor
@@ -75,6 +76,8 @@ class Connector:
             unit="request",
         )
         self._ports = HttpPorts()
+        self.capacity = CapacityLearner(settings.max_concurrency)
+        """Requests taken at once: MAX_CONCURRENCY, or learned from the backend (auto)."""
         self.status_url = ""
         """`http://host:port` of the status port once it is listening."""
         self.metrics_url = ""
@@ -183,9 +186,18 @@ class Connector:
     async def _probe(self) -> Discovery:
         assert self._session is not None
         s = self.settings
-        return await discover(
-            self._session, s.completion_base_url, s.completion_api_key, s.api_style
-        )
+        try:
+            found = await discover(
+                self._session, s.completion_base_url, s.completion_api_key, s.api_style
+            )
+        except BackendDown:
+            self.capacity.backend_down()
+            raise
+        if await self.capacity.learn(
+            self._session, s.completion_base_url, s.completion_api_key, found
+        ):
+            self._backend_changed()
+        return found
 
     def relay_base_url(self) -> str:
         """Where requests go: `COMPLETION_BASE_URL`, plus `/v1` for an Ollama root URL."""
@@ -201,7 +213,7 @@ class Connector:
         self._link_status.changed()
 
     def _capacity(self) -> int:
-        return self.settings.max_concurrency if self.monitor.healthy else 0
+        return self.capacity.value if self.monitor.healthy else 0
 
     def _status(self) -> link.Status:
         if self.draining:
@@ -288,10 +300,9 @@ class Connector:
         """Refuse new work while draining or at `MAX_CONCURRENCY`."""
         if self.draining or self.stopped.is_set():
             return link.LinkError(code="draining", message="connector is draining")
-        if self._jobs >= self.settings.max_concurrency:
+        if self._jobs >= self.capacity.value:
             return link.LinkError(
-                code="busy",
-                message=f"connector at capacity ({self.settings.max_concurrency} in flight)",
+                code="busy", message=f"connector at capacity ({self.capacity.value} in flight)"
             )
         return None
 

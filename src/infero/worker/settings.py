@@ -23,6 +23,20 @@ def _lower(value: object) -> object:
 ApiStyle = Annotated[Literal["auto", "openai", "ollama"], BeforeValidator(_lower)]
 
 
+def _concurrency(value: object) -> object:
+    if isinstance(value, str):
+        value = value.strip().lower()
+        if value != "auto" and not value.lstrip("-").isdigit():
+            raise ValueError(f"{value!r} is neither a number nor auto")
+    return value
+
+
+Concurrency = Annotated[
+    Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"], BeforeValidator(_concurrency)
+]
+"""`MAX_CONCURRENCY`: a number, or `auto` (learned from the backend, worker/capacity.py)."""
+
+
 def parse_addr(addr: str) -> tuple[str, int]:
     """`127.0.0.1:4555`, `[::1]:4555` or `:4555` (loopback) -> (host, port)."""
     host, sep, port = addr.strip().rpartition(":")
@@ -71,8 +85,9 @@ class WorkerSettings(ConnectorSettings):
         CsvList, Opt("MODELS", "Comma-separated models to advertise instead of discovering.")
     ] = ()
     max_concurrency: Annotated[
-        int, Field(ge=1, le=100_000), Opt("MAX_CONCURRENCY", "Requests served at once.")
-    ] = 2
+        Concurrency,
+        Opt("MAX_CONCURRENCY", "Requests served at once; auto = ask the backend."),
+    ] = "auto"
     model_poll_interval: Annotated[
         Duration,
         AfterValidator(_poll_interval),

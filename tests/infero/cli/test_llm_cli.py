@@ -74,7 +74,7 @@ def test_precedence_is_default_then_yaml_then_env_then_flag(tmp_path: Path) -> N
     config.write_text(
         "max_concurrency: 3\nclient_name: from-yaml\ndrain_timeout: 2m\n", encoding="utf-8"
     )
-    assert printed_config()["max_concurrency"] == 2
+    assert printed_config()["max_concurrency"] == "auto"
     from_file = printed_config("--config", str(config))
     assert (from_file["max_concurrency"], from_file["client_name"]) == (3, "from-yaml")
     assert from_file["drain_timeout"] == 120.0
