@@ -11,6 +11,7 @@ import json
 import logging
 import math
 import time
+from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -66,6 +67,10 @@ class _HeadWithBody(web.StreamResponse):
     head, body and end usually leave in one write, as with aiohttp's `Response`."""
 
     _send_headers_immediately = False
+
+
+class _ClientStalled(ConnectionResetError):
+    """The client accepted no bytes for STALL_TIMEOUT: its request is cancelled."""
 
 
 class _Done(Exception):
@@ -175,8 +180,10 @@ class OpenAIRelay:
         relay = _Relay(self, request, body, model, stream, target, started, tap)
         try:
             return await relay.run()
-        except ConnectionResetError:
+        except ConnectionResetError as gone:
             # The client went away while we wrote to it: already counted, nothing to answer.
+            if isinstance(gone, _ClientStalled) and request.transport is not None:
+                request.transport.abort()  # its unsent bytes would never drain
             return relay.response or web.Response()
         finally:
             self.lifecycle.leave()
@@ -448,6 +455,7 @@ class _Relay:
         idle = self.api.settings.request_timeout
         converted = self.response is not None and head.status >= 400 and response.status < 400
         tap = self.tap
+        transport = self.request.transport
         ttft: float | None = None
         collected = bytearray()
         try:
@@ -469,10 +477,16 @@ class _Relay:
                     # The whole rest of the answer is here: body and end in one write.
                     if tap is not None and tap.active:
                         await tap.end()
-                    await response.write_eof(chunk)
+                    if transport is not None and transport.get_write_buffer_size():
+                        await self._write_behind(response.write_eof(chunk))
+                    else:
+                        await response.write_eof(chunk)
                     return ttft, "success", ""
                 else:
-                    await response.write(chunk)
+                    if transport is not None and transport.get_write_buffer_size():
+                        await self._write_behind(response.write(chunk))
+                    else:
+                        await response.write(chunk)
                     self.written = chunk
                 await exchange.consumed(len(chunk))
         except ExchangeFailed as failure:
@@ -487,6 +501,21 @@ class _Relay:
         self.complete = True
         await response.write_eof()
         return ttft, "success", ""
+
+    async def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
+        """A write to a client that is behind (its socket buffer is full): one that accepts
+        no bytes for STALL_TIMEOUT loses its request (cancelled, the connector slot freed)."""
+        stall = self.api.settings.stall_timeout
+        try:
+            async with asyncio.timeout(stall):
+                await write
+        except TimeoutError:
+            logger.info(
+                "request %s: the client accepted no bytes for %ss, cancelling it",
+                self.request_id,
+                stall,
+            )
+            raise _ClientStalled("client stopped reading") from None
 
     async def _broken(self, response: web.StreamResponse, failure: ExchangeFailed) -> None:
         """The answer broke after it started: SSE error event, or cut the connection."""

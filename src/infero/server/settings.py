@@ -111,6 +111,14 @@ class ServerSettings(SettingsModel):
         Field(gt=0),
         Opt("REQUEST_TIMEOUT", "Longest silence between two chunks of an answer."),
     ] = 120.0
+    stall_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt(
+            "STALL_TIMEOUT",
+            "Cancel a request whose client accepts no bytes of its answer for this long.",
+        ),
+    ] = 30.0
     keepalive_interval: Annotated[
         Duration,
         Field(gt=0),
