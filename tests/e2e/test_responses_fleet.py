@@ -120,6 +120,9 @@ async def test_a_streamed_response_is_routable_by_the_id_of_its_created_event() 
         assert response_id.startswith("resp_b_")
         again = await f.client.responses.retrieve(response_id)
         assert again.output_text == "b turn 1: streamed"
+        replay = await f.client.responses.retrieve(response_id, stream=True)
+        replayed = [e.delta async for e in replay if e.type == "response.output_text.delta"]
+        assert replayed == ["b turn 1: streamed"]
         follow_up = await f.client.responses.create(
             model="m", input="next", previous_response_id=response_id, stream=True
         )

@@ -66,7 +66,7 @@ class StoredResponsesBackend:
             "model": body["model"],
             "background": background,
             "previous_response_id": previous,
-            "metadata": {"depth": depth},
+            "metadata": {"depth": depth, "text": text},
             "output": []
             if background
             else [
@@ -119,10 +119,12 @@ class StoredResponsesBackend:
         await answer.write_eof()
         return answer
 
-    async def _retrieve(self, request: web.Request) -> web.Response:
+    async def _retrieve(self, request: web.Request) -> web.StreamResponse:
         response = self.responses.get(request.match_info["id"])
         if response is None:
             return _not_found(f"Response with id '{request.match_info['id']}'")
+        if request.query.get("stream") == "true":
+            return await self._stream(request, response, response["metadata"]["text"])
         return web.json_response(response)
 
     async def _delete(self, request: web.Request) -> web.Response:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from aiohttp import web
 
 from infero.server import errors
+from infero.server.bodies import BodyRefused, read_body
 from infero.server.exchange import is_event_stream
 
 if TYPE_CHECKING:
@@ -245,21 +246,27 @@ class StoredResponses:
             return relay.reject(
                 owner.model, "response_not_found", owner_gone(response_id, owner.connector_id)
             )
-        body = b""
-        if request.method == "POST":
-            try:
-                body = await request.read()
-            except web.HTTPRequestEntityTooLarge:
-                limit = relay.settings.max_body_bytes
-                return relay.reject(owner.model, "too_large", errors.too_large(limit))
-        response = await relay.forward(
-            request,
-            body,
-            model=owner.model,
-            stream=request.query.get("stream", "").lower() == "true",
-            target=owner.connector_id,
-            started=started,
-        )
+        settings = relay.settings
+        try:
+            body = await read_body(
+                request,
+                limit=settings.max_body_bytes,
+                idle_timeout=settings.body_timeout,
+                budget=relay.bodies,
+            )
+        except BodyRefused as refused:
+            return relay.reject(owner.model, refused.reason, refused.response)
+        try:
+            response = await relay.forward(
+                request,
+                body,
+                model=owner.model,
+                stream=request.query.get("stream", "").lower() == "true",
+                target=owner.connector_id,
+                started=started,
+            )
+        finally:
+            relay.bodies.give_back(len(body))
         if request.method == "DELETE" and 200 <= response.status < 300:
             await self.table.forget(response_id)
         return response
