@@ -17,6 +17,7 @@ from infero.server import (
     metrics,
     models_api,
     openapi,
+    proxies,
     tls,
 )
 from infero.server import state as state_api
@@ -122,6 +123,7 @@ def create_app(
 
     mcp.setup(app, settings)
     tls.setup(app, settings)
+    proxies.setup(app, settings)
     metrics.setup(app, settings)
     dashboard.setup(app)
     openapi.setup(app, settings)

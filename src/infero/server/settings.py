@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Annotated, Any, ClassVar
 
-from pydantic import Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from infero.common.settings import (
     CsvList,
@@ -17,6 +17,7 @@ from infero.common.settings import (
     Port,
     SettingsModel,
 )
+from infero.server.proxies import check_trusted_proxies
 
 
 class ServerSettings(SettingsModel):
@@ -68,6 +69,14 @@ class ServerSettings(SettingsModel):
             aliases=("--tls-key",),
         ),
     ] = ""
+    trusted_proxies: Annotated[
+        CsvList,
+        AfterValidator(check_trusted_proxies),
+        Opt(
+            "TRUSTED_PROXIES",
+            "Comma-separated proxy addresses/networks whose X-Forwarded-For is believed.",
+        ),
+    ] = ()
     allowed_origins: Annotated[
         CsvList, Opt("ALLOWED_ORIGINS", "Comma-separated CORS origins; empty denies all.")
     ] = ()
