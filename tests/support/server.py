@@ -11,6 +11,7 @@ from aiohttp import web
 
 from infero.server import keys, tls
 from infero.server.app import create_app
+from infero.server.connections import server_runner
 from infero.server.registry import Fleet
 from infero.server.settings import ServerSettings
 
@@ -50,7 +51,7 @@ async def running_server(
     """Serve `create_app(config)` with the runner options `infero server` uses."""
     config = config or settings(**overrides)
     app = create_app(config)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1.0)
+    runner = server_runner(app, config, handler_cancellation=True, shutdown_timeout=1.0)
     await runner.setup()
     context = tls.context_of(app)
     site = web.TCPSite(runner, "127.0.0.1", 0, ssl_context=context)

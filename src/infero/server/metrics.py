@@ -24,6 +24,7 @@ from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
 from infero.common.metrics import register_build_info
 from infero.server import keys, tls
+from infero.server.connections import server_runner
 from infero.server.events import RejectReason, RequestFinished, RequestRejected
 from infero.server.registry import Fleet
 from infero.server.scheduler import Scheduler
@@ -274,12 +275,14 @@ def metrics_handler(registry: CollectorRegistry) -> Handler:
 
 
 def _separate_listener(
-    listener: MetricsListener, handler: Handler, host: str, port: int
+    listener: MetricsListener, handler: Handler, settings: ServerSettings, port: int
 ) -> Callable[[web.Application], AsyncIterator[None]]:
+    host = settings.host
+
     async def serve(app: web.Application) -> AsyncIterator[None]:
         side = web.Application()
         side.router.add_get("/metrics", handler)
-        runner = web.AppRunner(side, access_log=None)
+        runner = server_runner(side, settings)
         await runner.setup()
         try:
             await web.TCPSite(runner, host, port, ssl_context=tls.context_of(app)).start()
@@ -320,4 +323,4 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         return
     listener = MetricsListener()
     app[METRICS_LISTENER] = listener
-    app.cleanup_ctx.append(_separate_listener(listener, handler, settings.host, port))
+    app.cleanup_ctx.append(_separate_listener(listener, handler, settings, port))

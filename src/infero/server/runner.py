@@ -17,6 +17,7 @@ from infero.common.settings import ConfigError
 from infero.server import keys, tls
 from infero.server.app import create_app
 from infero.server.auth import KeyRing
+from infero.server.connections import server_runner
 from infero.server.settings import ServerSettings
 
 logger = logging.getLogger(__name__)
@@ -85,7 +86,7 @@ async def serve(settings: ServerSettings) -> int:
     certificate = app.get(tls.TLS)
     if certificate is not None:
         loop.add_signal_handler(signal.SIGHUP, certificate.reload)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=5.0)
+    runner = server_runner(app, settings, handler_cancellation=True, shutdown_timeout=5.0)
     await runner.setup()
     try:
         site = web.TCPSite(

@@ -83,6 +83,16 @@ class ServerSettings(SettingsModel):
     max_body_bytes: Annotated[
         int, Field(gt=0), Opt("MAX_BODY_BYTES", "Largest request body accepted (413 above).")
     ] = 64 * 1024 * 1024
+    header_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("HEADER_TIMEOUT", "Close a connection whose request head is not complete in time."),
+    ] = 10.0
+    keepalive_timeout: Annotated[
+        Duration,
+        Field(gt=0),
+        Opt("KEEPALIVE_TIMEOUT", "Close a keep-alive connection idle for this long."),
+    ] = 75.0
     max_held_body_bytes: Annotated[
         int,
         Field(gt=0),

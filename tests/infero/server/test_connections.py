@@ -1,0 +1,107 @@
+"""Connections a client holds without progress are closed; malformed requests log quietly
+(issue 9)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import aiohttp
+import pytest
+
+from infero.server import metrics
+from support.connector import scripted_connector
+from support.server import RunningServer, running_server
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def port_of(srv: RunningServer) -> int:
+    return int(srv.url.rsplit(":", 1)[1])
+
+
+async def fds_back_to(baseline: int) -> int:
+    """Poll (bounded) until this process has at most `baseline` descriptors open again."""
+    for _ in range(500):
+        if open_fds() <= baseline:
+            break
+        await asyncio.sleep(0.01)
+    return open_fds()
+
+
+async def closed_by_server(reader: asyncio.StreamReader) -> bytes:
+    """Everything the server sent until it closed the connection."""
+    return await reader.read()
+
+
+async def test_silent_and_half_head_sockets_are_closed_and_fds_return_to_baseline() -> None:
+    async with running_server(header_timeout=0.3) as srv:
+        baseline = open_fds()
+        conns = [await asyncio.open_connection("127.0.0.1", port_of(srv)) for _ in range(100)]
+        for _, writer in conns[50:]:
+            writer.write(b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-")
+        assert open_fds() >= baseline + 200  # both ends of every connection are open
+        async with asyncio.timeout(10):
+            answers = await asyncio.gather(*(closed_by_server(r) for r, _ in conns))
+        assert answers == [b""] * 100
+        for _, writer in conns:
+            writer.close()
+        assert await fds_back_to(baseline) <= baseline
+
+
+async def test_idle_keepalive_connection_is_closed_but_a_long_request_is_not() -> None:
+    async with (
+        running_server(header_timeout=0.2, keepalive_timeout=0.3) as srv,
+        scripted_connector(srv.url) as conn,
+    ):
+        reader, writer = await asyncio.open_connection("127.0.0.1", port_of(srv))
+        body = b'{"model": "m"}'
+        writer.write(
+            b"POST /api/v1/chat/completions HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n%s" % (len(body), body)
+        )
+        async with asyncio.timeout(10):
+            incoming = await conn.next_request()
+            # The answer takes longer than HEADER_TIMEOUT: the connection must stay.
+            await conn.head(incoming.id, 200, [("Content-Type", "application/json")])
+            await conn.body(incoming.id, b"{}")
+            await conn.end(incoming.id)
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200 ")
+            # Then idle on keep-alive: closed after KEEPALIVE_TIMEOUT.
+            rest = await closed_by_server(reader)
+        assert rest.endswith(b"{}\r\n0\r\n\r\n") or rest.endswith(b"{}")
+        writer.close()
+
+
+async def test_the_metrics_listener_closes_silent_sockets_too() -> None:
+    async with running_server(header_timeout=0.3, port=8080, metrics_port=0) as srv:
+        port = srv.app[metrics.METRICS_LISTENER].port
+        assert port is not None
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        async with asyncio.timeout(10):
+            assert await closed_by_server(reader) == b""
+        writer.close()
+
+
+async def test_malformed_requests_log_one_warning_line_without_traceback(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    async with running_server() as srv:
+        for garbage in (b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",) * 5:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port_of(srv))
+            writer.write(garbage)
+            async with asyncio.timeout(10):
+                answer = await closed_by_server(reader)
+            writer.close()
+            assert answer.split(b"\r\n")[0].endswith(b" 400 Bad Request")
+        async with aiohttp.ClientSession() as http, http.get(srv.url + "/healthz") as resp:
+            assert resp.status == 200
+    warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+    lines = [r.getMessage().split(":")[0] for r in warnings]
+    assert lines == ["malformed HTTP request from 127.0.0.1"]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
