@@ -89,9 +89,15 @@ def bearer_token(request: web.Request) -> str | None:
     """The token of `Authorization: Bearer <token>` (scheme case-insensitive), if any."""
     header = request.headers.get("Authorization", "")
     scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not token.strip():
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
         return None
-    return token.strip()
+    if not token.isascii():
+        try:
+            token.encode()
+        except UnicodeEncodeError:  # bytes that are not UTF-8 (kept as surrogates) match no key
+            return None
+    return token
 
 
 def client_key_ok(expected: str, given: str) -> bool:

@@ -246,15 +246,20 @@ def _end_failure(error: LinkError | None) -> ExchangeFailed:
 
 
 def response_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
-    """The connector's headers minus hop-by-hop ones and any holding CR or LF.
+    """The connector's headers minus hop-by-hop ones, CORS ones and any holding CR or LF.
 
     aiohttp refuses to send a header with a line break (it would split the head), and would
     fail the whole answer with a 500 after its head was half written; such a header is dropped.
+    CORS is the server's decision (ALLOWED_ORIGINS): a backend's or MCP provider's
+    `Access-Control-*` headers never reach the client.
     """
     return [
         (k, v)
         for k, v in headers
-        if k.lower() not in HOP_BY_HOP and "\n" not in (line := k + v) and "\r" not in line
+        if (low := k.lower()) not in HOP_BY_HOP
+        and not low.startswith("access-control-")
+        and "\n" not in (line := k + v)
+        and "\r" not in line
     ]
 
 

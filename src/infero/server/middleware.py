@@ -62,6 +62,8 @@ class OriginPolicy:
 
     def allows(self, origin: str) -> bool:
         """Whether `origin` may call the API from a browser."""
+        if not origin.isascii():  # a browser's origin is ASCII; this one cannot be echoed
+            return False
         origin = origin.lower()
         if self.any or origin in self.exact:
             return True

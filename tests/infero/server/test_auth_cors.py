@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+
 import aiohttp
 import pytest
 
@@ -111,3 +114,47 @@ async def test_unknown_api_route_is_an_openai_shaped_404() -> None:
     ):
         assert r.status == 404
         assert (await r.json())["error"]["type"] == "invalid_request_error"
+
+
+KEYED_ROUTES = [
+    ("POST", "/api/v1/chat/completions"),
+    ("POST", "/api/v1/embeddings"),
+    ("GET", "/api/v1/models"),
+    ("GET", "/api/v1/models/m"),
+    ("GET", "/api/v1/responses/resp_1"),
+    ("GET", "/api/state"),
+    ("GET", "/api/state/stream"),
+    ("POST", "/api/workers/w1/drain"),
+    ("POST", "/api/mcp/relays/r1/drain"),
+    ("POST", "/api/mcp/id/r1"),
+]
+
+
+@pytest.mark.parametrize(("api_key", "operator_key"), [("k", "op"), ("", "op")])
+async def test_a_non_utf8_authorization_header_is_a_plain_401_on_every_keyed_route(
+    api_key: str, operator_key: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with running_server(api_key=api_key, operator_key=operator_key) as srv:
+        port = int(srv.url.rsplit(":", 1)[1])
+        statuses = {}
+        for method, path in KEYED_ROUTES:
+            if not api_key and "/drain" not in path:
+                continue  # open /api/*: only operator actions take a key
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                f"{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n".encode()
+                + b"Authorization: Bearer \xff\xfe\xc3(\r\n"
+                + b"Content-Type: application/json\r\nContent-Length: 2\r\n\r\n{}"
+            )
+            async with asyncio.timeout(10):
+                answer = await reader.read()
+            writer.close()
+            statuses[path] = int(answer.split(b" ", 2)[1])
+        assert set(statuses.values()) == {401}, statuses
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+def test_an_origin_that_is_not_ascii_is_never_allowed() -> None:
+    policy = OriginPolicy(["https://*.example.com"])
+    assert policy.allows("https://a.example.com")
+    assert not policy.allows("https://\udcff.example.com")

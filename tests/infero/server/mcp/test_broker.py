@@ -74,3 +74,36 @@ async def test_server_shutdown_closes_every_relay_link_as_going_away() -> None:
             for relay in connected:
                 await relay.closed.wait()
         assert [relay.ws.close_code for relay in connected] == [1001, 1001]
+
+
+async def test_a_providers_cors_headers_never_leak_when_no_origin_is_allowed() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(
+                    srv.url + "/api/mcp/id/r1",
+                    json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                    headers={"Accept": "application/json", "Origin": "https://evil.example"},
+                )
+            )
+            incoming = await relay.next_request()
+            await relay.head(
+                incoming.id,
+                200,
+                [
+                    ("Content-Type", "application/json"),
+                    ("Access-Control-Allow-Origin", "*"),
+                    ("access-control-allow-credentials", "true"),
+                    ("X-Provider", "kept"),
+                ],
+            )
+            await relay.body(incoming.id, b'{"jsonrpc":"2.0","id":1,"result":{}}')
+            await relay.end(incoming.id)
+            async with await call as resp:
+                assert resp.status == 200
+                assert resp.headers["X-Provider"] == "kept"
+                assert not [k for k in resp.headers if k.lower().startswith("access-control-")]
