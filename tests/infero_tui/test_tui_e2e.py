@@ -102,7 +102,7 @@ def status_of(app: InferoConsole, worker_id: str) -> str:
     return worker.status if worker else "absent"
 
 
-async def test_console_drains_a_busy_connector_which_finishes_its_work_and_leaves() -> None:
+async def test_console_drains_a_busy_connector_which_finishes_its_work_and_stays_linked() -> None:
     async with fleet_of_one() as fleet:
         held = asyncio.create_task(fleet.chat(hold=True))
         async with asyncio.timeout(5):
@@ -124,9 +124,15 @@ async def test_console_drains_a_busy_connector_which_finishes_its_work_and_leave
             fleet.backend.release.set()
             answer = await held
             assert answer.status_code == 200
-            await until(pilot, lambda: status_of(app, "w-e2e") in {"gone", "absent"})
-        async with asyncio.timeout(5):
-            assert await fleet.task == 0
+            await fleet.server.wait_for(lambda: fleet.server.fleet.workers["w-e2e"].inflight == 0)
+            assert status_of(app, "w-e2e") == "draining"
+            assert fleet.connector.connected.is_set()
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: status_of(app, "w-e2e") == "idle")
+            assert (await fleet.chat(hold=False)).status_code == 200
+        assert not fleet.task.done()
 
 
 async def test_console_local_view_drains_the_connector_through_its_status_port(
@@ -169,10 +175,13 @@ async def test_console_local_view_drains_the_connector_through_its_status_port(
                 )
                 fleet.backend.release.set()
                 assert (await held).status_code == 200
+                await pilot.press("x")
+                await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+                await pilot.press("y")
+                async with asyncio.timeout(5):
+                    assert await fleet.task == 0
         finally:
             await status_runner.cleanup()
-        async with asyncio.timeout(5):
-            assert await fleet.task == 0
 
 
 async def test_ctl_lists_and_drains_the_same_connector() -> None:
@@ -209,6 +218,15 @@ async def test_ctl_lists_and_drains_the_same_connector() -> None:
             runner.invoke, cli, ["ctl", "undrain", "nobody", *base, "--operator-key", "ok"]
         )
         assert unknown.exit_code == 4
+        shut = await asyncio.to_thread(
+            runner.invoke, cli, ["ctl", "shutdown", "e2e", *base, "--operator-key", "ok"]
+        )
+        assert shut.exit_code == 0, shut.output
+        undrained = await asyncio.to_thread(
+            runner.invoke, cli, ["ctl", "undrain", "w-e2e", *base, "--operator-key", "ok"]
+        )
+        assert undrained.exit_code == 1
+        assert "is shutting down; it cannot be undrained" in undrained.output
         fleet.backend.release.set()
         assert (await held).status_code == 200
         async with asyncio.timeout(5):

@@ -132,9 +132,15 @@ def watch(server: Server = DEFAULT_SERVER, api_key: ApiKey = "", json_output: Js
 ctl.command("workers")(_lister("workers", "List the workers (connectors) of the fleet."))
 ctl.command("models")(_lister("models", "List the models with their workers and queues."))
 ctl.command("mcp")(_lister("mcp", "List MCP relays and live sessions."))
-ctl.command("drain")(_controller("drain", "Drain a worker: finish in-flight work, take none."))
-ctl.command("undrain")(_controller("undrain", "Let a draining worker take work again."))
-ctl.command("shutdown")(_controller("shutdown", "Drain a worker, then make it exit."))
+ctl.command("drain")(
+    _controller("drain", "Drain a worker: no new work, finish in-flight, stay linked.")
+)
+ctl.command("undrain")(
+    _controller("undrain", "Undrain a worker: take new work again (not after a shutdown).")
+)
+ctl.command("shutdown")(
+    _controller("shutdown", "Shut down a worker: drain, then exit (cannot be undone).")
+)
 
 
 def register(app: typer.Typer) -> None:

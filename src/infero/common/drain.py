@@ -1,8 +1,14 @@
 """Drain, undrain, shutdown and signals of a connector: when to take work and when to leave.
 
+- drain: take no new work, finish what is in flight, stay linked; `undrain` resumes.
+- shutdown (also the first SIGTERM/SIGINT): drain, then leave once idle or when
+  `DRAIN_TIMEOUT` runs out (0 leaves at once, a negative value waits as long as work is in
+  flight); it cannot be undone. A second signal leaves at once.
+- `EXIT_WHEN_DRAINED` (for scripts): a drain also leaves once idle, as a shutdown does, but
+  may still be undone by an undrain until then.
+
 The connector says how much work is in flight, what to do when its status changed (push it
-to the server) and how to leave; `Drain` decides. `DRAIN_TIMEOUT`: 0 leaves at once, a
-negative value waits as long as work is in flight.
+to the server) and how to leave; `Drain` decides.
 """
 
 from __future__ import annotations
@@ -28,40 +34,37 @@ class Drain:
         changed: Callable[[], None],
         stop: Callable[[], None],
         unit: str = "request",
+        exit_when_drained: bool = False,
     ) -> None:
         self.timeout = timeout
+        self.exit_when_drained = exit_when_drained
         self._inflight = inflight
         self._changed = changed
         self._stop = stop
         self._unit = unit
         self.draining = False
         """True while no new work is taken."""
+        self.shutting_down = False
+        """True once a shutdown was asked for: the connector leaves when idle, for good."""
         self.leaving = False
         """True once the connector was told to leave (it cannot be undrained then)."""
-        self._shutdown = False
         self._signals = 0
         self._timer: asyncio.Task[None] | None = None
 
+    @property
+    def exits_when_idle(self) -> bool:
+        """A draining connector that leaves once its last work ended."""
+        return self.draining and (self.shutting_down or self.exit_when_drained)
+
     def drain(self, *, by: str = "") -> None:
-        """Take nothing new, let in-flight work finish, then leave (within the timeout)."""
-        if not self.draining:
-            self.draining = True
-            logger.info(
-                "draining (asked by %s): %d %s(s) in flight",
-                by or "unknown",
-                self._inflight(),
-                self._unit,
-            )
-            self._changed()
-        if self.timeout == 0 or self._inflight() == 0:
-            self.leave()
-            return
-        if self.timeout > 0 and self._timer is None:
-            self._timer = asyncio.create_task(self._deadline(self.timeout), name="drain-deadline")
+        """Take nothing new and let in-flight work finish; stay linked until `undrain`."""
+        self._start_draining(by)
+        if self.exit_when_drained:
+            self._leave_when_idle()
 
     def undrain(self, *, by: str = "") -> bool:
         """Take work again; refused (False) after a shutdown or once leaving."""
-        if self._shutdown or self.leaving:
+        if self.shutting_down or self.leaving:
             logger.warning("undrain asked by %s refused: shutting down", by or "unknown")
             return False
         self._cancel_timer()
@@ -72,10 +75,14 @@ class Drain:
         return True
 
     def shutdown(self, *, by: str = "") -> None:
-        """Drain and leave; unlike `drain`, it cannot be undone with `undrain`."""
-        logger.info("shutdown asked by %s", by or "unknown")
-        self._shutdown = True
-        self.drain(by=by)
+        """Drain, then leave once idle; unlike `drain`, it cannot be undone with `undrain`."""
+        if not self.shutting_down:
+            logger.info("shutdown asked by %s", by or "unknown")
+            self.shutting_down = True
+            if self.draining:
+                self._changed()
+        self._start_draining(by)
+        self._leave_when_idle()
 
     def control(self, frame: link.Control) -> None:
         """A Control frame: the server relays an operator's request."""
@@ -89,17 +96,17 @@ class Drain:
             self.shutdown(by=by)
 
     def signal(self, name: str) -> None:
-        """SIGTERM/SIGINT: the first drains, the second leaves at once."""
+        """SIGTERM/SIGINT: the first shuts down (drain, then leave), the second leaves now."""
         self._signals += 1
         if self._signals == 1:
-            self.drain(by=f"signal {name}")
+            self.shutdown(by=f"signal {name}")
         else:
             logger.info("second %s: exiting now", name)
             self.leave()
 
     def idle(self) -> None:
-        """Call when the last in-flight work ended: a draining connector leaves."""
-        if self.draining and self._inflight() == 0:
+        """Call when the last in-flight work ended: a shutting-down connector leaves."""
+        if self.exits_when_idle and self._inflight() == 0:
             logger.info("drained: no %s in flight", self._unit)
             self.leave()
 
@@ -116,6 +123,25 @@ class Drain:
             timer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await timer
+
+    def _start_draining(self, by: str) -> None:
+        if self.draining:
+            return
+        self.draining = True
+        logger.info(
+            "draining (asked by %s): %d %s(s) in flight",
+            by or "unknown",
+            self._inflight(),
+            self._unit,
+        )
+        self._changed()
+
+    def _leave_when_idle(self) -> None:
+        if self.timeout == 0 or self._inflight() == 0:
+            self.leave()
+            return
+        if self.timeout > 0 and self._timer is None:
+            self._timer = asyncio.create_task(self._deadline(self.timeout), name="drain-deadline")
 
     def _cancel_timer(self) -> None:
         if self._timer is not None and self._timer is not asyncio.current_task():

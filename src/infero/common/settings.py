@@ -227,10 +227,18 @@ class ConnectorSettings(SettingsModel):
         Duration,
         Opt(
             "DRAIN_TIMEOUT",
-            "On SIGTERM, wait this long for in-flight work (0 now, -1 forever).",
+            "On shutdown or SIGTERM, wait this long for in-flight work (0 now, -1 forever).",
             trailing=True,
         ),
     ] = 60.0
+    exit_when_drained: Annotated[
+        Bool,
+        Opt(
+            "EXIT_WHEN_DRAINED",
+            "A drain also exits once idle, like a shutdown (default: stay linked).",
+            trailing=True,
+        ),
+    ] = False
     log_dir: Annotated[
         str, Opt("LOG_DIR", "Also write a rotating log file here.", trailing=True)
     ] = ""

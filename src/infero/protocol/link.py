@@ -106,6 +106,8 @@ class StatusUpdate(_Frame):
     max_concurrency: int = Field(ge=0, le=100_000)
     status: Status = "ready"
     last_error: str = Field(default="", max_length=2048)
+    shutting_down: bool = False
+    """The connector was told to shut down: it drains, then exits, and refuses `undrain`."""
 
 
 class Ping(_Frame):

@@ -187,6 +187,7 @@ class McpRelay:
             changed=self._link_status.changed,
             stop=self._stop,
             unit="call",
+            exit_when_drained=settings.exit_when_drained,
         )
         self._ports = HttpPorts()
         self._open_calls: dict[int, _Call] = {}
@@ -206,7 +207,7 @@ class McpRelay:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Serve until stopped; 0 after a drain or stop, non-zero on a fatal failure."""
+        """Serve until stopped; 0 after a shutdown or stop, non-zero on a fatal failure."""
         s = self.settings
         self._session = provider_session(verify_tls=not s.mcp_http_insecure_skip_verify)
         monitor: asyncio.Task[None] | None = None
@@ -225,7 +226,7 @@ class McpRelay:
             if self.stopped.is_set():
                 return 0
             code = await self.link_client.run()
-            return 0 if self.drain.draining or self.stopped.is_set() else code
+            return 0 if self.drain.shutting_down or self.stopped.is_set() else code
         finally:
             self.stopped.set()
             await self.drain.close()
@@ -245,7 +246,7 @@ class McpRelay:
         self.drain.leave()
 
     def signal_received(self, name: str) -> None:
-        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        """SIGTERM/SIGINT: the first shuts down (drain, then exit), the second exits at once."""
         self.drain.signal(name)
 
     def _stop(self) -> None:
@@ -425,6 +426,7 @@ class McpRelay:
             max_concurrency=self.settings.mcp_max_inflight,
             status=self._status(),
             last_error=self.monitor.last_error[:2048],
+            shutting_down=self.drain.shutting_down,
         )
 
     # ---- exchange observer -------------------------------------------------------------------
@@ -453,7 +455,7 @@ class McpRelay:
         self.metrics.inflight.inc()
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
-        """An exchange ended; a draining relay leaves after its last call."""
+        """An exchange ended; a shutting-down relay leaves after its last call."""
         self._open_calls.pop(request.id, None)
         if is_call(request):
             self._calls -= 1

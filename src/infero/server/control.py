@@ -2,7 +2,9 @@
 
 `POST /api/workers/{id}/{action}` steers `infero llm` connectors and
 `POST /api/mcp/relays/{id}/{action}` steers `infero mcp` relays; both send a `Control`
-frame over the connector's link. See docs/security.md (operator credential).
+frame over the connector's link. Drain: no new work, in-flight work finishes, the connector
+stays linked until undrained. Shutdown: drain, then exit; an undrain after it is refused
+(409). See docs/operations.md and docs/security.md (operator credential).
 """
 
 from __future__ import annotations
@@ -48,7 +50,16 @@ def mount(
                 404, f"No connected {what} {connector_id!r}.", "invalid_request_error", "not_found"
             )
         logger.info("operator key %r asked %s of %s %s", key.name, action, what, connector_id)
+        if action == "undrain" and link.shutting_down:
+            return errors.api_error(
+                409,
+                f"The {what} {connector_id!r} is shutting down; it cannot be undrained.",
+                "invalid_request_error",
+                "shutting_down",
+            )
         await link.send(Control(action=action, by=key.name))
+        if action == "shutdown":
+            link.shutting_down = True
         return web.json_response(
             {"id": connector_id, "action": action, "accepted": True}, status=202
         )

@@ -111,6 +111,8 @@ class Link:
         self.worker: Worker | None = None
         """The fleet's record of this link (kind llm)."""
         self.closed = False
+        self.shutting_down = False
+        """The connector was told to shut down (it said so, or an operator asked here)."""
         self._next_stream = 0
 
     async def send(self, frame: lp.Cancel | lp.Credit | lp.Control | lp.Ping | lp.Pong) -> None:
@@ -428,6 +430,7 @@ class LinkEndpoint:
             elif isinstance(frame, lp.Ping):
                 await link.send(lp.Pong(ts=frame.ts))
             elif isinstance(frame, lp.StatusUpdate):
+                link.shutting_down = link.shutting_down or frame.shutting_down
                 self.handler.status(link, frame)
             elif isinstance(frame, lp.Hello):
                 logger.warning("link %s: second hello ignored", link.id)

@@ -74,6 +74,7 @@ class Connector:
             changed=self._link_status.changed,
             stop=self._stop,
             unit="request",
+            exit_when_drained=settings.exit_when_drained,
         )
         self._ports = HttpPorts()
         self.capacity = CapacityLearner(settings.max_concurrency)
@@ -97,7 +98,7 @@ class Connector:
     # ---- lifecycle ---------------------------------------------------------------------------
 
     async def run(self) -> int:
-        """Serve until stopped; 0 after a drain or stop, non-zero on a fatal failure."""
+        """Serve until stopped; 0 after a shutdown or stop, non-zero on a fatal failure."""
         self._session = new_session()
         monitor = asyncio.create_task(self._supervise_monitor(), name="backend-monitor")
         try:
@@ -113,7 +114,7 @@ class Connector:
             code = await self.link_client.run()
             if self._crashed:
                 return 1
-            return 0 if self.draining or self.stopped.is_set() else code
+            return 0 if self._drain.shutting_down or self.stopped.is_set() else code
         finally:
             self.stopped.set()
             self._drain.leave()  # once `run` ends, nothing can undrain the connector
@@ -142,7 +143,7 @@ class Connector:
         self._drain.leave()
 
     def drain(self, *, by: str = "") -> None:
-        """Take nothing new, finish in-flight, then leave (within `DRAIN_TIMEOUT`)."""
+        """Take nothing new, finish in-flight, stay linked until undrained."""
         self._drain.drain(by=by)
 
     def undrain(self, *, by: str = "") -> bool:
@@ -154,7 +155,7 @@ class Connector:
         self._drain.shutdown(by=by)
 
     def signal_received(self, name: str) -> None:
-        """SIGTERM/SIGINT: the first drains, the second exits at once."""
+        """SIGTERM/SIGINT: the first shuts down (drain, then exit), the second exits at once."""
         self._drain.signal(name)
 
     def _stop(self) -> None:
@@ -292,6 +293,7 @@ class Connector:
             max_concurrency=self._capacity(),
             status=self._status(),
             last_error=self._last_error()[:2048],
+            shutting_down=self._drain.shutting_down,
         )
 
     # ---- exchange observer ----------------------------------------------------------------
@@ -314,7 +316,7 @@ class Connector:
         logger.debug("request %s started: %s %s", request.request_id, request.method, request.path)
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
-        """Count a request that ended; a drained connector leaves after its last one."""
+        """Count a request that ended; a shutting-down connector leaves after its last one."""
         self._jobs -= 1
         self.metrics.current_jobs.set(self._jobs)
         self.metrics.job_duration.observe(outcome.duration)
@@ -333,7 +335,7 @@ class Connector:
 
     def state(self) -> ConnectorState:
         """The `/status` state name."""
-        if self.stopped.is_set():
+        if self.stopped.is_set() or self._drain.shutting_down:
             return "terminating"
         if self.draining:
             return "draining"

@@ -71,15 +71,20 @@ class ConfirmScreen(ModalScreen[bool]):
 
 
 def action_question(action: str, target: Text, inflight: int | None) -> Text:
-    """ "Drain worker alpha (2 in flight)?" with the name kept as plain text."""
-    verbs = {
-        "drain": "Drain",
-        "undrain": "Undrain",
-        "shutdown": "Shut down (drain, then exit)",
+    """ "Drain worker alpha (2 in flight)?" with the name kept as plain text, then what the
+    action means (the same words as every other surface, see docs/operations.md)."""
+    verbs = {"drain": "Drain", "undrain": "Undrain", "shutdown": "Shut down"}
+    meanings = {
+        "drain": "It takes no new work, finishes what is in flight and stays linked "
+        "until undrained.",
+        "undrain": "It takes new work again.",
+        "shutdown": "It drains, then exits. This cannot be undone.",
     }
     text = Text(f"{verbs.get(action, action)} ")
     text.append_text(target)
     if inflight is not None:
         text.append(f" ({inflight} in flight)")
     text.append("?")
+    if action in meanings:
+        text.append("\n" + meanings[action], style="dim")
     return text

@@ -14,7 +14,9 @@ from infero.protocol import link
 class Connector:
     """What a runtime gives `Drain`: in-flight work, status pushes, a way to leave."""
 
-    def __init__(self, inflight: int = 0, timeout: float = -1) -> None:
+    def __init__(
+        self, inflight: int = 0, timeout: float = -1, *, exit_when_drained: bool = False
+    ) -> None:
         self.inflight = inflight
         self.changes = 0
         self.left = asyncio.Event()
@@ -23,27 +25,69 @@ class Connector:
             inflight=lambda: self.inflight,
             changed=self._changed,
             stop=self.left.set,
+            exit_when_drained=exit_when_drained,
         )
 
     def _changed(self) -> None:
         self.changes += 1
 
 
-async def test_drain_when_idle_leaves_at_once() -> None:
-    c = Connector()
-    c.drain.drain(by="test")
-    assert c.drain.draining
-    assert c.left.is_set()
-    assert c.changes == 1
-
-
-async def test_drain_waits_for_in_flight_work_and_leaves_when_it_ends() -> None:
+async def test_drain_stays_linked_when_idle_and_undrain_resumes() -> None:
     c = Connector(inflight=1)
     c.drain.drain(by="test")
+    assert c.drain.draining
+    assert c.changes == 1
+    c.inflight = 0
+    c.drain.idle()
+    assert not c.left.is_set()
+    assert c.drain.undrain(by="test")
+    assert not c.drain.draining
+    assert c.changes == 2
+    assert not c.left.is_set()
+
+
+async def test_shutdown_when_idle_leaves_at_once() -> None:
+    c = Connector()
+    c.drain.shutdown(by="test")
+    assert c.drain.draining
+    assert c.drain.shutting_down
+    assert c.left.is_set()
+
+
+async def test_shutdown_waits_for_in_flight_work_and_leaves_when_it_ends() -> None:
+    c = Connector(inflight=1)
+    c.drain.shutdown(by="test")
     assert c.drain.draining
     assert not c.left.is_set()
     c.drain.idle()
     assert not c.left.is_set()  # still one in flight
+    c.inflight = 0
+    c.drain.idle()
+    assert c.left.is_set()
+
+
+async def test_a_drain_after_which_shutdown_is_asked_says_so_and_leaves_when_idle() -> None:
+    c = Connector(inflight=1)
+    c.drain.drain(by="test")
+    c.drain.shutdown(by="test")
+    assert c.changes == 2  # draining, then shutting down
+    c.inflight = 0
+    c.drain.idle()
+    assert c.left.is_set()
+
+
+async def test_exit_when_drained_makes_a_drain_leave_once_idle_unless_undrained() -> None:
+    c = Connector(exit_when_drained=True)
+    c.drain.drain(by="script")
+    assert c.left.is_set()
+    c = Connector(inflight=1, exit_when_drained=True)
+    c.drain.drain(by="script")
+    assert c.drain.undrain(by="script")
+    c.inflight = 0
+    c.drain.idle()
+    assert not c.left.is_set()
+    c.inflight = 1
+    c.drain.drain(by="script")
     c.inflight = 0
     c.drain.idle()
     assert c.left.is_set()
@@ -65,22 +109,31 @@ async def test_undrain_takes_work_again_but_not_after_a_shutdown() -> None:
     await c.drain.close()
 
 
-async def test_zero_timeout_leaves_at_once_and_a_deadline_ends_a_long_drain() -> None:
+async def test_zero_timeout_leaves_at_once_and_a_deadline_ends_a_long_shutdown() -> None:
     c = Connector(inflight=3, timeout=0)
-    c.drain.drain()
+    c.drain.shutdown()
     assert c.left.is_set()
     c = Connector(inflight=3, timeout=0.01)
-    c.drain.drain()
+    c.drain.shutdown()
     async with asyncio.timeout(5):
         await c.left.wait()
     assert c.drain.leaving
     assert not c.drain.undrain()
 
 
-async def test_second_signal_leaves_at_once() -> None:
+async def test_a_drain_has_no_deadline() -> None:
+    c = Connector(inflight=3, timeout=0)
+    c.drain.drain()
+    assert not c.left.is_set()
+    await c.drain.close()
+
+
+async def test_first_signal_shuts_down_and_the_second_leaves_at_once() -> None:
     c = Connector(inflight=1)
     c.drain.signal("SIGTERM")
     assert c.drain.draining
+    assert c.drain.shutting_down
+    assert not c.drain.undrain()
     assert not c.left.is_set()
     c.drain.signal("SIGTERM")
     assert c.left.is_set()

@@ -56,7 +56,15 @@ def test_bad_yaml_is_one_error_naming_the_file(tmp_path: Path) -> None:
         read_yaml(path)
 
 
-TRAILING = ["reconnect", "metrics_port", "drain_timeout", "log_dir", "log_level", "log_format"]
+TRAILING = [
+    "reconnect",
+    "metrics_port",
+    "drain_timeout",
+    "exit_when_drained",
+    "log_dir",
+    "log_level",
+    "log_format",
+]
 
 
 @pytest.mark.parametrize(

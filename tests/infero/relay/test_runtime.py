@@ -313,10 +313,42 @@ async def test_operator_drains_undrains_and_shuts_down_a_relay_through_the_serve
             await server.wait_for(relay_is(server, "ready"))
             assert await steer("shutdown") == 202
             await server.wait_for(relay_is(server, "draining"))
-            assert await steer("undrain") == 202
+            assert await steer("undrain") == 409
             release.set()
             finished = await slow
             assert finished.status == 200
             finished.release()
             assert await task == 0
     assert "operator key 'operator' asked undrain of relay d1" in caplog.text
+
+
+async def test_an_idle_relay_drained_by_the_server_stays_linked_until_shut_down() -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["method"] == "initialize":
+            return web.json_response(INIT_RESULT)
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
+
+    async with (
+        running_server(client_key="ck", operator_key="op") as server,
+        fake_provider(handle) as url,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
+    ):
+        relay = relay_d1(server, url, RECONNECT="true")
+        task = asyncio.create_task(relay.run())
+        steer = f"{server.url}/api/mcp/relays/d1/"
+        async with asyncio.timeout(10):
+            await server.wait_for(relay_is(server, "ready"))
+            async with http.post(steer + "drain") as resp:
+                assert resp.status == 202
+            await server.wait_for(relay_is(server, "draining"))
+            assert not task.done()
+            async with http.post(steer + "undrain") as resp:
+                assert resp.status == 202
+            await server.wait_for(relay_is(server, "ready"))
+            call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+            async with http.post(f"{server.url}/api/mcp/id/d1", json=call) as answer:
+                assert answer.status == 200
+            async with http.post(steer + "shutdown") as resp:
+                assert resp.status == 202
+            assert await task == 0

@@ -66,3 +66,29 @@ async def test_open_server_without_operator_key_refuses_control() -> None:
         http.post(f"{srv.url}/api/workers/w1/drain") as resp,
     ):
         assert resp.status == 403
+
+
+async def test_undrain_of_a_connector_that_is_shutting_down_is_refused_409() -> None:
+    async with (
+        running_server(operator_key="op") as srv,
+        scripted_connector(srv.url, id="w1") as asked_here,
+        scripted_connector(srv.url, id="w2") as told_locally,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
+    ):
+        async with http.post(f"{srv.url}/api/workers/w1/shutdown") as resp:
+            assert resp.status == 202
+        await told_locally.status(max_concurrency=1, status="draining", shutting_down=True)
+        async with asyncio.timeout(5):
+            await srv.wait_for(lambda: srv.fleet.workers["w2"].status == "draining")
+        for worker in ("w1", "w2"):
+            async with http.post(f"{srv.url}/api/workers/{worker}/undrain") as resp:
+                assert resp.status == 409
+                error = (await resp.json())["error"]
+            assert error["code"] == "shutting_down"
+            assert error["message"] == (
+                f"The worker {worker!r} is shutting down; it cannot be undrained."
+            )
+        async with asyncio.timeout(5):
+            assert (await asked_here.controls.get()).action == "shutdown"
+        assert asked_here.controls.empty()
+        assert told_locally.controls.empty()

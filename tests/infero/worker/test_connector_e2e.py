@@ -86,14 +86,14 @@ async def test_non_streaming_chat_and_models_list_work() -> None:
     assert sorted(models) == ["demo", "demo:7b"]
 
 
-async def test_drain_during_a_stream_tells_the_server_and_lets_the_stream_finish() -> None:
+async def test_shutdown_during_a_stream_tells_the_server_and_lets_the_stream_finish() -> None:
     backend = FakeBackend(models=["m1"], hold=True)
     async with stack(backend=backend, drain_timeout=-1) as s, asyncio.timeout(5):
         stream = await s.client.chat.completions.create(
             model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
         )
         await backend.entered.wait()
-        s.connector.drain(by="test")
+        s.connector.shutdown(by="test")
 
         def draining() -> bool:
             worker = s.server.fleet.get_live("w-e2e")

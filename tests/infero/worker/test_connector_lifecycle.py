@@ -27,10 +27,24 @@ async def _start_held_request(stack: Stack, sid: int = 1) -> None:
         await stack.backend.entered.wait()
 
 
-async def test_drain_when_idle_exits_zero(stack: Stack) -> None:
+async def test_drain_when_idle_stays_linked_and_shutdown_exits_zero(stack: Stack) -> None:
     connector = await stack.start()
     await stack.connected()
     connector.drain(by="test")
+    async with asyncio.timeout(5):
+        update = await stack.server.next_frame(link.StatusUpdate)
+    assert (update.status, update.shutting_down) == ("draining", False)
+    assert connector.connected.is_set()
+    assert not connector.stopped.is_set()
+    assert connector.status_doc().state == "draining"
+    connector.shutdown(by="test")
+    assert await stack.exit_code() == 0
+
+
+async def test_exit_when_drained_makes_an_idle_drain_exit_zero(stack: Stack) -> None:
+    connector = await stack.start(exit_when_drained=True)
+    await stack.connected()
+    connector.drain(by="script")
     assert await stack.exit_code() == 0
 
 
@@ -54,8 +68,9 @@ async def test_drain_finishes_inflight_refuses_new_work_and_tells_the_server(
     async with asyncio.timeout(5):
         finished = await stack.server.next_frame(link.End)
     assert (finished.id, finished.error) == (1, None)
-    assert await stack.exit_code() == 0
     assert len(stack.backend.bodies) == 1
+    assert connector.connected.is_set()
+    assert not connector.stopped.is_set()
 
 
 async def test_second_signal_exits_at_once_with_work_in_flight(stack: Stack) -> None:
@@ -65,7 +80,8 @@ async def test_second_signal_exits_at_once_with_work_in_flight(stack: Stack) -> 
     connector.signal_received("SIGTERM")
     async with asyncio.timeout(5):
         update = await stack.server.next_frame(link.StatusUpdate)
-    assert update.status == "draining"
+    assert (update.status, update.shutting_down) == ("draining", True)
+    assert not connector.undrain(by="test")
     assert not connector.stopped.is_set()
     connector.signal_received("SIGTERM")
     assert await stack.exit_code() == 0
@@ -81,11 +97,11 @@ async def test_drain_timeout_zero_exits_at_once(stack: Stack) -> None:
     assert await stack.exit_code() == 0
 
 
-async def test_drain_timeout_ends_a_drain_that_takes_too_long(stack: Stack) -> None:
+async def test_drain_timeout_ends_a_shutdown_that_takes_too_long(stack: Stack) -> None:
     connector = await stack.start(drain_timeout=0.05)
     await stack.connected()
     await _start_held_request(stack)
-    connector.drain(by="test")
+    connector.shutdown(by="test")
     assert await stack.exit_code() == 0
     async with asyncio.timeout(5):
         await stack.backend.cancelled.wait()
