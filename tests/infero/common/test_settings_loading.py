@@ -21,7 +21,7 @@ def test_each_source_overrides_the_previous_one() -> None:
     file = {"max_concurrency": 3, "client_name": "file", "reconnect": "yes"}
     env = {"MAX_CONCURRENCY": "4", "CLIENT_ID": "env-id"}
     flags = {"max_concurrency": "5", "client_name": None}
-    assert load_settings(WorkerSettings).max_concurrency == 2
+    assert load_settings(WorkerSettings).max_concurrency == "auto"
     assert load_settings(WorkerSettings, file_values=file).max_concurrency == 3
     merged = load_settings(WorkerSettings, file_values=file, environ=env, flags=flags)
     assert merged.max_concurrency == 5
