@@ -63,7 +63,7 @@ async def test_dashboard_sorts_connectors_by_the_clicked_column(page: Page) -> N
         scripted_connector(server.url, id="w-b", name="baker", max_concurrency=9),
     ):
         await page.goto(server.url + "/state")
-        rows = page.locator("#workers tbody tr")
+        rows = page.locator("#workers tbody tr[data-id]")
         await expect(rows).to_have_count(2, timeout=WAIT_MS)
         await expect(rows.nth(0)).to_have_attribute("data-id", "w-a")
 

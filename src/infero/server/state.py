@@ -312,6 +312,10 @@ def _connecting(pending: Pending) -> WorkerInfo:
     )
 
 
+PUBLISHER = web.AppKey("state_publisher", StatePublisher)
+"""The app's state publisher (its viewers, ring and published rows)."""
+
+
 class ScopeError(ValueError):
     """A query parameter of `/api/state` or its stream is not understood."""
 
@@ -382,7 +386,7 @@ def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
         viewer = publisher.attach(scope, mode, request.headers.get("Last-Event-ID", ""))
         try:
             await response.write(b"retry: 1000\n\n")
-            while not (publisher.closed or lifecycle.stopping.is_set()):
+            while True:
                 if not viewer.wake.is_set():
                     try:
                         async with asyncio.timeout(KEEPALIVE):
@@ -390,6 +394,8 @@ def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
                     except TimeoutError:
                         await response.write(b": keepalive\n\n")
                         continue
+                if viewer.ended or publisher.closed or lifecycle.stopping.is_set():
+                    break
                 data = publisher.next_event(viewer)
                 if data:
                     await response.write(data)
@@ -417,6 +423,7 @@ def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
         return StateSnapshot.model_validate_json(publisher.document(Scope(gone=True)))
 
     app[keys.SNAPSHOT] = snapshot
+    app[PUBLISHER] = publisher
     app.cleanup_ctx.append(background)
     app.on_shutdown.append(close)
     app.router.add_get("/api/state", state)

@@ -142,6 +142,8 @@ class Viewer:
         self.resync = False
         self.stale = False
         """Full mode: a newer document exists than the one sent last."""
+        self.ended = False
+        """The server ends this stream (the viewer reconnects and resumes)."""
         self.wake = asyncio.Event()
 
     def push(self, data: bytes) -> None:
@@ -340,11 +342,16 @@ class StatePublisher:
             return self.snapshot_event(viewer.scope, viewer.mode)
         return viewer.take()
 
-    def close(self) -> None:
-        """The server stops: wake every viewer so its stream ends."""
-        self.closed = True
+    def end_streams(self) -> None:
+        """End every open stream now; the viewers reconnect and resume from their last id."""
         for viewer in self.viewers:
+            viewer.ended = True
             viewer.wake.set()
+
+    def close(self) -> None:
+        """The server stops: end every stream, and new ones at once."""
+        self.closed = True
+        self.end_streams()
 
     # ---- rendering -----------------------------------------------------------------------
 

@@ -1,19 +1,80 @@
 "use strict";
-// infero dashboard: reads /api/state/stream (SSE over fetch, so it can send the API key),
-// renders it with DOM APIs only (textContent, never HTML strings: names come from connectors).
+// infero dashboard: follows /api/state/stream (SSE over fetch, so it can send the API key):
+// a snapshot, then deltas keyed by id, applied to maps of rows; the page is drawn at most once
+// per animation frame from the latest state, and long tables render only the rows in view.
+// Everything goes in with DOM APIs (textContent, never HTML strings: names come from connectors).
 (() => {
-  const STREAM_URL = "api/state/stream?mode=full";
+  const STREAM_URL = "api/state/stream";
   const KEY_STORAGE = "infero.apiKey";
   const BACKOFF_MS = [1000, 2000, 5000, 10000];
   const STATUSES = new Set(["connecting", "idle", "busy", "draining", "not_ready", "gone", "active"]);
   const SERVER_STATES = new Set(["ready", "not_ready", "draining"]);
+  const ROW_HEIGHT = 30; // px; the CSS gives every body row this height
+  const OVERSCAN = 10; // rows drawn above and below the visible ones
 
   const $ = (id) => document.getElementById(id);
   let attempt = 0;
   let retryTimer = 0;
-  let snapshot = null;
-  let sortKey = "name";
-  let sortDir = 1;
+  let lastEventId = "";
+  let snapshots = 0;
+
+  // ---- the state the page holds ----------------------------------------------------------
+
+  const state = {
+    server: null,
+    summary: null,
+    workers: new Map(),
+    models: new Map(),
+    clients: new Map(),
+    sessions: new Map(),
+    clockOffset: 0, // server clock minus ours, from the latest event (ms)
+  };
+
+  const KINDS = [
+    ["workers", "workers", (w) => w.id],
+    ["models", "models", (m) => m.name],
+    ["mcp_clients", "clients", (c) => c.id],
+    ["mcp_sessions", "sessions", (s) => `${s.client_id}/${s.id}`],
+  ];
+
+  function fillMap(map, rows, key) {
+    map.clear();
+    for (const row of rows || []) map.set(key(row), row);
+  }
+
+  function applySnapshot(doc) {
+    state.server = doc.server;
+    state.summary = doc.workers_summary;
+    fillMap(state.workers, doc.workers, KINDS[0][2]);
+    fillMap(state.models, doc.models, KINDS[1][2]);
+    fillMap(state.clients, doc.mcp && doc.mcp.clients, KINDS[2][2]);
+    fillMap(state.sessions, doc.mcp && doc.mcp.sessions, KINDS[3][2]);
+    setClock(doc.server.now);
+    for (const table of TABLES) table.changed = true;
+  }
+
+  function applyDelta(delta) {
+    if (!state.server) return;
+    if (delta.server) state.server = delta.server;
+    if (delta.workers_summary) state.summary = delta.workers_summary;
+    state.server = { ...state.server, now: delta.now };
+    setClock(delta.now);
+    for (const [field, name, key] of KINDS) {
+      const changes = delta[field];
+      if (!changes) continue;
+      const map = state[name];
+      for (const gone of changes.remove || []) map.delete(gone);
+      for (const row of changes.upsert || []) map.set(key(row), row);
+      TABLE_OF[name].changed = true;
+    }
+  }
+
+  function setClock(iso) {
+    const t = Date.parse(iso);
+    if (!Number.isNaN(t)) state.clockOffset = t - Date.now();
+  }
+
+  const serverNow = () => Date.now() + state.clockOffset;
 
   // ---- formatting ------------------------------------------------------------------------
 
@@ -34,8 +95,7 @@
 
   function ageSeconds(iso) {
     const then = Date.parse(iso);
-    const now = Date.parse(snapshot.server.now);
-    return Number.isNaN(then) || Number.isNaN(now) ? 0 : (now - then) / 1000;
+    return Number.isNaN(then) ? 0 : (serverNow() - then) / 1000;
   }
 
   const statusClass = (status) => (STATUSES.has(status) ? `s-${status}` : "s-unknown");
@@ -49,212 +109,359 @@
     return node;
   }
 
-  const text = (value) => el("td", "", value);
-  const num = (value) => el("td", "num", value);
+  // A cell is described by a small object; `put` updates a <td> only where it differs.
+  const text = (value) => ({ text: String(value) });
+  const num = (value) => ({ text: String(value), cls: "num" });
 
-  function statusCell(status, draining) {
-    const label = draining && status !== "draining" ? `${status} (draining)` : status;
-    return el("td", "status", el("span", `dot ${statusClass(status)}`), label);
+  function status(value, draining) {
+    const label = draining && value !== "draining" ? `${value} (draining)` : value;
+    return { text: label, cls: "status", dot: statusClass(value) };
   }
 
-  function headers(table, columns, sortable) {
-    const row = table.tHead.rows[0];
-    row.replaceChildren(
-      ...columns.map((column) => {
-        const th = el("th", column.numeric ? "num" : "");
-        th.dataset.key = column.key;
-        if (sortable) {
-          const button = el("button", "", column.label);
-          button.type = "button";
-          button.addEventListener("click", () => sortBy(column.key));
-          th.append(button);
-        } else {
-          th.textContent = column.label;
-        }
-        return th;
-      }),
-    );
-  }
-
-  function fill(table, rows, empty) {
-    const columns = table.tHead.rows[0].cells.length;
-    if (rows.length === 0) {
-      const cell = el("td", "empty", empty);
-      cell.colSpan = columns;
-      rows = [el("tr", "", cell)];
+  function put(td, cell) {
+    const sig = `${cell.cls || ""}\u0000${cell.dot || ""}\u0000${cell.title || ""}\u0000${
+      cell.small || ""}\u0000${cell.meter || ""}\u0000${cell.text}`;
+    if (td.sig === sig) return;
+    td.sig = sig;
+    td.className = cell.cls || "";
+    td.title = cell.title || "";
+    const parts = [];
+    if (cell.dot) parts.push(el("span", `dot ${cell.dot}`));
+    parts.push(cell.text);
+    if (cell.small) parts.push(el("small", "", cell.small));
+    if (cell.meter) {
+      const fill = el("span", "fill");
+      fill.style.width = `${Math.round((100 * Math.min(cell.meter[0], cell.meter[1])) / cell.meter[1])}%`;
+      parts.push(el("span", "gauge", fill));
     }
-    table.tBodies[0].replaceChildren(...rows);
+    td.replaceChildren(...parts);
   }
 
-  // ---- workers table (sortable) ----------------------------------------------------------
+  // ---- tables: rows by key, sorted, only the visible window in the DOM ----------------------
 
-  const WORKER_COLUMNS = [
-    { key: "name", label: "Name", sort: (w) => (w.name || w.id).toLowerCase() },
-    { key: "status", label: "Status", sort: (w) => w.status },
-    {
-      key: "load",
-      label: "In flight",
-      numeric: true,
-      sort: (w) => w.inflight / Math.max(1, w.max_concurrency),
-    },
-    { key: "queue", label: "Queue", numeric: true, sort: (w) => w.queue_len },
-    { key: "tokens_in", label: "Tokens in", numeric: true, sort: (w) => w.tokens_in_total },
-    { key: "tokens_out", label: "Tokens out", numeric: true, sort: (w) => w.tokens_out_total },
-    { key: "tps", label: "Tokens/s", numeric: true, sort: (w) => w.avg_tokens_per_second },
-    { key: "failures", label: "Failures", numeric: true, sort: (w) => w.failures_total },
-    { key: "heartbeat", label: "Heartbeat", numeric: true, sort: (w) => ageSeconds(w.last_heartbeat) },
-    { key: "version", label: "Version", sort: (w) => w.version },
-  ];
+  class Table {
+    constructor(id, name, columns, options) {
+      this.table = $(id);
+      this.name = name;
+      this.columns = columns;
+      this.key = options.key;
+      this.empty = options.empty;
+      this.sortable = Boolean(options.sortable);
+      this.sortKey = options.sortKey || null;
+      this.sortDir = 1;
+      this.order = options.order || null;
+      this.changed = true;
+      this.rows = [];
+      this.view = 0;
+      this.scrollTop = 0;
+      this.shown = new Map(); // key -> <tr> in the DOM
+      this.body = this.table.tBodies[0];
+      this.scroller = this.table.parentElement;
+      this.top = el("tr", "spacer");
+      this.bottom = el("tr", "spacer");
+      this.top.setAttribute("aria-hidden", "true");
+      this.bottom.setAttribute("aria-hidden", "true");
+      this.emptyRow = null;
+      for (const spacer of [this.top, this.bottom]) {
+        const cell = el("td", "");
+        cell.colSpan = columns.length;
+        spacer.append(cell);
+      }
+      this.scroller.addEventListener("scroll", schedule, { passive: true });
+      this.head();
+      this.marks();
+    }
 
-  function workerRow(w) {
-    const name = el("td", "name", w.name || w.id);
-    if (w.name && w.name !== w.id) name.append(el("small", "", w.id));
-    const load = num(`${int(w.inflight)}/${int(w.max_concurrency)}`);
-    const meter = document.createElement("meter");
-    meter.max = Math.max(1, w.max_concurrency);
-    meter.value = w.inflight;
-    load.append(meter);
-    const failures = num(int(w.failures_total));
-    if (w.last_error) failures.title = w.last_error;
-    const row = el(
-      "tr",
-      "",
-      name,
-      statusCell(w.status, w.draining),
-      load,
-      num(int(w.queue_len)),
-      num(int(w.tokens_in_total)),
-      num(int(w.tokens_out_total)),
-      num(dec(w.avg_tokens_per_second)),
-      failures,
-      num(duration(ageSeconds(w.last_heartbeat))),
-      text(w.version),
-    );
-    row.dataset.id = w.id;
-    row.dataset.status = w.status;
-    return row;
-  }
+    head() {
+      const row = this.table.tHead.rows[0];
+      row.replaceChildren(
+        ...this.columns.map((column) => {
+          const th = el("th", column.numeric ? "num" : "");
+          th.dataset.key = column.key;
+          if (this.sortable) {
+            const button = el("button", "", column.label);
+            button.type = "button";
+            button.addEventListener("click", () => this.sortBy(column.key));
+            th.append(button);
+          } else {
+            th.textContent = column.label;
+          }
+          return th;
+        }),
+      );
+    }
 
-  function compare(a, b) {
-    const column = WORKER_COLUMNS.find((c) => c.key === sortKey);
-    const x = column.sort(a);
-    const y = column.sort(b);
-    if (x < y) return -sortDir;
-    if (x > y) return sortDir;
-    return a.id < b.id ? -1 : a.id > b.id ? 1 : 0;
-  }
+    sortBy(key) {
+      this.sortDir = key === this.sortKey ? -this.sortDir : 1;
+      this.sortKey = key;
+      this.changed = true;
+      this.marks();
+      schedule();
+    }
 
-  function sortBy(key) {
-    sortDir = key === sortKey ? -sortDir : 1;
-    sortKey = key;
-    if (snapshot) renderWorkers();
-  }
-
-  function renderWorkers() {
-    const table = $("workers");
-    for (const th of table.tHead.rows[0].cells) {
-      if (th.dataset.key === sortKey) {
-        th.setAttribute("aria-sort", sortDir > 0 ? "ascending" : "descending");
-      } else {
-        th.removeAttribute("aria-sort");
+    marks() {
+      if (!this.sortable) return;
+      for (const th of this.table.tHead.rows[0].cells) {
+        if (th.dataset.key === this.sortKey) {
+          th.setAttribute("aria-sort", this.sortDir > 0 ? "ascending" : "descending");
+        } else {
+          th.removeAttribute("aria-sort");
+        }
       }
     }
-    const workers = [...snapshot.workers].sort(compare);
-    fill(table, workers.map(workerRow), "No connectors.");
+
+    resort() {
+      const rows = [...state[this.name].values()];
+      const column = this.columns.find((c) => c.key === this.sortKey);
+      if (column && column.sort) {
+        const dir = this.sortDir;
+        const keyOf = this.key;
+        const decorated = rows.map((row) => [column.sort(row), keyOf(row), row]);
+        decorated.sort((a, b) =>
+          a[0] < b[0] ? -dir : a[0] > b[0] ? dir : a[1] < b[1] ? -1 : a[1] > b[1] ? 1 : 0,
+        );
+        this.rows = decorated.map((d) => d[2]);
+      } else if (this.order) {
+        this.rows = rows.sort(this.order);
+      } else {
+        this.rows = rows;
+      }
+    }
+
+    measure() {
+      this.view = Math.max(this.scroller.clientHeight, window.innerHeight);
+      this.scrollTop = this.scroller.scrollTop;
+    }
+
+    draw() {
+      if (this.changed) {
+        this.resort();
+        this.changed = false;
+      }
+      const total = this.rows.length;
+      if (total === 0) {
+        if (!this.emptyRow) {
+          const cell = el("td", "empty", this.empty);
+          cell.colSpan = this.columns.length;
+          this.emptyRow = el("tr", "", cell);
+        }
+        this.shown.clear();
+        this.body.replaceChildren(this.emptyRow);
+        return;
+      }
+      const first = Math.max(0, Math.floor(this.scrollTop / ROW_HEIGHT) - OVERSCAN);
+      const last = Math.min(total, first + Math.ceil(this.view / ROW_HEIGHT) + 2 * OVERSCAN);
+      const wanted = [];
+      const next = new Map();
+      for (let i = first; i < last; i++) {
+        const row = this.rows[i];
+        const key = this.key(row);
+        let tr = this.shown.get(key);
+        if (!tr) {
+          tr = el("tr", "");
+          tr.dataset.id = key;
+          for (let c = 0; c < this.columns.length; c++) tr.append(document.createElement("td"));
+        }
+        this.columns.forEach((column, c) => put(tr.cells[c], column.cell(row)));
+        if (row.status !== undefined) tr.dataset.status = row.status;
+        next.set(key, tr);
+        wanted.push(tr);
+      }
+      this.shown = next;
+      this.top.style.height = `${first * ROW_HEIGHT}px`;
+      this.bottom.style.height = `${(total - last) * ROW_HEIGHT}px`;
+      const children = this.body.children;
+      let same = children.length === wanted.length + 2 && children[0] === this.top;
+      for (let i = 0; same && i < wanted.length; i++) same = children[i + 1] === wanted[i];
+      if (!same) this.body.replaceChildren(this.top, ...wanted, this.bottom);
+    }
   }
 
-  // ---- the other tables ------------------------------------------------------------------
+  // ---- the tables --------------------------------------------------------------------------
 
-  function renderModels() {
-    const rows = snapshot.models.map((m) =>
-      el(
-        "tr",
-        "",
-        text(m.name),
-        num(`${int(m.ready_workers)}/${int(m.workers)}`),
-        num(int(m.queue_len)),
-        num(m.queue_len ? millis(m.oldest_wait_ms) : "–"),
-        num(int(m.requests_total)),
-        num(int(m.error_total)),
-        num(int(m.tokens_in_total)),
-        num(int(m.tokens_out_total)),
-        num(millis(m.avg_ttft_ms)),
-        num(millis(m.avg_duration_ms)),
-        num(dec(m.avg_tokens_per_second)),
-      ),
-    );
-    fill($("models"), rows, "No models.");
+  const byName = (w) => (w.name || w.id).toLowerCase();
+  const WORKERS = new Table(
+    "workers",
+    "workers",
+    [
+      {
+        key: "name",
+        label: "Name",
+        sort: byName,
+        cell: (w) => ({
+          text: w.name || w.id,
+          cls: "name",
+          small: w.name && w.name !== w.id ? w.id : "",
+        }),
+      },
+      { key: "status", label: "Status", sort: (w) => w.status, cell: (w) => status(w.status, w.draining) },
+      {
+        key: "load",
+        label: "In flight",
+        numeric: true,
+        sort: (w) => w.inflight / Math.max(1, w.max_concurrency),
+        cell: (w) => ({
+          text: `${int(w.inflight)}/${int(w.max_concurrency)}`,
+          cls: "num",
+          meter: [w.inflight, Math.max(1, w.max_concurrency)],
+        }),
+      },
+      { key: "queue", label: "Queue", numeric: true, sort: (w) => w.queue_len, cell: (w) => num(int(w.queue_len)) },
+      {
+        key: "tokens_in",
+        label: "Tokens in",
+        numeric: true,
+        sort: (w) => w.tokens_in_total,
+        cell: (w) => num(int(w.tokens_in_total)),
+      },
+      {
+        key: "tokens_out",
+        label: "Tokens out",
+        numeric: true,
+        sort: (w) => w.tokens_out_total,
+        cell: (w) => num(int(w.tokens_out_total)),
+      },
+      {
+        key: "tps",
+        label: "Tokens/s",
+        numeric: true,
+        sort: (w) => w.avg_tokens_per_second,
+        cell: (w) => num(dec(w.avg_tokens_per_second)),
+      },
+      {
+        key: "failures",
+        label: "Failures",
+        numeric: true,
+        sort: (w) => w.failures_total,
+        cell: (w) => ({ text: int(w.failures_total), cls: "num", title: w.last_error || "" }),
+      },
+      {
+        key: "heartbeat",
+        label: "Heartbeat",
+        numeric: true,
+        sort: (w) => Date.parse(w.last_heartbeat) || 0,
+        cell: (w) => num(duration(ageSeconds(w.last_heartbeat))),
+      },
+      { key: "version", label: "Version", sort: (w) => w.version, cell: (w) => text(w.version) },
+    ],
+    { key: (w) => w.id, empty: "No connectors.", sortable: true, sortKey: "name" },
+  );
+
+  const MODELS = new Table(
+    "models",
+    "models",
+    [
+      { key: "name", label: "Model", cell: (m) => text(m.name) },
+      { key: "ready", label: "Ready/connectors", numeric: true, cell: (m) => num(`${int(m.ready_workers)}/${int(m.workers)}`) },
+      { key: "queue", label: "Queue", numeric: true, cell: (m) => num(int(m.queue_len)) },
+      {
+        key: "wait",
+        label: "Oldest wait",
+        numeric: true,
+        cell: (m) => num(m.queue_len && m.queued_since ? millis(ageSeconds(m.queued_since) * 1000) : "–"),
+      },
+      { key: "requests", label: "Requests", numeric: true, cell: (m) => num(int(m.requests_total)) },
+      { key: "errors", label: "Errors", numeric: true, cell: (m) => num(int(m.error_total)) },
+      { key: "tokens_in", label: "Tokens in", numeric: true, cell: (m) => num(int(m.tokens_in_total)) },
+      { key: "tokens_out", label: "Tokens out", numeric: true, cell: (m) => num(int(m.tokens_out_total)) },
+      { key: "ttft", label: "First byte", numeric: true, cell: (m) => num(millis(m.avg_ttft_ms)) },
+      { key: "duration", label: "Duration", numeric: true, cell: (m) => num(millis(m.avg_duration_ms)) },
+      { key: "tps", label: "Tokens/s", numeric: true, cell: (m) => num(dec(m.avg_tokens_per_second)) },
+    ],
+    { key: (m) => m.name, empty: "No models.", order: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) },
+  );
+
+  const CLIENTS = new Table(
+    "mcp-clients",
+    "clients",
+    [
+      { key: "name", label: "Name", cell: (c) => text(c.name || c.id) },
+      { key: "id", label: "Id", cell: (c) => text(c.id) },
+      { key: "status", label: "Status", cell: (c) => status(c.status, false) },
+      { key: "inflight", label: "In flight", numeric: true, cell: (c) => num(int(c.inflight)) },
+      { key: "calls", label: "Calls", numeric: true, cell: (c) => num(int(c.calls_total)) },
+      { key: "errors", label: "Errors", numeric: true, cell: (c) => num(int(c.errors_total)) },
+      { key: "version", label: "Version", cell: (c) => text(c.version) },
+    ],
+    { key: (c) => c.id, empty: "No MCP relays." },
+  );
+
+  const SESSIONS = new Table(
+    "mcp-sessions",
+    "sessions",
+    [
+      { key: "id", label: "Session", cell: (s) => text(s.id) },
+      { key: "client", label: "Relay", cell: (s) => text(s.client_id) },
+      { key: "method", label: "Last method", cell: (s) => text(s.method) },
+      { key: "inflight", label: "In flight", numeric: true, cell: (s) => num(int(s.inflight)) },
+      { key: "age", label: "Age", numeric: true, cell: (s) => num(duration(ageSeconds(s.started_at))) },
+      {
+        key: "idle",
+        label: "Idle",
+        numeric: true,
+        cell: (s) => num(s.last_activity ? duration(ageSeconds(s.last_activity)) : "–"),
+      },
+    ],
+    { key: (s) => `${s.client_id}/${s.id}`, empty: "No MCP sessions." },
+  );
+
+  const TABLES = [WORKERS, MODELS, CLIENTS, SESSIONS];
+  const TABLE_OF = { workers: WORKERS, models: MODELS, clients: CLIENTS, sessions: SESSIONS };
+
+  // ---- drawing: once per animation frame, from the latest state ----------------------------
+
+  let frame = 0;
+
+  function schedule() {
+    if (!frame) frame = requestAnimationFrame(draw);
   }
 
-  function renderMcp() {
-    const clients = snapshot.mcp.clients.map((c) => {
-      const row = el(
-        "tr",
-        "",
-        text(c.name || c.id),
-        text(c.id),
-        statusCell(c.status, false),
-        num(int(c.inflight)),
-        num(int(c.calls_total)),
-        num(int(c.errors_total)),
-        text(c.version),
-      );
-      row.dataset.id = c.id;
-      return row;
-    });
-    fill($("mcp-clients"), clients, "No MCP relays.");
-    const sessions = snapshot.mcp.sessions.map((s) =>
-      el(
-        "tr",
-        "",
-        text(s.id),
-        text(s.client_id),
-        text(s.method),
-        num(int(s.inflight)),
-        num(duration(ageSeconds(s.started_at))),
-        num(s.last_activity ? duration(ageSeconds(s.last_activity)) : "–"),
-      ),
-    );
-    fill($("mcp-sessions"), sessions, "No MCP sessions.");
-  }
-
-  function renderServer() {
-    const server = snapshot.server;
-    const summary = snapshot.workers_summary;
+  function drawServer() {
+    const server = state.server;
+    const summary = state.summary || {};
     $("version").textContent = server.version;
-    const state = $("server-state");
-    state.textContent = server.state;
-    state.className = SERVER_STATES.has(server.state) ? `badge ${server.state}` : "badge";
-    $("uptime").textContent = `up ${duration(server.uptime_s)}`;
+    const badge = $("server-state");
+    badge.textContent = server.state;
+    badge.className = SERVER_STATES.has(server.state) ? `badge ${server.state}` : "badge";
+    const started = Date.parse(server.started_at);
+    const uptime = Number.isNaN(started) ? server.uptime_s : (serverNow() - started) / 1000;
+    $("uptime").textContent = `up ${duration(uptime)}`;
     $("summary").textContent =
       `${int(summary.connected)} connected: ${int(summary.working)} busy, ` +
       `${int(summary.idle)} idle, ${int(summary.draining)} draining, ` +
       `${int(summary.not_ready)} not ready; ${int(summary.gone)} gone. ` +
       `Requests: ${int(server.jobs_inflight_total)} in flight, ` +
       `${int(server.scheduler_queue_len)} queued, ${int(server.jobs_completed_total)} completed, ` +
-      `${int(server.jobs_failed_total)} failed. MCP relays: ${int(snapshot.mcp.clients.length)}.`;
+      `${int(server.jobs_failed_total)} failed. MCP relays: ${int(state.clients.size)}.`;
   }
 
-  function render(next) {
-    snapshot = next;
-    renderServer();
-    renderWorkers();
-    renderModels();
-    renderMcp();
+  function draw() {
+    frame = 0;
+    if (!state.server) return;
+    for (const table of TABLES) table.measure(); // every read before any write: one layout
+    drawServer();
+    for (const table of TABLES) table.draw();
   }
+
+  // Ages move with the clock, not with events: redraw the visible rows once a second.
+  setInterval(schedule, 1000);
 
   // ---- the stream ------------------------------------------------------------------------
 
-  function setConnection(state, message) {
+  function setConnection(connState, message) {
     const conn = $("conn");
-    conn.dataset.state = state;
+    conn.dataset.state = connState;
+    conn.dataset.lastEventId = lastEventId;
+    conn.dataset.snapshots = String(snapshots);
     conn.textContent = message;
   }
 
-  async function readEvents(body, onData) {
+  async function readEvents(body, onEvent) {
     const reader = body.pipeThrough(new TextDecoderStream()).getReader();
     let buffer = "";
     let data = [];
+    let name = "message";
+    let id = "";
     for (;;) {
       const { value, done } = await reader.read();
       if (done) return;
@@ -265,26 +472,41 @@
         buffer = buffer.slice(end + 1);
         if (line.endsWith("\r")) line = line.slice(0, -1);
         if (line === "") {
-          if (data.length) onData(data.join("\n"));
+          if (data.length) onEvent(name, id, data.join("\n"));
           data = [];
+          name = "message";
+          id = "";
         } else if (line.startsWith("data:")) {
           data.push(line.slice(line.startsWith("data: ") ? 6 : 5));
+        } else if (line.startsWith("event:")) {
+          name = line.slice(6).trim();
+        } else if (line.startsWith("id:")) {
+          id = line.slice(3).trim();
         }
-        // `id:`, `event:`, `retry:` and `:` keepalive comments need no handling here.
+        // `retry:` and `:` keepalive comments need no handling here.
       }
     }
   }
 
-  function onEvent(data) {
-    let next;
+  function onEvent(name, id, data) {
+    let doc;
     try {
-      next = JSON.parse(data);
+      doc = JSON.parse(data);
     } catch {
       return;
     }
+    if (name === "snapshot") {
+      applySnapshot(doc);
+      snapshots += 1;
+    } else if (name === "delta") {
+      applyDelta(doc);
+    } else {
+      return;
+    }
+    if (id) lastEventId = id;
     attempt = 0;
     setConnection("live", "live");
-    render(next);
+    schedule();
   }
 
   function retry(reason) {
@@ -306,6 +528,7 @@
     const key = sessionStorage.getItem(KEY_STORAGE) || "";
     const requestHeaders = { Accept: "text/event-stream" };
     if (key) requestHeaders.Authorization = `Bearer ${key}`;
+    if (lastEventId) requestHeaders["Last-Event-ID"] = lastEventId;
     let response;
     try {
       response = await fetch(STREAM_URL, { headers: requestHeaders, cache: "no-store" });
@@ -338,48 +561,5 @@
     connect();
   });
 
-  headers($("workers"), WORKER_COLUMNS, true);
-  headers(
-    $("models"),
-    [
-      { key: "name", label: "Model" },
-      { key: "ready", label: "Ready/connectors", numeric: true },
-      { key: "queue", label: "Queue", numeric: true },
-      { key: "wait", label: "Oldest wait", numeric: true },
-      { key: "requests", label: "Requests", numeric: true },
-      { key: "errors", label: "Errors", numeric: true },
-      { key: "tokens_in", label: "Tokens in", numeric: true },
-      { key: "tokens_out", label: "Tokens out", numeric: true },
-      { key: "ttft", label: "First byte", numeric: true },
-      { key: "duration", label: "Duration", numeric: true },
-      { key: "tps", label: "Tokens/s", numeric: true },
-    ],
-    false,
-  );
-  headers(
-    $("mcp-clients"),
-    [
-      { key: "name", label: "Name" },
-      { key: "id", label: "Id" },
-      { key: "status", label: "Status" },
-      { key: "inflight", label: "In flight", numeric: true },
-      { key: "calls", label: "Calls", numeric: true },
-      { key: "errors", label: "Errors", numeric: true },
-      { key: "version", label: "Version" },
-    ],
-    false,
-  );
-  headers(
-    $("mcp-sessions"),
-    [
-      { key: "id", label: "Session" },
-      { key: "client", label: "Relay" },
-      { key: "method", label: "Last method" },
-      { key: "inflight", label: "In flight", numeric: true },
-      { key: "age", label: "Age", numeric: true },
-      { key: "idle", label: "Idle", numeric: true },
-    ],
-    false,
-  );
   connect();
 })();
