@@ -91,8 +91,10 @@ def create_status_app(target: Controllable, token: str) -> web.Application:
     async def control(request: web.Request) -> web.Response:
         if not is_loopback(request.remote):
             return web.json_response({"error": "control is allowed from loopback only"}, status=403)
-        given = request.headers.get("X-Auth-Token", "")
-        if not hmac.compare_digest(given.encode(), token.encode()):
+        # Header bytes that are not UTF-8 arrive as lone surrogates; "surrogatepass" encodes
+        # them without failing, and they simply do not match the (hex) token.
+        given = request.headers.get("X-Auth-Token", "").encode("utf-8", "surrogatepass")
+        if not hmac.compare_digest(given, token.encode()):
             return web.json_response({"error": "missing or wrong X-Auth-Token"}, status=401)
         action = request.match_info["action"]
         who = f"status port ({request.remote})"

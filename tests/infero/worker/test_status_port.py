@@ -153,3 +153,24 @@ def test_status_addr_forms() -> None:
     assert parse_addr("[::1]:4555") == ("::1", 4555)
     with pytest.raises(ValueError, match="host:port"):
         parse_addr("4555x")
+
+
+async def test_a_token_header_that_is_not_utf8_is_a_plain_401(stack: Stack, tmp_path: Path) -> None:
+    base = await start_with_port(stack, tmp_path)
+    host, port = base.removeprefix("http://").rsplit(":", 1)
+    reader, writer = await asyncio.open_connection(host, int(port))
+    try:
+        writer.write(
+            b"POST /control/drain HTTP/1.1\r\nHost: x\r\nX-Auth-Token: \xff\xfe\x80\r\n"
+            b"Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        async with asyncio.timeout(5):
+            status_line = await reader.readline()
+            body = await reader.read()
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    assert status_line.startswith(b"HTTP/1.1 401")
+    assert b"missing or wrong X-Auth-Token" in body
+    assert stack.connector is not None
+    assert not stack.connector.draining
