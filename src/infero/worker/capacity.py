@@ -14,7 +14,8 @@ discovery (see docs/connector.md):
 5. Anything else: 2.
 
 The runtime is identified again when the backend comes back after being down or its model
-list changes; llama.cpp's `/props` is read at every poll (a restart may change `--parallel`).
+list changes; llama.cpp's `/props` is read at every poll (a restart may change `--parallel`;
+no answer keeps the last count).
 """
 
 from __future__ import annotations
@@ -86,10 +87,14 @@ class CapacityLearner:
         if not self.auto:
             return False
         key = (found.kind, found.models)
-        if key == self._identified and self.current.runtime != "llama.cpp":
+        if key != self._identified:
+            learned = await identify(session, base_url, api_key, found)
+            self._identified = key
+        elif self.current.runtime == "llama.cpp":
+            # Same server: only its slot count may have changed; no answer keeps the last one.
+            learned = await llama_cpp_slots(session, base_url, api_key) or self.current
+        else:
             return False
-        learned = await identify(session, base_url, api_key, found)
-        self._identified = key
         if learned == self.current:
             return False
         logger.info(
@@ -111,11 +116,10 @@ async def identify(
         return OLLAMA
     if "vllm" in found.owners:
         return VLLM
+    slots = await llama_cpp_slots(session, base_url, api_key)
+    if slots is not None:
+        return slots
     root = ollama_root(base_url)
-    props = await _ask(session, root + "/props", api_key)
-    slots = props.get("total_slots") if isinstance(props, dict) else None
-    if isinstance(slots, int) and not isinstance(slots, bool) and 1 <= slots <= MAX_SLOTS:
-        return Capacity(slots, "llama.cpp", "total_slots of /props (--parallel)")
     version = await _ask(session, root + "/api/version", api_key)
     if isinstance(version, dict) and isinstance(version.get("version"), str):
         return OLLAMA
@@ -125,6 +129,17 @@ async def identify(
     if isinstance(title, str) and "llama.cpp python api" in title.lower():
         return LLAMA_CPP_PYTHON
     return UNKNOWN
+
+
+async def llama_cpp_slots(
+    session: aiohttp.ClientSession, base_url: str, api_key: str
+) -> Capacity | None:
+    """`total_slots` of a llama.cpp server's `GET {root}/props`, if it answers one."""
+    props = await _ask(session, ollama_root(base_url) + "/props", api_key)
+    slots = props.get("total_slots") if isinstance(props, dict) else None
+    if isinstance(slots, int) and not isinstance(slots, bool) and 1 <= slots <= MAX_SLOTS:
+        return Capacity(slots, "llama.cpp", "total_slots of /props (--parallel)")
+    return None
 
 
 async def _ask(

@@ -101,6 +101,22 @@ async def test_a_backend_is_identified_again_only_after_being_down_or_changing_m
     assert len(asked) == 6
 
 
+async def test_llama_cpp_slots_are_read_at_every_poll_and_kept_when_props_fails(
+    aiohttp_server: ServerFactory, session: aiohttp.ClientSession
+) -> None:
+    routes: dict[str, Any] = {"/props": {"total_slots": 1}}
+    url, asked = await _serve(aiohttp_server, routes)
+    learner = CapacityLearner("auto")
+    assert await learner.learn(session, url, "", OPENAI)
+    routes["/props"] = {"total_slots": 3}
+    assert await learner.learn(session, url, "", OPENAI)
+    assert (learner.value, learner.current.runtime) == (3, "llama.cpp")
+    del routes["/props"]
+    assert not await learner.learn(session, url, "", OPENAI)
+    assert learner.value == 3
+    assert asked == ["/props"] * 3
+
+
 async def test_a_configured_capacity_asks_the_backend_nothing(
     aiohttp_server: ServerFactory, session: aiohttp.ClientSession
 ) -> None:
