@@ -90,5 +90,6 @@ def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
         "bytes_idle",
         "cpu_views",
         "relay_share",
+        "relay_cpu",
     }
     assert doc["raw"]["churn"]["requests"]["errors"] == 0

@@ -36,6 +36,8 @@ _PART_OF: dict[Kind, Part] = {
 
 RING = 512
 """Recent batches kept for viewers resuming with `Last-Event-ID`."""
+RING_BYTES = 8 * 1024 * 1024
+"""Serialised rows the ring may hold; older batches are dropped beyond it (busy fleets)."""
 VIEWER_BUFFER_BYTES = 4 * 1024 * 1024
 """Bytes a viewer may have waiting; beyond them it is resynced with a full document."""
 
@@ -117,6 +119,8 @@ class Batch:
     upsert: dict[Kind, list[Row]]
     remove: dict[Kind, list[str]]
     rendered: dict[Scope, bytes] = field(default_factory=dict)
+    size: int = 0
+    """Bytes of the serialised rows it carries."""
 
 
 @dataclass(slots=True)
@@ -182,6 +186,7 @@ class StatePublisher:
         *,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
         ring: int = RING,
+        ring_bytes: int = RING_BYTES,
         viewer_buffer: int = VIEWER_BUFFER_BYTES,
     ) -> None:
         self.source = source
@@ -192,6 +197,8 @@ class StatePublisher:
         self.rows: dict[Kind, dict[str, Row]] = {k: {} for k in KINDS}
         self.viewers: set[Viewer] = set()
         self._ring: deque[Batch] = deque(maxlen=ring)
+        self._ring_bytes = ring_bytes
+        self._ring_size = 0
         self._viewer_buffer = viewer_buffer
         self._server_mark: Hashable = None
         self._server_json = ""
@@ -254,7 +261,8 @@ class StatePublisher:
             upsert={k: list(v.values()) for k, v in pending.upsert.items() if v},
             remove={k: sorted(v) for k, v in pending.remove.items() if v},
         )
-        self._ring.append(batch)
+        batch.size = sum(len(r.json) for rows in batch.upsert.values() for r in rows)
+        self._remember(batch)
         for viewer in self.viewers:
             if viewer.mode == "full":
                 viewer.stale = True
@@ -262,6 +270,16 @@ class StatePublisher:
             else:
                 viewer.push(self.delta_event(batch, viewer.scope))
         return batch
+
+    def _remember(self, batch: Batch) -> None:
+        """Keep `batch` in the ring, within its count and its bytes."""
+        ring = self._ring
+        if len(ring) == ring.maxlen:
+            self._ring_size -= ring[0].size
+        ring.append(batch)
+        self._ring_size += batch.size
+        while len(ring) > 1 and self._ring_size > self._ring_bytes:
+            self._ring_size -= ring.popleft().size
 
     def refresh(self) -> None:
         """Collect and publish now (a new viewer sees the present)."""

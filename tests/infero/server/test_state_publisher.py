@@ -130,6 +130,21 @@ def test_a_resume_older_than_the_ring_gets_a_snapshot_and_a_recent_one_gets_delt
     assert [w.id for w in snap.workers] == ["w0", "w1", "w2", "w9"]
 
 
+def test_the_ring_keeps_recent_batches_within_its_byte_budget() -> None:
+    rows = Rows()
+    publisher = StatePublisher(rows, clock=Clock(), ring_bytes=1000)
+    viewer = publisher.attach(Scope(), "delta")
+    publisher.next_event(viewer)
+    start = publisher.event_id()
+    for n in range(10):
+        rows.put(f"w{n}")
+        publisher.refresh()
+    resumed = publisher.attach(Scope(), "delta", start)
+    assert [name for name, _, _ in _events(publisher.next_event(resumed))] == ["snapshot"]
+    recent = publisher.attach(Scope(), "delta", publisher.event_id(publisher.last_id - 1))
+    assert [name for name, _, _ in _events(publisher.next_event(recent))] == ["delta"]
+
+
 def test_a_viewer_that_falls_behind_is_resynced_and_the_others_keep_their_deltas() -> None:
     rows = Rows()
     publisher = StatePublisher(rows, clock=Clock(), viewer_buffer=2000)
