@@ -6,9 +6,15 @@
 
 # ---- build: the wheel, installed with its dependencies into a virtualenv ----------------
 FROM python:3.12.8-slim-bookworm AS build
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# Embedded in the wheel by hatch_build.py (the build context has no .git); the build date is
+# the day of the build unless INFERO_BUILD_DATE says otherwise.
+ARG INFERO_BUILD_SHA=unknown
+ARG INFERO_BUILD_DATE=
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    INFERO_BUILD_SHA=$INFERO_BUILD_SHA \
+    INFERO_BUILD_DATE=$INFERO_BUILD_DATE
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md hatch_build.py ./
 COPY src ./src
 RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/infero \
@@ -16,13 +22,9 @@ RUN python -m pip wheel --no-deps --wheel-dir /wheels . \
 
 # ---- runtime: Python, the virtualenv, a non-root user -----------------------------------
 FROM python:3.12.8-slim-bookworm
-ARG INFERO_BUILD_SHA=unknown
-ARG INFERO_BUILD_DATE=unknown
 ENV PATH=/opt/infero/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
-    INFERO_BUILD_SHA=$INFERO_BUILD_SHA \
-    INFERO_BUILD_DATE=$INFERO_BUILD_DATE \
     HOST=0.0.0.0 \
     PORT=8080 \
     XDG_CONFIG_HOME=/var/lib/infero/config

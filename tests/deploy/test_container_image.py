@@ -67,13 +67,16 @@ def test_dockerfile_is_multi_stage_pinned_non_root_exec_form_and_health_checked(
     assert not any(w == "ADD" for w, _ in steps), "COPY only: nothing fetched at build time"
     install = " ".join(a for w, a in steps if w == "RUN")
     assert "pip wheel --no-deps --wheel-dir /wheels ." in install
+    build = steps[: len(steps) - len(runtime)]
+    assert ("ARG", "INFERO_BUILD_SHA=unknown") in build, "the wheel embeds the sha it is given"
+    assert any(w == "COPY" and "hatch_build.py" in a for w, a in build)
     assert "[mcp]" in install, "one image for server, llm and mcp (stdio/SSE providers)"
 
 
 def test_dockerignore_sends_only_what_the_build_copies() -> None:
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").split()
     assert "*" in lines
-    assert {"!pyproject.toml", "!README.md", "!src/"} <= set(lines)
+    assert {"!pyproject.toml", "!README.md", "!hatch_build.py", "!src/"} <= set(lines)
 
 
 def _compose() -> dict[str, Any]:

@@ -1,13 +1,22 @@
-"""Build metadata (version, git sha, build date) reported by `--version`, state and metrics."""
+"""Build metadata (version, git sha, build date) reported by `--version`, state and metrics.
+
+A built package (wheel, sdist, container image) carries them in `infero/_build.py`, written
+at build time by `hatch_build.py`. Without that file (an editable install) they come from
+git, but only when the source is the top of its own checkout of this project; otherwise sha
+and date are `unknown`.
+"""
 
 from __future__ import annotations
 
-import os
+import importlib
 import subprocess
 from dataclasses import dataclass
 from functools import cache
 from importlib import metadata
 from pathlib import Path
+
+CHECKOUT = Path(__file__).resolve().parents[3]
+"""Where the project root is when this file sits in `src/infero/common/` of a checkout."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,12 +32,10 @@ class BuildInfo:
         return f"{component} version={self.version} sha={self.sha} date={self.date}"
 
 
-def _git(*args: str) -> str:
-    source = Path(__file__).resolve().parent
+def _git(root: Path, *args: str) -> str:
     try:
         out = subprocess.run(
-            ["git", *args],
-            cwd=source,
+            ["git", "-C", str(root), *args],
             capture_output=True,
             text=True,
             encoding="utf-8",
@@ -40,19 +47,38 @@ def _git(*args: str) -> str:
     return out.stdout.strip()
 
 
+def checkout_info(root: Path) -> tuple[str, str]:
+    """(sha, commit date) of the checkout at `root`, when `root` holds this project's
+    `pyproject.toml` and is the top of its own git repository; else ("unknown", "unknown")."""
+    unknown = ("unknown", "unknown")
+    try:
+        pyproject = (root / "pyproject.toml").read_text(encoding="utf-8")
+    except OSError:
+        return unknown
+    if 'name = "infero"' not in pyproject:
+        return unknown
+    top = _git(root, "rev-parse", "--show-toplevel")
+    if not top or Path(top).resolve() != root.resolve():
+        return unknown
+    sha = _git(root, "rev-parse", "--short=12", "HEAD")
+    date = _git(root, "log", "-1", "--format=%cs", "HEAD")
+    return (sha or "unknown", date or "unknown")
+
+
 @cache
 def build_info() -> BuildInfo:
-    """Read the build metadata once: env overrides (packagers), then the git checkout."""
+    """Read the build metadata once: the embedded `_build.py`, else this checkout's git."""
+    try:
+        built = importlib.import_module("infero._build")
+    except ImportError:
+        pass
+    else:
+        return BuildInfo(version=str(built.VERSION), sha=str(built.SHA), date=str(built.DATE))
     try:
         version = metadata.version("infero")
     except metadata.PackageNotFoundError:
         version = "dev"
-    sha = os.environ.get("INFERO_BUILD_SHA") or _git("rev-parse", "--short=12", "HEAD") or "unknown"
-    date = (
-        os.environ.get("INFERO_BUILD_DATE")
-        or _git("log", "-1", "--format=%cs", "HEAD")
-        or "unknown"
-    )
+    sha, date = checkout_info(CHECKOUT)
     return BuildInfo(version=version, sha=sha, date=date)
 
 
