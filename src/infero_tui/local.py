@@ -29,6 +29,9 @@ class LocalContext:
     log_file: Path
     diagnostics_dir: Path
     process: ConnectorProcess | None = None
+    unit: str | None = None
+    """systemd unit of this connector (`infero-llm@main`); used instead of `process` when
+    loaded."""
 
 
 def tail_lines(path: Path, count: int) -> list[str]:

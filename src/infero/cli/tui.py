@@ -15,7 +15,11 @@ if TYPE_CHECKING:
 
 
 def _local_context(
-    addr: str, config: str | None, token_file: str | None, log_dir: str | None
+    addr: str,
+    config: str | None,
+    token_file: str | None,
+    log_dir: str | None,
+    unit: str = "",
 ) -> LocalContext:
     from infero_tui.client import LocalClient
     from infero_tui.local import LOG_FILE_NAME, TOKEN_FILE_NAME, LocalContext
@@ -42,6 +46,7 @@ def _local_context(
         log_file=logs / LOG_FILE_NAME,
         diagnostics_dir=Path.cwd(),
         process=ConnectorProcess(default_command(config_path, addr)),
+        unit=unit or None,
     )
 
 
@@ -90,6 +95,13 @@ def tui(
         str | None,
         typer.Option("--log-dir", envvar="LOG_DIR", help="The local connector's LOG_DIR."),
     ] = None,
+    unit: Annotated[
+        str,
+        typer.Option(
+            "--unit",
+            help="systemd unit of the local connector (system, else user); '' for none.",
+        ),
+    ] = "infero-llm@main",
     read_only: Annotated[
         bool, typer.Option("--read-only", help="Watch only: every action is disabled.")
     ] = False,
@@ -136,7 +148,7 @@ def tui(
         except ClientError as exc:
             typer.echo(f"infero tui: {exc}", err=True)
             raise typer.Exit(2) from None
-    local = _local_context(worker, config, token_file, log_dir) if worker else None
+    local = _local_context(worker, config, token_file, log_dir, unit=unit) if worker else None
     make_app(fleet=fleet, local=local, config=ConsoleConfig(read_only=read_only)).run()
 
 

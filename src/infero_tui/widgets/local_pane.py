@@ -17,6 +17,7 @@ from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.widgets import Log, Static
 
+from infero.common.systemd import SystemdUnit, UnitError, UnitState, find_unit
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
 from infero_tui.client import Action, ClientError
 from infero_tui.config import Clock
@@ -43,6 +44,7 @@ class LocalPane(Vertical):
         Binding("l", "open_log", "Log"),
         Binding("S", "start", "Start"),
         Binding("K", "stop", "Stop"),
+        Binding("N", "enable", "Enable"),
     ]
     """
     | Key | Action |
@@ -52,7 +54,8 @@ class LocalPane(Vertical):
     | g | Write a diagnostics file. |
     | o | Open worker.yaml in $EDITOR. |
     | l | Open the log file in $PAGER. |
-    | S / K | Start / stop a connector process owned by this console. |
+    | S / K | Start / stop the connector's systemd unit, else a process owned by this console. |
+    | N | Enable the connector's systemd unit (start at boot or login). |
     """
 
     DEFAULT_CSS = """
@@ -88,6 +91,9 @@ class LocalPane(Vertical):
         self.status: WorkerStatusDoc | None = None
         self.version: VersionDoc | None = None
         self._follower = LogFollower(context.log_file)
+        self.service: SystemdUnit | None = None
+        self.unit_state: UnitState | None = None
+        self._unit_busy = False
 
     def compose(self) -> ComposeResult:
         yield Static(Text("Waiting for the connector…", style="dim"), id="local-status")
@@ -96,8 +102,28 @@ class LocalPane(Vertical):
 
     def on_mount(self) -> None:
         self.poll_log()
+        if self.context.unit:
+            self.refresh_unit()
         if self.refresh_interval:
             self.set_interval(self.refresh_interval, self.poll_log)
+            if self.context.unit:
+                self.set_interval(self.refresh_interval, self.refresh_unit)
+
+    @work(group="local-unit", exit_on_error=False)
+    async def refresh_unit(self) -> None:
+        """Find the connector's systemd unit (once) and read its state (one call at a time,
+        never cancelled half-way, so no systemctl is left behind)."""
+        if self._unit_busy:
+            return
+        self._unit_busy = True
+        try:
+            if self.service is None and self.context.unit:
+                self.service = await find_unit(self.context.unit)
+            if self.service is not None:
+                self.unit_state = await self.service.state()
+                self.query_one("#local-paths", Static).update(self._paths())
+        finally:
+            self._unit_busy = False
 
     def poll_log(self) -> None:
         """Append lines written to the log file since the last poll."""
@@ -114,7 +140,10 @@ class LocalPane(Vertical):
         text.append(str(ctx.log_file))
         text.append("  address ", style="bold")
         text.append(ctx.addr)
-        if ctx.process is not None and ctx.process.running:
+        if self.service is not None and self.unit_state is not None:
+            text.append("  unit ", style="bold")
+            text.append(f"{self.service.label}: {self.unit_state.describe()}")
+        elif ctx.process is not None and ctx.process.running:
             text.append(f"  started here (pid {ctx.process.pid})", style="yellow")
         return text
 
@@ -214,8 +243,28 @@ class LocalPane(Vertical):
     def action_open_log(self) -> None:
         self._open("PAGER", "less", self.context.log_file)
 
+    async def _unit_action(self, verb: str) -> None:
+        assert self.service is not None
+        try:
+            await getattr(self.service, verb)()
+        except UnitError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"systemctl {verb} {self.service.label}: done.", title="Local connector")
+        self.refresh_unit()
+
+    @work(group="local-process", exclusive=True, exit_on_error=False)
+    async def action_enable(self) -> None:
+        if self.read_only or self.service is None:
+            self.notify("No systemd unit for this connector.", severity="warning")
+            return
+        await self._unit_action("enable")
+
     @work(group="local-process", exclusive=True, exit_on_error=False)
     async def action_start(self) -> None:
+        if not self.read_only and self.service is not None:
+            await self._unit_action("start")
+            return
         process = self.context.process
         if self.read_only or process is None:
             self.notify("Starting a connector is not available here.", severity="warning")
@@ -236,6 +285,9 @@ class LocalPane(Vertical):
 
     @work(group="local-process", exclusive=True, exit_on_error=False)
     async def action_stop(self) -> None:
+        if not self.read_only and self.service is not None:
+            await self._unit_action("stop")
+            return
         process = self.context.process
         if self.read_only or process is None or not process.running:
             self.notify("No connector was started from this console.", severity="warning")
