@@ -84,8 +84,12 @@ async def serve(settings: ServerSettings) -> int:
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
     certificate = app.get(tls.TLS)
-    if certificate is not None:
-        loop.add_signal_handler(signal.SIGHUP, certificate.reload)
+    loop.add_signal_handler(
+        signal.SIGHUP,
+        certificate.reload
+        if certificate is not None
+        else lambda: logger.info("SIGHUP: nothing to reload (no TLS_CERT_FILE)"),
+    )
     runner = server_runner(app, settings, handler_cancellation=True, shutdown_timeout=5.0)
     await runner.setup()
     try:

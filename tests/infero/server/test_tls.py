@@ -245,9 +245,8 @@ def _free_port() -> int:
         return port
 
 
-async def test_infero_server_reloads_its_certificate_on_sighup(pki: Pki) -> None:
-    port = _free_port()
-    proc = await asyncio.create_subprocess_exec(
+async def _serve_then(port: int, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
         sys.executable,
         "-c",
         "from infero.cli import main; main()",
@@ -256,29 +255,30 @@ async def test_infero_server_reloads_its_certificate_on_sighup(pki: Pki) -> None
         "127.0.0.1",
         "--port",
         str(port),
-        "--tls-cert",
-        str(pki.cert),
-        "--tls-key",
-        str(pki.key),
+        *args,
         stderr=asyncio.subprocess.PIPE,
         env={**os.environ, "LOG_LEVEL": "info"},
     )
+
+
+async def _line_with(proc: asyncio.subprocess.Process, text: bytes) -> bytes:
     assert proc.stderr is not None
+    while True:
+        line = await proc.stderr.readline()
+        assert line, f"server exited before logging {text!r}"
+        if text in line:
+            return line
 
-    async def line_with(text: bytes) -> bytes:
-        assert proc.stderr is not None
-        while True:
-            line = await proc.stderr.readline()
-            assert line, f"server exited before logging {text!r}"
-            if text in line:
-                return line
 
+async def test_infero_server_reloads_its_certificate_on_sighup(pki: Pki) -> None:
+    port = _free_port()
+    proc = await _serve_then(port, "--tls-cert", str(pki.cert), "--tls-key", str(pki.key))
     try:
         async with asyncio.timeout(20):
-            assert b"(https)" in await line_with(b"listening on")
+            assert b"(https)" in await _line_with(proc, b"listening on")
             renewed = pki.ca.issue(pki.cert, pki.key)
             proc.send_signal(signal.SIGHUP)
-            await line_with(b"certificate reloaded")
+            await _line_with(proc, b"certificate reloaded")
             assert await asyncio.to_thread(served_serial, port, pki.ca.ca_file) == renewed
             proc.send_signal(signal.SIGTERM)
             assert await proc.wait() == 0
@@ -286,3 +286,40 @@ async def test_infero_server_reloads_its_certificate_on_sighup(pki: Pki) -> None
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_sighup_without_tls_is_logged_and_does_not_stop_the_server() -> None:
+    proc = await _serve_then(_free_port())
+    try:
+        async with asyncio.timeout(20):
+            assert b"(http)" in await _line_with(proc, b"listening on")
+            proc.send_signal(signal.SIGHUP)
+            await _line_with(proc, b"SIGHUP: nothing to reload")
+            proc.send_signal(signal.SIGTERM)
+            assert await proc.wait() == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+async def test_ssl_cert_file_is_trusted_when_tls_ca_file_is_not_set(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("SSL_CERT_FILE", str(pki.ca.ca_file))
+    async with running_server(
+        server_settings(tls_cert_file=str(pki.cert), tls_key_file=str(pki.key))
+    ) as server:
+        async with FleetClient(server.url) as client:
+            snapshot = await client.state()
+        environ = {"SERVER_URL": server.ws_url, "CLIENT_ID": "w-env", "MODELS": "m1"}
+        connector = Connector(load_settings(WorkerSettings, environ=environ))
+        task = asyncio.create_task(connector.run())
+        try:
+            async with asyncio.timeout(10):
+                await connector.connected.wait()
+        finally:
+            connector.request_stop()
+            async with asyncio.timeout(10):
+                await task
+    assert snapshot.workers == []
