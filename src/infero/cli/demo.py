@@ -13,17 +13,30 @@ from infero.common.logs import setup_logging
 
 
 async def _serve(port: int, token_delay: float) -> int:
-    from infero.demo.stack import DemoError, demo_stack, instructions
+    from infero.demo.stack import DemoError, DemoStack, demo_stack, instructions
 
     stop = asyncio.Event()
+    running: list[DemoStack] = []
+
+    def on_signal() -> None:
+        """First Ctrl-C: stop after the streams in flight; second: stop at once."""
+        if not stop.is_set():
+            stop.set()
+        elif running:
+            running[0].connector.request_stop()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal)
     try:
         async with demo_stack(port=port, token_delay=token_delay) as stack:
+            running.append(stack)
             typer.echo(instructions(stack))
             await stop.wait()
-            typer.echo("stopping the demo", err=True)
+            typer.echo(
+                "stopping the demo: answers in flight finish first (Ctrl-C again to stop now)",
+                err=True,
+            )
     except DemoError as exc:
         typer.echo(f"infero demo: {exc}", err=True)
         return 1

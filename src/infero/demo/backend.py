@@ -27,8 +27,9 @@ class DemoConfig:
     """Shape of the fake answers."""
 
     models: tuple[str, ...] = ("demo",)
-    tokens: int = 16
-    """Tokens per answer unless the request sets `max_tokens`."""
+    tokens: int = len(WORDS)
+    """Tokens per answer unless the request sets `max_tokens` (default: the whole banner, one
+    word a token, so the hint at its end arrives)."""
     token_delay: float = 0.0
     """Seconds between two streamed tokens."""
     model_delays: tuple[tuple[str, float], ...] = ()

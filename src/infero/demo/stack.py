@@ -83,7 +83,9 @@ async def demo_stack(
                 await _wait_ready(connector, task)
                 yield DemoStack(f"http://{HOST}:{server_port}", api_key, models, connector)
             finally:
-                connector.request_stop()
+                # Drain: streams in flight end with [DONE] (within DRAIN_TIMEOUT, or until
+                # `connector.request_stop()`), then the connector leaves.
+                connector.shutdown(by="infero demo stopping")
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         finally:
