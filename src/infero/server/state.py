@@ -10,16 +10,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
-from functools import partial
 from itertools import islice
-from typing import cast
+from typing import Any, cast
 
 from aiohttp import web
-from pydantic import BaseModel
 
 from infero.common.buildinfo import BUILD
 from infero.protocol.delta import PARTS, Part, StreamMode, session_key
 from infero.protocol.state import (
+    McpClientInfo,
     McpState,
     ModelInfo,
     PerModelCounters,
@@ -34,7 +33,7 @@ from infero.server.errors import bad_request
 from infero.server.lifecycle import Lifecycle
 from infero.server.registry import Counters, Fleet, Pending, Worker
 from infero.server.scheduler import Scheduler
-from infero.server.statefeed import Entry, Scan, Scope, StatePublisher
+from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher
 
 SETTLE = 0.05
 """Seconds the publisher waits after a change, so a burst goes out as one batch."""
@@ -69,7 +68,7 @@ class StateBuilder:
     """The rows of the state document, from the fleet, the scheduler's queues and the lifecycle.
 
     It is the `RowSource` of the `StatePublisher`: `scan()` offers a cheap fingerprint of every
-    row, and a row is built (and serialised) only when its fingerprint changed.
+    row, and `row()` builds one (to be serialised) only when its fingerprint changed.
     """
 
     def __init__(
@@ -91,18 +90,20 @@ class StateBuilder:
         """Fingerprints of every row, the summary, and the server's figures (kept for `server`)."""
         fleet = self.fleet
         queues = self.scheduler.queues
-        now = time.time()
-        mono = time.monotonic()
         counts = dict.fromkeys(("idle", "busy", "draining", "not_ready", "gone"), 0)
+        ready: dict[str, int] = {}
         inflight = 0
         serving = False
-        workers: list[Entry] = []
+        workers: list[Offer] = []
         for w in fleet.workers.values():
             stats = w.stats
             status = w.status
             counts[status] += 1
             inflight += w.inflight
-            serving = serving or w.serving
+            if w.serving:
+                serving = True
+                for model in w.models:
+                    ready[model] = ready.get(model, 0) + 1
             queued = sum(len(queues[m]) for m in w.models if m in queues) if queues else 0
             mark = (
                 w.connected_at,
@@ -118,45 +119,22 @@ class StateBuilder:
                 stats.last_error,
                 queued,
             )
-            workers.append(
-                Entry(
-                    w.id,
-                    mark,
-                    partial(self._worker, w, queued, now, mono),
-                    (0, w.connected_at),
-                    status == "gone",
-                )
-            )
+            workers.append((w.id, mark, (w, queued)))
         workers.extend(
-            Entry(p.id, (p.peer, p.opened_at), partial(_connecting, p), (1, p.opened_at))
+            (p.id, (p.peer, p.opened_at), p)
             for p in islice(fleet.pending.values(), MAX_CONNECTING_LISTED)
         )
-        models = [self._model_entry(name, now) for name in set(fleet.by_model) | set(queues)]
+        models = [
+            self._model_offer(name, ready.get(name, 0))
+            for name in set(fleet.by_model) | set(queues)
+        ]
         mcp = self.mcp()()
-        clients = [
-            Entry(
-                c.id,
-                (
-                    c.connected_at,
-                    c.name,
-                    c.version,
-                    c.status,
-                    c.inflight,
-                    c.calls_total,
-                    c.errors_total,
-                ),
-                partial(_same, c),
-                (0, c.connected_at.timestamp() if c.connected_at else 0.0),
-            )
+        clients: list[Offer] = [
+            (c.id, (c.connected_at, c.name, c.version, c.status, c.inflight, _calls(c)), c)
             for c in mcp.clients
         ]
-        sessions = [
-            Entry(
-                session_key(s),
-                (s.started_at, s.last_activity, s.inflight, s.method),
-                partial(_same, s),
-                (0, s.started_at.timestamp()),
-            )
+        sessions: list[Offer] = [
+            (session_key(s), (s.started_at, s.last_activity, s.inflight, s.method), s)
             for s in mcp.sessions
         ]
         state: ServerState = (
@@ -180,7 +158,7 @@ class StateBuilder:
             gone=counts["gone"],
         )
         return Scan(
-            entries={
+            offers={
                 "workers": workers,
                 "models": models,
                 "mcp_clients": clients,
@@ -189,6 +167,22 @@ class StateBuilder:
             server_mark=(self.lifecycle.draining, *self._figures),
             summary=summary,
         )
+
+    def row(self, kind: Kind, what: Any) -> Built:
+        """Build a row from what `scan` offered with it."""
+        if kind == "workers":
+            if isinstance(what, Pending):
+                return Built(_connecting(what), (1, what.opened_at))
+            worker, queued = what
+            info = self._worker(worker, queued, time.time(), time.monotonic())
+            return Built(info, (0, worker.connected_at), info.status == "gone")
+        if kind == "models":
+            name, workers, ready = what
+            return Built(self._model(name, workers, ready, time.time()))
+        if kind == "mcp_clients":
+            connected = what.connected_at
+            return Built(what, (0, connected.timestamp() if connected else 0.0))
+        return Built(what, (0, what.started_at.timestamp()))
 
     def server(self, now: datetime) -> ServerInfo:
         """The `server` object at `now`, with the figures of the last scan."""
@@ -209,19 +203,18 @@ class StateBuilder:
             scheduler_queue_len=queued,
         )
 
-    def _model_entry(self, name: str, now: float) -> Entry:
-        owners = self.fleet.by_model.get(name, {})
-        ready = sum(1 for w in owners.values() if w.serving)
+    def _model_offer(self, name: str, ready: int) -> Offer:
+        workers = len(self.fleet.by_model.get(name, ()))
         queue = self.scheduler.queues.get(name)
         counters = self.fleet.model_totals.get(name)
         mark = (
-            len(owners),
+            workers,
             ready,
             len(queue) if queue else 0,
             queue[0].enqueued_at if queue else None,
             counters.requests_total if counters else 0,
         )
-        return Entry(name, mark, partial(self._model, name, len(owners), ready, now))
+        return (name, mark, (name, workers, ready))
 
     def _worker(self, w: Worker, queued: int, now: float, mono: float) -> WorkerInfo:
         stats = w.stats
@@ -296,8 +289,8 @@ class StateBuilder:
         )
 
 
-def _same(row: BaseModel) -> BaseModel:
-    return row
+def _calls(client: McpClientInfo) -> tuple[int, int]:
+    return client.calls_total, client.errors_total
 
 
 def _connecting(pending: Pending) -> WorkerInfo:

@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Callable, Hashable, Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 from pydantic import BaseModel
 
@@ -42,13 +42,15 @@ VIEWER_BUFFER_BYTES = 4 * 1024 * 1024
 """Bytes a viewer may have waiting; beyond them it is resynced with a full document."""
 
 
-class Entry(NamedTuple):
-    """One row as a source offers it: key, fingerprint, and how to build the row."""
+Offer = tuple[str, Hashable, Any]
+"""One row as a source offers it: key, fingerprint (equal fingerprints mean an equal row, the
+clock's fields aside), and what the source builds the row from when the fingerprint changed."""
 
-    key: str
-    mark: Hashable
-    """Equal marks mean an equal row (fields derived from the clock aside)."""
-    build: Callable[[], BaseModel]
+
+class Built(NamedTuple):
+    """A row built by the source, with where it goes in full documents."""
+
+    model: BaseModel
     order: tuple[int, float] = (0, 0.0)
     """Position in full documents, then the key (workers: accepted ones by `connected_at`,
     then handshakes; models: by name)."""
@@ -60,7 +62,7 @@ class Entry(NamedTuple):
 class Scan:
     """Everything a source offers at one moment."""
 
-    entries: dict[Kind, list[Entry]]
+    offers: dict[Kind, list[Offer]]
     server_mark: Hashable
     """Fingerprint of `server` without its clock fields."""
     summary: WorkersSummary
@@ -70,7 +72,11 @@ class RowSource(Protocol):
     """Where rows come from: this instance's registries today, the shared state tomorrow."""
 
     def scan(self) -> Scan:
-        """Fingerprints of every row (rows are built only when asked)."""
+        """Fingerprints of every row (cheap: nothing is built here)."""
+        ...
+
+    def row(self, kind: Kind, what: Any) -> Built:
+        """Build the row of `kind` from what `scan` offered with it."""
         ...
 
     def server(self, now: datetime) -> ServerInfo:
@@ -216,24 +222,26 @@ class StatePublisher:
         """Compare the source with the published rows; changed rows join the pending batch."""
         pending = self._pending
         scan = self.source.scan()
-        for kind, entries in scan.entries.items():
+        source = self.source
+        for kind, offers in scan.offers.items():
             rows = self.rows[kind]
             seen: set[str] = set()
             upsert, remove = pending.upsert[kind], pending.remove[kind]
-            for entry in entries:
-                key = entry.key
+            for key, mark, what in offers:
                 seen.add(key)
                 row = rows.get(key)
-                if row is not None and row.mark == entry.mark:
+                if row is not None and row.mark == mark:
                     continue
-                row = Row(key, entry.mark, entry.build().model_dump_json(), entry.order, entry.gone)
+                built = source.row(kind, what)
+                row = Row(key, mark, built.model.model_dump_json(), built.order, built.gone)
                 rows[key] = row
                 upsert[key] = row
                 remove.discard(key)
-            for key in rows.keys() - seen:
-                del rows[key]
-                upsert.pop(key, None)
-                remove.add(key)
+            if len(seen) != len(rows):
+                for key in rows.keys() - seen:
+                    del rows[key]
+                    upsert.pop(key, None)
+                    remove.add(key)
         if scan.server_mark != self._server_mark:
             self._server_mark = scan.server_mark
             pending.server = True

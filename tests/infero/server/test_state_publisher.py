@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from infero.protocol.delta import StateDelta, apply_delta
 from infero.protocol.state import ServerInfo, StateSnapshot, WorkerInfo, WorkersSummary
-from infero.server.statefeed import Entry, Scan, Scope, StatePublisher, Viewer
+from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher, Viewer
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
@@ -31,13 +32,13 @@ class Rows:
         )
 
     def scan(self) -> Scan:
-        def entry(w: WorkerInfo) -> Entry:
+        def offer(w: WorkerInfo) -> Offer:
             mark: Hashable = w.model_dump_json()
-            return Entry(w.id, mark, lambda: w, (0, 0.0), w.status == "gone")
+            return (w.id, mark, w)
 
         return Scan(
-            entries={
-                "workers": [entry(w) for w in self.workers.values()],
+            offers={
+                "workers": [offer(w) for w in self.workers.values()],
                 "models": [],
                 "mcp_clients": [],
                 "mcp_sessions": [],
@@ -45,6 +46,10 @@ class Rows:
             server_mark=None,
             summary=WorkersSummary(connected=len(self.workers)),
         )
+
+    def row(self, kind: Kind, what: Any) -> Built:
+        assert kind == "workers"
+        return Built(what, (0, 0.0), what.status == "gone")
 
     def server(self, now: datetime) -> ServerInfo:
         return ServerInfo(now=now, version="t", state="ready", started_at=T0)
