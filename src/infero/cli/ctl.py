@@ -6,12 +6,14 @@ Exit codes: 0 ok, 1 server or transport error, 2 usage, 3 key refused, 4 unknown
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Literal
 
 import typer
 
+from infero.cli.options import PRINT_CONFIG_HELP, print_config
 from infero.common.buildinfo import BUILD
 
 if TYPE_CHECKING:
@@ -37,6 +39,8 @@ OperatorKey = Annotated[
     ),
 ]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")]
+PrintConfig = Annotated[bool, typer.Option("--print-config", help=PRINT_CONFIG_HELP)]
+SECRETS = ("api_key", "operator_key")
 Worker = Annotated[str, typer.Argument(help="Worker id or unique name.", show_default=False)]
 
 ctl = typer.Typer(
@@ -54,9 +58,21 @@ def _group(
     version: Annotated[
         bool, typer.Option("--version", help="Print version, git sha and build date.")
     ] = False,
+    show_config: PrintConfig = False,
 ) -> None:
     if version:
         typer.echo(BUILD.line("infero-ctl"))
+        raise typer.Exit(0)
+    if show_config and ctx.invoked_subcommand is None:
+        env = os.environ
+        print_config(
+            {
+                "server": env.get("INFERO_SERVER") or DEFAULT_SERVER,
+                "api_key": env.get("API_KEY", ""),
+                "operator_key": env.get("OPERATOR_KEY", ""),
+            },
+            secrets=SECRETS,
+        )
         raise typer.Exit(0)
     if ctx.invoked_subcommand is None:
         typer.echo(ctx.get_help(), err=True)
@@ -64,8 +80,16 @@ def _group(
 
 
 def _run(
-    server: str, api_key: str, operator_key: str, body: Callable[[FleetClient], Awaitable[int]]
+    server: str,
+    api_key: str,
+    operator_key: str,
+    body: Callable[[FleetClient], Awaitable[int]],
+    show_config: bool = False,
 ) -> None:
+    if show_config:
+        config = {"server": server, "api_key": api_key, "operator_key": operator_key}
+        print_config(config, secrets=SECRETS)
+        raise typer.Exit(0)
     from infero_tui.client import ClientError
     from infero_tui.ctl import exit_code, open_client
 
@@ -90,11 +114,20 @@ def _echo(line: str) -> None:
 
 def _lister(what: Literal["workers", "models", "mcp"], doc: str) -> Callable[..., None]:
     def command(
-        server: Server = DEFAULT_SERVER, api_key: ApiKey = "", json_output: Json = False
+        server: Server = DEFAULT_SERVER,
+        api_key: ApiKey = "",
+        json_output: Json = False,
+        show_config: PrintConfig = False,
     ) -> None:
         from infero_tui.ctl import list_command
 
-        _run(server, api_key, "", lambda c: list_command(c, what, json_output, _echo))
+        _run(
+            server,
+            api_key,
+            "",
+            lambda c: list_command(c, what, json_output, _echo),
+            show_config,
+        )
 
     command.__doc__ = doc
     return command
@@ -107,6 +140,7 @@ def _controller(action: Literal["drain", "undrain", "shutdown"], doc: str) -> Ca
         api_key: ApiKey = "",
         operator_key: OperatorKey = "",
         json_output: Json = False,
+        show_config: PrintConfig = False,
     ) -> None:
         from infero_tui.ctl import control_command
 
@@ -115,6 +149,7 @@ def _controller(action: Literal["drain", "undrain", "shutdown"], doc: str) -> Ca
             api_key,
             operator_key,
             lambda c: control_command(c, action, worker, json_output, _echo),
+            show_config,
         )
 
     command.__doc__ = doc
@@ -122,11 +157,16 @@ def _controller(action: Literal["drain", "undrain", "shutdown"], doc: str) -> Ca
 
 
 @ctl.command("watch")
-def watch(server: Server = DEFAULT_SERVER, api_key: ApiKey = "", json_output: Json = False) -> None:
+def watch(
+    server: Server = DEFAULT_SERVER,
+    api_key: ApiKey = "",
+    json_output: Json = False,
+    show_config: PrintConfig = False,
+) -> None:
     """Print fleet changes as they happen (--json: every snapshot, one per line)."""
     from infero_tui.ctl import watch_command
 
-    _run(server, api_key, "", lambda c: watch_command(c, json_output, _echo))
+    _run(server, api_key, "", lambda c: watch_command(c, json_output, _echo), show_config)
 
 
 ctl.command("workers")(_lister("workers", "List the workers (connectors) of the fleet."))

@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from infero.cli.options import PRINT_CONFIG_HELP, print_config
 from infero.common.buildinfo import BUILD
 from infero.common.logs import setup_logging
 
@@ -60,6 +61,7 @@ def demo(
     version: Annotated[
         bool, typer.Option("--version", help="Print version, git sha and build date.")
     ] = False,
+    show_config: Annotated[bool, typer.Option("--print-config", help=PRINT_CONFIG_HELP)] = False,
 ) -> None:
     """Try infero without an LLM runtime: server, connector and a demo backend on loopback."""
     if version:
@@ -69,6 +71,9 @@ def demo(
     if level not in {"debug", "info", "warning", "error"}:
         typer.echo(f"infero demo: invalid setting --log-level: {log_level!r}", err=True)
         raise typer.Exit(2)
+    if show_config:  # the demo reads no config file; its keys are made at start
+        print_config({"port": port, "token_delay": token_delay, "log_level": level})
+        raise typer.Exit(0)
     setup_logging(level)
     code = asyncio.run(_serve(port, token_delay))
     if code:

@@ -23,9 +23,11 @@ from infero.common.durations import format_duration
 from infero.common.settings import (
     ConfigError,
     SettingsModel,
+    default_config_candidates,
     field_opts,
     flag_name,
     load_settings,
+    masked_value,
     read_yaml,
     resolve_config_file,
 )
@@ -110,7 +112,7 @@ def _parameters(cls: type[SettingsModel], filename: str) -> list[inspect.Paramet
             default=typer.Option(
                 False,
                 "--print-config",
-                help="Print the resolved settings (secrets masked) and exit.",
+                help=PRINT_CONFIG_HELP,
             ),
             annotation=bool,
         )
@@ -128,8 +130,9 @@ def _parameters(cls: type[SettingsModel], filename: str) -> list[inspect.Paramet
 
 def resolve(
     cls: type[S], *, filename: str, config: str | None, flags: dict[str, Any]
-) -> tuple[S, str]:
-    """Load settings for a command; returns the settings and the config path used."""
+) -> tuple[S, str, bool]:
+    """Load settings for a command: the settings, the config path (the file read, else the
+    default location, beside which a connector keeps its token) and whether it was read."""
     explicit = config or os.environ.get("CONFIG_FILE") or None
     path, exists = resolve_config_file(explicit, filename)
     values = read_yaml(path) if exists else {}
@@ -140,7 +143,25 @@ def resolve(
         environ=os.environ,
         flags=flags,
     )
-    return settings, str(path)
+    return settings, str(path), exists
+
+
+def config_file_shown(filename: str, path: str, read: bool) -> str:
+    """What `--print-config` says of the config file: the one read, or that none was."""
+    if read:
+        return path
+    looked = " or ".join(str(p) for p in default_config_candidates(filename))
+    return f"none (not given; not found at {looked})"
+
+
+def print_config(values: dict[str, Any], *, secrets: tuple[str, ...] = ()) -> None:
+    """`--print-config` of a command: `values` as JSON, secrets as `***` (when set) and
+    credentials inside URLs masked."""
+    shown = {k: ("***" if k in secrets and v else masked_value(v)) for k, v in values.items()}
+    typer.echo(json.dumps(shown, indent=2, default=str))
+
+
+PRINT_CONFIG_HELP = "Print the resolved settings (secrets masked) and exit."
 
 
 def settings_command(
@@ -160,12 +181,13 @@ def settings_command(
         config = kwargs.pop(_CONFIG)
         print_config = kwargs.pop(_PRINT)
         try:
-            settings, path = resolve(cls, filename=filename, config=config, flags=kwargs)
+            settings, path, read = resolve(cls, filename=filename, config=config, flags=kwargs)
         except ConfigError as exc:
             typer.echo(f"{component}: {exc}", err=True)
             raise typer.Exit(2) from None
         if print_config:
-            typer.echo(json.dumps({"config_file": path, **settings.masked()}, indent=2))
+            shown = config_file_shown(filename, path, read)
+            typer.echo(json.dumps({"config_file": shown, **settings.masked()}, indent=2))
             raise typer.Exit(0)
         code = run(settings, path)
         if code:

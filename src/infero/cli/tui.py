@@ -7,11 +7,36 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from infero.cli.options import PRINT_CONFIG_HELP, config_file_shown, print_config
 from infero.common.buildinfo import BUILD
 from infero.common.settings import ConfigError, default_log_dir, resolve_config_file
+from infero.worker.statusport import TOKEN_FILE
 
 if TYPE_CHECKING:
     from infero_tui.local import LocalContext
+
+WORKER_YAML = "worker.yaml"
+
+
+def _local_paths(
+    config: str | None, token_file: str | None, log_dir: str | None
+) -> tuple[Path, bool, Path, Path]:
+    """The local connector's worker.yaml (and whether it exists), token file and log dir."""
+    if config:  # may not exist yet: the settings editor creates it
+        config_path = Path(config).expanduser()
+        exists = config_path.is_file()
+    else:
+        config_path, exists = resolve_config_file(None, WORKER_YAML)
+    if log_dir is None and exists:
+        from infero_tui.settings_file import load_worker_settings
+
+        try:
+            log_dir = load_worker_settings(config_path).log_dir or None
+        except ConfigError:
+            log_dir = None
+    logs = Path(log_dir).expanduser() if log_dir else default_log_dir()
+    token = Path(token_file).expanduser() if token_file else config_path.parent / TOKEN_FILE
+    return config_path, exists, token, logs
 
 
 def _local_context(
@@ -22,22 +47,10 @@ def _local_context(
     unit: str = "",
 ) -> LocalContext:
     from infero_tui.client import LocalClient
-    from infero_tui.local import LOG_FILE_NAME, TOKEN_FILE_NAME, LocalContext
+    from infero_tui.local import LOG_FILE_NAME, LocalContext
     from infero_tui.process import ConnectorProcess, default_command
-    from infero_tui.settings_file import load_worker_settings
 
-    if config:  # may not exist yet: the settings editor creates it
-        config_path = Path(config).expanduser()
-        exists = config_path.is_file()
-    else:
-        config_path, exists = resolve_config_file(None, "worker.yaml")
-    if log_dir is None and exists:
-        try:
-            log_dir = load_worker_settings(config_path).log_dir or None
-        except ConfigError:
-            log_dir = None
-    logs = Path(log_dir).expanduser() if log_dir else default_log_dir()
-    token = Path(token_file).expanduser() if token_file else config_path.parent / TOKEN_FILE_NAME
+    config_path, _, token, logs = _local_paths(config, token_file, log_dir)
     return LocalContext(
         client=LocalClient(addr, token),
         addr=addr,
@@ -112,10 +125,33 @@ def tui(
     version: Annotated[
         bool, typer.Option("--version", help="Print version, git sha and build date.")
     ] = False,
+    show_config: Annotated[bool, typer.Option("--print-config", help=PRINT_CONFIG_HELP)] = False,
 ) -> None:
     """Open the operator console: the fleet (--server) and/or the local connector (--worker)."""
     if version:
         typer.echo(BUILD.line("infero-tui"))
+        raise typer.Exit(0)
+    if show_config:
+        config_path, exists, token, logs = _local_paths(config, token_file, log_dir)
+        given = bool(config)
+        print_config(
+            {
+                "server": server,
+                "api_key": api_key,
+                "operator_key": operator_key,
+                "tls_ca_file": tls_ca_file,
+                "worker": worker,
+                "config_file": str(config_path)
+                if given or exists
+                else config_file_shown(WORKER_YAML, str(config_path), False),
+                "token_file": str(token),
+                "log_dir": str(logs),
+                "unit": unit,
+                "read_only": read_only,
+                "replay": str(replay) if replay else None,
+            },
+            secrets=("api_key", "operator_key"),
+        )
         raise typer.Exit(0)
     if server is None and worker is None and replay is None:
         typer.echo("infero tui: give --server URL and/or --worker ADDR (see --help)", err=True)

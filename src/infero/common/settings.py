@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, TypeVar
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 import platformdirs
 import yaml
@@ -63,8 +63,9 @@ class SettingsModel(BaseModel):
     """Env names of the Go original that infero does not read -> what to set instead."""
 
     def masked(self) -> dict[str, Any]:
-        """The resolved settings as plain data, with every secret replaced by `***`."""
-        data = self.model_dump(mode="json")
+        """The resolved settings as plain data: every secret replaced by `***`, credentials
+        inside URLs masked (`mask_url_credentials`)."""
+        data = {k: masked_value(v) for k, v in self.model_dump(mode="json").items()}
         for name, opt in field_opts(type(self)).items():
             if opt.secret and data.get(name):
                 data[name] = "***"
@@ -72,6 +73,27 @@ class SettingsModel(BaseModel):
 
 
 S = TypeVar("S", bound=SettingsModel)
+
+
+def mask_url_credentials(value: str) -> str:
+    """`http://user:pw@host/x` -> `http://user:***@host/x`; a bare `http://token@host` ->
+    `http://***@host`. Anything that is not a URL with credentials is returned as it is."""
+    parts = urlsplit(value)
+    if not parts.scheme or "@" not in parts.netloc:
+        return value
+    userinfo, _, hostport = parts.netloc.rpartition("@")
+    user, colon, _ = userinfo.partition(":")
+    shown = f"{user}:***" if colon else "***"
+    return urlunsplit(parts._replace(netloc=f"{shown}@{hostport}"))
+
+
+def masked_value(value: Any) -> Any:
+    """`value` with credentials inside URLs masked (strings, and the items of lists)."""
+    if isinstance(value, str):
+        return mask_url_credentials(value)
+    if isinstance(value, list | tuple):
+        return [masked_value(item) for item in value]
+    return value
 
 
 def field_opts(cls: type[SettingsModel]) -> dict[str, Opt]:
