@@ -230,7 +230,9 @@ async def test_a_backend_silent_for_request_timeout_ends_the_stream_with_timeout
     stack: Stack,
 ) -> None:
     stack.backend.hold = True
-    await stack.start(request_timeout=0.2)
+    # 1 s, not less: a full garbage collection of the test process can pause the loop for
+    # a few hundred ms on a busy machine, and the head itself must arrive within the timeout.
+    await stack.start(request_timeout=1.0)
     await stack.connected()
     await stack.server.request(1, "/chat/completions", CHAT)
     async with asyncio.timeout(5):
