@@ -91,7 +91,7 @@ async def connector(server: RunningServer, backend_url: str) -> AsyncIterator[Co
     try:
         async with asyncio.timeout(10):
             await worker.connected.wait()
-            await server.wait_for(lambda: server.fleet.get_live("w1") is not None)
+            await server.wait_for(lambda: server.status("w1") not in (None, "gone"))
         yield worker
     finally:
         worker.request_stop()
@@ -156,15 +156,16 @@ async def test_sdk_streams_closed_after_done_all_count_as_success(
                 *(asyncio.to_thread(streamed_calls, server.url, 10) for _ in range(4))
             )
             assert sum(results) == 40
-            worker = server.fleet.workers["w1"]
-            await server.wait_for(lambda: worker.inflight == 0)
+            await server.wait_for(lambda: getattr(server.worker("w1"), "inflight", -1) == 0)
         info = (await state(server)).server
         assert (info.jobs_completed_total, info.jobs_failed_total) == (40, 0)
         assert info.jobs_cancelled_total == 0
         text = await metrics_text(server)
         assert sample(text, 'infero_model_requests_total{model="demo",outcome="success"}') == 40
         assert sample(text, 'infero_model_requests_total{model="demo",outcome="error"}') == 0
-        assert (worker.stats.failures_total, worker.stats.last_error) == (0, "")
+        worker = server.worker("w1")
+        assert worker is not None
+        assert (worker.failures_total, worker.last_error) == (0, "")
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
     assert not [r for r in caplog.records if r.exc_info]
 
@@ -190,9 +191,10 @@ async def test_client_disconnect_mid_stream_is_a_cancel_not_a_failure(
             )
             assert await resp.content.readuntil(b"\n\n") == TOKEN
             resp.close()
-            worker = server.fleet.workers["w1"]
-            await server.wait_for(lambda: worker.inflight == 0)
-        assert (worker.stats.failures_total, worker.stats.last_error) == (0, "")
+            await server.wait_for(lambda: getattr(server.worker("w1"), "inflight", -1) == 0)
+        worker = server.worker("w1")
+        assert worker is not None
+        assert (worker.failures_total, worker.last_error) == (0, "")
         snap = await state(server)
         assert (snap.server.jobs_failed_total, snap.server.jobs_cancelled_total) == (0, 1)
         assert (snap.models[0].error_total, snap.models[0].cancelled_total) == (0, 1)

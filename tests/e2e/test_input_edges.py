@@ -68,7 +68,7 @@ async def stack() -> AsyncIterator[tuple[RunningServer, EchoBackend]]:
             task = asyncio.create_task(worker.run())
             try:
                 async with asyncio.timeout(10):
-                    await server.wait_for(lambda: server.fleet.get_live("w1") is not None)
+                    await server.wait_for(lambda: server.status("w1") not in (None, "gone"))
                 yield server, backend
             finally:
                 worker.request_stop()
@@ -86,8 +86,9 @@ async def test_query_string_reaches_the_backend_byte_for_byte() -> None:
             async with http.post(url, json={"model": "m"}, headers=AUTH) as resp:
                 assert resp.status == 200, await resp.text()
         assert backend.targets == [f"/v1/chat/completions?{query}"]
-        worker = server.fleet.workers["w1"]
-        assert worker.stats.failures_total == 0
+        worker = server.worker("w1")
+        assert worker is not None
+        assert worker.failures_total == 0
 
 
 async def test_backend_headers_come_back_as_they_are_with_infero_id_apart() -> None:

@@ -43,7 +43,7 @@ class Stack:
         self.connectors[worker_id] = (connector, task)
         async with asyncio.timeout(5):
             await connector.connected.wait()
-            await self.server.wait_for(lambda: self.server.fleet.get_live(worker_id) is not None)
+            await self.server.wait_for(lambda: self.server.status(worker_id) not in (None, "gone"))
         return connector
 
     async def kill(self, worker_id: str) -> None:
@@ -108,9 +108,10 @@ async def test_chat_completions_embeddings_and_responses_work_through_the_sdk() 
         assert len(embeddings.data) == 3
         response = await s.client.responses.create(model="demo", input="hi")
         assert response.output_text
-        worker = s.server.fleet.workers["w1"]
-        assert worker.stats.processed_total == 4
-        assert worker.stats.failures_total == 0
+        worker = s.server.worker("w1")
+        assert worker is not None
+        assert worker.processed_total == 4
+        assert worker.failures_total == 0
 
 
 async def test_models_list_and_detail_through_the_sdk() -> None:
@@ -165,4 +166,4 @@ async def test_client_disconnect_cancels_the_backend_call() -> None:
         await s.backend.started.wait()
         await stream.close()
         await s.backend.cancelled.wait()
-        await s.server.wait_for(lambda: s.server.fleet.workers["w1"].inflight == 0)
+        await s.server.wait_for(lambda: getattr(s.server.worker("w1"), "inflight", -1) == 0)

@@ -33,7 +33,7 @@ class Fleet:
         connector.request_stop()
         async with asyncio.timeout(10):
             await task
-            await self.server.wait_for(lambda: self.server.fleet.get_live(worker_id) is None)
+            await self.server.wait_for(lambda: self.server.status(worker_id) in (None, "gone"))
 
 
 @asynccontextmanager
@@ -66,7 +66,7 @@ async def fleet() -> AsyncIterator[Fleet]:
             f.connectors[worker_id] = (connector, asyncio.create_task(connector.run()))
             # One after the other: w1 registers first, so unpinned requests go to w1.
             async with asyncio.timeout(10):
-                await server.wait_for(lambda w=worker_id: server.fleet.get_live(w) is not None)
+                await server.wait_for(lambda w=worker_id: server.status(w) not in (None, "gone"))
         try:
             yield f
         finally:

@@ -14,7 +14,6 @@ from typing import Any
 import openai
 import pytest
 
-from infero.server import keys
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
 from support.backend import serving
@@ -75,7 +74,7 @@ async def _concurrent_answers(s: Setup) -> list[str]:
     """CLIENTS streams at once; the backend holds until every one reached the server and
     each request the server dispatched reached the backend."""
     worker = s.server.fleet.workers["w1"]
-    scheduler = s.server.app[keys.SCHEDULER]
+    scheduler = s.server.embedded.scheduler
     calls = [asyncio.create_task(_chat(s.client)) for _ in range(CLIENTS)]
     await s.server.wait_for(lambda: worker.inflight + scheduler.queue_len("m") == CLIENTS)
     async with s.backend.arrived:

@@ -27,7 +27,6 @@ from mcp.client.streamable_http import streamable_http_client
 from infero.common.settings import load_settings
 from infero.relay.runtime import McpRelay
 from infero.relay.settings import RelaySettings
-from infero.server.mcp import BROKER
 from infero.server.mcp.relays import RelayRegistry
 from support.server import RunningServer, running_server
 
@@ -128,7 +127,7 @@ class Stack:
 
     @property
     def registry(self) -> RelayRegistry:
-        return self.server.app[BROKER].registry
+        return self.server.embedded.relays
 
 
 def relay_settings(server: RunningServer, **env: str) -> RelaySettings:
@@ -148,7 +147,7 @@ async def relay_running(
     """Run `infero mcp` in-process against `server`; wait until it is registered (and ready)."""
     relay = McpRelay(relay_settings(server, **env))
     task = asyncio.create_task(relay.run())
-    registry = server.app[BROKER].registry
+    registry = server.embedded.relays
 
     def registered() -> bool:
         entry = registry.relays.get(relay.relay_id) if relay.relay_id else None

@@ -13,7 +13,6 @@ from mcp.shared.exceptions import MCPError
 
 from infero.common.backoff import Backoff
 from infero.relay.runtime import McpRelay
-from infero.server.mcp import BROKER
 from support.server import running_server
 
 API_KEY = "client-key-1"
@@ -193,7 +192,7 @@ async def test_a_relay_reconnects_under_the_id_the_server_gave_it(
     stateless_url: Any, start_relay: Any
 ) -> None:
     async with running_server(client_key=CLIENT_KEY) as server:
-        registry = server.app[BROKER].registry
+        registry = server.embedded.relays
         env = {"PROVIDER_URL": stateless_url, "RECONNECT": "true"}
         async with start_relay(server, env) as (relay, _):
             first_id = relay.relay_id
@@ -233,7 +232,7 @@ async def test_a_relay_whose_provider_is_down_is_listed_not_ready_and_answers_50
     async with running_server(client_key=CLIENT_KEY) as server:
         env = {"PROVIDER_URL": "http://127.0.0.1:9/mcp", "CLIENT_ID": "down"}
         async with start_relay(server, env, wait_ready=False):
-            state = server.app[BROKER].registry.state()
+            state = server.embedded.relays.state()
             assert [(c.id, c.status) for c in state.clients] == [("down", "not_ready")]
             status, answer = await post(f"{server.url}/api/mcp/id/down", INIT)
     assert status == 503

@@ -10,7 +10,6 @@ from typing import Any
 
 import aiohttp
 
-from infero.server.mcp import BROKER
 from support.server import running_server
 
 STARTUP = 20.0
@@ -21,7 +20,7 @@ async def test_infero_mcp_process_serves_the_seed_example_and_exits_cleanly_on_s
     stateless_url: Any,
 ) -> None:
     async with running_server(client_key="secret", api_key="test123") as server:
-        registry = server.app[BROKER].registry
+        registry = server.embedded.relays
         env = {
             **os.environ,
             "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",

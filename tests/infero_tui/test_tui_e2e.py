@@ -73,7 +73,7 @@ async def fleet_of_one() -> AsyncIterator[Fleet]:
             try:
                 async with asyncio.timeout(5):
                     await connector.connected.wait()
-                    await server.wait_for(lambda: server.fleet.get_live("w-e2e") is not None)
+                    await server.wait_for(lambda: server.status("w-e2e") not in (None, "gone"))
                 yield Fleet(server, backend, connector, task, http)
             finally:
                 backend.release.set()
@@ -167,12 +167,7 @@ async def test_console_local_view_drains_the_connector_through_its_status_port(
                 await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
                 await pilot.press("y")
                 await until(pilot, lambda: fleet.connector.draining)
-                await fleet.server.wait_for(
-                    lambda: (
-                        (w := fleet.server.fleet.get_live("w-e2e")) is not None
-                        and w.status == "draining"
-                    )
-                )
+                await fleet.server.wait_for(lambda: fleet.server.status("w-e2e") == "draining")
                 fleet.backend.release.set()
                 assert (await held).status_code == 200
                 await pilot.press("x")
@@ -208,12 +203,7 @@ async def test_ctl_lists_and_drains_the_same_connector() -> None:
         assert drained.exit_code == 0, drained.output
         assert drained.stdout == "drain accepted for e2e (w-e2e)\n"
         async with asyncio.timeout(5):
-            await fleet.server.wait_for(
-                lambda: (
-                    (w := fleet.server.fleet.get_live("w-e2e")) is not None
-                    and w.status == "draining"
-                )
-            )
+            await fleet.server.wait_for(lambda: fleet.server.status("w-e2e") == "draining")
         unknown = await asyncio.to_thread(
             runner.invoke, cli, ["ctl", "undrain", "nobody", *base, "--operator-key", "ok"]
         )

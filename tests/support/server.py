@@ -9,11 +9,14 @@ from typing import Any
 
 from aiohttp import web
 
+from infero.protocol.state import McpClientInfo, StateSnapshot, WorkerInfo
 from infero.server import keys, tls
 from infero.server.app import create_app
 from infero.server.connections import server_runner
+from infero.server.embedded import EmbeddedState
 from infero.server.registry import Fleet
 from infero.server.settings import ServerSettings
+from infero.server.shared import SharedState
 
 
 @dataclass
@@ -25,8 +28,41 @@ class RunningServer:
     """`http://127.0.0.1:<port>` (`https://` with TLS settings)."""
 
     @property
+    def shared(self) -> SharedState:
+        return self.app[keys.SHARED]
+
+    @property
+    def embedded(self) -> EmbeddedState:
+        """The in-process implementation, for tests of its internals."""
+        shared = self.shared
+        assert isinstance(shared, EmbeddedState)
+        return shared
+
+    @property
     def fleet(self) -> Fleet:
-        return self.app[keys.FLEET]
+        """The in-process registry, for tests of its internals."""
+        return self.embedded.fleet
+
+    def snapshot(self) -> StateSnapshot:
+        return self.app[keys.SNAPSHOT]()
+
+    def worker(self, worker_id: str) -> WorkerInfo | None:
+        """The connector as `/api/state` lists it."""
+        return next((w for w in self.snapshot().workers if w.id == worker_id), None)
+
+    def status(self, worker_id: str) -> str | None:
+        """The connector's status in `/api/state` (None when not listed)."""
+        worker = self.worker(worker_id)
+        return worker.status if worker is not None else None
+
+    def relay(self, relay_id: str) -> McpClientInfo | None:
+        """The MCP relay as `/api/state` lists it."""
+        return next((r for r in self.snapshot().mcp.clients if r.id == relay_id), None)
+
+    def queue_len(self, model: str) -> int:
+        """Requests waiting for `model`, as `/api/state` shows."""
+        found = next((m for m in self.snapshot().models if m.name == model), None)
+        return found.queue_len if found is not None else 0
 
     @property
     def ws_url(self) -> str:
@@ -34,7 +70,7 @@ class RunningServer:
 
     async def wait_for(self, predicate: Any) -> None:
         """Return once `predicate()` holds (re-checked on every fleet change)."""
-        await self.fleet.changes.wait_for(predicate)
+        await self.shared.changes.wait_for(predicate)
 
 
 def settings(**overrides: Any) -> ServerSettings:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
-from infero.protocol.state import McpState
 from infero.server import (
     control,
     dashboard,
@@ -22,24 +22,19 @@ from infero.server import (
 )
 from infero.server import state as state_api
 from infero.server.auth import KeyRing, load_keyring
+from infero.server.embedded import EmbeddedState
 from infero.server.events import EventBus
 from infero.server.lifecycle import Lifecycle
 from infero.server.linkserver import LinkEndpoint, shut_down_links
 from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
 from infero.server.openai_api import ROUTES, OpenAIRelay
-from infero.server.registry import Fleet
 from infero.server.responses_affinity import (
     STORED_ROUTES,
     AffinityTable,
     MemoryAffinity,
     StoredResponses,
 )
-from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
-
-
-def _empty_mcp() -> McpState:
-    return McpState()
 
 
 def create_app(
@@ -57,9 +52,14 @@ def create_app(
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
     lifecycle = Lifecycle()
-    fleet = Fleet(gone_retention=settings.gone_retention)
-    scheduler = Scheduler(fleet, queue_max=settings.queue_max, clock=clock)
     events = EventBus()
+    shared = EmbeddedState(
+        gone_retention=settings.gone_retention,
+        queue_max=settings.queue_max,
+        lifecycle=lifecycle,
+        events=events,
+        clock=clock,
+    )
     origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -69,13 +69,8 @@ def create_app(
     app[keys.SETTINGS] = settings
     app[keys.EVENTS] = events
     app[keys.KEYRING] = keyring
-    app[keys.FLEET] = fleet
-    app[keys.SCHEDULER] = scheduler
+    app[keys.SHARED] = shared
     app[keys.LIFECYCLE] = lifecycle
-    app[keys.MCP_STATE] = _empty_mcp
-    builder = state_api.StateBuilder(
-        fleet=fleet, scheduler=scheduler, lifecycle=lifecycle, mcp=lambda: app[keys.MCP_STATE]
-    )
 
     if affinity is None:
         affinity = MemoryAffinity(
@@ -85,8 +80,7 @@ def create_app(
         )
     relay = OpenAIRelay(
         settings,
-        fleet=fleet,
-        scheduler=scheduler,
+        dispatcher=shared.dispatcher,
         lifecycle=lifecycle,
         events=events,
         affinity=affinity,
@@ -96,11 +90,11 @@ def create_app(
     stored = StoredResponses(relay, affinity)
     for method, path in STORED_ROUTES:
         app.router.add_route(method, path, stored.handle)
-    models_api.setup(app, fleet)
+    models_api.setup(app, shared)
 
     endpoint = LinkEndpoint(
         kind="llm",
-        handler=fleet,
+        handler=shared.link_handler("llm"),
         client_key=settings.client_key,
         lifecycle=lifecycle,
         heartbeat_interval=settings.heartbeat_interval,
@@ -110,16 +104,24 @@ def create_app(
     app.router.add_get("/api/workers/connect", endpoint.handle)
     app.router.add_get("/api/llm/connect", endpoint.handle)
 
-    health.setup(app, fleet, lifecycle)
-    state_api.setup(app, builder)
-    control.setup(app, fleet, keyring)
+    health.setup(app, shared, lifecycle)
+    state_api.setup(app, shared, lifecycle)
+    control.setup(app, shared.control, keyring)
 
     async def close_links(_: web.Application) -> None:
         lifecycle.stopping.set()
-        fleet.changes.bump()
-        await shut_down_links(fleet.live_links())
+        shared.changes.bump()
+        await shut_down_links(shared.local_links())
 
     app.on_shutdown.append(close_links)
+
+    async def upkeep(_: web.Application) -> AsyncIterator[None]:
+        task = asyncio.create_task(shared.run(), name="shared-state")
+        yield
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+    app.cleanup_ctx.append(upkeep)
 
     mcp.setup(app, settings)
     tls.setup(app, settings)

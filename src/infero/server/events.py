@@ -40,6 +40,8 @@ class RequestFinished:
     queue_wait_s: float
     tokens_in: int
     tokens_out: int
+    error: str = ""
+    """Why it failed (empty on success); the connector's `last_error`."""
 
 
 @dataclass(frozen=True, slots=True)

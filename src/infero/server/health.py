@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from infero.server.lifecycle import Lifecycle
-from infero.server.registry import Fleet
+from infero.server.shared import SharedState
 
 
-def setup(app: web.Application, fleet: Fleet, lifecycle: Lifecycle) -> None:
+def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> None:
     """Mount both probes (public, no key)."""
 
     async def healthz(_: web.Request) -> web.Response:
@@ -17,7 +17,7 @@ def setup(app: web.Application, fleet: Fleet, lifecycle: Lifecycle) -> None:
     async def readyz(_: web.Request) -> web.Response:
         if lifecycle.draining:
             return web.json_response({"status": "draining"}, status=503)
-        if not any(w.serving for w in fleet.workers.values()):
+        if not shared.ready():
             return web.json_response({"status": "not_ready"}, status=503)
         return web.json_response({"status": "ready"})
 

@@ -6,13 +6,12 @@ from collections.abc import Callable
 
 from aiohttp import web
 
-from infero.protocol.state import McpState, StateSnapshot
+from infero.protocol.state import StateSnapshot
 from infero.server.auth import KeyRing
 from infero.server.events import EventBus
 from infero.server.lifecycle import Lifecycle
-from infero.server.registry import Fleet
-from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
+from infero.server.shared import SharedState
 
 SETTINGS = web.AppKey("settings", ServerSettings)
 """The server's resolved settings."""
@@ -28,16 +27,8 @@ SNAPSHOT: web.AppKey[SnapshotFn] = web.AppKey("snapshot")
 KEYRING = web.AppKey("keyring", KeyRing)
 """Client API keys (`match(token) -> ApiKey | None`); the MCP broker checks callers with it."""
 
-FLEET = web.AppKey("fleet", Fleet)
-"""The LLM connectors (live and recently gone); `fleet.changes` notifies every change."""
-
-SCHEDULER = web.AppKey("scheduler", Scheduler)
-"""Routing and per-model queues."""
+SHARED: web.AppKey[SharedState] = web.AppKey("shared")
+"""The fleet's shared state (registry, scheduler, queues, relays, control, change feed)."""
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 """Draining flag and in-flight accounting (the MCP broker counts its calls here too)."""
-
-McpStateFn = Callable[[], McpState]
-
-MCP_STATE: web.AppKey[McpStateFn] = web.AppKey("mcp_state")
-"""Contributes the `mcp` part of the snapshot; the MCP broker replaces the empty default."""

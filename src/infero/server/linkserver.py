@@ -14,7 +14,7 @@ import logging
 import struct
 import time
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import Literal, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
 from pydantic import ValidationError
@@ -25,9 +25,7 @@ from infero.protocol import link as lp
 from infero.server.auth import client_key_ok
 from infero.server.exchange import Exchange, ExchangeFailed
 from infero.server.lifecycle import Lifecycle
-
-if TYPE_CHECKING:
-    from infero.server.registry import Worker
+from infero.server.link import ConnectorLink, LinkHandler
 
 logger = logging.getLogger(__name__)
 
@@ -46,30 +44,6 @@ CLOSE_NORMAL = 1000
 CLOSE_GOING_AWAY = 1001
 
 Kind = Literal["llm", "mcp"]
-
-
-class LinkHandler(Protocol):
-    """What a link kind does with its links (implemented by `Fleet` and the MCP broker)."""
-
-    def connecting(self, peer: str) -> contextlib.AbstractContextManager[None]:
-        """Held while a link from `peer` is in its handshake (WebSocket open, no hello yet)."""
-        ...
-
-    def admit(self, hello: lp.Hello) -> lp.Refused | str:
-        """Refuse the hello, or return the id the link will have (may differ from hello.id)."""
-        ...
-
-    def attached(self, hello: lp.Hello, link: Link) -> Link | None:
-        """The link is live; return an older link it replaces (closed by the endpoint)."""
-        ...
-
-    def status(self, link: Link, update: lp.StatusUpdate) -> None:
-        """The connector reported a new status."""
-        ...
-
-    def detached(self, link: Link) -> None:
-        """The link closed (for any reason)."""
-        ...
 
 
 @runtime_checkable
@@ -108,8 +82,6 @@ class Link:
         self.liveness = liveness
         self.clock = clock
         self.exchanges: dict[int, Exchange] = {}
-        self.worker: Worker | None = None
-        """The fleet's record of this link (kind llm)."""
         self.closed = False
         self.shutting_down = False
         """The connector was told to shut down (it said so, or an operator asked here)."""
@@ -220,16 +192,7 @@ class Link:
             exchange.on_lost(message)
 
 
-def duplicate_refusal(client_id: str) -> lp.Refused:
-    """The answer to a second connector that asks for the id of a live one."""
-    return lp.Refused(
-        reason="duplicate",
-        message=f"another connector with CLIENT_ID={client_id} is linked; "
-        "give each connector its own CLIENT_ID",
-    )
-
-
-async def shut_down_links(links: Iterable[Link]) -> None:
+async def shut_down_links(links: Iterable[ConnectorLink]) -> None:
     """Server shutdown: fail every exchange on `links`, then close them all at once (1001)."""
     links = list(links)
     for link in links:
@@ -308,7 +271,7 @@ class LinkEndpoint:
 
     async def _accept(
         self, ws: web.WebSocketResponse, peer: str
-    ) -> tuple[Link, Link | None] | None:
+    ) -> tuple[Link, ConnectorLink | None] | None:
         """Handshake and admission; the attached link and the one it replaces, or None."""
         hello = await self._handshake(ws, peer)
         if hello is None:

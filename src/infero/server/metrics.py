@@ -26,9 +26,8 @@ from infero.common.metrics import register_build_info
 from infero.server import keys, tls
 from infero.server.connections import server_runner
 from infero.server.events import RejectReason, RequestFinished, RequestRejected
-from infero.server.registry import Fleet
-from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
+from infero.server.shared import FleetGauges
 
 logger = logging.getLogger(__name__)
 
@@ -195,32 +194,6 @@ class ServerMetrics:
         self.rejected.labels(event.reason).inc()
 
 
-@dataclass(frozen=True, slots=True)
-class FleetGauges:
-    """The fleet's figures at one moment, read from the registry and the queues."""
-
-    queues: dict[str, tuple[int, float]]
-    """(depth, age of the oldest waiter in seconds) for every advertised or queued model."""
-    inflight: int
-    connected: int
-    draining: int
-
-
-def fleet_gauges(fleet: Fleet, scheduler: Scheduler) -> FleetGauges:
-    """Read the gauges from the counters the fleet and the scheduler keep (no snapshot)."""
-    inflight = connected = draining = 0
-    for worker in fleet.workers.values():
-        if worker.live:
-            connected += 1
-            inflight += worker.inflight
-            draining += worker.link_status == "draining"
-    queues = {
-        name: (scheduler.queue_len(name), scheduler.oldest_wait_s(name))
-        for name in set(fleet.by_model) | set(scheduler.queues)
-    }
-    return FleetGauges(queues, inflight, connected, draining)
-
-
 class FleetCollector:
     """Gauges read from the fleet's own counters at scrape time."""
 
@@ -314,8 +287,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     registry = CollectorRegistry()
     app[REGISTRY] = registry
     app[keys.EVENTS].subscribe(ServerMetrics(registry))
-    fleet, scheduler = app[keys.FLEET], app[keys.SCHEDULER]
-    registry.register(FleetCollector(lambda: fleet_gauges(fleet, scheduler)))
+    registry.register(FleetCollector(app[keys.SHARED].gauges))
     handler = metrics_handler(registry)
     port = separate_port(settings)
     if port is None:

@@ -23,7 +23,6 @@ from infero.server.events import EventBus, Outcome, RejectReason, RequestFinishe
 from infero.server.exchange import Exchange, ExchangeFailed, is_event_stream, response_headers
 from infero.server.lifecycle import Lifecycle
 from infero.server.middleware import REQUEST_ID_KEY
-from infero.server.registry import Fleet, Worker
 from infero.server.responses_affinity import (
     RESPONSES_PATH,
     AffinityTable,
@@ -31,8 +30,8 @@ from infero.server.responses_affinity import (
     owner_gone,
     previous_owner,
 )
-from infero.server.scheduler import QueueFull, Scheduler
 from infero.server.settings import ServerSettings
+from infero.server.shared import Dispatcher, QueueFull, Route
 
 logger = logging.getLogger(__name__)
 
@@ -87,15 +86,13 @@ class OpenAIRelay:
         self,
         settings: ServerSettings,
         *,
-        fleet: Fleet,
-        scheduler: Scheduler,
+        dispatcher: Dispatcher,
         lifecycle: Lifecycle,
         events: EventBus,
         affinity: AffinityTable,
     ) -> None:
         self.settings = settings
-        self.fleet = fleet
-        self.scheduler = scheduler
+        self.dispatcher = dispatcher
         self.lifecycle = lifecycle
         self.events = events
         self.affinity = affinity
@@ -154,9 +151,9 @@ class OpenAIRelay:
             previous = None if target else await previous_owner(self.affinity, doc)
             if previous is not None:
                 target = previous[1].connector_id
-                if not self.scheduler.known(model, target):
+                if not self.dispatcher.known(model, target):
                     return self.reject(model, "response_not_found", owner_gone(previous[0], target))
-        if not self.scheduler.known(model, target):
+        if not self.dispatcher.known(model, target):
             return self.reject(model, "model_not_found", errors.model_not_found(model))
         stream = doc.get("stream") is True
         del doc  # the parsed body can be as large as the body: not held while relaying
@@ -235,8 +232,8 @@ class _Relay:
     async def run(self) -> web.StreamResponse:
         try:
             for _ in range(MAX_ATTEMPTS):
-                worker = await self._acquire()
-                result = await self._attempt(worker)
+                route = await self._acquire()
+                result = await self._attempt(route)
                 if result is not None:
                     return result
             raise _Done(await self._all_failed())
@@ -245,18 +242,16 @@ class _Relay:
 
     # ---- routing ------------------------------------------------------------------------
 
-    async def _acquire(self) -> Worker:
-        scheduler = self.api.scheduler
+    async def _acquire(self) -> Route:
+        dispatcher = self.api.dispatcher
         exclude = frozenset(self.tried)
-        worker = scheduler.acquire_now(self.model, exclude, self.target)
-        if worker is not None:
-            return worker
-        if self.tried:
-            serving = self.api.fleet.candidates(self.model, self.target).serving
-            if not any(w.id not in exclude for w in serving):
-                raise _Done(await self._all_failed())
+        route = await dispatcher.acquire_now(self.model, exclude, self.target)
+        if route is not None:
+            return route
+        if self.tried and not dispatcher.serving_beyond(self.model, exclude, self.target):
+            raise _Done(await self._all_failed())
         try:
-            waiter = scheduler.enqueue(self.model, exclude, self.target)
+            ticket = await dispatcher.enqueue(self.model, exclude, self.target)
         except QueueFull:
             self.api.events.request_rejected(RequestRejected(model=self.model, reason="queue_full"))
             raise _Done(
@@ -273,53 +268,50 @@ class _Relay:
         # enough to need headers and `: queued` comments to keep proxies from cutting it.
         notice_at = now + settings.queue_headers_after if self.stream else math.inf
         shown = 0
-        handed = False
         try:
-            while not waiter.future.done():
+            while True:
                 now = loop.time()
                 if now >= notice_at:
-                    position = scheduler.position(waiter)
-                    if position != shown or self.response is None:
+                    position = await ticket.position()
+                    if position and (position != shown or self.response is None):
                         await self._comment(f"queued position={position}")
                         shown = position
                 remaining = deadline - now
                 if remaining <= 0:
                     break
                 step = settings.keepalive_interval if now >= notice_at else notice_at - now
-                waiter.moved.clear()
                 try:
                     async with asyncio.timeout(min(remaining, step)):
-                        await waiter.moved.wait()
+                        route = await ticket.wait()
                 except TimeoutError:
-                    late = self.response is not None and loop.time() < deadline
-                    if late and not waiter.future.done():
-                        await self._comment(f"queued position={scheduler.position(waiter)}")
-            if not waiter.future.done():
-                self.api.events.request_rejected(
-                    RequestRejected(model=self.model, reason="queue_timeout")
+                    if self.response is not None and loop.time() < deadline:
+                        position = await ticket.position()
+                        if position:
+                            await self._comment(f"queued position={position}")
+                    continue
+                if route is not None:
+                    return route
+            self.api.events.request_rejected(
+                RequestRejected(model=self.model, reason="queue_timeout")
+            )
+            raise _Done(
+                await self._fail(
+                    503,
+                    f"No capacity for {self.model!r} within the queue timeout.",
+                    "queue_timeout",
+                    retry=True,
                 )
-                raise _Done(
-                    await self._fail(
-                        503,
-                        f"No capacity for {self.model!r} within the queue timeout.",
-                        "queue_timeout",
-                        retry=True,
-                    )
-                )
-            worker = waiter.future.result()
-            handed = True
-            return worker
+            )
         finally:
-            if not handed:
-                scheduler.leave(waiter)
+            await ticket.leave()
             spent = time.perf_counter() - entered
             self.waited += spent
             self.queue_wait += spent
 
     # ---- one connector --------------------------------------------------------------------
 
-    async def _attempt(self, worker: Worker) -> web.StreamResponse | None:
-        """Relay on `worker`; None when it failed before answering and another may try."""
+    async def _attempt(self, route: Route) -> web.StreamResponse | None:
+        """Relay on `route`; None when it failed before answering and another may try."""
         api = self.api
         dispatched = time.perf_counter()
         ttft: float | None = None
@@ -327,11 +319,8 @@ class _Relay:
         error = ""
         status = 0
         exchange: Exchange | None = None
-        link = worker.link
         try:
-            if link is None:
-                raise ExchangeFailed("link_lost", "connector went away", retryable=True)
-            exchange = await link.open_exchange(
+            exchange = await route.open_exchange(
                 method=self.request.method,
                 path=self.path,
                 headers=self.headers,
@@ -343,19 +332,19 @@ class _Relay:
             head = await self._await_head(exchange)
             status = head.status
             if self.tap is not None:
-                self.tap.start(worker.id, head.status, head.headers)
+                self.tap.start(route.connector_id, head.status, head.headers)
             response = await self._start_response(head)
             ttft, outcome, error = await self._relay_body(exchange, response, head, dispatched)
             return response
         except ExchangeFailed as failure:
             error = failure.message or failure.code
             if failure.retryable and self.response is None:
-                self.tried.add(worker.id)
+                self.tried.add(route.connector_id)
                 self.last_failure = failure
                 logger.warning(
                     "request %s: connector %s failed before answering (%s), trying another",
                     self.request_id,
-                    worker.id,
+                    route.connector_id,
                     failure.code,
                 )
                 return None
@@ -378,35 +367,20 @@ class _Relay:
                 outcome, error = "cancelled", "client disconnected"
             raise
         finally:
-            if exchange is not None and link is not None:
-                await exchange.cancel()
-                link.forget(exchange)
-            api.scheduler.release(worker)
             duration = time.perf_counter() - dispatched
             usage = exchange.end.usage if exchange is not None and exchange.end else None
-            tokens_in = usage.prompt_tokens if usage else 0
-            tokens_out = usage.completion_tokens if usage else 0
-            api.fleet.record(
-                worker,
-                self.model,
-                outcome=outcome,
-                error=error,
-                duration_s=duration,
-                ttft_s=ttft,
-                tokens_in=tokens_in,
-                tokens_out=tokens_out,
-            )
-            api.events.request_finished(
+            await route.finish(
                 RequestFinished(
                     model=self.model,
-                    worker_id=worker.id,
+                    worker_id=route.connector_id,
                     outcome=outcome,
                     status=status,
                     duration_s=duration,
                     ttft_s=ttft,
                     queue_wait_s=self.queue_wait,
-                    tokens_in=tokens_in,
-                    tokens_out=tokens_out,
+                    tokens_in=usage.prompt_tokens if usage else 0,
+                    tokens_out=usage.completion_tokens if usage else 0,
+                    error=error,
                 )
             )
 

@@ -11,16 +11,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from infero.protocol.link import Hello, Refused, Status, StatusUpdate
 from infero.protocol.state import WorkerStatus
 from infero.server.changes import ChangeFeed
 from infero.server.events import Outcome
-from infero.server.linkserver import duplicate_refusal
-
-if TYPE_CHECKING:
-    from infero.server.linkserver import Link
+from infero.server.link import ConnectorLink, duplicate_refusal
 
 _ALIAS = re.compile(r"^([^:]+):([^-\s]+)(-.+)?$")
 
@@ -106,7 +102,7 @@ class Worker:
         "version",
     )
 
-    def __init__(self, hello: Hello, link: Link | None, stats: WorkerStats) -> None:
+    def __init__(self, hello: Hello, link: ConnectorLink | None, stats: WorkerStats) -> None:
         self.id = hello.id
         self.name = hello.name or hello.id
         self.version = hello.version
@@ -183,9 +179,16 @@ class Fleet:
     refused; the same connector instance reconnecting replaces its stale link.
     """
 
-    def __init__(self, *, gone_retention: float, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        *,
+        gone_retention: float,
+        changes: ChangeFeed,
+        on_capacity: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.workers: dict[str, Worker] = {}
-        self.changes = ChangeFeed()
+        self.changes = changes
         self.model_first_seen: dict[str, int] = {}
         self.model_totals: dict[str, Counters] = {}
         self.gone_retention = gone_retention
@@ -194,7 +197,7 @@ class Fleet:
         """Live workers by advertised model id (then by worker id)."""
         self.by_alias: dict[str, dict[str, Worker]] = {}
         """Live workers by alias key of their models."""
-        self.on_capacity: Callable[[], None] = lambda: None
+        self.on_capacity = on_capacity
         """Called when capacity may have appeared (the scheduler dispatches its queues)."""
         self._stats: dict[str, WorkerStats] = {}
         self.pending: dict[str, Pending] = {}
@@ -225,10 +228,9 @@ class Fleet:
             return duplicate_refusal(hello.id)
         return hello.id
 
-    def attached(self, hello: Hello, link: Link) -> Link | None:
+    def attached(self, hello: Hello, link: ConnectorLink) -> ConnectorLink | None:
         """Register the link; return a link it replaces (the caller closes it)."""
         worker = Worker(hello, link, self._stats.setdefault(hello.id, WorkerStats()))
-        link.worker = worker
         old = self.register(worker)
         return old.link if old is not None and old.live else None
 
@@ -245,10 +247,15 @@ class Fleet:
         self.on_capacity()
         return old
 
-    def status(self, link: Link, update: StatusUpdate) -> None:
+    def _holder(self, link: ConnectorLink) -> Worker | None:
+        """The worker whose live link is `link` (looked up by the link's id)."""
+        worker = self.workers.get(link.id)
+        return worker if worker is not None and worker.link is link else None
+
+    def status(self, link: ConnectorLink, update: StatusUpdate) -> None:
         """Apply a connector's status update at once."""
-        worker = link.worker
-        if worker is None or worker.link is not link:
+        worker = self._holder(link)
+        if worker is None:
             return
         if update.models is not None:
             self._unindex(worker)
@@ -263,15 +270,14 @@ class Fleet:
         self.changes.bump()
         self.on_capacity()
 
-    def detached(self, link: Link) -> None:
+    def detached(self, link: ConnectorLink) -> None:
         """The link closed: its worker becomes `gone` (unless a newer link replaced it)."""
-        worker = link.worker
+        worker = self._holder(link)
         if worker is None:
             return
         worker.disconnected_at = self.clock()
         worker.link = None
-        if self.workers.get(worker.id) is worker:
-            self._unindex(worker)
+        self._unindex(worker)
         self.changes.bump()
 
     # ---- routing ---------------------------------------------------------------------------
@@ -313,7 +319,7 @@ class Fleet:
                     if not holders:
                         del index[key]
 
-    def live_links(self) -> list[Link]:
+    def live_links(self) -> list[ConnectorLink]:
         """Links of every live worker."""
         return [w.link for w in self.workers.values() if w.link is not None]
 

@@ -242,7 +242,7 @@ class StoredResponses:
         owner = await self.table.lookup(response_id)
         if owner is None:
             return relay.reject("", "response_not_found", response_not_found(response_id))
-        if not relay.scheduler.known(owner.model, owner.connector_id):
+        if not relay.dispatcher.known(owner.model, owner.connector_id):
             return relay.reject(
                 owner.model, "response_not_found", owner_gone(response_id, owner.connector_id)
             )

@@ -45,7 +45,7 @@ async def drain_then_stop(
     """
     lifecycle = app[keys.LIFECYCLE]
     lifecycle.start_drain()
-    app[keys.FLEET].changes.bump()
+    app[keys.SHARED].changes.bump()
     if drain_timeout == 0:
         return
     timeout = None if drain_timeout < 0 else drain_timeout

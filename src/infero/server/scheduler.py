@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Callable
 
 from infero.server.registry import Fleet, Worker
+from infero.server.shared import QueueFull
 
 
 class Waiter:
@@ -29,10 +30,6 @@ class Waiter:
         """Set when the queue ahead of this waiter shrank (its position changed)."""
 
 
-class QueueFull(Exception):
-    """The model's queue is at QUEUE_MAX."""
-
-
 class Scheduler:
     """Routing on top of the `Fleet`, with one FIFO queue per requested model."""
 
@@ -43,7 +40,6 @@ class Scheduler:
         self.queue_max = queue_max
         self.clock = clock
         self.queues: dict[str, deque[Waiter]] = {}
-        fleet.on_capacity = self.dispatch
 
     def known(self, model: str, target: str | None = None) -> bool:
         """Whether any live connector advertises `model` (exactly or by alias)."""

@@ -33,6 +33,7 @@ from infero.server.errors import bad_request
 from infero.server.lifecycle import Lifecycle
 from infero.server.registry import Counters, Fleet, Pending, Worker
 from infero.server.scheduler import Scheduler
+from infero.server.shared import SharedState
 from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher
 
 SETTLE = 0.05
@@ -41,9 +42,6 @@ SPACING = 0.25
 """Least seconds between two batches: request traffic causes at most 4 events a second."""
 KEEPALIVE = 5.0
 """Comment line when nothing was sent for this long (seconds); nothing else is periodic."""
-PRUNE_PERIOD = 5.0
-"""Most seconds between two sweeps of connectors gone for longer than GONE_RETENTION (a tenth
-of GONE_RETENTION when that is shorter, at least 0.1 s)."""
 MAX_CONNECTING_LISTED = 20
 """Links in their handshake listed at most (they are not authenticated yet)."""
 
@@ -77,7 +75,7 @@ class StateBuilder:
         fleet: Fleet,
         scheduler: Scheduler,
         lifecycle: Lifecycle,
-        mcp: Callable[[], Callable[[], McpState]],
+        mcp: Callable[[], McpState],
     ) -> None:
         self.fleet = fleet
         self.scheduler = scheduler
@@ -128,7 +126,7 @@ class StateBuilder:
             self._model_offer(name, ready.get(name, 0))
             for name in set(fleet.by_model) | set(queues)
         ]
-        mcp = self.mcp()()
+        mcp = self.mcp()
         clients: list[Offer] = [
             (c.id, (c.connected_at, c.name, c.version, c.status, c.inflight, _calls(c)), c)
             for c in mcp.clients
@@ -337,22 +335,13 @@ def read_mode(query: Mapping[str, str]) -> StreamMode:
     return cast("StreamMode", mode)
 
 
-async def prune_gone(fleet: Fleet, period: float) -> None:
-    """Forget connectors gone for longer than GONE_RETENTION, every `period` s (until cancelled)."""
-    while True:
-        await asyncio.sleep(period)  # a timer: pruning is due by the clock, not by an event
-        fleet.prune_gone()
-
-
-def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
+def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> StatePublisher:
     """Mount `/api/state` and `/api/state/stream` (behind the API key, see middleware).
 
-    The publisher and the pruning timer run as long as the app does.
+    The publisher reads `shared.rows` and runs as long as the app does.
     """
-    changes = builder.fleet.changes
-    lifecycle = builder.lifecycle
-    publisher = StatePublisher(builder)
-    prune_period = min(PRUNE_PERIOD, max(0.1, builder.fleet.gone_retention / 10))
+    changes = shared.changes
+    publisher = StatePublisher(shared.rows)
 
     async def state(request: web.Request) -> web.Response:
         try:
@@ -399,10 +388,7 @@ def setup(app: web.Application, builder: StateBuilder) -> StatePublisher:
         return response
 
     async def background(_: web.Application) -> AsyncIterator[None]:
-        tasks = [
-            asyncio.create_task(publisher.run(changes, settle=SETTLE, spacing=SPACING)),
-            asyncio.create_task(prune_gone(builder.fleet, prune_period)),
-        ]
+        tasks = [asyncio.create_task(publisher.run(changes, settle=SETTLE, spacing=SPACING))]
         yield
         for task in tasks:
             task.cancel()

@@ -27,7 +27,6 @@ from infero.relay.runtime import (
     split_endpoint,
 )
 from infero.relay.settings import RelaySettings
-from infero.server.mcp import BROKER
 from support.server import RunningServer, running_server
 
 INIT_RESULT = {
@@ -67,7 +66,7 @@ def relay_d1(server: RunningServer, provider_url: str, **env: str) -> McpRelay:
 
 def relay_is(server: RunningServer, status: str) -> Callable[[], bool]:
     """`server.wait_for` predicate: relay `d1` is connected with `status`."""
-    relays = server.app[BROKER].registry.relays
+    relays = server.embedded.relays.relays
     return lambda: "d1" in relays and relays["d1"].status == status
 
 

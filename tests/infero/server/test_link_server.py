@@ -117,7 +117,7 @@ async def test_silent_link_is_closed_by_the_heartbeat_and_becomes_gone() -> None
         conn.answer_pings = False
         async with asyncio.timeout(5):
             await conn.closed.wait()
-            await srv.wait_for(lambda: srv.fleet.workers["w1"].status == "gone")
+            await srv.wait_for(lambda: srv.status("w1") == "gone")
         assert conn.pings >= 1
 
 
@@ -135,7 +135,7 @@ async def test_a_second_connector_with_a_live_id_is_refused_and_the_first_keeps_
         assert second.answer.message == (
             "another connector with CLIENT_ID=dup is linked; give each connector its own CLIENT_ID"
         )
-        worker = srv.fleet.workers["dup"]
+        worker = srv.embedded.fleet.workers["dup"]
         assert worker.live
         assert worker.link is not None
         assert not worker.link.closed
@@ -153,10 +153,11 @@ async def test_the_same_instance_reconnecting_replaces_its_own_link_at_once() ->
         assert isinstance(second.answer, lp.Welcome)
         async with asyncio.timeout(5):
             await first.closed.wait()
-        worker = srv.fleet.workers["dup"]
-        assert worker.live
-        assert worker.models == {"new"}
-        assert len(srv.fleet.live_links()) == 1
+        worker = srv.worker("dup")
+        assert worker is not None
+        assert worker.status == "idle"
+        assert worker.models_supported == ["new"]
+        assert srv.snapshot().workers_summary.connected == 1
 
 
 def test_a_link_silent_for_two_heartbeats_is_stale_and_may_be_replaced() -> None:
@@ -229,13 +230,14 @@ async def test_status_update_applies_at_once() -> None:
     async with running_server() as srv, scripted_connector(srv.url, models=["a"]) as conn:
         await conn.status(models=["b", "c"], max_concurrency=3, status="draining")
         async with asyncio.timeout(5):
-            await srv.wait_for(lambda: srv.fleet.workers["w1"].status == "draining")
-        worker = srv.fleet.workers["w1"]
-        assert worker.models == {"b", "c"}
-        assert worker.capacity == 3
-        scheduler = srv.app[keys.SCHEDULER]
-        assert not scheduler.known("a")
-        assert scheduler.known("b")
+            await srv.wait_for(lambda: srv.status("w1") == "draining")
+        worker = srv.worker("w1")
+        assert worker is not None
+        assert worker.models_supported == ["b", "c"]
+        assert worker.max_concurrency == 3
+        dispatcher = srv.shared.dispatcher
+        assert not dispatcher.known("a", None)
+        assert dispatcher.known("b", None)
 
 
 async def test_draining_server_refuses_new_links() -> None:
@@ -273,7 +275,7 @@ async def test_llm_endpoint_refuses_mcp_relays_and_connectors_without_id() -> No
         async with scripted_connector(srv.url, id="") as conn:
             assert isinstance(conn.answer, lp.Refused)
             assert conn.answer.reason == "invalid"
-        assert srv.fleet.workers == {}
+        assert [w.id for w in srv.snapshot().workers if w.status != "connecting"] == []
 
 
 async def test_a_hello_with_a_lone_surrogate_is_refused_not_dropped() -> None:
@@ -289,4 +291,4 @@ async def test_a_hello_with_a_lone_surrogate_is_refused_not_dropped() -> None:
         closing = await ws.receive()
         assert closing.type == aiohttp.WSMsgType.CLOSE
         assert closing.data == 1008
-        assert srv.fleet.workers == {}
+        assert [w.id for w in srv.snapshot().workers if w.status != "connecting"] == []

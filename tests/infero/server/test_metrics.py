@@ -16,9 +16,10 @@ from pytest_aiohttp import AiohttpClient
 from infero.common.buildinfo import BUILD
 from infero.protocol import link as lp
 from infero.server import keys, metrics
+from infero.server.embedded import EmbeddedState
 from infero.server.events import EventBus, RequestFinished, RequestRejected
+from infero.server.lifecycle import Lifecycle
 from infero.server.registry import Fleet, Worker, WorkerStats
-from infero.server.scheduler import Scheduler
 from infero.server.settings import ServerSettings
 
 
@@ -30,10 +31,14 @@ def _app(
     app = web.Application()
     app[keys.SETTINGS] = settings
     app[keys.EVENTS] = EventBus()
-    fleet = Fleet(gone_retention=300)
-    app[keys.FLEET] = fleet
     now = clock or [0.0]
-    app[keys.SCHEDULER] = Scheduler(fleet, queue_max=10, clock=lambda: now[0])
+    app[keys.SHARED] = EmbeddedState(
+        gone_retention=300,
+        queue_max=10,
+        lifecycle=Lifecycle(),
+        events=app[keys.EVENTS],
+        clock=lambda: now[0],
+    )
     metrics.setup(app, settings)
     return app
 
@@ -146,7 +151,9 @@ async def test_fleet_gauges_are_read_from_the_fleet_and_the_queues_at_scrape_tim
     clock = [100.0]
     app = _app(clock=clock)
     client = await aiohttp_client(app)
-    fleet, scheduler = app[keys.FLEET], app[keys.SCHEDULER]
+    shared = app[keys.SHARED]
+    assert isinstance(shared, EmbeddedState)
+    fleet, scheduler = shared.fleet, shared.scheduler
     _connector(fleet, "w1", ["qwen"]).inflight = 3
     _connector(fleet, "w2", ["qwen"])
     _connector(fleet, "w3", ["qwen"])

@@ -46,8 +46,9 @@ async def test_chat_completion_is_relayed_byte_exact_with_overhead_and_request_i
         assert data == answer
         assert resp.headers["X-Request-Id"] == "abc-1"
         assert float(resp.headers["X-Infero-Overhead-Ms"]) >= 0
-        worker = srv.fleet.workers["w1"]
-        assert worker.stats.total.tokens_out_total == 5
+        worker = srv.worker("w1")
+        assert worker is not None
+        assert worker.tokens_out_total == 5
         assert worker.inflight == 0
 
 

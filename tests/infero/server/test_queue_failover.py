@@ -10,9 +10,9 @@ import openai
 import pytest
 
 from infero.protocol import link as lp
-from infero.server import keys
+from infero.protocol.state import WorkerInfo
 from support.connector import ScriptedConnector, scripted_connector
-from support.server import running_server
+from support.server import RunningServer, running_server
 
 CHAT = "/api/v1/chat/completions"
 
@@ -38,7 +38,7 @@ async def test_streaming_client_waits_in_queue_with_position_comments_then_gets_
             assert queued.status == 200
             assert queued.headers["Content-Type"] == "text/event-stream"
             assert await _read_sse_line(queued) == b": queued position=1"
-            assert srv.app[keys.SCHEDULER].queue_len("m") == 1
+            assert srv.queue_len("m") == 1
             await conn.reply(first.id, b"{}")
             (await busy).release()
             second = await conn.next_request()
@@ -99,7 +99,7 @@ async def test_queued_stream_gets_the_backends_real_status_through_the_sdk() -> 
             queued = asyncio.create_task(
                 client.chat.completions.create(model="m", messages=[], stream=True)
             )
-            await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
+            await srv.wait_for(lambda: srv.queue_len("m") == 1)
             await conn.reply(first.id, b"{}")
             (await busy).release()
             second = await conn.next_request()
@@ -153,7 +153,6 @@ async def test_concurrent_requests_never_exceed_capacity() -> None:
         scripted_connector(srv.url, id="b", max_concurrency=1) as b,
         aiohttp.ClientSession() as http,
     ):
-        scheduler = srv.app[keys.SCHEDULER]
         calls = [
             asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"})) for _ in range(9)
         ]
@@ -162,12 +161,12 @@ async def test_concurrent_requests_never_exceed_capacity() -> None:
         async def answer(conn: ScriptedConnector) -> None:
             while True:
                 incoming = await conn.next_request()
-                seen.append((srv.fleet.workers["a"].inflight, srv.fleet.workers["b"].inflight))
+                seen.append((_inflight(srv, "a"), _inflight(srv, "b")))
                 await conn.reply(incoming.id, b"{}")
 
         async with asyncio.timeout(5):
-            await srv.wait_for(lambda: scheduler.queue_len("m") == 6)
-            assert (srv.fleet.workers["a"].inflight, srv.fleet.workers["b"].inflight) == (2, 1)
+            await srv.wait_for(lambda: srv.queue_len("m") == 6)
+            assert (_inflight(srv, "a"), _inflight(srv, "b")) == (2, 1)
             responders = [asyncio.create_task(answer(a)), asyncio.create_task(answer(b))]
             for call in calls:
                 (await call).release()
@@ -194,7 +193,7 @@ async def test_connector_failing_before_the_head_is_retried_on_another() -> None
                 resp = await call
                 assert resp.status == 200
                 assert await resp.read() == b'{"ok":true}'
-        assert srv.fleet.workers["a"].stats.failures_total == 1
+        assert _worker(srv, "a").failures_total == 1
 
 
 async def test_all_candidates_failing_is_502_upstream_error() -> None:
@@ -237,7 +236,7 @@ async def test_connector_killed_mid_stream_ends_with_error_event_and_others_keep
             assert json.loads(event[6:])["error"]["code"] == "upstream_error"
             assert (await resp.content.read()).strip() == b""
             resp.release()
-            await srv.wait_for(lambda: srv.fleet.workers["a"].status == "gone")
+            await srv.wait_for(lambda: srv.status("a") == "gone")
             call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
             incoming = await b.next_request()
             await b.reply(incoming.id, b"{}")
@@ -262,7 +261,7 @@ async def test_client_disconnect_sends_cancel_to_the_connector() -> None:
             resp.close()
             await http.close()
             await incoming.cancelled.wait()
-            await srv.wait_for(lambda: srv.fleet.workers["w1"].inflight == 0)
+            await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
 
 
 async def test_first_byte_timeout_is_504_and_cancels() -> None:
@@ -364,3 +363,13 @@ async def test_idle_connector_mid_stream_times_out_with_an_error_event_and_a_can
             assert error["code"] == "upstream_error"
             await incoming.cancelled.wait()
             resp.release()
+
+
+def _worker(srv: RunningServer, worker_id: str) -> WorkerInfo:
+    worker = srv.worker(worker_id)
+    assert worker is not None
+    return worker
+
+
+def _inflight(srv: RunningServer, worker_id: str) -> int:
+    return _worker(srv, worker_id).inflight

@@ -9,7 +9,6 @@ import tracemalloc
 
 import aiohttp
 
-from infero.server import keys
 from support.connector import scripted_connector
 from support.server import running_server
 
@@ -37,7 +36,7 @@ async def test_bodies_beyond_max_held_body_bytes_get_503_with_retry_after() -> N
             waiting = asyncio.create_task(
                 http.post(srv.url + CHAT, data=big_body(2 * MB), headers=headers)
             )
-            await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
+            await srv.wait_for(lambda: srv.queue_len("m") == 1)
             async with http.post(srv.url + CHAT, data=big_body(2 * MB), headers=headers) as resp:
                 assert resp.status == 503
                 assert resp.headers["Retry-After"] == "1"
@@ -75,7 +74,7 @@ async def test_a_held_body_costs_its_size_once() -> None:
             try:
                 before = tracemalloc.take_snapshot()
                 waiting = asyncio.create_task(http.post(srv.url + CHAT, data=body, headers=JSON))
-                await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
+                await srv.wait_for(lambda: srv.queue_len("m") == 1)
                 held = tracemalloc.take_snapshot().compare_to(before, "filename")
             finally:
                 tracemalloc.stop()

@@ -5,14 +5,17 @@ from __future__ import annotations
 import pytest
 
 from infero.protocol.link import Hello
+from infero.server.changes import ChangeFeed
 from infero.server.registry import Fleet, Worker, WorkerStats, alias_key
-from infero.server.scheduler import QueueFull, Scheduler
+from infero.server.scheduler import Scheduler
+from infero.server.shared import QueueFull
 
 
 def _fleet(*workers: tuple[str, list[str], int, int]) -> tuple[Fleet, Scheduler]:
     """Workers as (id, models, inflight, capacity)."""
-    fleet = Fleet(gone_retention=60)
+    fleet = Fleet(gone_retention=60, changes=ChangeFeed())
     scheduler = Scheduler(fleet, queue_max=2)
+    fleet.on_capacity = scheduler.dispatch
     for wid, models, inflight, capacity in workers:
         worker = Worker(Hello(id=wid, models=models, max_concurrency=capacity), None, WorkerStats())
         worker.inflight = inflight

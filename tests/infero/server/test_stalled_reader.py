@@ -62,5 +62,5 @@ async def test_a_client_that_stops_reading_is_cancelled_and_frees_the_slot(
         assert (snap.server.jobs_cancelled_total, snap.server.jobs_failed_total) == (1, 0)
         assert (worker.stats.failures_total, worker.stats.last_error) == (0, "")
         # The slot is free: the next request is dispatched at once.
-        assert srv.app[keys.SCHEDULER].acquire_now("m", frozenset(), None) is worker
+        assert srv.embedded.scheduler.acquire_now("m", frozenset(), None) is worker
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -8,7 +8,6 @@ import aiohttp
 
 from infero.protocol import link as lp
 from infero.protocol.state import StateSnapshot
-from infero.server import keys
 from support.connector import scripted_connector
 from support.server import running_server
 from support.statestream import StateView
@@ -115,7 +114,7 @@ async def test_queue_shows_in_the_snapshot() -> None:
             first = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
             held = await conn.next_request()
             second = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))
-            await srv.wait_for(lambda: srv.app[keys.SCHEDULER].queue_len("m") == 1)
+            await srv.wait_for(lambda: srv.queue_len("m") == 1)
             async with http.get(srv.url + "/api/state/stream") as resp:
                 snap = await StateView(resp).until(lambda s: s.server.scheduler_queue_len == 1)
             assert snap.models[0].queue_len == 1

@@ -4,30 +4,27 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from infero.server import control, keys
-from infero.server.linkserver import Link, LinkEndpoint, shut_down_links
+from infero.server import keys
+from infero.server.linkserver import LinkEndpoint
 from infero.server.mcp.broker import Broker, Limits
 from infero.server.mcp.metrics import McpMetrics
-from infero.server.mcp.relays import RelayRegistry
 from infero.server.metrics import REGISTRY as METRICS_REGISTRY
 from infero.server.settings import ServerSettings
 
 BROKER = web.AppKey("mcp_broker", Broker)
-"""The broker (its `registry` lists the connected relays)."""
+"""The broker (its `relays` table lists the connected relays)."""
 
 ROUTE = "/api/mcp/id/{id}"
-RELAYS = "/api/mcp/relays"
-"""Fleet control of relays: `POST /api/mcp/relays/{id}/drain|undrain|shutdown`."""
 
 
 def setup(app: web.Application, settings: ServerSettings) -> None:
-    """Mount the MCP routes on `app` and contribute `mcp` to the state snapshot."""
-    fleet = app[keys.FLEET]
+    """Mount the MCP routes on `app` (relay control: `infero.server.control`)."""
+    shared = app[keys.SHARED]
     lifecycle = app[keys.LIFECYCLE]
-    registry = RelayRegistry(on_change=fleet.changes.bump)
+    relays = shared.relays
     holder: list[McpMetrics] = []
     broker = Broker(
-        registry,
+        relays,
         keyring=app[keys.KEYRING],
         lifecycle=lifecycle,
         limits=Limits(
@@ -39,34 +36,20 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         metrics=lambda: holder[0] if holder else None,
     )
     app[BROKER] = broker
-    app[keys.MCP_STATE] = registry.state
     endpoint = LinkEndpoint(
         kind="mcp",
-        handler=registry,
+        handler=shared.link_handler("mcp"),
         client_key=settings.client_key,
         lifecycle=lifecycle,
         heartbeat_interval=settings.heartbeat_interval,
         dead_after=settings.link_dead_after,
     )
     app.router.add_get("/api/mcp/connect", endpoint.handle)
-    control.mount(app, RELAYS, "relay", _relay_link(registry), app[keys.KEYRING])
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
 
     async def register_metrics(app: web.Application) -> None:
         if METRICS_REGISTRY in app:
-            holder.append(McpMetrics(app[METRICS_REGISTRY], registry.state))
-
-    async def close_links(_: web.Application) -> None:
-        await shut_down_links(relay.link for relay in registry.relays.values())
+            holder.append(McpMetrics(app[METRICS_REGISTRY], relays.state))
 
     app.on_startup.append(register_metrics)
-    app.on_shutdown.append(close_links)
-
-
-def _relay_link(registry: RelayRegistry) -> control.LinkLookup:
-    def lookup(relay_id: str) -> Link | None:
-        relay = registry.live(relay_id)
-        return relay.link if relay is not None else None
-
-    return lookup

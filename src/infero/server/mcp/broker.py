@@ -32,8 +32,9 @@ from infero.server.exchange import (
 from infero.server.lifecycle import Lifecycle
 from infero.server.mcp.access import caller_allowed, may_learn_relays
 from infero.server.mcp.metrics import CallOutcome, McpMetrics
-from infero.server.mcp.relays import Relay, RelayRegistry
+from infero.server.mcp.relays import Relay
 from infero.server.middleware import REQUEST_ID_KEY
+from infero.server.shared import RelayTable
 
 logger = logging.getLogger(__name__)
 
@@ -136,11 +137,11 @@ def _outcome(failure: ExchangeFailed) -> CallOutcome:
 
 
 class Broker:
-    """Serves `/api/mcp/id/{id}` for every relay in `registry`."""
+    """Serves `/api/mcp/id/{id}` for every relay in `relays`."""
 
     def __init__(
         self,
-        registry: RelayRegistry,
+        relays: RelayTable,
         *,
         keyring: KeyRing,
         lifecycle: Lifecycle,
@@ -148,7 +149,7 @@ class Broker:
         metrics: Callable[[], McpMetrics | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.registry = registry
+        self.relays = relays
         self.keyring = keyring
         self.lifecycle = lifecycle
         self.limits = limits
@@ -164,7 +165,7 @@ class Broker:
         """Entry point for POST, GET and DELETE."""
         relay_id = request.match_info["id"]
         token = bearer_token(request)
-        relay = self.registry.live(relay_id)
+        relay = self.relays.lookup(relay_id)
         if relay is None:
             if not may_learn_relays(token, self.keyring):
                 return self._unauthorized()
@@ -243,8 +244,8 @@ class Broker:
         if envelope.is_call and closing:
             return _unavailable(closing, request_id=first_id)
         if envelope.is_call:
-            limit = self.registry.limit(relay, self.limits.max_concurrency)
-            if relay.inflight >= limit:
+            limit = self.relays.limit(relay, self.limits.max_concurrency)
+            if not self.relays.start_call(relay, session_id, limit):
                 self._count(relay.id, method, "rejected", None)
                 return _error(
                     429,
@@ -253,7 +254,6 @@ class Broker:
                     request_id=first_id,
                     headers={"Retry-After": "1"},
                 )
-            self.registry.call_started(relay, session_id)
             self.lifecycle.enter()
         started = self._clock()
         ok = False
@@ -275,7 +275,7 @@ class Broker:
             raise
         finally:
             if envelope.is_call:
-                self.registry.call_finished(relay, session_id, ok=ok)
+                self.relays.finish_call(relay, session_id, ok=ok)
                 self.lifecycle.leave()
 
     async def _other(self, request: web.Request, relay: Relay) -> web.StreamResponse:
@@ -429,8 +429,8 @@ class Broker:
     ) -> None:
         issued = next((v for k, v in headers if k.lower() == "mcp-session-id"), None)
         if asked and (status == 404 or (http_method == "DELETE" and status < 300)):
-            self.registry.session_ended(relay, asked)
+            self.relays.session_ended(relay, asked)
             return
         session = issued or asked
         if session and status < 400 and len(session) <= 256:
-            self.registry.session_seen(relay, session, method if http_method == "POST" else "")
+            self.relays.session_seen(relay, session, method if http_method == "POST" else "")

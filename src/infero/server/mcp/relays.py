@@ -20,7 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
-from infero.server.linkserver import Link, duplicate_refusal
+from infero.server.link import ConnectorLink, duplicate_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -44,7 +44,7 @@ class Relay:
     id: str
     name: str
     version: str
-    link: Link
+    link: ConnectorLink
     connected_at: datetime
     auth_digest: str
     capacity: int
@@ -110,7 +110,7 @@ class RelayRegistry:
             return duplicate_refusal(hello.id)
         return hello.id
 
-    def attached(self, hello: lp.Hello, link: Link) -> Link | None:
+    def attached(self, hello: lp.Hello, link: ConnectorLink) -> ConnectorLink | None:
         """Register the relay; return the stale link of the same id it replaces."""
         old = self.relays.get(link.id)
         self.relays[link.id] = Relay(
@@ -127,7 +127,7 @@ class RelayRegistry:
         self._on_change()
         return old.link if old is not None else None
 
-    def status(self, link: Link, update: lp.StatusUpdate) -> None:
+    def status(self, link: ConnectorLink, update: lp.StatusUpdate) -> None:
         """The relay's provider became (un)reachable, or it drains."""
         relay = self.relays.get(link.id)
         if relay is None or relay.link is not link:
@@ -139,7 +139,7 @@ class RelayRegistry:
         relay.capacity = update.max_concurrency
         self._on_change()
 
-    def detached(self, link: Link) -> None:
+    def detached(self, link: ConnectorLink) -> None:
         """The relay left: forget it and its sessions."""
         relay = self.relays.get(link.id)
         if relay is None or relay.link is not link:
@@ -151,7 +151,7 @@ class RelayRegistry:
 
     # ---- calls and sessions ----------------------------------------------------------------
 
-    def live(self, relay_id: str) -> Relay | None:
+    def lookup(self, relay_id: str) -> Relay | None:
         """The connected relay with this id."""
         relay = self.relays.get(relay_id)
         return relay if relay is not None and not relay.link.closed else None
@@ -160,16 +160,23 @@ class RelayRegistry:
         """Calls this relay may have in flight."""
         return min(broker_limit, relay.capacity) if relay.capacity > 0 else broker_limit
 
-    def call_started(self, relay: Relay, session_id: str | None) -> None:
-        """A call (a POST with requests) is in flight."""
+    def start_call(self, relay: Relay, session_id: str | None, limit: int) -> bool:
+        """Count a call (a POST with requests) in flight unless `limit` are; False if refused."""
+        if relay.inflight >= limit:
+            return False
         relay.inflight += 1
         relay.calls_total += 1
         session = self.sessions.get((relay.id, session_id)) if session_id else None
         if session is not None:
             session.inflight += 1
         self._on_change()
+        return True
 
-    def call_finished(self, relay: Relay, session_id: str | None, *, ok: bool) -> None:
+    def links(self) -> list[ConnectorLink]:
+        """Links of every connected relay."""
+        return [relay.link for relay in self.relays.values()]
+
+    def finish_call(self, relay: Relay, session_id: str | None, *, ok: bool) -> None:
         """A call ended."""
         relay.inflight = max(0, relay.inflight - 1)
         if not ok:

@@ -89,11 +89,12 @@ def test_the_state_lists_relays_with_status_inflight_and_method_counts() -> None
     registry.status(link, lp.StatusUpdate(max_concurrency=4, status="ready"))
     relay.count("tools/call")
     relay.count("tools/call")
-    registry.call_started(relay, None)
+    assert registry.start_call(relay, None, limit=1)
+    assert not registry.start_call(relay, None, limit=1), "a call beyond the limit is refused"
     info = registry.state().clients[0]
     assert (info.id, info.name, info.status, info.inflight) == ("r1", "Prefs", "active", 1)
     assert info.functions == {"tools/call": 2}
-    registry.call_finished(relay, None, ok=False)
+    registry.finish_call(relay, None, ok=False)
     info = registry.state().clients[0]
     assert (info.status, info.inflight, info.calls_total, info.errors_total) == ("idle", 0, 1, 1)
     assert registry.limit(relay, 16) == 4
