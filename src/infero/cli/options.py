@@ -26,6 +26,7 @@ from infero.common.settings import (
     default_config_candidates,
     field_opts,
     flag_name,
+    is_duration,
     load_settings,
     masked_value,
     read_yaml,
@@ -67,7 +68,7 @@ def _parameters(cls: type[SettingsModel], filename: str) -> list[inspect.Paramet
         names = [flag_name(name), *opt.aliases] + ([opt.short] if opt.short else [])
         shown = (
             format_duration(default)
-            if "timeout" in name or "interval" in name
+            if is_duration(cls, name) and isinstance(default, int | float)
             else _shown_default(default, opt.secret)
         )
         if _is_bool(info.annotation):

@@ -109,6 +109,14 @@ def field_opts(cls: type[SettingsModel]) -> dict[str, Opt]:
     return dict(sorted(out.items(), key=lambda item: item[1].trailing))
 
 
+def is_duration(cls: type[SettingsModel], name: str) -> bool:
+    """Whether the field is a `Duration` (its default is shown as `15s`, `5m`, ...)."""
+    return any(
+        isinstance(meta, BeforeValidator) and meta.func is _duration
+        for meta in cls.model_fields[name].metadata
+    )
+
+
 def flag_name(field: str) -> str:
     """`max_concurrency` -> `--max-concurrency`."""
     return "--" + field.replace("_", "-")
@@ -162,6 +170,7 @@ def _url(*schemes: str) -> Any:
 
 
 Duration = Annotated[float, BeforeValidator(_duration)]
+"""Seconds, written as `30s`, `5m`, `1h30m`, `2.5` or `-1`; shown in the human form."""
 Bool = Annotated[bool, BeforeValidator(_bool)]
 CsvList = Annotated[tuple[str, ...], BeforeValidator(_csv)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]

@@ -1,48 +1,98 @@
-"""docs/configuration.md lists every setting of `infero server` and `infero llm`."""
+"""docs/configuration.md lists every setting of `infero server` and `infero llm` exactly as
+their real `--help` shows it: flags, env var, default and meaning.
+
+The expectations come from running the commands (not from the settings models the help is
+built from), so a help text that shows `15.0` where the doc says `15s` fails here.
+"""
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from infero.common.durations import format_duration
-from infero.common.settings import SettingsModel, field_opts, flag_name
-from infero.server.settings import ServerSettings
-from infero.worker.settings import WorkerSettings
-
 DOC = Path(__file__).resolve().parents[3] / "docs" / "configuration.md"
-_DURATION_WORDS = ("timeout", "interval", "after", "retention")
+SECTIONS = {"llm": "## `infero llm`", "server": "## `infero server`"}
 
 
-def _default(name: str, value: object) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, tuple):
-        return ",".join(value) or "(empty)"
-    if value is None or value == "":
-        return "(empty)"
-    if isinstance(value, float) and any(word in name for word in _DURATION_WORDS):
-        return format_duration(value)
-    return str(value)
+@dataclass(frozen=True)
+class Option:
+    flags: frozenset[str]
+    default: str
+    meaning: str
 
 
-def rows(cls: type[SettingsModel]) -> list[str]:
-    """The table rows the doc must contain, one per setting."""
-    out = []
-    for name, opt in field_opts(cls).items():
-        default = cls.model_fields[name].get_default(call_default_factory=True)
-        flags = flag_name(name) + (f", {opt.short}" if opt.short else "")
-        secret = " (secret)" if opt.secret else ""
-        out.append(
-            f"| `{opt.env}` | `{flags}` | `{name}` | `{_default(name, default)}` "
-            f"| {opt.help}{secret} |"
+def help_options(command: str) -> dict[str, Option]:
+    """Env var -> option, parsed from `infero <command> --help` run as a process."""
+    done = subprocess.run(
+        [sys.executable, "-c", "from infero.cli import main; main()", command, "--help"],
+        capture_output=True,
+        text=True,
+        encoding="utf-8",
+        check=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb"},
+    )
+    entries: list[tuple[str, str]] = []
+    for line in done.stdout.splitlines():
+        if line.startswith("  -"):
+            names, _, text = line.strip().partition("  ")
+            entries.append((names, text.strip()))
+        elif entries and line.startswith("        "):
+            names, text = entries[-1]
+            entries[-1] = (names, f"{text} {line.strip()}".strip())
+    options: dict[str, Option] = {}
+    for names, text in entries:
+        found = re.fullmatch(r"(.*) \[env: ([A-Z_]+)\] \[default: (.*)\]", text)
+        if found is None or found.group(2) == "CONFIG_FILE":
+            continue
+        flags = frozenset(
+            n for n in re.split(r"[ ,/]+", names) if n.startswith("-") and not n.startswith("--no-")
         )
-    return out
+        options[found.group(2)] = Option(flags, found.group(3), found.group(1))
+    return options
 
 
-@pytest.mark.parametrize("cls", [WorkerSettings, ServerSettings])
-def test_every_setting_has_its_row_in_the_configuration_doc(cls: type[SettingsModel]) -> None:
+def doc_rows(command: str) -> dict[str, Option]:
+    """Env var -> row of the command's table in docs/configuration.md."""
     text = DOC.read_text(encoding="utf-8")
-    missing = [row for row in rows(cls) if row not in text]
-    assert not missing, "update docs/configuration.md with:\n" + "\n".join(missing)
+    section = text[text.index(SECTIONS[command]) :]
+    section = section[: section.find("\n## ", 1)]
+    rows: dict[str, Option] = {}
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 5 or not cells[0].startswith("`"):
+            continue
+        env, flags, _, default, meaning = cells
+        rows[env.strip("`")] = Option(
+            frozenset(f.strip() for f in flags.strip("`").split(",")),
+            default.strip("`"),
+            meaning.removesuffix(" (secret)"),
+        )
+    return rows
+
+
+@pytest.mark.parametrize("command", ["llm", "server"])
+def test_the_configuration_doc_matches_the_real_help(command: str) -> None:
+    shown = help_options(command)
+    documented = doc_rows(command)
+    assert len(shown) > 10
+    assert sorted(shown) == sorted(documented), "settings missing from or stale in the doc"
+    wrong = {env: (documented[env], shown[env]) for env in shown if documented[env] != shown[env]}
+    assert not wrong, "docs/configuration.md (doc, --help) differ:\n" + "\n".join(
+        f"{env}: {doc} != {real}" for env, (doc, real) in wrong.items()
+    )
+
+
+@pytest.mark.parametrize("command", ["llm", "server"])
+def test_durations_show_in_human_form_in_help(command: str) -> None:
+    defaults = {env: option.default for env, option in help_options(command).items()}
+    durations = [env for env in defaults if re.search(r"TIMEOUT|INTERVAL|AFTER|RETENTION", env)]
+    assert durations
+    for env in durations:
+        assert re.fullmatch(r"-1|\d+(\.\d+)?(s|m|h)", defaults[env]), (env, defaults[env])
