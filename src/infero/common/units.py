@@ -212,6 +212,8 @@ def _server_unit(executable: str, env_path: PurePosixPath, stem: str, user: bool
         f"ExecStart={executable} server\n"
         "ExecReload=/bin/kill -HUP $MAINPID\n"
         f"EnvironmentFile=-{env_path}\n"
+        "# a thousand connectors and their clients need more than the default 1024 descriptors\n"
+        "LimitNOFILE=65536\n"
         f"{_common(user, directory, _STOP_TIMEOUT['server'])}"
     )
     return _unit(_DESCRIPTION["server"], service, user)

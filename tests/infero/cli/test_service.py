@@ -98,6 +98,7 @@ def test_units_restart_crashes_but_not_a_drained_shutdown(tmp_path: Path) -> Non
     assert "EnvironmentFile=-/etc/infero/server.env\n" in server
     assert "ExecReload=/bin/kill -HUP $MAINPID\n" in server  # reloads the TLS certificate
     assert "TimeoutStopSec=330s\n" in server  # DRAIN_TIMEOUT 5m fits
+    assert "LimitNOFILE=65536\n" in server
 
 
 def test_install_prints_the_systemctl_lines_and_keeps_an_existing_env_file(
