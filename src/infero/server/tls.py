@@ -90,7 +90,7 @@ class ServerTls:
             return False
         return self.reload()
 
-    async def watch(self, interval: float = POLL_INTERVAL) -> None:
+    async def watch(self, interval: float) -> None:
         """Poll the files for ever (the app's cleanup context cancels it)."""
         while True:
             await asyncio.sleep(interval)
@@ -118,7 +118,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     app[TLS] = tls
 
     async def watching(_: web.Application) -> AsyncIterator[None]:
-        task = asyncio.create_task(tls.watch(), name="tls-watch")
+        task = asyncio.create_task(tls.watch(POLL_INTERVAL), name="tls-watch")
         yield
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

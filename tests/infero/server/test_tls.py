@@ -152,6 +152,28 @@ async def test_a_renewed_certificate_serves_new_handshakes_while_links_and_strea
     assert "certificate reloaded" in caplog.text
 
 
+async def test_the_running_server_notices_renewed_files_by_itself(
+    pki: Pki, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(tls, "POLL_INTERVAL", 0.05)
+    reloaded = asyncio.Event()
+    original = tls.ServerTls.reload
+
+    def reload(self: tls.ServerTls) -> bool:
+        done = original(self)
+        if done:
+            reloaded.set()
+        return done
+
+    monkeypatch.setattr(tls.ServerTls, "reload", reload)
+    config = server_settings(tls_cert_file=str(pki.cert), tls_key_file=str(pki.key))
+    async with running_server(config) as server, asyncio.timeout(10):
+        port = int(server.url.rsplit(":", 1)[1])
+        renewed = pki.ca.issue(pki.cert, pki.key)
+        await reloaded.wait()  # the watcher noticed the new files, no SIGHUP, no poll() call
+        assert await asyncio.to_thread(served_serial, port, pki.ca.ca_file) == renewed
+
+
 async def test_a_half_written_renewal_keeps_the_current_certificate(
     pki: Pki, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
