@@ -41,18 +41,24 @@ _ERRORS_V1 = {
     "400": _error("Invalid request (bad JSON, missing `model`, wrong content type)."),
     "401": _error("Missing or invalid API key."),
     "404": _error("No connector serves this model (`model_not_found`)."),
+    "408": _error("The body stopped arriving for BODY_TIMEOUT (`request_timeout`)."),
     "413": _error("Body larger than MAX_BODY_BYTES."),
     "429": _error("The model's queue is full (`Retry-After`)."),
     "502": _error("The connector or its backend failed before answering."),
-    "503": _error("Queue wait timed out, or the server is draining (`Retry-After`)."),
+    "503": _error(
+        "Queue wait timed out, the server is draining, or MAX_HELD_BODY_BYTES is reached "
+        "(`Retry-After`)."
+    ),
     "504": _error("No first byte from the connector within FIRST_BYTE_TIMEOUT."),
 }
+
+_PART = "(summary|workers|models|mcp)"
 
 _STATE_SCOPE: list[Json] = [
     {
         "name": "parts",
         "in": "query",
-        "schema": {"type": "string"},
+        "schema": {"type": "string", "pattern": f"^{_PART}(,{_PART})*$"},
         "description": "Comma list of summary, workers, models, mcp (default all; the summary "
         "always comes).",
     },
@@ -74,7 +80,11 @@ _OPENAI_BODY: Json = {
     "type": "object",
     "required": ["model"],
     "properties": {
-        "model": {"type": "string", "description": "Routed to a connector serving it."},
+        "model": {
+            "type": "string",
+            "minLength": 1,
+            "description": "Routed to a connector serving it.",
+        },
         "stream": {"type": "boolean", "description": "Answer as server-sent events."},
     },
     "additionalProperties": True,
@@ -157,6 +167,7 @@ def _link(summary: str, kind: str) -> Json:
             "security": _PUBLIC,
             "responses": {
                 "101": {"description": "Switching to the link protocol."},
+                "400": {"description": "Not a WebSocket upgrade request (plain text)."},
                 "503": {"description": "The server is draining."},
             },
         }
