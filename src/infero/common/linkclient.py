@@ -22,6 +22,7 @@ from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidURI
 
 from infero.common.backoff import Backoff
 from infero.common.liveness import Action, Liveness
+from infero.common.settings import url_list
 from infero.common.tls import client_context, describe_failure, verify_failure
 from infero.protocol import link
 
@@ -229,7 +230,11 @@ def public_url(url: str) -> str:
 
 
 class LinkClient:
-    """Dial, handshake, serve, and (with `reconnect`) start over after a backoff delay."""
+    """Dial, handshake, serve, and (with `reconnect`) start over after a backoff delay.
+
+    `url` may list several server URLs, comma-separated: after a failure the next one is tried
+    at once; the backoff delay applies only once every URL failed in a row.
+    """
 
     def __init__(
         self,
@@ -243,9 +248,13 @@ class LinkClient:
         sleep: Sleep = asyncio.sleep,
         clock: Clock = time.monotonic,
     ) -> None:
-        self._url = url
+        self._urls = url_list(url) or [url]
+        self._url = self._urls[0]
         self._ca_file = ca_file
-        self._tls = client_context(ca_file) if url.startswith("wss:") else None
+        self._tls = (
+            client_context(ca_file) if any(u.startswith("wss:") for u in self._urls) else None
+        )
+        self._accepted = False
         self._handler = handler
         self._component = component
         self._reconnect = reconnect
@@ -262,10 +271,20 @@ class LinkClient:
         """Leave: close the current link and do not reconnect; `run` returns 0."""
         self._stop.set()
 
+    @property
+    def url(self) -> str:
+        """The server URL in use (or tried last)."""
+        return self._url
+
     async def run(self) -> int:
         """Connect until stopped; the exit code (0 after `stop()`, 1 on a fatal failure)."""
-        where = public_url(self._url)
+        index = 0
+        missed = 0
+        """Attempts in a row without an accepted link (one per URL before a backoff delay)."""
         while not self._stop.is_set():
+            self._url = self._urls[index]
+            where = public_url(self._url)
+            self._accepted = False
             try:
                 reason = await self._session()
             except LinkRefused as exc:
@@ -276,7 +295,8 @@ class LinkClient:
             except (OSError, TimeoutError, InvalidHandshake, InvalidURI) as exc:
                 why = self._describe(exc)
                 self.last_error = f"cannot reach server: {why}"
-                if not self._reconnect:
+                last_try = missed + 1 >= len(self._urls)
+                if not self._reconnect and last_try:
                     logger.error(
                         "cannot reach the server at %s: %s (pass --reconnect/-r to keep trying)",
                         where,
@@ -296,6 +316,11 @@ class LinkClient:
                 logger.warning("link to %s lost: %s", where, reason)
             if self._stop.is_set():
                 break
+            index = (index + 1) % len(self._urls)
+            missed = 1 if self._accepted else missed + 1
+            if missed < len(self._urls):
+                continue
+            missed = 0
             if not self._reconnect:
                 return 1
             delay = self.backoff.next_delay()
@@ -332,6 +357,7 @@ class LinkClient:
             ssl=self._tls,
         ) as ws:
             welcome = await self._handshake(ws)
+            self._accepted = True
             self.backoff.reset()
             self.last_error = ""
             current = Link(ws, clock=self._clock)

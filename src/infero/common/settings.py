@@ -176,6 +176,23 @@ CsvList = Annotated[tuple[str, ...], BeforeValidator(_csv)]
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
 LogFormat = Annotated[Literal["text", "json"], BeforeValidator(_lower)]
 WsUrl = Annotated[str, AfterValidator(_url("ws", "wss"))]
+
+
+def url_list(value: str) -> list[str]:
+    """The URLs of a comma-separated list (blanks around commas ignored)."""
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+def _ws_urls(value: str) -> str:
+    check = _url("ws", "wss")
+    urls = url_list(value)
+    for url in urls:
+        check(url)
+    return ",".join(urls)
+
+
+WsUrls = Annotated[str, AfterValidator(_ws_urls)]
+"""One or several ws:// or wss:// URLs, comma-separated."""
 HttpUrl = Annotated[str, AfterValidator(_url("http", "https"))]
 
 
@@ -209,7 +226,13 @@ ListenPort = Annotated[Port, BeforeValidator(_listen_port)]
 
 # ---- what every connector shares ---------------------------------------------------------
 
-ServerUrl = Annotated[WsUrl, Opt("SERVER_URL", "Server link URL (ws:// or wss://).")]
+ServerUrl = Annotated[
+    WsUrls,
+    Opt(
+        "SERVER_URL",
+        "Server link URL (ws:// or wss://); several, comma-separated, are tried in turn.",
+    ),
+]
 """`SERVER_URL`; each connector declares it with its own default link path."""
 
 

@@ -338,7 +338,7 @@ class McpRelay:
         if welcome.id != self.relay_id:
             logger.info("the server assigned relay id %s", welcome.id)
         self.relay_id = welcome.id
-        logger.info("MCP clients can use %s", _public_mcp_url(self.settings.server_url, welcome.id))
+        logger.info("MCP clients can use %s", _public_mcp_url(self.link_client.url, welcome.id))
         self._exchanges = HttpExchanges(
             current,
             self._session,

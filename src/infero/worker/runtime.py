@@ -370,7 +370,7 @@ class Connector:
             build_date=BUILD.date,
             draining=self.draining,
             backend=self.monitor.kind,
-            server_url=s.server_url.split("?", 1)[0],
+            server_url=self.link_client.url.split("?", 1)[0],
             completion_base_url=s.completion_base_url,
         )
 

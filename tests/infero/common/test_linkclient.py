@@ -228,3 +228,66 @@ async def test_a_second_connector_with_a_linked_id_is_refused_logs_what_to_chang
         "give each connector its own CLIENT_ID" in refusals[0].getMessage()
     )
     assert second.last_error.startswith("refused by server: duplicate")
+
+
+async def test_several_server_urls_are_tried_in_turn_before_any_backoff_delay(
+    aiohttp_server: ServerFactory,
+) -> None:
+    seen: list[Any] = []
+    server = await aiohttp_server(server_app("accept", seen))
+    handler = Handler()
+    delays: list[float] = []
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+
+    client = LinkClient(
+        f"ws://127.0.0.1:9/link, {url(server)}",
+        handler,
+        component="test",
+        reconnect=False,
+        sleep=sleep,
+    )
+    task = asyncio.create_task(client.run())
+    async with asyncio.timeout(5):
+        await handler.up.wait()
+        assert client.url == url(server)
+        assert delays == [], "the second URL is tried at once"
+        client.stop()
+        assert await task == 0
+    assert len([h for h in seen if isinstance(h, link.Hello)]) == 1
+
+
+async def test_a_full_round_of_unreachable_urls_waits_the_backoff_delay_once() -> None:
+    delays: list[float] = []
+    client: LinkClient
+
+    async def sleep(delay: float) -> None:
+        delays.append(delay)
+        if len(delays) == 3:
+            client.stop()
+
+    client = LinkClient(
+        "ws://127.0.0.1:9/a,ws://127.0.0.1:9/b,ws://127.0.0.1:9/c",
+        Handler(),
+        component="test",
+        reconnect=True,
+        sleep=sleep,
+    )
+    async with asyncio.timeout(5):
+        assert await client.run() == 0
+    assert delays == [1, 1, 1], "one delay per round of three URLs"
+
+
+async def test_without_reconnect_every_url_is_tried_once_then_exit_non_zero(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    client = LinkClient(
+        "ws://127.0.0.1:9/a,ws://127.0.0.1:9/b", Handler(), component="test", reconnect=False
+    )
+    async with asyncio.timeout(5):
+        assert await client.run() == 1
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("cannot reach the server at ws://127.0.0.1:9/a" in m for m in messages)
+    assert "cannot reach the server at ws://127.0.0.1:9/b" in messages[-1]
+    assert "--reconnect" in messages[-1]
