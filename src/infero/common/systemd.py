@@ -37,10 +37,6 @@ class UnitState:
     def exists(self) -> bool:
         return self.load == "loaded"
 
-    @property
-    def running(self) -> bool:
-        return self.active in ("active", "activating", "reloading")
-
     def describe(self) -> str:
         """`active (running), enabled, pid 123`."""
         parts = [f"{self.active} ({self.sub})", self.enabled or "disabled"]
@@ -127,9 +123,6 @@ class SystemdUnit:
     async def enable(self) -> None:
         """Start at boot (or at login for a user unit)."""
         await self._act("enable")
-
-    async def disable(self) -> None:
-        await self._act("disable")
 
 
 async def _reap(process: asyncio.subprocess.Process) -> None:

@@ -15,7 +15,6 @@ from pathlib import PurePosixPath
 from typing import Literal
 
 Kind = Literal["server", "llm", "mcp"]
-KINDS: tuple[Kind, ...] = ("server", "llm", "mcp")
 
 DEFAULT_INSTANCE = "main"
 """Connector instance name when `--name` is not given (`infero-llm@main`)."""
@@ -117,7 +116,6 @@ class ServiceFile:
 class ServicePlan:
     """What `infero service install KIND` writes and the commands that start it."""
 
-    kind: Kind
     unit_name: str
     """The file name of the unit (`infero.service`, `infero-llm@.service`)."""
     instance: str
@@ -126,15 +124,10 @@ class ServicePlan:
     env: ServiceFile
     user: bool
 
-    def systemctl(self, *verbs: str) -> str:
-        """`systemctl [--user] VERB... INSTANCE`."""
-        scope = "--user " if self.user else ""
-        return f"systemctl {scope}{' '.join(verbs)} {self.instance}"
-
     def install_lines(self) -> list[str]:
         """What to run once the environment file holds the settings."""
         scope = "--user " if self.user else ""
-        return [f"systemctl {scope}daemon-reload", self.systemctl("enable", "--now")]
+        return [f"systemctl {scope}daemon-reload", f"systemctl {scope}enable --now {self.instance}"]
 
 
 def _check_name(name: str) -> str:
@@ -173,7 +166,6 @@ def plan(
         unit_name, instance = f"infero-{kind}@.service", f"infero-{kind}@{instance_name}"
         unit_text = _connector_unit(kind, executable, env_dir, user)
     return ServicePlan(
-        kind=kind,
         unit_name=unit_name,
         instance=instance,
         unit=ServiceFile(unit_dir / unit_name, unit_text, 0o644),

@@ -56,7 +56,6 @@ async def test_a_refusal_is_one_line_naming_the_unit(tmp_path: Path) -> None:
 def test_show_output_becomes_a_state_line() -> None:
     state = parse_show(fake_systemctl.LOADED)
     assert state.exists
-    assert state.running
     assert state.describe() == "active (running), enabled, pid 42"
     stopped = parse_show("LoadState=loaded\nActiveState=inactive\nSubState=dead\nMainPID=0\n")
     assert stopped.describe() == "inactive (dead), disabled"
