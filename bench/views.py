@@ -47,6 +47,7 @@ PHASES = (
     Phase("traffic", "+ requests, no viewers", viewers=False, traffic=True, churn=False),
     Phase("viewers", "+ viewers, no requests", viewers=True, traffic=False, churn=False),
     Phase("viewers_traffic", "+ viewers + requests", viewers=True, traffic=True, churn=False),
+    Phase("churn_alone", "+ requests + churn, no viewers", viewers=False, traffic=True, churn=True),
     Phase("churn", "+ viewers + requests + churn", viewers=True, traffic=True, churn=True),
 )
 
@@ -131,7 +132,7 @@ async def _measure(stack: Stack, p: Preset, viewers: procs.Child, probe: procs.C
         "viewers": p.viewers,
     }
     windows: dict[str, list[dict[str, Any]]] = {phase.key: [] for phase in PHASES}
-    idle, traffic, watched, watched_traffic, churn = PHASES
+    idle, traffic, watched, watched_traffic, churn_alone, churn = PHASES
 
     async def run(phase: Phase, seconds: float) -> None:
         windows[phase.key].append(await _window(stack, p, phase, viewers, probe, seconds))
@@ -149,7 +150,10 @@ async def _measure(stack: Stack, p: Preset, viewers: procs.Child, probe: procs.C
         await _ask(viewers, {"close": True}, 60)
     await open_viewers()
     await run(watched, p.view_seconds)
+    await _ask(viewers, {"close": True}, 60)
     async with stack.idle_links(CHURN_POOL, prefix="churn", churn_per_s=p.view_churn_per_s):
+        await run(churn_alone, p.view_seconds)
+        await open_viewers()
         await run(churn, p.view_seconds)
     await _ask(viewers, {"close": True}, 60)
     return {phase.key: _figures(phase, windows[phase.key]) for phase in PHASES}

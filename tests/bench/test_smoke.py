@@ -83,7 +83,14 @@ def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
     (report,) = tmp_path.glob("*/report.json")
     doc = json.loads(report.read_text(encoding="utf-8"))
     rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
-    assert rows["views"] == {"idle", "traffic", "viewers", "viewers_traffic", "churn"}
+    assert rows["views"] == {
+        "idle",
+        "traffic",
+        "viewers",
+        "viewers_traffic",
+        "churn_alone",
+        "churn",
+    }
     assert rows["views_targets"] == {
         "lag_p99",
         "bytes_churn",
