@@ -351,7 +351,7 @@ def _paths(metrics_on_main_port: bool) -> Json:
                 "summary": "The snapshot, then deltas, as server-sent events",
                 "description": (
                     "`event: snapshot` (a StateSnapshot) at once, then `event: delta` with only "
-                    "what changed (keyed by id, at most four a second), each with an `id:` to "
+                    "what changed (keyed by id, at most two a second), each with an `id:` to "
                     "resume from with `Last-Event-ID`; keepalive comments. `mode=full` sends "
                     "whole documents as plain events instead. See docs/state.md."
                 ),

@@ -38,8 +38,8 @@ from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublis
 
 SETTLE = 0.05
 """Seconds the publisher waits after a change, so a burst goes out as one batch."""
-SPACING = 0.25
-"""Least seconds between two batches: request traffic causes at most 4 events a second."""
+SPACING = 0.5
+"""Least seconds between two batches: request traffic causes at most 2 events a second."""
 KEEPALIVE = 5.0
 """Comment line when nothing was sent for this long (seconds); nothing else is periodic."""
 MAX_CONNECTING_LISTED = 20
