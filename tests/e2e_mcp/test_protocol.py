@@ -171,3 +171,25 @@ async def test_elicitation_and_logging_reach_the_client(
     assert text(result) == "deploy: True"
     assert asked == ["Really deploy?"]
     assert any("about to deploy" in line for line in logged)
+
+
+async def test_a_client_pinned_to_2026_07_28_works_through_every_provider(
+    provider: Any, make_stack: Any, connect: Any
+) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    async with make_stack({"api_key": API_KEY}, **provider) as s:
+        async with connect(s.url, mode="2026-07-28") as client:
+            assert client.protocol_version == "2026-07-28"
+            assert "count_up" in {t.name for t in (await client.list_tools()).tools}
+            counted = await client.call_tool(
+                "count_up", {"steps": 2}, progress_callback=on_progress
+            )
+            assert text(counted) == "counted to 2"
+            assert seen == [1, 2]
+            resource = await client.read_resource("pref://theme")
+            assert resource.contents[0].text == "dark"
+        assert s.registry.state().sessions == []

@@ -176,3 +176,20 @@ def sse_error_events(
         data = json.dumps(error_object(code, message, request_id=request_id), separators=(",", ":"))
         out += b"event: message\ndata: " + data.encode() + b"\n\n"
     return bytes(out)
+
+
+DISCARDED_EVENT = "infero-discarded"
+"""Event type given to a partial SSE event cut off by a failure (clients ignore it)."""
+
+
+def close_partial_event(tail: bytes) -> bytes:
+    """What ends an SSE stream cut after `tail` (its last bytes) before error events follow.
+
+    A partial `message` event would be dispatched with broken JSON by the next blank line
+    (SDKs report a parse error). Ending its line and renaming it makes clients skip it, so
+    the error events after it are what they see.
+    """
+    if not tail or tail.endswith((b"\n\n", b"\r\r", b"\r\n\r\n")):
+        return b""
+    lead = b"" if tail.endswith((b"\n", b"\r")) else b"\n"
+    return lead + b"event: " + DISCARDED_EVENT.encode() + b"\n\n"

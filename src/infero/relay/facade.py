@@ -7,7 +7,7 @@ transports (`stdio_client` starts one child process per session, `sse_client` op
 SSE connection per session). Sessions are therefore isolated by construction: ids, state
 and subscriptions of one client never reach another.
 
-Per session:
+Handshake era (`initialize`), per session:
 - `initialize` without `Mcp-Session-Id` opens the provider connection and issues the id;
   later messages must carry it (unknown id -> 404, so the client re-initializes).
 - A POST with requests is answered with an SSE stream carrying its responses, progress
@@ -18,12 +18,20 @@ Per session:
   makes the facade send `notifications/cancelled` for its unanswered requests.
 - DELETE closes the provider connection; a provider that exits ends the session, and the
   next `initialize` starts a fresh one (that is how a dead stdio child is restarted).
+- A session is idle while no request is in flight (an open GET stream does not count).
+
+2026-07-28 (stateless): a POST whose `MCP-Protocol-Version` is not a handshake version
+(or an enveloped request without a session) is one self-contained request. All of them
+share ONE provider connection, which the SDK's dual-era server loop serves in the modern
+era; the facade gives each request its own id and progress token there and maps them
+back, so concurrent clients never see each other's answers.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import json
 import logging
 import secrets
@@ -36,8 +44,10 @@ from typing import Any
 
 from aiohttp import web
 from mcp.client._transport import TransportStreams
+from mcp.shared.inbound import ERROR_CODE_HTTP_STATUS
 from mcp.shared.message import SessionMessage
 from mcp_types import (
+    PROTOCOL_VERSION_META_KEY,
     JSONRPCError,
     JSONRPCMessage,
     JSONRPCNotification,
@@ -45,14 +55,20 @@ from mcp_types import (
     JSONRPCResponse,
     jsonrpc_message_adapter,
 )
+from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS
 from pydantic import ValidationError
 
 logger = logging.getLogger(__name__)
 
 SESSION_HEADER = "Mcp-Session-Id"
+VERSION_HEADER = "MCP-Protocol-Version"
+SUBSCRIPTION_META_KEY = "io.modelcontextprotocol/subscriptionId"
 PATH = "/mcp"
 BACKLOG = 256
 """Server messages kept for a GET stream that is not open yet (oldest dropped first)."""
+FORGOTTEN = 256
+"""Ids of abandoned requests remembered, so their late answers are dropped quietly."""
+RETRY_AFTER = "5"
 
 Opener = Callable[[], AbstractAsyncContextManager[TransportStreams]]
 """Opens one provider connection (a child process, an SSE connection)."""
@@ -68,26 +84,53 @@ def _event(data: bytes) -> bytes:
     return b"event: message\ndata: " + data + b"\n\n"
 
 
-def _sse_response(session: _Session) -> web.StreamResponse:
-    """An SSE answer carrying the session's `Mcp-Session-Id`."""
-    return web.StreamResponse(
-        headers={
-            "Content-Type": "text/event-stream",
-            "Cache-Control": "no-cache",
-            SESSION_HEADER: session.id,
-        }
-    )
+def _sse_response(session_id: str | None) -> web.StreamResponse:
+    """An SSE answer, carrying the session's `Mcp-Session-Id` when there is a session."""
+    headers = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache"}
+    if session_id is not None:
+        headers[SESSION_HEADER] = session_id
+    return web.StreamResponse(headers=headers)
 
 
-def _error(request_id: RequestId | None, code: int, message: str) -> bytes:
-    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}
+def _error(request_id: RequestId | None, code: int, message: str, mcp: str = "") -> bytes:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if mcp:
+        error["data"] = {"mcp": mcp}
+    body = {"jsonrpc": "2.0", "id": request_id, "error": error}
     return json.dumps(body, separators=(",", ":")).encode()
 
 
-def _json_error(status: int, request_id: RequestId | None, code: int, message: str) -> web.Response:
+def _json_error(
+    status: int,
+    request_id: RequestId | None,
+    code: int,
+    message: str,
+    *,
+    mcp: str = "",
+    headers: dict[str, str] | None = None,
+) -> web.Response:
     return web.Response(
-        status=status, body=_error(request_id, code, message), content_type="application/json"
+        status=status,
+        body=_error(request_id, code, message, mcp),
+        content_type="application/json",
+        headers=headers,
     )
+
+
+def _blank_line(exc: Exception) -> bool:
+    """Whether a parse failure is about an empty or blank line (harmless, not a message)."""
+    if not isinstance(exc, ValidationError):
+        return False
+    inputs = [e.get("input") for e in exc.errors()]
+    return bool(inputs) and all(isinstance(i, str) and not i.strip() for i in inputs)
+
+
+def _enveloped(message: JSONRPCMessage) -> bool:
+    """A request carrying the 2026-07-28 per-request `_meta` envelope."""
+    if not isinstance(message, JSONRPCRequest) or message.method == "initialize":
+        return False
+    meta = (message.params or {}).get("_meta")
+    return isinstance(meta, dict) and PROTOCOL_VERSION_META_KEY in meta
 
 
 @dataclass(eq=False)
@@ -97,6 +140,10 @@ class _Call:
     outstanding: set[RequestId]
     queue: asyncio.Queue[tuple[bytes, bool]] = field(default_factory=asyncio.Queue)
     """(JSON message, last) pairs to write to this POST's answer."""
+    ids: dict[RequestId, RequestId] = field(default_factory=dict)
+    """Provider-side request id -> the client's (2026-07-28 calls on the shared connection)."""
+    tokens: dict[RequestId, RequestId] = field(default_factory=dict)
+    """Provider-side progress token -> the client's."""
 
     def deliver(self, data: bytes, answers: RequestId | None = None) -> None:
         if answers is not None:
@@ -109,17 +156,49 @@ class _Call:
             if not self.outstanding:
                 self.queue.put_nowait((b"", True))
 
-    def fail(self, message: str) -> None:
-        for request_id in sorted(self.outstanding, key=str):
-            self.deliver(_error(request_id, -32000, message), request_id)
+    def fail(self, message: str, mcp: str = "MCP_UPSTREAM_ERROR") -> list[RequestId]:
+        """Answer every outstanding request with an error; returns their (provider) ids."""
+        failed = sorted(self.outstanding, key=str)
+        for request_id in failed:
+            client_id = self.ids.get(request_id, request_id)
+            self.deliver(_error(client_id, -32000, message, mcp), request_id)
+        return failed
+
+    def outward(self, message: JSONRPCMessage) -> bytes:
+        """The provider's message as the client must see it (its own ids and tokens)."""
+        if not self.ids:
+            return _dump(message)
+        if isinstance(message, JSONRPCResponse | JSONRPCError) and message.id is not None:
+            message = message.model_copy(update={"id": self.ids.get(message.id, message.id)})
+        elif isinstance(message, JSONRPCNotification) and message.params:
+            params = dict(message.params)
+            token = params.get("progressToken")
+            if isinstance(token, int | str) and token in self.tokens:
+                params["progressToken"] = self.tokens[token]
+            meta = params.get("_meta")
+            subscription = meta.get(SUBSCRIPTION_META_KEY) if isinstance(meta, dict) else None
+            if isinstance(meta, dict) and subscription in self.ids:
+                params["_meta"] = {**meta, SUBSCRIPTION_META_KEY: self.ids[subscription]}
+            message = message.model_copy(update={"params": params})
+        return _dump(message)
 
 
 class _Session:
-    """One client session bridged to its own provider connection."""
+    """One provider connection: a client session's own, or the shared 2026-07-28 one."""
 
-    def __init__(self, session_id: str, on_closed: Callable[[_Session], None]) -> None:
+    def __init__(
+        self,
+        session_id: str,
+        on_closed: Callable[[_Session], None],
+        *,
+        label: str = "",
+        shared: bool = False,
+    ) -> None:
         self.id = session_id
+        self.shared = shared
+        """The 2026-07-28 connection: requests are renumbered, nothing goes to a GET stream."""
         self._on_closed = on_closed
+        self._label = label
         self.write: Any = None
         self.task: asyncio.Task[None] | None = None
         self.by_id: dict[RequestId, _Call] = {}
@@ -128,14 +207,22 @@ class _Session:
         self.listener: asyncio.Queue[bytes | None] | None = None
         self.backlog: deque[bytes] = deque(maxlen=BACKLOG)
         self.closed = asyncio.Event()
+        self.closing = False
+        """The facade is closing this session (not the provider going away)."""
         self.last_used = 0.0
         """Monotonic time of the last request on this session."""
+        self._forgotten: deque[RequestId] = deque(maxlen=FORGOTTEN)
+        self._numbers = itertools.count(1)
         self._chores: set[asyncio.Task[None]] = set()
 
     @property
     def busy(self) -> bool:
-        """A call or a listening stream is open on this session."""
-        return bool(self.calls) or self.listener is not None
+        """A request is in flight on this session (a GET stream alone is idle)."""
+        return bool(self.calls)
+
+    @property
+    def name(self) -> str:
+        return f"{self._label} {'2026-07-28 connection' if self.shared else 'session'} {self.id}"
 
     async def run(self, opener: Opener, ready: asyncio.Future[None]) -> None:
         """Own the provider connection for the session's lifetime (a task supervisor)."""
@@ -145,19 +232,45 @@ class _Session:
                 ready.set_result(None)
                 async for item in read:
                     if isinstance(item, Exception):
-                        logger.warning("session %s: provider sent an unreadable message", self.id)
-                        continue
-                    self.route(item.message)
+                        self.unreadable(item)
+                    else:
+                        self.route(item.message)
+            if not self.closing:
+                logger.warning("%s: the provider ended the connection", self.name)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # outermost supervisor of this session's connection
             if not ready.done():
                 ready.set_exception(exc)
-            else:
-                logger.exception("session %s: provider connection failed", self.id)
+            elif not self.closing:
+                logger.warning("%s: the provider connection failed: %r", self.name, exc)
         finally:
             self.close_streams("the MCP provider connection closed")
             self._on_closed(self)
+
+    def unreadable(self, exc: Exception) -> None:
+        """The transport handed us an error instead of a message."""
+        if _blank_line(exc):
+            return
+        if not isinstance(exc, ValueError):
+            logger.warning("%s: the provider connection failed: %r", self.name, exc)
+            return
+        failed = self.fail_pending("the MCP provider sent a message that is not JSON-RPC")
+        logger.warning(
+            "%s: the provider sent a message that is not JSON-RPC; %d pending request(s) failed",
+            self.name,
+            failed,
+        )
+
+    def fail_pending(self, reason: str) -> int:
+        """Fail every request in flight on this connection; how many."""
+        count = 0
+        for call in self.calls:
+            for rid in call.fail(reason):
+                self.by_id.pop(rid, None)
+                self._forgotten.append(rid)
+                count += 1
+        return count
 
     def close_streams(self, reason: str) -> None:
         if self.closed.is_set():
@@ -170,20 +283,57 @@ class _Session:
 
     def route(self, message: JSONRPCMessage) -> None:
         """Send one provider message to the POST or GET stream it belongs to."""
-        data = _dump(message)
-        if isinstance(message, JSONRPCResponse | JSONRPCError) and message.id in self.by_id:
-            self.by_id.pop(message.id).deliver(data, message.id)
+        if isinstance(message, JSONRPCResponse | JSONRPCError):
+            call = self.by_id.pop(message.id, None) if message.id is not None else None
+            if call is None:
+                self._stray(message)
+            else:
+                call.deliver(call.outward(message), message.id)
             return
-        if isinstance(message, JSONRPCNotification) and message.method == "notifications/progress":
-            token = (message.params or {}).get("progressToken")
-            call = self.by_token.get(token) if isinstance(token, int | str) else None
-            if call is not None:
-                call.deliver(data)
+        if isinstance(message, JSONRPCNotification):
+            owner = self._owner(message)
+            if owner is not None:
+                owner.deliver(owner.outward(message))
                 return
+        if self.shared:
+            # Nothing is sent outside a request at 2026-07-28; an untagged notification can
+            # only be attributed when a single request is in flight.
+            if isinstance(message, JSONRPCNotification) and len(self.calls) == 1:
+                self.calls[0].deliver(_dump(message))
+            return
+        data = _dump(message)
         if self.calls:
             self.calls[-1].deliver(data)
         else:
             self.unsolicited(data)
+
+    def _owner(self, message: JSONRPCNotification) -> _Call | None:
+        """The call a notification is tagged for (progress token, subscription id)."""
+        params = message.params or {}
+        if message.method == "notifications/progress":
+            token = params.get("progressToken")
+            if isinstance(token, int | str):
+                return self.by_token.get(token)
+        meta = params.get("_meta")
+        if self.shared and isinstance(meta, dict):
+            subscription = meta.get(SUBSCRIPTION_META_KEY)
+            if isinstance(subscription, int | str):
+                return self.by_id.get(subscription)
+        return None
+
+    def _stray(self, message: JSONRPCResponse | JSONRPCError) -> None:
+        """An answer to no request in flight: late (dropped) or a broken provider."""
+        if message.id is not None and message.id in self._forgotten:
+            return
+        failed = self.fail_pending(
+            f"the MCP provider answered an unknown request id {message.id!r}"
+        )
+        logger.warning(
+            "%s: the provider answered an unknown request id %r; %d pending request(s) failed",
+            self.name,
+            message.id,
+            failed,
+        )
 
     def unsolicited(self, data: bytes) -> None:
         """A message no open call takes: the GET stream, or the backlog until one opens."""
@@ -206,6 +356,23 @@ class _Session:
         self.calls.append(call)
         return call
 
+    def begin_renumbered(self, request: JSONRPCRequest) -> tuple[_Call, JSONRPCRequest]:
+        """A 2026-07-28 request under an id (and progress token) of this connection."""
+        number = next(self._numbers)
+        params = dict(request.params or {})
+        meta = params.get("_meta")
+        tokens: dict[RequestId, RequestId] = {}
+        if isinstance(meta, dict) and isinstance(meta.get("progressToken"), int | str):
+            tokens[number] = meta["progressToken"]
+            params["_meta"] = {**meta, "progressToken": number}
+        renumbered = JSONRPCRequest(
+            jsonrpc="2.0", id=number, method=request.method, params=params or None
+        )
+        call = self.begin([renumbered])
+        call.ids[number] = request.id
+        call.tokens.update(tokens)
+        return call, renumbered
+
     def end(self, call: _Call) -> None:
         """Forget a finished call; tell the provider about requests left unanswered."""
         self.calls.remove(call)
@@ -215,6 +382,7 @@ class _Session:
         abandoned = [rid for rid, owner in self.by_id.items() if owner is call]
         for rid in abandoned:
             del self.by_id[rid]
+            self._forgotten.append(rid)
         if abandoned and not self.closed.is_set():
             task = asyncio.create_task(self._cancel(abandoned))
             self._chores.add(task)
@@ -223,6 +391,7 @@ class _Session:
     def cancelled(self, request_id: RequestId) -> None:
         call = self.by_id.pop(request_id, None)
         if call is not None:
+            self._forgotten.append(request_id)
             call.cancel(request_id)
 
     async def _cancel(self, request_ids: list[RequestId]) -> None:
@@ -254,6 +423,8 @@ class Facade:
         self._label = label
         self._clock = clock
         self._sessions: dict[str, _Session] = {}
+        self._shared: _Session | None = None
+        self._shared_lock = asyncio.Lock()
         self._runner: web.AppRunner | None = None
         self._reaper: asyncio.Task[None] | None = None
         self.url = ""
@@ -279,52 +450,65 @@ class Facade:
         return self.url
 
     async def close(self) -> None:
-        """Close every session (their provider connections) and stop listening."""
+        """Close every session (their provider connections, all at once) and stop listening."""
         if self._reaper is not None:
             self._reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._reaper
             self._reaper = None
-        for session in list(self._sessions.values()):
-            await self._close_session(session)
+        open_now = list(self._sessions.values())
+        if self._shared is not None:
+            open_now.append(self._shared)
+        await asyncio.gather(*(self._close_session(s, "the relay is stopping") for s in open_now))
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
 
     # ---- sessions ------------------------------------------------------------------------
 
-    async def _open_session(self) -> _Session:
-        session = _Session(secrets.token_hex(16), self._forget)
+    async def _start_session(self, session: _Session) -> None:
         ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         session.task = asyncio.create_task(session.run(self._opener, ready))
         session.last_used = self._clock()
-        self._sessions[session.id] = session
         try:
             await ready
         except BaseException:
-            self._sessions.pop(session.id, None)
             await self._stop(session)
             raise
-        logger.info("%s session %s opened", self._label, session.id)
+
+    async def _open_session(self) -> _Session:
+        session = _Session(secrets.token_hex(16), self._forget, label=self._label)
+        self._sessions[session.id] = session
+        try:
+            await self._start_session(session)
+        except BaseException:
+            self._sessions.pop(session.id, None)
+            raise
+        logger.info("%s opened", session.name)
         return session
 
+    async def _shared_session(self) -> _Session:
+        """The one provider connection for 2026-07-28 requests (opened on first use)."""
+        async with self._shared_lock:
+            if self._shared is None:
+                session = _Session("shared", self._forget, label=self._label, shared=True)
+                await self._start_session(session)
+                self._shared = session
+                logger.info("%s opened", session.name)
+            return self._shared
+
     async def reap(self) -> int:
-        """Close sessions idle (no call, no GET stream) for `idle_timeout`; how many closed.
+        """Close connections idle (no request in flight) for `idle_timeout`; how many closed.
 
         Clients such as hosted LLMs often never DELETE their sessions; without this their
         provider processes would pile up until MCP_MAX_SESSIONS.
         """
         now = self._clock()
-        idle = [
-            s
-            for s in self._sessions.values()
-            if not s.busy and now - s.last_used >= self._idle_timeout
-        ]
-        for session in idle:
-            if session.busy:
-                continue
-            logger.info("%s session %s idle, closing it", self._label, session.id)
-            await self._close_session(session)
+        candidates = list(self._sessions.values())
+        if self._shared is not None:
+            candidates.append(self._shared)
+        idle = [s for s in candidates if not s.busy and now - s.last_used >= self._idle_timeout]
+        await asyncio.gather(*(self._close_session(s, "idle") for s in idle))
         return len(idle)
 
     async def _reap_forever(self) -> None:
@@ -340,13 +524,13 @@ class Facade:
         if not idle:
             return False
         oldest = min(idle, key=lambda s: s.last_used)
-        logger.info("%s session limit reached, closing idle session %s", self._label, oldest.id)
-        await self._close_session(oldest)
+        await self._close_session(oldest, "MCP_MAX_SESSIONS reached, least recently used")
         return True
 
     def _forget(self, session: _Session) -> None:
-        if self._sessions.pop(session.id, None) is not None:
-            logger.info("%s session %s ended", self._label, session.id)
+        if session is self._shared:
+            self._shared = None
+        self._sessions.pop(session.id, None)
 
     async def _stop(self, session: _Session) -> None:
         task = session.task
@@ -355,7 +539,11 @@ class Facade:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
 
-    async def _close_session(self, session: _Session) -> None:
+    async def _close_session(self, session: _Session, why: str) -> None:
+        if session.closing:
+            return
+        session.closing = True
+        logger.info("%s closed (%s)", session.name, why)
         session.close_streams("the MCP session was closed")
         await self._stop(session)
         self._forget(session)
@@ -370,6 +558,11 @@ class Facade:
         session.last_used = self._clock()
         return session
 
+    @staticmethod
+    def _modern_header(request: web.Request) -> bool:
+        version = request.headers.get(VERSION_HEADER)
+        return version is not None and version not in HANDSHAKE_PROTOCOL_VERSIONS
+
     # ---- handlers ------------------------------------------------------------------------
 
     async def _post(self, request: web.Request) -> web.StreamResponse:
@@ -378,11 +571,15 @@ class Facade:
             raw = json.loads(body)
             items = raw if isinstance(raw, list) else [raw]
             messages = [jsonrpc_message_adapter.validate_python(m, by_name=False) for m in items]
-        except (UnicodeDecodeError, json.JSONDecodeError, ValidationError):
+        except (UnicodeDecodeError, json.JSONDecodeError, RecursionError, ValidationError):
             return _json_error(400, None, -32700, "Parse error: not a JSON-RPC message")
         if not messages:
             return _json_error(400, None, -32600, "Invalid Request: empty batch")
         requests = [m for m in messages if isinstance(m, JSONRPCRequest)]
+        if SESSION_HEADER not in request.headers and (
+            self._modern_header(request) or (len(messages) == 1 and _enveloped(messages[0]))
+        ):
+            return await self._modern(request, raw, messages)
         if SESSION_HEADER in request.headers:
             found = self._lookup(request)
             if isinstance(found, web.Response):
@@ -391,14 +588,24 @@ class Facade:
         elif len(requests) == 1 and requests[0].method == "initialize":
             if not await self._make_room():
                 return _json_error(
-                    503, requests[0].id, -32000, "too many MCP sessions open on this relay"
+                    503,
+                    requests[0].id,
+                    -32000,
+                    f"too many MCP sessions open on this relay (MCP_MAX_SESSIONS "
+                    f"{self._max_sessions}, each with a request in flight)",
+                    mcp="MCP_LIMIT_EXCEEDED",
+                    headers={"Retry-After": RETRY_AFTER},
                 )
             try:
                 session = await self._open_session()
             except Exception as exc:  # any failure to start the provider is reported to the client
                 logger.warning("%s provider could not be started: %s", self._label, exc)
                 return _json_error(
-                    502, requests[0].id, -32000, f"the MCP provider could not be started: {exc}"
+                    502,
+                    requests[0].id,
+                    -32000,
+                    f"the MCP provider could not be started: {exc}",
+                    mcp="MCP_UPSTREAM_ERROR",
                 )
         else:
             return _json_error(
@@ -415,11 +622,54 @@ class Facade:
                 await session.send(message)
                 self._note_cancel(session, message)
             if "text/event-stream" in request.headers.get("Accept", ""):
-                return await self._stream(request, session, call)
+                return await self._stream(request, session.id, call)
             return await self._collect(session, call, batch=isinstance(raw, list))
         finally:
             session.end(call)
             session.last_used = self._clock()
+
+    async def _modern(
+        self, request: web.Request, raw: Any, messages: list[JSONRPCMessage]
+    ) -> web.StreamResponse:
+        """One 2026-07-28 request, on the shared provider connection."""
+        if isinstance(raw, dict) and "id" not in raw:
+            return web.Response(status=202)  # no client notifications at 2026-07-28 (as the SDK)
+        message = messages[0]
+        if isinstance(raw, list) or not isinstance(message, JSONRPCRequest):
+            return _json_error(
+                400, None, -32600, "Body must be a single JSON-RPC request or notification object"
+            )
+        try:
+            shared = await self._shared_session()
+        except Exception as exc:  # any failure to start the provider is reported to the client
+            logger.warning("%s provider could not be started: %s", self._label, exc)
+            return _json_error(
+                502,
+                message.id,
+                -32000,
+                f"the MCP provider could not be started: {exc}",
+                mcp="MCP_UPSTREAM_ERROR",
+            )
+        call, renumbered = shared.begin_renumbered(message)
+        try:
+            await shared.send(renumbered)
+            if "text/event-stream" in request.headers.get("Accept", ""):
+                return await self._stream(request, None, call)
+            reply: dict[str, Any] = {}
+            while True:
+                data, last = await call.queue.get()
+                answer = json.loads(data) if data else {}
+                if "method" not in answer:  # notifications cannot ride a JSON answer
+                    reply = answer or reply
+                if last:
+                    break
+            error = reply.get("error")
+            code = error.get("code") if isinstance(error, dict) else None
+            status = ERROR_CODE_HTTP_STATUS.get(code, 200) if isinstance(code, int) else 200
+            return web.json_response(reply, status=status)
+        finally:
+            shared.end(call)
+            shared.last_used = self._clock()
 
     @staticmethod
     def _note_cancel(session: _Session, message: JSONRPCMessage) -> None:
@@ -429,9 +679,9 @@ class Facade:
                 session.cancelled(rid)
 
     async def _stream(
-        self, request: web.Request, session: _Session, call: _Call
+        self, request: web.Request, session_id: str | None, call: _Call
     ) -> web.StreamResponse:
-        response = _sse_response(session)
+        response = _sse_response(session_id)
         await response.prepare(request)
         while True:
             data, last = await call.queue.get()
@@ -460,6 +710,8 @@ class Facade:
         return web.json_response(payload, headers={SESSION_HEADER: session.id})
 
     async def _get(self, request: web.Request) -> web.StreamResponse:
+        if SESSION_HEADER not in request.headers and self._modern_header(request):
+            return web.Response(status=405, headers={"Allow": "POST"})
         found = self._lookup(request)
         if isinstance(found, web.Response):
             return found
@@ -473,7 +725,7 @@ class Facade:
             queue.put_nowait(session.backlog.popleft())
         session.listener = queue
         try:
-            response = _sse_response(session)
+            response = _sse_response(session.id)
             await response.prepare(request)
             while (data := await queue.get()) is not None:
                 await response.write(_event(data))
@@ -482,11 +734,12 @@ class Facade:
         finally:
             if session.listener is queue:
                 session.listener = None
-            session.last_used = self._clock()
 
     async def _delete(self, request: web.Request) -> web.StreamResponse:
+        if SESSION_HEADER not in request.headers and self._modern_header(request):
+            return web.Response(status=405, headers={"Allow": "POST"})
         found = self._lookup(request)
         if isinstance(found, web.Response):
             return found
-        await self._close_session(found)
+        await self._close_session(found, "DELETE from the client")
         return web.Response(status=200)

@@ -37,6 +37,8 @@ def _first_message(body: bytes, content_type: str) -> Any:
         return json.loads(text)
     except json.JSONDecodeError:
         raise ProviderDown("answered initialize with something that is not JSON-RPC") from None
+    except RecursionError:
+        raise ProviderDown("answered initialize with JSON nested too deeply") from None
 
 
 async def probe(

@@ -17,7 +17,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -55,6 +55,14 @@ def is_call(request: link.Request) -> bool:
         request.method == "POST" and label != "response" and not label.startswith("notifications/")
     )
 
+
+def is_listening(request: link.Request) -> bool:
+    """A listening stream: the GET stream, or a 2026-07-28 `subscriptions/listen` POST."""
+    return request.method == "GET" or request.model == "subscriptions/listen"
+
+
+PROVIDER_FAILURES = frozenset({"backend_unreachable", "backend_error"})
+"""Exchange errors that say the provider may be down: the monitor probes at once."""
 
 CANCEL_HEADERS = frozenset({"mcp-session-id", "mcp-protocol-version"})
 
@@ -114,19 +122,35 @@ class ProviderMonitor:
         self.last_error = ""
         self.probed = asyncio.Event()
         """Set after the first probe, whatever its result."""
+        self._wake = asyncio.Event()
+
+    def wake(self) -> None:
+        """Probe now (a call just failed on the way to the provider)."""
+        self._wake.set()
 
     async def probe_once(self) -> float:
-        """Probe now and update the state; returns the delay before the next probe."""
+        """Probe now and update the state; returns the delay before the next probe.
+
+        Any failure of the probe, expected (`ProviderDown`) or not (a hostile answer making
+        the JSON parser recurse too deep, a bug), is a provider that is not ready.
+        """
         check = self._recheck if self.healthy and self._recheck is not None else self._check
         was = self.healthy
         try:
             name = await check()
-        except ProviderDown as exc:
+        except Exception as exc:  # supervisor of the probe: every failure is "not ready"
+            expected = isinstance(exc, ProviderDown)
+            reason = str(exc) if expected else f"the probe failed unexpectedly: {exc!r}"[:500]
             delay = self.backoff.next_delay()
-            if was or self.last_error != str(exc):
-                logger.warning("MCP provider not ready: %s (next try in %gs)", exc, delay)
+            if was or self.last_error != reason:
+                logger.warning(
+                    "MCP provider not ready: %s (next try in %gs)",
+                    reason,
+                    delay,
+                    exc_info=None if expected else exc,
+                )
             self.healthy = False
-            self.last_error = str(exc)
+            self.last_error = reason
         else:
             self.backoff.reset()
             if not was:
@@ -141,9 +165,11 @@ class ProviderMonitor:
         return delay
 
     async def run(self) -> None:
-        """Probe forever (cancel to stop)."""
+        """Probe forever (cancel to stop); `wake()` cuts a wait short."""
         while True:
-            await self._sleep(await self.probe_once())
+            delay = await self.probe_once()
+            self._wake.clear()
+            await _first_of(self._sleep(delay), self._wake.wait())
 
 
 class McpRelay:
@@ -174,6 +200,7 @@ class McpRelay:
         self.metrics_url = ""
         self._environ = environ if environ is not None else dict(os.environ)
         self._clock = clock
+        self._sleep = sleep
         self._calls = 0
         self._session: aiohttp.ClientSession | None = None
         self._facade: Facade | None = None
@@ -221,8 +248,8 @@ class McpRelay:
             except StartupError as exc:
                 logger.error("%s", exc)
                 return 1
-            monitor = asyncio.create_task(self.monitor.run(), name="provider-monitor")
-            await self.monitor.probed.wait()
+            monitor = asyncio.create_task(self._supervise_monitor(), name="provider-monitor")
+            await _first_of(self.monitor.probed.wait(), self.stopped.wait())
             if self.stopped.is_set():
                 return 0
             code = await self.link_client.run()
@@ -240,6 +267,16 @@ class McpRelay:
             await self._close_facade()
             await self._ports.close()
             await self._session.close()
+
+    async def _supervise_monitor(self) -> None:
+        """Keep probing whatever happens: a monitor that died would leave the relay blind."""
+        while True:
+            try:
+                await self.monitor.run()
+            except Exception:  # outermost supervisor of the monitor task
+                logger.exception("the provider monitor failed; restarting it")
+                self.monitor.probed.set()
+                await self._sleep(self.monitor.backoff.next_delay())
 
     def request_stop(self) -> None:
         """Leave now: close the link (in-flight calls are aborted)."""
@@ -345,10 +382,17 @@ class McpRelay:
             self._origin,
             window=welcome.window,
             read_timeout=self.settings.mcp_http_timeout,
+            read_timeout_for=self._read_timeout,
             observer=self,
             clock=self._clock,
         )
         self._link_status.up(current)
+
+    def _read_timeout(self, request: link.Request) -> float:
+        """How long the provider may stay silent: a listening stream as long as a session
+        may stay idle, anything else MCP_HTTP_TIMEOUT."""
+        s = self.settings
+        return s.mcp_session_idle_timeout if is_listening(request) else s.mcp_http_timeout
 
     def frame_received(self, frame: link.ServerFrame) -> None:
         """Dispatch one server frame (requests are pointed at the provider's path)."""
@@ -465,11 +509,27 @@ class McpRelay:
             self.metrics.exchanges.labels("success").inc()
         elif outcome.error.code == "cancelled":
             self.metrics.exchanges.labels("cancelled").inc()
+        elif outcome.error.code == "timeout" and is_listening(request):
+            self.metrics.exchanges.labels("success").inc()
+            logger.info("a listening stream was idle for MCP_SESSION_IDLE_TIMEOUT; closed it")
         else:
             self.metrics.exchanges.labels("error").inc()
             logger.warning("MCP exchange failed: %s: %s", outcome.error.code, outcome.error.message)
+            if outcome.error.code in PROVIDER_FAILURES:
+                self.monitor.wake()
         if self._calls == 0:
             self.drain.idle()
+
+
+async def _first_of(*waits: Awaitable[Any]) -> None:
+    """Return when the first of `waits` finishes; cancel the others."""
+    tasks = [asyncio.ensure_future(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _public_mcp_url(server_url: str, relay_id: str) -> str:

@@ -138,7 +138,7 @@ class RelaySettings(ConnectorSettings):
         Field(gt=0),
         Opt(
             "MCP_HTTP_TIMEOUT",
-            "Longest wait for the provider's answer to start or continue.",
+            "Longest wait for the provider's answer to a call to start or continue.",
             old_env=("REQUEST_TIMEOUT",),
             old_keys=("requesttimeout",),
         ),
@@ -159,7 +159,10 @@ class RelaySettings(ConnectorSettings):
     mcp_session_idle_timeout: Annotated[
         Duration,
         Field(gt=0),
-        Opt("MCP_SESSION_IDLE_TIMEOUT", "stdio/SSE providers: close a session idle this long."),
+        Opt(
+            "MCP_SESSION_IDLE_TIMEOUT",
+            "Close a stdio/SSE session this long without a request; longest listening silence.",
+        ),
     ] = 1800.0
     mcp_probe_interval: Annotated[
         Duration,

@@ -139,6 +139,7 @@ class _Exchange:
     """Loop time at which the current wait on the backend began."""
     timed_out: bool = False
     timer: asyncio.TimerHandle | None = None
+    read_timeout: float | None = None
 
 
 def forward_request_headers(
@@ -169,6 +170,7 @@ class HttpExchanges:
         window: int = link.DEFAULT_WINDOW,
         api_key: str = "",
         read_timeout: float | None = 300.0,
+        read_timeout_for: Callable[[link.Request], float | None] | None = None,
         observer: ExchangeObserver | None = None,
         usage: Callable[[], UsageScanner] | None = None,
         clock: Callable[[], float] = time.monotonic,
@@ -182,6 +184,8 @@ class HttpExchanges:
         # on every packet, a heap operation per streamed token.
         self._timeout = aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT)
         self._read_timeout = read_timeout
+        self._read_timeout_for = read_timeout_for
+        """Per-request read timeout (e.g. longer for listening streams), else `read_timeout`."""
         self._observer: ExchangeObserver = observer or AcceptAll()
         self._usage = usage
         self._clock = clock
@@ -389,29 +393,32 @@ class HttpExchanges:
 
     def _watch(self, ex: _Exchange, loop: asyncio.AbstractEventLoop) -> None:
         """Start the read timeout: the backend may stay silent `read_timeout` s at most."""
-        if self._read_timeout is None:
+        pick = self._read_timeout_for
+        ex.read_timeout = self._read_timeout if pick is None else pick(ex.request)
+        if ex.read_timeout is None:
             return
         ex.read_since = loop.time()
         ex.reading = True
-        ex.timer = loop.call_at(ex.read_since + self._read_timeout, self._check_idle, ex)
+        ex.timer = loop.call_at(ex.read_since + ex.read_timeout, self._check_idle, ex)
 
     def _check_idle(self, ex: _Exchange) -> None:
         """Timer: abort a backend silent for too long, else re-arm (one timer per exchange,
         not one per chunk)."""
         ex.timer = None
-        assert self._read_timeout is not None
+        timeout = ex.read_timeout
+        assert timeout is not None
         if ex.task is None or ex.task.done():
             return
         loop = asyncio.get_running_loop()
         now = loop.time()
         if not ex.reading:
-            when = now + self._read_timeout
-        elif now - ex.read_since >= self._read_timeout:
+            when = now + timeout
+        elif now - ex.read_since >= timeout:
             ex.timed_out = True
             ex.task.cancel()
             return
         else:
-            when = ex.read_since + self._read_timeout
+            when = ex.read_since + timeout
         ex.timer = loop.call_at(when, self._check_idle, ex)
 
     async def _send_body(self, ex: _Exchange, data: bytes) -> None:

@@ -351,3 +351,107 @@ async def test_an_idle_relay_drained_by_the_server_stays_linked_until_shut_down(
             async with http.post(steer + "shutdown") as resp:
                 assert resp.status == 202
             assert await task == 0
+
+
+async def test_a_provider_answering_deeply_nested_json_is_not_ready_and_sigterm_still_works(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="[" * 200_000, content_type="application/json")
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        relay = relay_d1(server, url)
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await relay.connected.wait()
+            await server.wait_for(relay_is(server, "not_ready"))
+        assert "nested too deeply" in relay.monitor.last_error
+        relay.signal_received("SIGTERM")
+        async with asyncio.timeout(5):
+            assert await task == 0
+
+
+async def test_the_monitor_survives_an_unexpected_probe_error_as_not_ready() -> None:
+    async def check() -> str:
+        raise RuntimeError("a bug")
+
+    monitor = ProviderMonitor(check, interval=60, on_change=lambda: None)
+    await monitor.probe_once()
+    assert not monitor.healthy
+    assert "RuntimeError('a bug')" in monitor.last_error
+    assert monitor.probed.is_set()
+
+
+async def test_a_relay_stopped_before_its_first_probe_ends_exits() -> None:
+    started = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        started.set()
+        await asyncio.Event().wait()  # never answers the probe
+        raise AssertionError
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        relay = relay_d1(server, url)
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await started.wait()
+        relay.signal_received("SIGTERM")
+        async with asyncio.timeout(5):
+            assert await task == 0
+
+
+async def test_a_call_that_cannot_reach_the_provider_triggers_a_probe_at_once() -> None:
+    up = True
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if not up:
+            assert request.transport is not None
+            request.transport.close()  # the provider dies under the call
+            raise web.HTTPInternalServerError
+        return web.json_response(INIT_RESULT)
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        relay = relay_d1(server, url, MCP_PROBE_INTERVAL="1h")
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is(server, "ready"))
+        up = False
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+        public = f"{server.url}/api/mcp/id/d1"
+        async with aiohttp.ClientSession() as http, http.post(public, json=call) as failed:
+            assert failed.status == 502
+            assert failed.headers["Retry-After"] == "5"
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is(server, "not_ready"))
+        relay.request_stop()
+        async with asyncio.timeout(5):
+            await task
+
+
+async def test_a_listening_stream_may_stay_silent_longer_than_mcp_http_timeout() -> None:
+    listening = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "GET":
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            listening.set()
+            await asyncio.Event().wait()  # silent for good
+        return web.json_response(INIT_RESULT)
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        relay = relay_d1(server, url, MCP_HTTP_TIMEOUT="0.2s", MCP_SESSION_IDLE_TIMEOUT="1h")
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is(server, "ready"))
+        listen = {"Accept": "text/event-stream", "Mcp-Session-Id": "s1"}
+        public = f"{server.url}/api/mcp/id/d1"
+        async with aiohttp.ClientSession() as http, http.get(public, headers=listen) as stream:
+            async with asyncio.timeout(5):
+                await listening.wait()
+            with pytest.raises(TimeoutError):
+                async with asyncio.timeout(1):  # five times MCP_HTTP_TIMEOUT: still open
+                    await stream.content.read(1)
+        relay.request_stop()
+        async with asyncio.timeout(5):
+            await task

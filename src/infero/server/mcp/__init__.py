@@ -6,6 +6,7 @@ from aiohttp import web
 
 from infero.server import keys
 from infero.server.linkserver import LinkEndpoint
+from infero.server.mcp import resource
 from infero.server.mcp.broker import Broker, Limits
 from infero.server.mcp.metrics import McpMetrics
 from infero.server.metrics import REGISTRY as METRICS_REGISTRY
@@ -47,6 +48,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     app.router.add_get("/api/mcp/connect", endpoint.handle)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
+    resource.mount(app)
 
     async def register_metrics(app: web.Application) -> None:
         if METRICS_REGISTRY in app:

@@ -33,6 +33,7 @@ from infero.server.lifecycle import Lifecycle
 from infero.server.mcp.access import caller_allowed, may_learn_relays
 from infero.server.mcp.metrics import CallOutcome, McpMetrics
 from infero.server.mcp.relays import Relay
+from infero.server.mcp.resource import metadata_url
 from infero.server.middleware import REQUEST_ID_KEY
 from infero.server.shared import RelayTable
 
@@ -85,13 +86,22 @@ def _error(
     )
 
 
+RETRY_AFTER = "5"
+
+UPSTREAM_FAILURES = {
+    "backend_unreachable": "the MCP provider cannot be reached",
+    "backend_error": "the MCP provider's answer broke off",
+}
+"""Relay errors about the provider itself (502 MCP_UPSTREAM_ERROR), and what the client reads."""
+
+
 def _unavailable(message: str, *, request_id: pm.RequestId | None = None) -> web.Response:
     return _error(
         503,
         "MCP_PROVIDER_UNAVAILABLE",
         message,
         request_id=request_id,
-        headers={"Retry-After": "5"},
+        headers={"Retry-After": RETRY_AFTER},
     )
 
 
@@ -109,9 +119,13 @@ def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> 
             request_id=request_id,
             headers={"Retry-After": "1"},
         )
-    if failure.code in ("backend_unreachable", "backend_error"):
+    if failure.code in UPSTREAM_FAILURES:
         return _error(
-            502, "MCP_UPSTREAM_ERROR", "the MCP provider cannot be reached", request_id=request_id
+            502,
+            "MCP_UPSTREAM_ERROR",
+            UPSTREAM_FAILURES[failure.code],
+            request_id=request_id,
+            headers={"Retry-After": RETRY_AFTER},
         )
     if failure.code == "draining":
         return _unavailable("the MCP relay is draining", request_id=request_id)
@@ -123,8 +137,8 @@ def _broken_code(failure: ExchangeFailed) -> tuple[pm.McpCode, str]:
         return "MCP_LIMIT_EXCEEDED", failure.message
     if failure.code in ("idle_timeout", "timeout"):
         return "MCP_TIMEOUT", "the MCP provider stopped answering in time"
-    if failure.code in ("backend_unreachable", "backend_error"):
-        return "MCP_UPSTREAM_ERROR", "the MCP provider's answer broke off"
+    if failure.code in UPSTREAM_FAILURES:
+        return "MCP_UPSTREAM_ERROR", UPSTREAM_FAILURES[failure.code]
     return "MCP_PROVIDER_UNAVAILABLE", "the MCP relay went away during the call"
 
 
@@ -134,6 +148,20 @@ def _outcome(failure: ExchangeFailed) -> CallOutcome:
     if "timeout" in failure.code:
         return "timeout"
     return "error"
+
+
+def unauthorized(request: web.Request, token: str | None) -> web.Response:
+    """401 with a Bearer challenge pointing MCP clients at the resource metadata."""
+    challenge = f'Bearer realm="infero", resource_metadata="{metadata_url(request)}"'
+    if token is not None:
+        challenge += ', error="invalid_token"'
+    return _error(
+        401,
+        "MCP_UNAUTHORIZED",
+        "an API key is expected: send Authorization: Bearer <an API key from the operator of "
+        "this server, or the relay's AUTH_TOKEN>; this server issues no OAuth tokens",
+        headers={"WWW-Authenticate": challenge},
+    )
 
 
 class Broker:
@@ -168,11 +196,11 @@ class Broker:
         relay = self.relays.lookup(relay_id)
         if relay is None:
             if not may_learn_relays(token, self.keyring):
-                return self._unauthorized()
+                return unauthorized(request, token)
             return _unavailable("no MCP relay is connected with this id")
         if not caller_allowed(token, keyring=self.keyring, relay_digest=relay.auth_digest):
             self._count(relay.id, "", "unauthorized", None)
-            return self._unauthorized()
+            return unauthorized(request, token)
         if relay.status == "not_ready":
             return _unavailable("the MCP relay cannot reach its MCP provider")
         closing = self._closing(relay)
@@ -194,15 +222,6 @@ class Broker:
         if relay.status == "draining":
             return "the MCP relay is draining"
         return None
-
-    @staticmethod
-    def _unauthorized() -> web.Response:
-        return _error(
-            401,
-            "MCP_UNAUTHORIZED",
-            "a valid API key or the relay's AUTH_TOKEN is required (Authorization: Bearer ...)",
-            headers={"WWW-Authenticate": 'Bearer realm="infero"'},
-        )
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         """The body, or None once it exceeds BROKER_MAX_REQ_BYTES."""
@@ -367,20 +386,25 @@ class Broker:
         response.headers["X-Accel-Buffering"] = "no"
         await response.prepare(request)
         sent = 0
+        tail = b""
 
         def count(chunk: bytes) -> None:
-            nonlocal sent
+            nonlocal sent, tail
             sent += len(chunk)
             if max_bytes is not None and sent > max_bytes:
                 raise _TooLarge()
+            tail = (tail + chunk[-4:])[-4:]
 
         try:
             await write_body(response, exchange, idle_timeout=idle_timeout, on_chunk=count)
         except ExchangeFailed as failure:
             code, message = _broken_code(failure)
-            logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
             if request_ids:
-                await response.write(b"\n\n" + pm.sse_error_events(code, message, request_ids))
+                logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
+                events = pm.sse_error_events(code, message, request_ids)
+                await response.write(pm.close_partial_event(tail) + events)
+            else:
+                logger.info("mcp relay %s: %s stream ended: %s", relay.id, method, failure.message)
             return response, _outcome(failure)
         await response.write_eof()
         return response, "success" if head.status < 400 else "error"

@@ -4,9 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 
 import aiohttp
+import httpx2
+import pytest
+from mcp import Client
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
 
+from infero.protocol.link import LinkError
 from support.connector import scripted_connector
 from support.server import running_server
 
@@ -107,3 +114,118 @@ async def test_a_providers_cors_headers_never_leak_when_no_origin_is_allowed() -
                 assert resp.status == 200
                 assert resp.headers["X-Provider"] == "kept"
                 assert not [k for k in resp.headers if k.lower().startswith("access-control-")]
+
+
+async def test_a_502_from_a_failed_provider_call_carries_retry_after_and_says_why() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            for code, says in (
+                ("backend_unreachable", "cannot be reached"),
+                ("backend_error", "answer broke off"),
+            ):
+                call = asyncio.create_task(
+                    http.post(
+                        srv.url + "/api/mcp/id/r1",
+                        json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+                        headers={"Accept": "application/json"},
+                    )
+                )
+                incoming = await relay.next_request()
+                await relay.end(incoming.id, error=LinkError(code=code, message="x"))
+                resp = await call
+                assert resp.status == 502
+                assert resp.headers["Retry-After"] == "5"
+                body = await resp.json()
+                assert body["error"]["data"] == {"mcp": "MCP_UPSTREAM_ERROR"}
+                assert says in body["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    "cut",
+    [
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress","par',
+        b"event: message\ndata: {}\n",
+        b"event: mess",
+        b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/message"}\n\n',
+    ],
+)
+async def test_an_sse_answer_cut_mid_event_ends_with_a_clean_upstream_error_for_the_sdk(
+    cut: bytes,
+) -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+    ):
+
+        async def provider() -> None:
+            while True:
+                incoming = await relay.next_request()
+                if incoming.frame.model == "initialize":
+                    result = {
+                        "protocolVersion": "2025-06-18",
+                        "capabilities": {"tools": {}},
+                        "serverInfo": {"name": "cut", "version": "1"},
+                    }
+                    answer = {"jsonrpc": "2.0", "id": json.loads(incoming.body)["id"]}
+                    headers = [("Content-Type", "application/json"), ("Mcp-Session-Id", "s1")]
+                    await relay.head(incoming.id, 200, headers)
+                    await relay.body(incoming.id, json.dumps({**answer, "result": result}).encode())
+                    await relay.end(incoming.id)
+                elif incoming.frame.model == "tools/list":
+                    await relay.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+                    await relay.body(incoming.id, cut)
+                    error = LinkError(code="backend_error", message="cut")
+                    await relay.end(incoming.id, error=error)
+                else:
+                    await relay.reply(incoming.id, b"", status=202)
+
+        scripted = asyncio.create_task(provider())
+        try:
+            async with (
+                asyncio.timeout(10),
+                httpx2.AsyncClient() as http,
+                Client(
+                    streamable_http_client(srv.url + "/api/mcp/id/r1", http_client=http),
+                    mode="legacy",
+                ) as client,
+            ):
+                with pytest.raises(MCPError) as failed:
+                    await client.list_tools()
+        finally:
+            scripted.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await scripted
+        assert failed.value.error.data == {"mcp": "MCP_UPSTREAM_ERROR"}
+
+
+async def test_a_401_challenges_with_bearer_and_points_at_the_resource_metadata() -> None:
+    async with (
+        running_server(api_key="k1") as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1"),
+        aiohttp.ClientSession() as http,
+    ):
+        async with http.post(srv.url + "/api/mcp/id/r1", json={}) as resp:
+            assert resp.status == 401
+            challenge = resp.headers["WWW-Authenticate"]
+            body = await resp.json()
+        assert challenge.startswith("Bearer ")
+        assert "error=" not in challenge  # no token was sent
+        metadata = f"{srv.url}/.well-known/oauth-protected-resource/api/mcp/id/r1"
+        assert f'resource_metadata="{metadata}"' in challenge
+        assert "an API key is expected" in body["error"]["message"]
+        assert body["error"]["data"] == {"mcp": "MCP_UNAUTHORIZED"}
+        headers = {"Authorization": "Bearer wrong"}
+        async with http.post(srv.url + "/api/mcp/id/r1", json={}, headers=headers) as resp:
+            assert 'error="invalid_token"' in resp.headers["WWW-Authenticate"]
+        async with http.get(metadata) as resp:
+            assert resp.status == 200
+            document = await resp.json()
+        assert document["resource"] == f"{srv.url}/api/mcp/id/r1"
+        assert "authorization_servers" not in document
+        assert "API key" in document["infero_bearer_token"]
+        async with http.get(srv.url + "/.well-known/oauth-protected-resource") as resp:
+            assert (await resp.json())["resource"] == f"{srv.url}/"
