@@ -1,8 +1,10 @@
 """A real FastMCP server used as the relay's MCP provider in tests.
 
 Run as a script: `provider.py stateless` (the seed's JSON example), `provider.py stateful`
-(sessions, SSE answers) or `provider.py sse` (legacy HTTP+SSE) listen on 127.0.0.1 on a free
-port and print `PORT <n>` once bound; `provider.py stdio` speaks MCP on stdin/stdout.
+(sessions, SSE answers), `provider.py oauth` (stateful, behind FastMCP's in-memory OAuth 2.1
+authorization server: discovery, registration, PKCE, refresh) or `provider.py sse` (legacy
+HTTP+SSE) listen on 127.0.0.1 on a free port and print `PORT <n>` once bound;
+`provider.py stdio` speaks MCP on stdin/stdout.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from typing import Any
 
 import mcp_types as types
 from fastmcp import Context, FastMCP
+from fastmcp.server.auth.providers.in_memory import InMemoryOAuthProvider
+from mcp.server.auth.settings import ClientRegistrationOptions
 
 app: Any = FastMCP("preferences")
 _cancelled = {"count": 0}
@@ -121,7 +125,12 @@ def main() -> None:
     sock.listen()
     print(f"PORT {sock.getsockname()[1]}", flush=True)
     options: dict[str, Any] = {"show_banner": False, "log_level": "warning", "sockets": [sock]}
-    if mode == "stateless":
+    if mode == "oauth":
+        base = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        registration = ClientRegistrationOptions(enabled=True)
+        app.auth = InMemoryOAuthProvider(base_url=base, client_registration_options=registration)
+        options.update(transport="http")
+    elif mode == "stateless":
         options.update(stateless_http=True, json_response=True, transport="http")
     elif mode == "sse":
         options.update(transport="sse")

@@ -41,6 +41,15 @@ class WorkerStatusDoc(BaseModel):
     backend: str = ""
     server_url: str = ""
     completion_base_url: str = ""
+    kind: Literal["llm", "mcp"] = "llm"
+    """Which connector answers: `infero llm` or `infero mcp` (the fields below are its)."""
+    sessions: int = 0
+    """`infero mcp`: client sessions open through its stdio/SSE facade."""
+    provider: str = ""
+    """`infero mcp`: the MCP provider (URL, or the stdio command without its arguments)."""
+    authorization: str = ""
+    """`infero mcp` with OAuth: `authorized`, `waiting for authorization: open <url>`, or why
+    not (empty without OAuth)."""
 
 
 class VersionDoc(BaseModel):

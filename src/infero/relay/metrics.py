@@ -34,6 +34,21 @@ class RelayMetrics:
             "1 while the MCP provider answers the probe.",
             registry=registry,
         )
+        self.calls_inflight = Gauge(
+            "infero_mcp_relay_calls_inflight",
+            "MCP calls (POSTs with requests) being relayed; MCP_MAX_INFLIGHT bounds them.",
+            registry=registry,
+        )
+        self.sessions = Gauge(
+            "infero_mcp_relay_sessions",
+            "Client sessions open through the stdio/SSE facade (0 for http providers).",
+            registry=registry,
+        )
+        self.draining = Gauge(
+            "infero_mcp_relay_draining",
+            "1 while the relay takes no new calls (drain or shutdown).",
+            registry=registry,
+        )
         self.inflight = Gauge(
             "infero_mcp_relay_exchanges_inflight",
             "MCP exchanges (calls and listening streams) being relayed.",

@@ -27,7 +27,7 @@ class ProviderDown(Exception):
     """The provider did not answer `initialize` usefully (the message says why)."""
 
 
-def _first_message(body: bytes, content_type: str) -> Any:
+def first_message(body: bytes, content_type: str) -> Any:
     """The JSON-RPC message of a JSON body or of the first SSE `data:` event."""
     text = body.decode("utf-8", errors="replace")
     if content_type.startswith("text/event-stream"):
@@ -72,7 +72,11 @@ async def probe(
     if status >= 400:
         snippet = raw[:200].decode("utf-8", errors="replace").strip()
         raise ProviderDown(f"{url} answered initialize with HTTP {status}: {snippet}")
-    message = _first_message(raw, content_type)
+    return server_name(url, first_message(raw, content_type))
+
+
+def server_name(url: str, message: Any) -> str:
+    """The `serverInfo.name` of an `initialize` answer, or `ProviderDown` saying why not."""
     if not isinstance(message, dict) or "result" not in message:
         error = message.get("error") if isinstance(message, dict) else None
         detail = error.get("message") if isinstance(error, dict) else "no result"

@@ -17,6 +17,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -30,13 +31,16 @@ from infero.common.drain import Drain
 from infero.common.linkclient import Link
 from infero.protocol import link
 from infero.protocol.mcp import EnvelopeError, parse_envelope
+from infero.protocol.status import ConnectorState, WorkerStatusDoc
 from infero.relay.metrics import RelayMetrics
 from infero.relay.probe import ProviderDown, probe
 from infero.relay.settings import RelaySettings
 from infero.worker.executor import HttpExchanges, Outcome
+from infero.worker.statusport import serve_status
 
 if TYPE_CHECKING:
     from infero.relay.facade import Facade
+    from infero.relay.oauth import ProviderOAuth
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +58,25 @@ def is_call(request: link.Request) -> bool:
     return (
         request.method == "POST" and label != "response" and not label.startswith("notifications/")
     )
+
+
+class _Steering:
+    """What the status port reads and steers: the relay's status and its drain."""
+
+    def __init__(self, relay: McpRelay) -> None:
+        self._relay = relay
+
+    def status_doc(self) -> WorkerStatusDoc:
+        return self._relay.status_doc()
+
+    def drain(self, *, by: str = "") -> None:
+        self._relay.drain.drain(by=by)
+
+    def undrain(self, *, by: str = "") -> bool:
+        return self._relay.drain.undrain(by=by)
+
+    def shutdown(self, *, by: str = "") -> None:
+        self._relay.drain.shutdown(by=by)
 
 
 def is_listening(request: link.Request) -> bool:
@@ -106,7 +129,7 @@ class ProviderMonitor:
         self,
         check: Callable[[], Awaitable[str]],
         *,
-        interval: float,
+        interval: float | Callable[[], float],
         on_change: Callable[[], None],
         recheck: Callable[[], Awaitable[str]] | None = None,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -157,7 +180,7 @@ class ProviderMonitor:
                 logger.info("MCP provider ready: %s", name)
             self.healthy = True
             self.last_error = ""
-            delay = self._interval
+            delay = self._interval if isinstance(self._interval, float | int) else self._interval()
         first = not self.probed.is_set()
         self.probed.set()
         if first or was != self.healthy:
@@ -179,6 +202,7 @@ class McpRelay:
         self,
         settings: RelaySettings,
         *,
+        config_path: str | None = None,
         registry: CollectorRegistry | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
@@ -198,6 +222,11 @@ class McpRelay:
         self.endpoint = ""
         """The Streamable HTTP URL exchanges go to (provider or facade)."""
         self.metrics_url = ""
+        self.status_url = ""
+        """`http://host:port` of the status port once it is listening (STATUS_ADDR)."""
+        self.config_path = config_path
+        self._link: Link | None = None
+        self._started = False
         self._environ = environ if environ is not None else dict(os.environ)
         self._clock = clock
         self._sleep = sleep
@@ -211,17 +240,22 @@ class McpRelay:
         self.drain = Drain(
             timeout=settings.drain_timeout,
             inflight=lambda: self._calls,
-            changed=self._link_status.changed,
+            changed=self._drain_changed,
             stop=self._stop,
             unit="call",
             exit_when_drained=settings.exit_when_drained,
         )
         self._ports = HttpPorts()
+        self.oauth: ProviderOAuth | None = None
+        if self.transport == "http" and settings.mcp_oauth_token_file:
+            from infero.relay.oauth import ProviderOAuth
+
+            self.oauth = ProviderOAuth(settings, on_waiting=self._authorization_pending)
         self._open_calls: dict[int, _Call] = {}
         self._chores: set[asyncio.Task[None]] = set()
         self.monitor = ProviderMonitor(
             self._probe,
-            interval=settings.mcp_probe_interval,
+            interval=self._probe_interval,
             on_change=self._provider_changed,
             recheck=self._recheck_stdio if self.transport == "stdio" else None,
             sleep=sleep,
@@ -241,13 +275,11 @@ class McpRelay:
         try:
             try:
                 await self._start_provider()
-                if s.metrics_port is not None:
-                    self.metrics_url = await self._ports.serve_metrics(
-                        self.metrics.registry, s.metrics_port
-                    )
+                await self._start_ports()
             except StartupError as exc:
                 logger.error("%s", exc)
                 return 1
+            self._started = True
             monitor = asyncio.create_task(self._supervise_monitor(), name="provider-monitor")
             await _first_of(self.monitor.probed.wait(), self.stopped.wait())
             if self.stopped.is_set():
@@ -265,6 +297,8 @@ class McpRelay:
                 chore.cancel()
             await asyncio.gather(*self._chores, return_exceptions=True)
             await self._close_facade()
+            if self.oauth is not None:
+                await self.oauth.close()
             await self._ports.close()
             await self._session.close()
 
@@ -307,8 +341,20 @@ class McpRelay:
                 ) from None
             self._facade = facade
             self.endpoint = facade.url
+            self.metrics.sessions.set_function(lambda: facade.session_count)
         self._origin, self._path, self._query = split_endpoint(self.endpoint)
         logger.info("relaying MCP to %s provider %s", self.transport, self._describe_provider())
+
+    async def _start_ports(self) -> None:
+        s = self.settings
+        if s.status_addr:
+            self.status_url = await serve_status(
+                self._ports, _Steering(self), s.status_addr, self.config_path
+            )
+        if s.metrics_port is not None:
+            self.metrics_url = await self._ports.serve_metrics(
+                self.metrics.registry, s.metrics_port
+            )
 
     def _describe_provider(self) -> str:
         s = self.settings
@@ -324,6 +370,8 @@ class McpRelay:
     # ---- provider ----------------------------------------------------------------------------
 
     async def _probe(self) -> str:
+        if self.oauth is not None:
+            return await self.oauth.probe(self.settings.mcp_protocol_version)
         assert self._session is not None
         return await probe(
             self._session,
@@ -339,6 +387,19 @@ class McpRelay:
         if not found or not os.access(found, os.X_OK):
             raise ProviderDown(f"stdio command {command!r} is no longer executable")
         return command
+
+    def _probe_interval(self) -> float:
+        """MCP_PROBE_INTERVAL, or sooner when the OAuth access token is due for a refresh."""
+        refresh = self.oauth.refresh_in() if self.oauth is not None else None
+        interval = self.settings.mcp_probe_interval
+        return interval if refresh is None else min(interval, refresh)
+
+    def _authorization_pending(self, state: str) -> None:
+        """The first OAuth authorization waits for a person: link up, not ready, saying so."""
+        self.monitor.healthy = False
+        self.monitor.last_error = state
+        self.monitor.probed.set()
+        self._provider_changed()
 
     def _provider_changed(self) -> None:
         self.metrics.provider_ready.set(1 if self.monitor.healthy else 0)
@@ -375,18 +436,24 @@ class McpRelay:
         if welcome.id != self.relay_id:
             logger.info("the server assigned relay id %s", welcome.id)
         self.relay_id = welcome.id
+        self._link = current
         logger.info("MCP clients can use %s", _public_mcp_url(self.link_client.url, welcome.id))
         self._exchanges = HttpExchanges(
             current,
             self._session,
             self._origin,
             window=welcome.window,
+            api_key=self._bearer,
             read_timeout=self.settings.mcp_http_timeout,
             read_timeout_for=self._read_timeout,
             observer=self,
             clock=self._clock,
         )
         self._link_status.up(current)
+
+    def _bearer(self) -> str:
+        """The OAuth access token for the provider ('' without OAuth)."""
+        return self.oauth.access_token() if self.oauth is not None else ""
 
     def _read_timeout(self, request: link.Request) -> float:
         """How long the provider may stay silent: a listening stream as long as a session
@@ -460,6 +527,7 @@ class McpRelay:
 
     async def link_down(self) -> None:
         """The link closed: abort its exchanges."""
+        self._link = None
         await self._link_status.down()
         if self._exchanges is not None:
             exchanges, self._exchanges = self._exchanges, None
@@ -496,6 +564,7 @@ class McpRelay:
         """An exchange occupies a slot (only calls count, see `is_call`)."""
         if is_call(request):
             self._calls += 1
+            self.metrics.calls_inflight.set(self._calls)
         self.metrics.inflight.inc()
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
@@ -503,6 +572,7 @@ class McpRelay:
         self._open_calls.pop(request.id, None)
         if is_call(request):
             self._calls -= 1
+            self.metrics.calls_inflight.set(self._calls)
         self.metrics.inflight.dec()
         self.metrics.duration.observe(outcome.duration)
         if outcome.error is None:
@@ -517,8 +587,60 @@ class McpRelay:
             logger.warning("MCP exchange failed: %s: %s", outcome.error.code, outcome.error.message)
             if outcome.error.code in PROVIDER_FAILURES:
                 self.monitor.wake()
+        if outcome.status == 401 and self.oauth is not None:
+            self.monitor.wake()  # the provider refused our token: refresh or re-authorize
         if self._calls == 0:
             self.drain.idle()
+
+    # ---- status port -------------------------------------------------------------------------
+
+    def _drain_changed(self) -> None:
+        self.metrics.draining.set(1 if self.drain.draining else 0)
+        self._link_status.changed()
+
+    def state(self) -> ConnectorState:
+        """The `/status` state name."""
+        if self.stopped.is_set():
+            return "terminating"
+        if self.drain.draining:
+            return "draining"
+        if self.monitor.probed.is_set() and not self.monitor.healthy:
+            return "not_ready"
+        if self.connected.is_set():
+            return "connected_busy" if self._calls else "connected_idle"
+        if not self._started:
+            return "disconnected"
+        return "error" if self.link_client.last_error else "connecting"
+
+    def status_doc(self) -> WorkerStatusDoc:
+        """`GET /status` of the status port (`STATUS_ADDR`)."""
+        last: datetime | None = None
+        if self._link is not None:
+            age = self._clock() - self._link.last_received
+            last = datetime.now(UTC) - timedelta(seconds=max(0.0, age))
+        s = self.settings
+        provider = s.mcp_stdio_command if self.transport == "stdio" else self._describe_provider()
+        return WorkerStatusDoc(
+            state=self.state(),
+            connected_to_server=self.connected.is_set(),
+            connected_to_backend=self.monitor.healthy,
+            current_jobs=self._calls,
+            max_concurrency=s.mcp_max_inflight,
+            last_error=self.monitor.last_error or self.link_client.last_error,
+            last_heartbeat=last,
+            worker_id=self.relay_id,
+            worker_name=self.name,
+            version=BUILD.version,
+            build_sha=BUILD.sha,
+            build_date=BUILD.date,
+            draining=self.drain.draining,
+            backend=self.transport,
+            server_url=s.server_url.split("?", 1)[0],
+            kind="mcp",
+            sessions=self._facade.session_count if self._facade is not None else 0,
+            provider=provider,
+            authorization=self.oauth.state if self.oauth is not None else "",
+        )
 
 
 async def _first_of(*waits: Awaitable[Any]) -> None:

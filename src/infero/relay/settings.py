@@ -6,6 +6,7 @@ import os
 import shlex
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BeforeValidator, Field, ValidationInfo, field_validator
 
@@ -17,6 +18,7 @@ from infero.common.settings import (
     Opt,
     ServerUrl,
 )
+from infero.worker.settings import ListenAddr
 
 Transport = Literal["http", "stdio", "sse"]
 TRANSPORTS: tuple[Transport, ...] = ("http", "stdio", "sse")
@@ -73,6 +75,13 @@ def _version(value: str) -> str:
     if value and len(value) > 32:
         raise ValueError("too long for a protocol version such as 2025-06-18")
     return value
+
+
+def _loopback(url: str) -> str:
+    host = urlsplit(url).hostname or ""
+    if url and host not in ("127.0.0.1", "localhost", "::1"):
+        raise ValueError("must be a loopback URL (the relay itself listens on it)")
+    return url
 
 
 TransportOrder = Annotated[tuple[Transport, ...], BeforeValidator(_order)]
@@ -169,6 +178,42 @@ class RelaySettings(ConnectorSettings):
         Field(gt=0),
         Opt("MCP_PROBE_INTERVAL", "How often a ready http/sse provider is probed again."),
     ] = 60.0
+
+    mcp_oauth_token_file: Annotated[
+        str,
+        Opt(
+            "MCP_OAUTH_TOKEN_FILE",
+            "http provider: use OAuth 2.1 and cache its tokens in this file (0600).",
+        ),
+    ] = ""
+    mcp_oauth_client_id: Annotated[
+        str,
+        Opt("MCP_OAUTH_CLIENT_ID", "OAuth client id; empty = dynamic client registration."),
+    ] = ""
+    mcp_oauth_client_secret: Annotated[
+        str,
+        Opt("MCP_OAUTH_CLIENT_SECRET", "Secret of MCP_OAUTH_CLIENT_ID, if any.", secret=True),
+    ] = ""
+    mcp_oauth_scopes: Annotated[
+        str,
+        Opt("MCP_OAUTH_SCOPES", "OAuth scopes to ask for (space-separated); empty = advertised."),
+    ] = ""
+    mcp_oauth_redirect_url: Annotated[
+        HttpUrl,
+        AfterValidator(_loopback),
+        Opt(
+            "MCP_OAUTH_REDIRECT_URL",
+            "Loopback URL the relay listens on for the browser's return after authorization.",
+        ),
+    ] = "http://127.0.0.1:8976/callback"
+    status_addr: Annotated[
+        ListenAddr,
+        Opt(
+            "STATUS_ADDR",
+            "Local status/control port, e.g. 127.0.0.1:4556; empty = off.",
+            trailing=True,
+        ),
+    ] = ""
 
     @field_validator("mcp_stdio_command")
     @classmethod

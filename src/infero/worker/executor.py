@@ -168,7 +168,7 @@ class HttpExchanges:
         base_url: str,
         *,
         window: int = link.DEFAULT_WINDOW,
-        api_key: str = "",
+        api_key: str | Callable[[], str] = "",
         read_timeout: float | None = 300.0,
         read_timeout_for: Callable[[link.Request], float | None] | None = None,
         observer: ExchangeObserver | None = None,
@@ -338,7 +338,8 @@ class HttpExchanges:
         self._watch(ex, loop)
         try:
             url = URL(self._base + req.path, encoded=True)
-            headers = forward_request_headers(req.headers, self._api_key)
+            key = self._api_key if isinstance(self._api_key, str) else self._api_key()
+            headers = forward_request_headers(req.headers, key)
             resp = await self._session.request(
                 req.method,
                 url,

@@ -26,8 +26,8 @@ from infero.worker.capacity import CapacityLearner
 from infero.worker.executor import HttpExchanges, Outcome, new_session
 from infero.worker.metrics import WorkerMetrics
 from infero.worker.monitor import BackendMonitor
-from infero.worker.settings import WorkerSettings, parse_addr
-from infero.worker.statusport import create_status_app, load_or_create_token, token_path
+from infero.worker.settings import WorkerSettings
+from infero.worker.statusport import serve_status
 from infero.worker.usage import TokenUsageScanner
 
 logger = logging.getLogger(__name__)
@@ -167,16 +167,9 @@ class Connector:
     async def _start_ports(self) -> None:
         settings = self.settings
         if settings.status_addr:
-            host, port = parse_addr(settings.status_addr)
-            path = token_path(self.config_path)
-            try:
-                token = load_or_create_token(path)
-            except OSError as exc:
-                raise StartupError(f"cannot create the control token {path}: {exc}") from None
-            app = create_status_app(self, token)
-            bound = await self._ports.serve(app, host, port, "STATUS_ADDR")
-            self.status_url = f"http://{_url_host(host)}:{bound}"
-            logger.info("status port on %s", self.status_url)
+            self.status_url = await serve_status(
+                self._ports, self, settings.status_addr, self.config_path
+            )
         if settings.metrics_port is not None:
             self.metrics_url = await self._ports.serve_metrics(
                 self.metrics.registry, settings.metrics_port
@@ -384,7 +377,3 @@ async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
-
-
-def _url_host(host: str) -> str:
-    return f"[{host}]" if ":" in host else host

@@ -17,7 +17,9 @@ from typing import Protocol
 from aiohttp import web
 
 from infero.common.buildinfo import BUILD
+from infero.common.connector import HttpPorts, StartupError
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
+from infero.worker.settings import parse_addr
 
 logger = logging.getLogger(__name__)
 
@@ -74,6 +76,25 @@ def is_loopback(peer: str | None) -> bool:
         return ipaddress.ip_address(peer.split("%", 1)[0]).is_loopback
     except ValueError:
         return False
+
+
+async def serve_status(
+    ports: HttpPorts, target: Controllable, addr: str, config_path: str | None
+) -> str:
+    """Serve the status port of `target` on `addr` (`STATUS_ADDR`); returns its base URL.
+
+    The control token is read from (or created 0600 in) `worker.token` beside the config.
+    """
+    host, port = parse_addr(addr)
+    path = token_path(config_path)
+    try:
+        token = load_or_create_token(path)
+    except OSError as exc:
+        raise StartupError(f"cannot create the control token {path}: {exc}") from None
+    bound = await ports.serve(create_status_app(target, token), host, port, "STATUS_ADDR")
+    url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
+    logger.info("status port on %s", url)
+    return url
 
 
 def create_status_app(target: Controllable, token: str) -> web.Application:

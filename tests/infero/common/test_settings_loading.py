@@ -71,7 +71,7 @@ TRAILING = [
     ("cls", "path", "tail"),
     [
         (WorkerSettings, "/api/workers/connect", [*TRAILING, "status_addr"]),
-        (RelaySettings, "/api/mcp/connect", TRAILING),
+        (RelaySettings, "/api/mcp/connect", [*TRAILING, "status_addr"]),
     ],
 )
 def test_connectors_share_their_common_settings_and_list_their_own_in_between(

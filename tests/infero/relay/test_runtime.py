@@ -18,6 +18,7 @@ from aiohttp import web
 
 from infero.common.backoff import Backoff
 from infero.common.settings import load_settings
+from infero.protocol.status import WorkerStatusDoc
 from infero.relay.probe import ProviderDown, probe
 from infero.relay.runtime import (
     McpRelay,
@@ -455,3 +456,73 @@ async def test_a_listening_stream_may_stay_silent_longer_than_mcp_http_timeout()
         relay.request_stop()
         async with asyncio.timeout(5):
             await task
+
+
+async def test_the_status_port_reports_the_relay_and_steers_its_drain(tmp_path: Path) -> None:
+    entered = asyncio.Event()
+    release = asyncio.Event()
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        body = await request.json()
+        if body["method"] == "tools/call":
+            entered.set()
+            await release.wait()
+        return web.json_response({**INIT_RESULT, "id": body["id"]})
+
+    config = tmp_path / "mcp.yaml"
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        environ = {
+            "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+            "CLIENT_KEY": "ck",
+            "CLIENT_ID": "d1",
+            "PROVIDER_URL": url,
+            "STATUS_ADDR": "127.0.0.1:0",
+            "METRICS_PORT": "0",
+        }
+        relay = McpRelay(load_settings(RelaySettings, environ=environ), config_path=str(config))
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is(server, "ready"))
+        token_file = tmp_path / "worker.token"
+        assert token_file.stat().st_mode & 0o777 == 0o600
+        token = {"X-Auth-Token": token_file.read_text(encoding="utf-8").strip()}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        async with aiohttp.ClientSession(relay.status_url) as http:
+            async with http.get("/status") as resp:
+                status = WorkerStatusDoc.model_validate(await resp.json())
+            assert status.kind == "mcp"
+            assert status.state == "connected_idle"
+            assert status.connected_to_server
+            assert status.connected_to_backend
+            assert status.worker_id == "d1"
+            assert status.provider == url
+            assert status.max_concurrency == 16
+            async with http.get("/version") as resp:
+                assert resp.status == 200
+            held = asyncio.create_task(http.post(f"{server.url}/api/mcp/id/d1", json=call))
+            async with asyncio.timeout(5):
+                await entered.wait()
+            async with http.post("/control/drain") as resp:
+                assert resp.status == 401
+            async with http.post("/control/drain", headers=token) as resp:
+                assert resp.status == 200
+            async with asyncio.timeout(5):
+                await server.wait_for(relay_is(server, "draining"))
+            async with http.get("/status") as resp:
+                draining = WorkerStatusDoc.model_validate(await resp.json())
+            assert draining.state == "draining"
+            assert draining.current_jobs == 1
+            async with http.get(relay.metrics_url) as resp:
+                metrics = await resp.text()
+            assert "infero_mcp_relay_draining 1.0" in metrics
+            assert "infero_mcp_relay_calls_inflight 1.0" in metrics
+            assert "infero_mcp_relay_sessions 0.0" in metrics
+            async with http.post("/control/undrain", headers=token) as resp:
+                assert resp.status == 200
+            release.set()
+            async with asyncio.timeout(5):
+                (await held).release()
+            async with http.post("/control/shutdown", headers=token) as resp:
+                assert resp.status == 200
+        async with asyncio.timeout(5):
+            assert await task == 0
