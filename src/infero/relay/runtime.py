@@ -84,6 +84,10 @@ def is_listening(request: link.Request) -> bool:
     return request.method == "GET" or request.model == "subscriptions/listen"
 
 
+DRAIN_GRACE = 1.0
+"""Seconds a draining relay waits after its last exchange before it leaves, so that what a
+client sends right after its last answer (a DELETE of its session) still gets through."""
+
 PROVIDER_FAILURES = frozenset({"backend_unreachable", "backend_error"})
 """Exchange errors that say the provider may be down: the monitor probes at once."""
 
@@ -239,7 +243,7 @@ class McpRelay:
         self._query = ""
         self.drain = Drain(
             timeout=settings.drain_timeout,
-            inflight=lambda: self._calls,
+            inflight=lambda: self._busy,
             changed=self._drain_changed,
             stop=self._stop,
             unit="call",
@@ -253,6 +257,9 @@ class McpRelay:
             self.oauth = ProviderOAuth(settings, on_waiting=self._authorization_pending)
         self._open_calls: dict[int, _Call] = {}
         self._chores: set[asyncio.Task[None]] = set()
+        self._busy = 0
+        """Exchanges in flight that hold a drain open: all but listening streams."""
+        self._grace: asyncio.TimerHandle | None = None
         self.monitor = ProviderMonitor(
             self._probe,
             interval=self._probe_interval,
@@ -288,6 +295,8 @@ class McpRelay:
             return 0 if self.drain.shutting_down or self.stopped.is_set() else code
         finally:
             self.stopped.set()
+            if self._grace is not None:
+                self._grace.cancel()
             await self.drain.close()
             if monitor is not None:
                 monitor.cancel()
@@ -565,14 +574,18 @@ class McpRelay:
         if is_call(request):
             self._calls += 1
             self.metrics.calls_inflight.set(self._calls)
+        if not is_listening(request):
+            self._busy += 1
         self.metrics.inflight.inc()
 
     def finished(self, request: link.Request, outcome: Outcome) -> None:
-        """An exchange ended; a shutting-down relay leaves after its last call."""
+        """An exchange ended; a shutting-down relay leaves after its last one (and a grace)."""
         self._open_calls.pop(request.id, None)
         if is_call(request):
             self._calls -= 1
             self.metrics.calls_inflight.set(self._calls)
+        if not is_listening(request):
+            self._busy -= 1
         self.metrics.inflight.dec()
         self.metrics.duration.observe(outcome.duration)
         if outcome.error is None:
@@ -589,7 +602,14 @@ class McpRelay:
                 self.monitor.wake()
         if outcome.status == 401 and self.oauth is not None:
             self.monitor.wake()  # the provider refused our token: refresh or re-authorize
-        if self._calls == 0:
+        if self._busy == 0 and self.drain.draining and self._grace is None:
+            loop = asyncio.get_running_loop()
+            self._grace = loop.call_later(DRAIN_GRACE, self._drained)
+
+    def _drained(self) -> None:
+        """The grace after the last exchange is over: leave if nothing new arrived."""
+        self._grace = None
+        if self._busy == 0:
             self.drain.idle()
 
     # ---- status port -------------------------------------------------------------------------

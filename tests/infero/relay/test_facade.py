@@ -19,6 +19,7 @@ from mcp.shared.message import SessionMessage
 from mcp_types import JSONRPCRequest, JSONRPCResponse
 
 from infero.common.settings import load_settings
+from infero.relay import providers
 from infero.relay.facade import Facade
 from infero.relay.providers import stdio_opener
 from infero.relay.settings import RelaySettings
@@ -395,3 +396,26 @@ async def test_stateless_requests_outside_post_get_405(facade: Facade) -> None:
         note = {"jsonrpc": "2.0", "method": "notifications/cancelled", "params": {"requestId": 1}}
         async with http.post(facade.url, json=note, headers={**SSE, **headers}) as resp:
             assert resp.status == 202
+
+
+def test_an_sse_provider_stream_may_stay_silent_as_long_as_a_session_may_idle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_sse_client(url: str, **options: Any) -> Any:
+        seen.update(options)
+        return None
+
+    monkeypatch.setattr(providers, "sse_client", fake_sse_client)
+    settings = load_settings(
+        RelaySettings,
+        environ={
+            "MCP_SSE_URL": "http://127.0.0.1:9/sse",
+            "MCP_HTTP_TIMEOUT": "5m",
+            "MCP_SESSION_IDLE_TIMEOUT": "30m",
+        },
+    )
+    providers.sse_opener(settings)()
+    assert seen["sse_read_timeout"] == 1800 + providers.REAP_SLACK
+    assert seen["timeout"] == 30

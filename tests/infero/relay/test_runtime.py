@@ -526,3 +526,41 @@ async def test_the_status_port_reports_the_relay_and_steers_its_drain(tmp_path: 
                 assert resp.status == 200
         async with asyncio.timeout(5):
             assert await task == 0
+
+
+async def test_a_draining_relay_lets_the_clients_delete_through_before_it_exits() -> None:
+    release = asyncio.Event()
+    entered = asyncio.Event()
+    deleted: list[str] = []
+
+    async def handle(request: web.Request) -> web.StreamResponse:
+        if request.method == "DELETE":
+            deleted.append(request.headers["Mcp-Session-Id"])
+            return web.Response(status=200)
+        body = await request.json()
+        if body["method"] == "initialize":
+            return web.json_response(INIT_RESULT)
+        entered.set()
+        await release.wait()
+        return web.json_response({"jsonrpc": "2.0", "id": body["id"], "result": {}})
+
+    async with running_server(client_key="ck") as server, fake_provider(handle) as url:
+        relay = relay_d1(server, url)
+        task = asyncio.create_task(relay.run())
+        async with asyncio.timeout(5):
+            await server.wait_for(relay_is(server, "ready"))
+        public = f"{server.url}/api/mcp/id/d1"
+        session = {"Mcp-Session-Id": "s1"}
+        call = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "x"}}
+        async with aiohttp.ClientSession() as http:
+            slow = asyncio.create_task(http.post(public, json=call, headers=session))
+            async with asyncio.timeout(5):
+                await entered.wait()
+            relay.signal_received("SIGTERM")
+            release.set()
+            async with asyncio.timeout(5):
+                (await slow).release()
+                async with http.delete(public, headers=session) as goodbye:
+                    assert goodbye.status == 200
+                assert await task == 0
+        assert deleted == ["s1"]
