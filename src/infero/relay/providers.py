@@ -22,7 +22,8 @@ from mcp.client._transport import TransportStreams
 from mcp.client.sse import sse_client
 from mcp.client.stdio import StdioServerParameters, stdio_client
 
-from infero.relay.facade import Facade, Opener
+from infero.relay.facade import Facade
+from infero.relay.sessions import Opener
 from infero.relay.settings import RelaySettings
 
 logger = logging.getLogger(__name__)
