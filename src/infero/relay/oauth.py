@@ -32,7 +32,7 @@ from mcp.shared.auth import OAuthClientInformationFull, OAuthClientMetadata, OAu
 from pydantic import AnyUrl, ValidationError
 
 from infero.common.buildinfo import BUILD
-from infero.relay.probe import PROBE_ID, ProviderDown, first_message, server_name
+from infero.relay.probe import ProviderDown, first_message, initialize_body, server_name
 from infero.relay.settings import RelaySettings
 
 logger = logging.getLogger(__name__)
@@ -174,16 +174,7 @@ class ProviderOAuth:
         """`initialize` through the OAuth flow (authorizing or refreshing as needed)."""
         if self._configured is not None and await self.storage.get_client_info() is None:
             await self.storage.set_client_info(self._configured)
-        body = {
-            "jsonrpc": "2.0",
-            "id": PROBE_ID,
-            "method": "initialize",
-            "params": {
-                "protocolVersion": protocol_version,
-                "capabilities": {},
-                "clientInfo": {"name": "infero-mcp-probe", "version": BUILD.version},
-            },
-        }
+        body = initialize_body(protocol_version)
         headers = {"Accept": "application/json, text/event-stream"}
         try:
             response = await self._http.post(self.url, json=body, headers=headers)

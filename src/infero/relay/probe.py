@@ -41,11 +41,9 @@ def first_message(body: bytes, content_type: str) -> Any:
         raise ProviderDown("answered initialize with JSON nested too deeply") from None
 
 
-async def probe(
-    session: aiohttp.ClientSession, url: str, *, protocol_version: str, within: float
-) -> str:
-    """Initialize against `url`; return the server's name, or raise `ProviderDown`."""
-    body = {
+def initialize_body(protocol_version: str) -> dict[str, Any]:
+    """The probe's `initialize` request."""
+    return {
         "jsonrpc": "2.0",
         "id": PROBE_ID,
         "method": "initialize",
@@ -55,6 +53,13 @@ async def probe(
             "clientInfo": {"name": "infero-mcp-probe", "version": BUILD.version},
         },
     }
+
+
+async def probe(
+    session: aiohttp.ClientSession, url: str, *, protocol_version: str, within: float
+) -> str:
+    """Initialize against `url`; return the server's name, or raise `ProviderDown`."""
+    body = initialize_body(protocol_version)
     headers = {"Accept": "application/json, text/event-stream"}
     try:
         async with asyncio.timeout(within):

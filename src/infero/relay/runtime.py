@@ -17,8 +17,7 @@ import shutil
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -26,7 +25,13 @@ from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
-from infero.common.connector import HttpPorts, LinkStatus, StartupError, new_link_client
+from infero.common.connector import (
+    HttpPorts,
+    LinkStatus,
+    StartupError,
+    first_of,
+    new_link_client,
+)
 from infero.common.drain import Drain
 from infero.common.linkclient import Link
 from infero.protocol import link
@@ -36,7 +41,7 @@ from infero.relay.metrics import RelayMetrics
 from infero.relay.probe import ProviderDown, probe
 from infero.relay.settings import RelaySettings
 from infero.worker.executor import HttpExchanges, Outcome
-from infero.worker.statusport import serve_status
+from infero.worker.statusport import connector_state, last_heartbeat, serve_status
 
 if TYPE_CHECKING:
     from infero.relay.facade import Facade
@@ -196,7 +201,7 @@ class ProviderMonitor:
         while True:
             delay = await self.probe_once()
             self._wake.clear()
-            await _first_of(self._sleep(delay), self._wake.wait())
+            await first_of(self._sleep(delay), self._wake.wait())
 
 
 class McpRelay:
@@ -288,7 +293,7 @@ class McpRelay:
                 return 1
             self._started = True
             monitor = asyncio.create_task(self._supervise_monitor(), name="provider-monitor")
-            await _first_of(self.monitor.probed.wait(), self.stopped.wait())
+            await first_of(self.monitor.probed.wait(), self.stopped.wait())
             if self.stopped.is_set():
                 return 0
             code = await self.link_client.run()
@@ -620,24 +625,19 @@ class McpRelay:
 
     def state(self) -> ConnectorState:
         """The `/status` state name."""
-        if self.stopped.is_set():
-            return "terminating"
-        if self.drain.draining:
-            return "draining"
-        if self.monitor.probed.is_set() and not self.monitor.healthy:
-            return "not_ready"
-        if self.connected.is_set():
-            return "connected_busy" if self._calls else "connected_idle"
-        if not self._started:
-            return "disconnected"
-        return "error" if self.link_client.last_error else "connecting"
+        return connector_state(
+            stopped=self.stopped.is_set(),
+            draining=self.drain.draining,
+            probed=self.monitor.probed.is_set(),
+            healthy=self.monitor.healthy,
+            connected=self.connected.is_set(),
+            busy=bool(self._calls),
+            started=self._started,
+            link_error=self.link_client.last_error,
+        )
 
     def status_doc(self) -> WorkerStatusDoc:
         """`GET /status` of the status port (`STATUS_ADDR`)."""
-        last: datetime | None = None
-        if self._link is not None:
-            age = self._clock() - self._link.last_received
-            last = datetime.now(UTC) - timedelta(seconds=max(0.0, age))
         s = self.settings
         provider = s.mcp_stdio_command if self.transport == "stdio" else self._describe_provider()
         return WorkerStatusDoc(
@@ -647,7 +647,7 @@ class McpRelay:
             current_jobs=self._calls,
             max_concurrency=s.mcp_max_inflight,
             last_error=self.monitor.last_error or self.link_client.last_error,
-            last_heartbeat=last,
+            last_heartbeat=last_heartbeat(self._link, self._clock),
             worker_id=self.relay_id,
             worker_name=self.name,
             version=BUILD.version,
@@ -661,17 +661,6 @@ class McpRelay:
             provider=provider,
             authorization=self.oauth.state if self.oauth is not None else "",
         )
-
-
-async def _first_of(*waits: Awaitable[Any]) -> None:
-    """Return when the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _public_mcp_url(server_url: str, relay_id: str) -> str:

@@ -7,16 +7,20 @@ import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Coroutine
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 from prometheus_client import CollectorRegistry
 
 from infero.common.backoff import Backoff
 from infero.common.buildinfo import BUILD
-from infero.common.connector import HttpPorts, LinkStatus, StartupError, new_link_client
+from infero.common.connector import (
+    HttpPorts,
+    LinkStatus,
+    StartupError,
+    first_of,
+    new_link_client,
+)
 from infero.common.drain import Drain
 from infero.common.linkclient import Link
 from infero.protocol import link
@@ -27,7 +31,7 @@ from infero.worker.executor import HttpExchanges, Outcome, new_session
 from infero.worker.metrics import WorkerMetrics
 from infero.worker.monitor import BackendMonitor
 from infero.worker.settings import WorkerSettings
-from infero.worker.statusport import serve_status
+from infero.worker.statusport import connector_state, last_heartbeat, serve_status
 from infero.worker.usage import TokenUsageScanner
 
 logger = logging.getLogger(__name__)
@@ -108,7 +112,7 @@ class Connector:
                 logger.error("%s", exc)
                 return 1
             self._started = True
-            await _first_of(self.monitor.probed.wait(), self.stopped.wait())
+            await first_of(self.monitor.probed.wait(), self.stopped.wait())
             if self.stopped.is_set():
                 return 1 if self._crashed else 0
             code = await self.link_client.run()
@@ -328,24 +332,20 @@ class Connector:
 
     def state(self) -> ConnectorState:
         """The `/status` state name."""
-        if self.stopped.is_set() or self._drain.shutting_down:
-            return "terminating"
-        if self.draining:
-            return "draining"
-        if self.monitor.probed.is_set() and not self.monitor.healthy:
-            return "not_ready"
-        if self.connected.is_set():
-            return "connected_busy" if self._jobs else "connected_idle"
-        if not self._started:
-            return "disconnected"
-        return "error" if self.link_client.last_error else "connecting"
+        return connector_state(
+            stopped=self.stopped.is_set() or self._drain.shutting_down,
+            draining=self.draining,
+            probed=self.monitor.probed.is_set(),
+            healthy=self.monitor.healthy,
+            connected=self.connected.is_set(),
+            busy=bool(self._jobs),
+            started=self._started,
+            link_error=self.link_client.last_error,
+        )
 
     def status_doc(self) -> WorkerStatusDoc:
         """`GET /status`."""
-        last: datetime | None = None
-        if self._link is not None:
-            age = self._clock() - self._link.last_received
-            last = datetime.now(UTC) - timedelta(seconds=max(0.0, age))
+        last = last_heartbeat(self._link, self._clock)
         s = self.settings
         return WorkerStatusDoc(
             state=self.state(),
@@ -366,14 +366,3 @@ class Connector:
             server_url=self.link_client.url.split("?", 1)[0],
             completion_base_url=s.completion_base_url,
         )
-
-
-async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
-    """Return when the first of `waits` finishes; cancel the others."""
-    tasks = [asyncio.ensure_future(w) for w in waits]
-    try:
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)

@@ -11,6 +11,8 @@ import ipaddress
 import logging
 import os
 import secrets
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
@@ -18,7 +20,8 @@ from aiohttp import web
 
 from infero.common.buildinfo import BUILD
 from infero.common.connector import HttpPorts, StartupError
-from infero.protocol.status import VersionDoc, WorkerStatusDoc
+from infero.common.linkclient import Link
+from infero.protocol.status import ConnectorState, VersionDoc, WorkerStatusDoc
 from infero.worker.settings import parse_addr
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,39 @@ class Controllable(Protocol):
 
     def shutdown(self, *, by: str = "") -> None:
         """Drain, then exit."""
+
+
+def connector_state(
+    *,
+    stopped: bool,
+    draining: bool,
+    probed: bool,
+    healthy: bool,
+    connected: bool,
+    busy: bool,
+    started: bool,
+    link_error: str,
+) -> ConnectorState:
+    """The `/status` state name of a connector (`infero llm` or `infero mcp`)."""
+    if stopped:
+        return "terminating"
+    if draining:
+        return "draining"
+    if probed and not healthy:
+        return "not_ready"
+    if connected:
+        return "connected_busy" if busy else "connected_idle"
+    if not started:
+        return "disconnected"
+    return "error" if link_error else "connecting"
+
+
+def last_heartbeat(link: Link | None, clock: Callable[[], float]) -> datetime | None:
+    """When the last frame from the server arrived on `link` (None without a link)."""
+    if link is None:
+        return None
+    age = clock() - link.last_received
+    return datetime.now(UTC) - timedelta(seconds=max(0.0, age))
 
 
 def token_path(config_path: str | None) -> Path:
