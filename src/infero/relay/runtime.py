@@ -61,7 +61,9 @@ def is_call(request: link.Request) -> bool:
     """
     label = request.model
     return (
-        request.method == "POST" and label != "response" and not label.startswith("notifications/")
+        request.method == "POST"
+        and label not in ("response", "subscriptions/listen")
+        and not label.startswith("notifications/")
     )
 
 

@@ -8,6 +8,7 @@ request handler consumes it, granting flow-control credit as it writes to its cl
 from __future__ import annotations
 
 import asyncio
+import math
 from collections import deque
 from collections.abc import Callable, Iterable
 from typing import Protocol
@@ -133,6 +134,8 @@ class Exchange:
             waiter = self._waiter = loop.create_future()
             if limit is not None:
                 self._arm(loop, loop.time() + limit)
+            else:
+                self._deadline = math.inf  # a timer left by an earlier wait lapses
             try:
                 await waiter
             finally:
@@ -162,7 +165,7 @@ class Exchange:
         loop = asyncio.get_running_loop()
         if loop.time() >= self._deadline:
             waiter.set_exception(TimeoutError())
-        else:
+        elif self._deadline != math.inf:
             self._timer = loop.call_at(self._deadline, self._expire)
 
     async def head(self, limit: float | None) -> Head:

@@ -87,6 +87,7 @@ def _error(
 
 
 RETRY_AFTER = "5"
+LISTEN = "subscriptions/listen"
 
 UPSTREAM_FAILURES = {
     "backend_unreachable": "the MCP provider cannot be reached",
@@ -262,7 +263,11 @@ class Broker:
         session_id = request.headers.get(SESSION_HEADER)
         if envelope.is_call and closing:
             return _unavailable(closing, request_id=first_id)
-        if envelope.is_call:
+        # A 2026-07-28 `subscriptions/listen` is a listening stream, like GET: no call limit,
+        # no call timeout, no size limit.
+        listening = [m for _, m in envelope.requests] == [LISTEN]
+        is_call = envelope.is_call and not listening
+        if is_call:
             limit = self.relays.limit(relay, self.limits.max_concurrency)
             if not self.relays.start_call(relay, session_id, limit):
                 self._count(relay.id, method, "rejected", None)
@@ -283,8 +288,8 @@ class Broker:
                 body,
                 method=method,
                 request_ids=[rid for rid, _ in envelope.requests],
-                idle_timeout=self.limits.call_timeout,
-                max_bytes=self.limits.max_resp_bytes,
+                idle_timeout=None if listening else self.limits.call_timeout,
+                max_bytes=None if listening else self.limits.max_resp_bytes,
             )
             ok = outcome == "success"
             self._count(relay.id, method, outcome, self._clock() - started)
@@ -293,7 +298,7 @@ class Broker:
             self._count(relay.id, method, "cancelled", self._clock() - started)
             raise
         finally:
-            if envelope.is_call:
+            if is_call:
                 self.relays.finish_call(relay, session_id, ok=ok)
                 self.lifecycle.leave()
 

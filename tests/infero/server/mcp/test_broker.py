@@ -229,3 +229,55 @@ async def test_a_401_challenges_with_bearer_and_points_at_the_resource_metadata(
         assert "API key" in document["infero_bearer_token"]
         async with http.get(srv.url + "/.well-known/oauth-protected-resource") as resp:
             assert (await resp.json())["resource"] == f"{srv.url}/"
+
+
+async def test_a_2026_listen_stream_is_not_a_call_and_has_no_call_timeout() -> None:
+    async with (
+        running_server(broker_max_concurrency_per_client=1, broker_call_timeout=0.2) as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        url = srv.url + "/api/mcp/id/r1"
+        headers = {
+            "Accept": "application/json, text/event-stream",
+            "MCP-Protocol-Version": "2026-07-28",
+        }
+        listen = {"jsonrpc": "2.0", "id": 1, "method": "subscriptions/listen", "params": {}}
+        async with asyncio.timeout(5):
+            listening = asyncio.create_task(http.post(url, json=listen, headers=headers))
+            opened = await relay.next_request()
+            await relay.head(opened.id, 200, [("Content-Type", "text/event-stream")])
+            stream = await listening
+            assert stream.status == 200
+            call = asyncio.create_task(
+                http.post(
+                    url, json={"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, headers=headers
+                )
+            )
+            answered = await relay.next_request()
+            await relay.reply(answered.id, b'{"jsonrpc":"2.0","id":2,"result":{"tools":[]}}')
+            async with await call as resp:
+                assert resp.status == 200  # the open listen stream took no call slot
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):  # five times BROKER_CALL_TIMEOUT: still open
+                await stream.content.read(1)
+        stream.close()
+
+
+async def test_a_silent_get_stream_outlives_broker_call_timeout() -> None:
+    async with (
+        running_server(broker_call_timeout=0.2) as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        headers = {"Accept": "text/event-stream", "Mcp-Session-Id": "s1"}
+        async with asyncio.timeout(5):
+            opening = asyncio.create_task(http.get(srv.url + "/api/mcp/id/r1", headers=headers))
+            incoming = await relay.next_request()
+            await relay.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            stream = await opening
+            assert stream.status == 200
+        with pytest.raises(TimeoutError):
+            async with asyncio.timeout(1):  # five times BROKER_CALL_TIMEOUT: still open
+                await stream.content.read(1)
+        stream.close()
