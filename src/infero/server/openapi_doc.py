@@ -258,6 +258,22 @@ def _mcp_call(method: str, summary: str) -> Json:
     } | ({"requestBody": _json_rpc_body()} if method == "post" else {})
 
 
+def _resource_metadata(*, relay: bool) -> Json:
+    """RFC 9728 metadata MCP clients read after a 401 (bearer tokens are API keys)."""
+    parameters = [{"name": "id", "in": "path", "required": True, "schema": {"type": "string"}}]
+    return {
+        "tags": ["MCP"],
+        "summary": "Protected resource metadata"
+        + (" of an MCP relay" if relay else " of the server"),
+        "description": (
+            "No authorization server: the bearer token is an API key issued by the operator "
+            "(or the relay's AUTH_TOKEN). See docs/mcp.md, Access."
+        ),
+        "security": _PUBLIC,
+        "responses": {"200": _json({"type": "object"}, "RFC 9728 metadata.")},
+    } | ({"parameters": parameters} if relay else {})
+
+
 def _json_rpc_body() -> Json:
     return {
         "required": True,
@@ -389,6 +405,10 @@ def _paths(metrics_on_main_port: bool) -> Json:
             "post": _mcp_call("post", "Send a JSON-RPC message to an MCP relay"),
             "get": _mcp_call("get", "Open the MCP listening stream of a session"),
             "delete": _mcp_call("delete", "End an MCP session"),
+        },
+        "/.well-known/oauth-protected-resource": {"get": _resource_metadata(relay=False)},
+        "/.well-known/oauth-protected-resource/api/mcp/id/{id}": {
+            "get": _resource_metadata(relay=True)
         },
         "/state": {
             "get": {

@@ -25,10 +25,10 @@ def metadata_url(request: web.Request) -> str:
 
 async def metadata(request: web.Request) -> web.Response:
     """`GET /.well-known/oauth-protected-resource[/api/mcp/id/<id>]`."""
-    resource = request.match_info.get("resource", "")
+    relay = request.match_info.get("id")
     return web.json_response(
         {
-            "resource": _origin(request) + (resource or "/"),
+            "resource": _origin(request) + (f"/api/mcp/id/{relay}" if relay else "/"),
             "bearer_methods_supported": ["header"],
             "resource_name": "infero MCP relays",
             "infero_bearer_token": (
@@ -43,4 +43,4 @@ async def metadata(request: web.Request) -> web.Response:
 def mount(app: web.Application) -> None:
     """Serve the metadata, bare and for every relay path."""
     app.router.add_get(WELL_KNOWN, metadata)
-    app.router.add_get(WELL_KNOWN + "{resource:/api/mcp/id/[^/]+}", metadata)
+    app.router.add_get(WELL_KNOWN + "/api/mcp/id/{id}", metadata)
