@@ -628,7 +628,7 @@ class McpRelay:
     def state(self) -> ConnectorState:
         """The `/status` state name."""
         return connector_state(
-            stopped=self.stopped.is_set(),
+            stopped=self.stopped.is_set() or self.drain.shutting_down,
             draining=self.drain.draining,
             probed=self.monitor.probed.is_set(),
             healthy=self.monitor.healthy,
