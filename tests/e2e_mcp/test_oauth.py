@@ -89,7 +89,5 @@ async def test_a_relay_authorizes_once_caches_tokens_0600_and_refreshes_after_a_
 
 
 def _status(server: Any, relay_id: str) -> str:
-    from infero.server.mcp import BROKER
-
-    relay = server.app[BROKER].registry.relays.get(relay_id)
+    relay = server.embedded.relays.relays.get(relay_id)
     return str(relay.status) if relay is not None else ""

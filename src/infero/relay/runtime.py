@@ -657,7 +657,7 @@ class McpRelay:
             build_date=BUILD.date,
             draining=self.drain.draining,
             backend=self.transport,
-            server_url=s.server_url.split("?", 1)[0],
+            server_url=self.link_client.url.split("?", 1)[0],
             kind="mcp",
             sessions=self._facade.session_count if self._facade is not None else 0,
             provider=provider,
