@@ -354,7 +354,7 @@ class LinkClient:
             open_timeout=HANDSHAKE_TIMEOUT,
             close_timeout=2,
             user_agent_header=self._component,
-            ssl=self._tls,
+            ssl=self._tls if self._url.startswith("wss:") else None,  # a list may mix both
         ) as ws:
             welcome = await self._handshake(ws)
             self._accepted = True

@@ -344,3 +344,23 @@ async def test_ssl_cert_file_is_trusted_when_tls_ca_file_is_not_set(
             async with asyncio.timeout(10):
                 await task
     assert snapshot.workers == []
+
+
+async def test_a_server_list_may_mix_wss_and_ws_urls(pki: Pki) -> None:
+    """A TLS server that is down first, then a plain one: the ws:// URL gets no TLS context."""
+    async with running_server() as plain:
+        environ = {
+            "SERVER_URL": f"wss://127.0.0.1:{_free_port()}/api/llm/connect, {plain.ws_url}",
+            "CLIENT_ID": "w-mixed",
+            "MODELS": "m1",
+            "TLS_CA_FILE": str(pki.ca.ca_file),
+        }
+        connector = Connector(load_settings(WorkerSettings, environ=environ))
+        task = asyncio.create_task(connector.run())
+        try:
+            async with asyncio.timeout(10):
+                await connector.connected.wait()
+        finally:
+            connector.request_stop()
+            async with asyncio.timeout(10):
+                assert await task == 0
