@@ -7,6 +7,7 @@ each change once and fans it out to the viewers.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from datetime import UTC, datetime
@@ -35,6 +36,8 @@ from infero.server.registry import Counters, Fleet, Pending, Worker
 from infero.server.scheduler import Scheduler
 from infero.server.shared import SharedState
 from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher
+
+logger = logging.getLogger(__name__)
 
 SETTLE = 0.05
 """Seconds the publisher waits after a change, so a burst goes out as one batch."""
@@ -307,6 +310,10 @@ PUBLISHER = web.AppKey("state_publisher", StatePublisher)
 """The app's state publisher (its viewers, ring and published rows)."""
 
 
+class _Stalled(Exception):
+    """A viewer accepted no bytes for STALL_TIMEOUT."""
+
+
 class ScopeError(ValueError):
     """A query parameter of `/api/state` or its stream is not understood."""
 
@@ -342,6 +349,7 @@ def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> St
     """
     changes = shared.changes
     publisher = StatePublisher(shared.rows)
+    stall = app[keys.SETTINGS].stall_timeout
 
     async def state(request: web.Request) -> web.Response:
         try:
@@ -366,23 +374,35 @@ def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> St
         )
         await response.prepare(request)
         viewer = publisher.attach(scope, mode, request.headers.get("Last-Event-ID", ""))
+
+        async def send(data: bytes) -> None:
+            try:
+                async with asyncio.timeout(stall):
+                    await response.write(data)
+            except TimeoutError:
+                raise _Stalled from None
+
         try:
-            await response.write(b"retry: 1000\n\n")
+            await send(b"retry: 1000\n\n")
             while True:
                 if not viewer.wake.is_set():
                     try:
                         async with asyncio.timeout(KEEPALIVE):
                             await viewer.wake.wait()
                     except TimeoutError:
-                        await response.write(b": keepalive\n\n")
+                        await send(b": keepalive\n\n")
                         continue
                 if viewer.ended or publisher.closed or lifecycle.stopping.is_set():
                     break
                 data = publisher.next_event(viewer)
                 if data:
-                    await response.write(data)
+                    await send(data)
         except ConnectionResetError:
             pass
+        except _Stalled:
+            logger.info("state stream: the viewer accepted no bytes for %ss, closing it", stall)
+            if request.transport is not None:
+                request.transport.abort()
         finally:
             publisher.detach(viewer)
         return response

@@ -38,7 +38,7 @@ RING = 512
 """Recent batches kept for viewers resuming with `Last-Event-ID`."""
 RING_BYTES = 8 * 1024 * 1024
 """Serialised rows the ring may hold; older batches are dropped beyond it (busy fleets)."""
-VIEWER_BUFFER_BYTES = 4 * 1024 * 1024
+VIEWER_BUFFER_BYTES = 2 * 1024 * 1024
 """Bytes a viewer may have waiting; beyond them it is resynced with a full document."""
 
 
@@ -270,6 +270,8 @@ class StatePublisher:
             remove={k: sorted(v) for k, v in pending.remove.items() if v},
         )
         batch.size = sum(len(r.json) for rows in batch.upsert.values() for r in rows)
+        if self._ring:
+            self._ring[-1].rendered.clear()  # only a resuming viewer renders it again
         self._remember(batch)
         for viewer in self.viewers:
             if viewer.mode == "full":

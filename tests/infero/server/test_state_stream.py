@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 
 import aiohttp
 
+from infero.protocol import link as lp
 from infero.protocol.state import StateSnapshot
-from infero.server.state import SPACING
+from infero.server.registry import Worker, WorkerStats
+from infero.server.state import PUBLISHER, SPACING
 from support.connector import scripted_connector
 from support.server import RunningServer, running_server
 from support.statestream import StateView, next_event
@@ -209,3 +212,34 @@ async def test_unknown_scope_or_mode_is_a_400() -> None:
                 assert resp.status == 400, path
                 body = await resp.json()
                 assert body["error"]["type"] == "invalid_request_error"
+
+
+async def test_a_viewer_that_stops_reading_is_disconnected_after_the_stall_timeout() -> None:
+    async with asyncio.timeout(30), running_server(stall_timeout=0.5) as srv:
+        publisher = srv.app[PUBLISHER]
+        host, port = srv.url.removeprefix("http://").split(":")
+        sock = socket.socket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        loop = asyncio.get_running_loop()
+        await loop.sock_connect(sock, (host, int(port)))
+        request = f"GET /api/state/stream HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
+        await loop.sock_sendall(sock, request)
+        try:
+            received = b""
+            while b"retry:" not in received:  # written once the viewer is attached
+                chunk = await loop.sock_recv(sock, 256)
+                assert chunk, "the server closed the stream"
+                received += chunk
+            assert publisher.viewers
+            n = 0
+            while publisher.viewers or n == 0:
+                for _ in range(200):  # rows that the viewer never reads
+                    n += 1
+                    hello = lp.Hello(id=f"w{n}", name="x" * 100, models=["m"], max_concurrency=1)
+                    srv.fleet.register(Worker(hello, None, WorkerStats()))
+                publisher.refresh()
+                await asyncio.sleep(0.05)  # poll the condition (bounded by the timeout above)
+        finally:
+            sock.close()
+        assert not publisher.viewers
