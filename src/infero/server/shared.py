@@ -121,6 +121,25 @@ class RelayTable(Protocol):
         """A call counted by `start_call` ended."""
         ...
 
+    async def open_exchange(
+        self,
+        relay: Relay,
+        *,
+        method: str,
+        path: str,
+        headers: lp.Headers,
+        body: bytes | bytearray,
+        stream: bool,
+        model: str,
+        request_id: str,
+    ) -> Exchange:
+        """Send one MCP HTTP exchange to the relay (raises `ExchangeFailed` when it is gone)."""
+        ...
+
+    def forget(self, relay: Relay, exchange: Exchange) -> None:
+        """The broker no longer reads `exchange` (late frames for it are dropped)."""
+        ...
+
     def session_seen(self, relay: Relay, session_id: str, method: str) -> None:
         """A provider answer carried this `Mcp-Session-Id`."""
         ...

@@ -200,11 +200,18 @@ async def test_steering_reaches_the_link_and_an_undrain_after_shutdown_is_refuse
     assert fake.sent == [lp.Control(action="shutdown", by="op")]
 
 
-async def test_relay_calls_are_counted_atomically_up_to_the_limit(shared: SharedState) -> None:
-    attach(shared, "r1", [], 0, kind="mcp")
+async def test_relay_exchanges_and_calls_counted_atomically_up_to_the_limit(
+    shared: SharedState,
+) -> None:
+    fake = attach(shared, "r1", [], 0, kind="mcp")
     relays = shared.relays
     relay = relays.lookup("r1")
     assert relay is not None
+    exchange = await relays.open_exchange(
+        relay, method="POST", path="/", headers=[], body=b"{}", stream=True, model="", request_id=""
+    )
+    relays.forget(relay, exchange)
+    assert (fake.opened, fake.forgotten) == (["/"], [exchange])
     assert relays.start_call(relay, None, 1)
     assert not relays.start_call(relay, None, 1)
     relays.finish_call(relay, None, ok=True)

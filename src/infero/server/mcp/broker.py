@@ -333,7 +333,8 @@ class Broker:
         first_id = request_ids[0] if request_ids else None
         path = "/" + (f"?{request.query_string}" if request.query_string else "")
         try:
-            exchange = await relay.link.open_exchange(
+            exchange = await self.relays.open_exchange(
+                relay,
                 method=request.method,
                 path=path,
                 headers=_forwarded_headers(request),
@@ -357,7 +358,7 @@ class Broker:
             )
         finally:
             await exchange.cancel()
-            relay.link.forget(exchange)
+            self.relays.forget(relay, exchange)
 
     async def _answer(
         self,

@@ -20,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
+from infero.server.exchange import Exchange
 from infero.server.link import ConnectorLink, duplicate_refusal
 
 logger = logging.getLogger(__name__)
@@ -171,6 +172,33 @@ class RelayRegistry:
             session.inflight += 1
         self._on_change()
         return True
+
+    async def open_exchange(
+        self,
+        relay: Relay,
+        *,
+        method: str,
+        path: str,
+        headers: lp.Headers,
+        body: bytes | bytearray,
+        stream: bool,
+        model: str,
+        request_id: str,
+    ) -> Exchange:
+        """Send one MCP HTTP exchange over the relay's link."""
+        return await relay.link.open_exchange(
+            method=method,
+            path=path,
+            headers=headers,
+            body=body,
+            stream=stream,
+            model=model,
+            request_id=request_id,
+        )
+
+    def forget(self, relay: Relay, exchange: Exchange) -> None:
+        """The broker no longer reads `exchange`."""
+        relay.link.forget(exchange)
 
     def links(self) -> list[ConnectorLink]:
         """Links of every connected relay."""
