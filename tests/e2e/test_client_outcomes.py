@@ -205,3 +205,61 @@ async def test_client_disconnect_mid_stream_is_a_cancel_not_a_failure(
         assert sample(text, 'infero_model_requests_total{model="demo",outcome="cancelled"}') == 1
         assert sample(text, 'infero_model_requests_total{model="demo",outcome="error"}') == 0
     assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []
+
+
+class EndlessBackend:
+    """Demo backend whose streams send large events until the call is aborted."""
+
+    def __init__(self) -> None:
+        self.aborted = asyncio.Event()
+
+    def app(self) -> web.Application:
+        app = create_app(DemoConfig(models=("demo",)))
+        event = TOKEN.replace(b"tok ", b"x" * 65536)
+
+        @web.middleware
+        async def endless(request: web.Request, handler: Handler) -> web.StreamResponse:
+            if request.path != "/v1/chat/completions":
+                return await handler(request)
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            try:
+                while True:
+                    await response.write(event)
+            except asyncio.CancelledError:
+                self.aborted.set()
+                raise
+
+        app.middlewares.append(endless)
+        return app
+
+
+async def test_a_stream_nobody_reads_is_cancelled_on_the_connector_after_the_stall_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The client takes the first event and then reads no more (aiohttp stops reading its
+    socket once its buffer is full): after STALL_TIMEOUT the backend call is aborted on the
+    connector, the slot is free and the outcome is a client cancel."""
+    caplog.set_level(logging.INFO)
+    backend = EndlessBackend()
+    async with (
+        serving(backend.app()) as backend_url,
+        running_server(client_key="ck", api_key=API_KEY, stall_timeout=0.5) as server,
+        connector(server, backend_url),
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(60):
+            resp = await http.post(
+                server.url + "/api/v1/chat/completions",
+                json={"model": "demo", "stream": True, "messages": []},
+                headers={"Authorization": f"Bearer {API_KEY}"},
+            )
+            assert (await resp.content.readuntil(b"\n\n")).startswith(b"data: ")
+            await backend.aborted.wait()  # the client never reads again
+            worker = server.fleet.workers["w1"]
+            await server.wait_for(lambda: worker.inflight == 0)
+        resp.close()
+        info = (await state(server)).server
+        assert (info.jobs_cancelled_total, info.jobs_failed_total) == (1, 0)
+        assert (worker.stats.failures_total, worker.stats.last_error) == (0, "")
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR] == []

@@ -11,7 +11,6 @@ import json
 import logging
 import math
 import time
-from collections.abc import Coroutine
 from typing import Any
 
 from aiohttp import web
@@ -66,10 +65,6 @@ class _HeadWithBody(web.StreamResponse):
     head, body and end usually leave in one write, as with aiohttp's `Response`."""
 
     _send_headers_immediately = False
-
-
-class _ClientStalled(ConnectionResetError):
-    """The client accepted no bytes for STALL_TIMEOUT: its request is cancelled."""
 
 
 class _Done(Exception):
@@ -177,10 +172,8 @@ class OpenAIRelay:
         relay = _Relay(self, request, body, model, stream, target, started, tap)
         try:
             return await relay.run()
-        except ConnectionResetError as gone:
+        except ConnectionResetError:
             # The client went away while we wrote to it: already counted, nothing to answer.
-            if isinstance(gone, _ClientStalled) and request.transport is not None:
-                request.transport.abort()  # its unsent bytes would never drain
             return relay.response or web.Response()
         finally:
             self.lifecycle.leave()
@@ -221,6 +214,10 @@ class _Relay:
         """The last body chunk the client's transport accepted."""
         self.complete = False
         """The whole answer was handed to the client's transport (only the end may be missing)."""
+        self.writing = 0.0
+        """When the body write in progress began (loop clock), 0 between writes."""
+        self.watchdog: asyncio.TimerHandle | None = None
+        """The STALL_TIMEOUT timer, once the answer's body is being written."""
         self.tried: set[str] = set()
         self.last_failure: ExchangeFailed | None = None
         # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
@@ -239,6 +236,9 @@ class _Relay:
             raise _Done(await self._all_failed())
         except _Done as done:
             return done.response
+        finally:
+            if self.watchdog is not None:
+                self.watchdog.cancel()
 
     # ---- routing ------------------------------------------------------------------------
 
@@ -429,7 +429,9 @@ class _Relay:
         idle = self.api.settings.request_timeout
         converted = self.response is not None and head.status >= 400 and response.status < 400
         tap = self.tap
-        transport = self.request.transport
+        loop = asyncio.get_running_loop()
+        if self.watchdog is None:
+            self.watchdog = loop.call_later(self.api.settings.stall_timeout, self._watch_writes)
         ttft: float | None = None
         collected = bytearray()
         try:
@@ -451,16 +453,13 @@ class _Relay:
                     # The whole rest of the answer is here: body and end in one write.
                     if tap is not None and tap.active:
                         await tap.end()
-                    if transport is not None and transport.get_write_buffer_size():
-                        await self._write_behind(response.write_eof(chunk))
-                    else:
-                        await response.write_eof(chunk)
+                    self.writing = loop.time()
+                    await response.write_eof(chunk)
                     return ttft, "success", ""
                 else:
-                    if transport is not None and transport.get_write_buffer_size():
-                        await self._write_behind(response.write(chunk))
-                    else:
-                        await response.write(chunk)
+                    self.writing = loop.time()
+                    await response.write(chunk)
+                    self.writing = 0.0
                     self.written = chunk
                 await exchange.consumed(len(chunk))
         except ExchangeFailed as failure:
@@ -476,20 +475,26 @@ class _Relay:
         await response.write_eof()
         return ttft, "success", ""
 
-    async def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
-        """A write to a client that is behind (its socket buffer is full): one that accepts
-        no bytes for STALL_TIMEOUT loses its request (cancelled, the connector slot freed)."""
+    def _watch_writes(self) -> None:
+        """STALL_TIMEOUT: a client that accepts no bytes of its answer for that long loses its
+        request. One timer per request, re-armed only when it fires: per chunk, the relay only
+        stamps when its write began (`writing`, 0 once done). Aborting the connection ends the
+        stuck write, and the relay then cancels the exchange and frees the slot."""
+        loop = asyncio.get_running_loop()
         stall = self.api.settings.stall_timeout
-        try:
-            async with asyncio.timeout(stall):
-                await write
-        except TimeoutError:
+        began = self.writing
+        now = loop.time()
+        if began and now - began >= stall:
             logger.info(
                 "request %s: the client accepted no bytes for %ss, cancelling it",
                 self.request_id,
                 stall,
             )
-            raise _ClientStalled("client stopped reading") from None
+            transport = self.request.transport
+            if transport is not None:
+                transport.abort()
+            return
+        self.watchdog = loop.call_at((began or now) + stall, self._watch_writes)
 
     async def _broken(self, response: web.StreamResponse, failure: ExchangeFailed) -> None:
         """The answer broke after it started: SSE error event, or cut the connection."""
