@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import ClassVar
 
+from rich.text import Text
 from textual.app import App
 from textual.binding import Binding, BindingType
 
@@ -14,11 +15,13 @@ from infero_tui.config import Clock, ConsoleConfig
 from infero_tui.feed import FleetFeed
 from infero_tui.local import LocalContext
 from infero_tui.screens.confirm import ConfirmScreen
+from infero_tui.screens.detail import DetailScreen
 from infero_tui.screens.help import HelpScreen, HelpSection
 from infero_tui.screens.main import MainScreen
 from infero_tui.screens.settings_editor import SettingsEditorScreen
+from infero_tui.widgets.fleet_table import FleetTable
 from infero_tui.widgets.local_pane import LocalPane
-from infero_tui.widgets.workers_pane import WorkersPane
+from infero_tui.widgets.table_pane import ActionPane, TablePane
 
 
 def utc_now() -> datetime:
@@ -34,14 +37,14 @@ class InferoConsole(App[None]):
     COMMANDS = App.COMMANDS | {ConsoleCommands}
     BINDINGS: ClassVar[list[BindingType]] = [
         Binding("question_mark", "help", "Help", key_display="?"),
-        Binding("q", "quit", "Quit"),
+        Binding("q", "request_quit", "Quit"),
     ]
     """
     | Key | Action |
     | :- | :- |
     | ? | Help: every key. |
-    | q | Quit. |
-    | Ctrl+P | Command palette (actions by name). |
+    | q | Quit (asks first while a connector started here is running). |
+    | Ctrl+P | Command palette (every action by name). |
     """
 
     def __init__(
@@ -68,11 +71,28 @@ class InferoConsole(App[None]):
     async def on_unmount(self) -> None:
         """Stop a connector started from here and close the network clients."""
         if self.local is not None:
-            if self.local.process is not None:
-                await self.local.process.stop()
+            if self.local.runner is not None:
+                await self.local.runner.stop()
             await self.local.client.aclose()
-        if self.fleet is not None:
-            await self.fleet.aclose()
+        main = next((s for s in self.screen_stack if isinstance(s, MainScreen)), None)
+        fleet = main.fleet if main is not None else self.fleet
+        if fleet is not None:
+            await fleet.aclose()
+
+    def action_request_quit(self) -> None:
+        """Quit; with a connector started from this console still running, ask first."""
+        runner = self.local.runner if self.local is not None else None
+        if runner is None or not runner.running:
+            self.exit()
+            return
+        question = Text(f"A connector started here is running ({runner.describe()}). ")
+        question.append("Stop it and quit?")
+
+        def answered(answer: bool | None) -> None:
+            if answer:
+                self.exit()
+
+        self.push_screen(ConfirmScreen(question), answered)
 
     def help_sections(self) -> list[HelpSection]:
         """Every binding, grouped by where it works."""
@@ -81,7 +101,9 @@ class InferoConsole(App[None]):
             ("Tabs", MainScreen.BINDINGS),
         ]
         if self.fleet is not None:
-            sections.append(("Workers tab", WorkersPane.BINDINGS))
+            sections.append(("Tables", [*FleetTable.BINDINGS, *TablePane.BINDINGS]))
+            sections.append(("Workers and MCP tabs", ActionPane.BINDINGS))
+            sections.append(("Detail view", DetailScreen.BINDINGS))
         if self.local is not None:
             sections.append(("Local tab", LocalPane.BINDINGS))
             sections.append(("Settings editor", SettingsEditorScreen.BINDINGS))

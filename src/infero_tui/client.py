@@ -18,6 +18,7 @@ import httpx
 from pydantic import BaseModel, ValidationError
 
 from infero.common.tls import check_ca_file, client_context, describe_failure, verify_failure
+from infero.protocol.delta import EVENT_DELTA, StateDelta, apply_delta
 from infero.protocol.errors import ErrorBody
 from infero.protocol.state import StateSnapshot
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
@@ -30,15 +31,28 @@ Action = Literal["drain", "undrain", "shutdown"]
 ACTIONS: tuple[Action, ...] = ("drain", "undrain", "shutdown")
 
 
+Target = Literal["worker", "relay"]
+"""What fleet control steers: an `infero llm` connector or an `infero mcp` relay."""
+_CONTROL_PREFIX: dict[Target, str] = {"worker": "/api/workers", "relay": "/api/mcp/relays"}
+
+
 class ClientError(Exception):
     """The request could not be completed; the message is one line for a human."""
+
+    cause = "error"
+    """A few words on why, for the console's header (`connection refused`, `timeout`)."""
+
+    def __init__(self, message: str, cause: str = "") -> None:
+        super().__init__(message)
+        if cause:
+            self.cause = cause
 
 
 class AuthRefused(ClientError):
     """401 or 403: the key is missing, wrong or lacks the operator right."""
 
     def __init__(self, message: str, status: int) -> None:
-        super().__init__(message)
+        super().__init__(message, f"key refused ({status})")
         self.status = status
 
 
@@ -74,6 +88,30 @@ class Credentials:
         return {"Authorization": f"Bearer {key}"} if key else {}
 
 
+def cause_of(exc: httpx.HTTPError) -> str:
+    """Why a request failed, in a few words: refused, TLS, timeout, host not found, ..."""
+    text = f"{exc} {exc.__cause__ or ''} {exc.__context__ or ''}".lower()
+    if isinstance(exc, httpx.TimeoutException):
+        return "timeout"
+    if verify_failure(exc) is not None:
+        return "TLS error"
+    if isinstance(exc, httpx.ConnectError):
+        if "ssl" in text or "certificate" in text or "tls" in text:
+            return "TLS error"
+        if "refused" in text:
+            return "connection refused"
+        if "name or service" in text or "nodename" in text or "getaddrinfo" in text:
+            return "host not found"
+        if "unreachable" in text:
+            return "network unreachable"
+        return "cannot connect"
+    if isinstance(exc, httpx.RemoteProtocolError):
+        return "connection closed by the server"
+    if isinstance(exc, httpx.ReadError):
+        return "connection lost"
+    return type(exc).__name__
+
+
 def _error_message(response: httpx.Response) -> str:
     """The `error.message` of an OpenAI-shaped body, else the status line."""
     try:
@@ -103,19 +141,35 @@ def _parse(model: type[M], response: httpx.Response, what: str) -> M:
         ) from None
 
 
-async def iter_sse_data(lines: AsyncIterator[str]) -> AsyncIterator[str]:
-    """The `data:` payload of each SSE event; comments, `id:` and `event:` lines are skipped."""
+@dataclass(frozen=True, slots=True)
+class SseEvent:
+    """One server-sent event: its name ("" when none), id ("" when none) and data."""
+
+    event: str
+    id: str
+    data: str
+
+
+async def iter_sse(lines: AsyncIterator[str]) -> AsyncIterator[SseEvent]:
+    """The events of an SSE stream; comments and `retry:` lines are skipped."""
     data: list[str] = []
+    event = event_id = ""
     async for line in lines:
         if not line:
             if data:
-                yield "\n".join(data)
-                data = []
+                yield SseEvent(event, event_id, "\n".join(data))
+            data, event = [], ""
             continue
-        if line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
+        field, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if field == "data":
+            data.append(value)
+        elif field == "event":
+            event = value
+        elif field == "id":
+            event_id = value
     if data:
-        yield "\n".join(data)
+        yield SseEvent(event, event_id, "\n".join(data))
 
 
 def check_base_url(url: str) -> str:
@@ -145,6 +199,9 @@ class FleetClient:
         self.base_url = check_base_url(base_url).rstrip("/")
         self.credentials = credentials
         self._ca_file = ca_file
+        self._held: StateSnapshot | None = None
+        """The document the stream's deltas apply to."""
+        self._last_event_id = ""
         try:
             check_ca_file(ca_file)
         except ValueError as exc:
@@ -162,7 +219,7 @@ class FleetClient:
         failure = verify_failure(exc)
         if failure is not None:
             return describe_failure(self.base_url, failure, self._ca_file)
-        return f"{self.base_url} unreachable ({type(exc).__name__})"
+        return f"{self.base_url} unreachable ({cause_of(exc)})"
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -182,41 +239,86 @@ class FleetClient:
         try:
             response = await self._http.get("/api/state", headers=self.credentials.for_read())
         except httpx.HTTPError as exc:
-            raise ClientError(f"state: {self._unreachable(exc)}") from exc
+            raise ClientError(f"state: {self._unreachable(exc)}", cause_of(exc)) from exc
         _raise_for_status(response, "state")
         return _parse(StateSnapshot, response, "state")
 
     async def snapshots(self) -> AsyncIterator[StateSnapshot]:
-        """Snapshots from `GET /api/state/stream` until it ends (then `StreamLost`)."""
+        """Snapshots from `GET /api/state/stream` until it ends (then `StreamLost`).
+
+        The stream sends a whole document, then deltas (docs/state.md); each delta is applied
+        to the document held, and the result yielded. `gone=list` keeps departed connectors
+        (shown dimmed). A reconnect sends `Last-Event-ID`, so the server resumes with deltas
+        when it still has them, else starts again with a document.
+        """
+        headers = {**self.credentials.for_read(), "Accept": "text/event-stream"}
+        if self._last_event_id and self._held is not None:
+            headers["Last-Event-ID"] = self._last_event_id
         try:
             async with self._http.stream(
                 "GET",
                 "/api/state/stream",
-                params={"mode": "full"},
-                headers={**self.credentials.for_read(), "Accept": "text/event-stream"},
+                params={"mode": "delta", "gone": "list"},
+                headers=headers,
                 timeout=self._stream_timeout,
             ) as response:
                 if response.status_code >= 400:
                     await response.aread()
                     _raise_for_status(response, "state stream")
-                async for data in iter_sse_data(response.aiter_lines()):
-                    try:
-                        yield StateSnapshot.model_validate_json(data)
-                    except ValidationError:
-                        logger.warning("state stream: skipped an invalid snapshot")
+                async for event in iter_sse(response.aiter_lines()):
+                    snapshot = self._apply(event)
+                    if snapshot is not None:
+                        yield snapshot
         except httpx.HTTPError as exc:
+            cause = cause_of(exc)
             if verify_failure(exc) is not None:
-                raise StreamLost(f"state stream: {self._unreachable(exc)}") from exc
-            raise StreamLost(f"state stream lost ({type(exc).__name__})") from exc
-        raise StreamLost("state stream ended")
+                raise StreamLost(f"state stream: {self._unreachable(exc)}", cause) from exc
+            raise StreamLost(f"state stream lost ({cause})", cause) from exc
+        raise StreamLost("state stream ended", "stream ended")
 
-    async def control(self, worker_id: str, action: Action) -> ControlAccepted:
-        """`POST /api/workers/{id}/{action}` with the operator key."""
-        path = f"/api/workers/{quote(worker_id, safe='')}/{action}"
+    def _apply(self, event: SseEvent) -> StateSnapshot | None:
+        """The document after one event (None when the event cannot be used)."""
+        try:
+            if event.event == EVENT_DELTA:
+                if self._held is None:
+                    return None  # a delta without its document: wait for the next snapshot
+                self._held = apply_delta(self._held, StateDelta.model_validate_json(event.data))
+            else:
+                self._held = StateSnapshot.model_validate_json(event.data)
+        except ValidationError:
+            logger.warning("state stream: skipped an invalid %s", event.event or "snapshot")
+            return None
+        self._last_event_id = event.id or self._last_event_id
+        return self._held
+
+    @property
+    def target(self) -> str:
+        """What the console shows as the server it watches."""
+        return self.base_url
+
+    replay = False
+    """A live server, never a recording."""
+    live_heartbeats = False
+    """Deltas carry a live row's heartbeat time only when the row changes."""
+
+    @property
+    def can_act(self) -> bool:
+        """Whether an operator key was given (actions need one)."""
+        return bool(self.credentials.operator_key)
+
+    def with_target(self, base_url: str) -> FleetClient:
+        """A client for another server with the same keys (`:ctx URL`)."""
+        return FleetClient(base_url, self.credentials, ca_file=self._ca_file)
+
+    async def control(
+        self, connector_id: str, action: Action, target: Target = "worker"
+    ) -> ControlAccepted:
+        """`POST /api/workers/{id}/{action}` (or `/api/mcp/relays/...`) with the operator key."""
+        path = f"{_CONTROL_PREFIX[target]}/{quote(connector_id, safe='')}/{action}"
         try:
             response = await self._http.post(path, headers=self.credentials.for_action())
         except httpx.HTTPError as exc:
-            raise ClientError(f"{action}: {self._unreachable(exc)}") from exc
+            raise ClientError(f"{action}: {self._unreachable(exc)}", cause_of(exc)) from exc
         _raise_for_status(response, action)
         return _parse(ControlAccepted, response, action)
 
@@ -273,6 +375,9 @@ class LocalClient:
     async def version(self) -> VersionDoc:
         """`GET /version`."""
         return _parse(VersionDoc, await self._get("/version"), "version")
+
+    def use_token_file(self, path: Path) -> None:
+        self.token_file = path
 
     async def control(self, action: Action) -> None:
         """`POST /control/{action}` with `X-Auth-Token` read from the token file."""

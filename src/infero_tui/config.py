@@ -25,6 +25,10 @@ class ConsoleConfig:
     animation_level: Literal["none", "basic", "full"] = "basic"
     theme: str = "textual-dark"
     cursor_blink: bool = True
+    filter_debounce: float = 0.15
+    """Seconds of typing pause before the `/` filter is applied to the tables."""
+    min_redraw_interval: float = 0.25
+    """Snapshots are drawn at most this often (the newest one; older ones are skipped)."""
 
     @classmethod
     def frozen(cls, *, read_only: bool = False) -> ConsoleConfig:
@@ -36,4 +40,6 @@ class ConsoleConfig:
             reconnect_ceiling=0.0,
             animation_level="none",
             cursor_blink=False,
+            filter_debounce=0.0,
+            min_redraw_interval=0.0,
         )

@@ -9,8 +9,9 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from typing import TypeVar
 
-from infero.protocol.state import StateSnapshot, WorkerInfo
+from infero.protocol.state import McpClientInfo, StateSnapshot, WorkerInfo
 from infero_tui.client import (
     Action,
     AuthRefused,
@@ -18,6 +19,7 @@ from infero_tui.client import (
     Credentials,
     FleetClient,
     NotFound,
+    Target,
 )
 from infero_tui.format import age, millis, rate
 
@@ -63,9 +65,9 @@ def workers_table(snapshot: StateSnapshot) -> str:
             f"{w.inflight}/{w.max_concurrency}",
             str(w.queue_len),
             rate(w.avg_tokens_per_second),
-            millis(w.avg_ttft_ms),
+            millis(w.avg_ttft_ms, compact=True),
             str(w.failures_total),
-            age(now, w.last_heartbeat),
+            age(now, w.last_heartbeat, compact=True),
             w.version,
         ]
         for w in snapshot.workers
@@ -80,10 +82,10 @@ def models_table(snapshot: StateSnapshot) -> str:
             m.name,
             f"{m.ready_workers}/{m.workers}",
             str(m.queue_len),
-            millis(m.oldest_wait_ms),
+            millis(m.oldest_wait_ms, compact=True),
             str(m.requests_total),
             str(m.error_total),
-            millis(m.avg_ttft_ms),
+            millis(m.avg_ttft_ms, compact=True),
             rate(m.avg_tokens_per_second),
         ]
         for m in snapshot.models
@@ -98,7 +100,7 @@ def mcp_tables(snapshot: StateSnapshot) -> str:
         for c in snapshot.mcp.clients
     ]
     sessions = [
-        [s.id, s.client_id, s.method, str(s.inflight), millis(s.duration_ms)]
+        [s.id, s.client_id, s.method, str(s.inflight), millis(s.duration_ms, compact=True)]
         for s in snapshot.mcp.sessions
     ]
     return (
@@ -114,19 +116,32 @@ def as_json(snapshot: StateSnapshot, what: str) -> str:
     return json.dumps(data[what], indent=2)
 
 
-def resolve_worker(snapshot: StateSnapshot, wanted: str) -> WorkerInfo:
-    """The live worker whose id, else whose name, is `wanted`."""
-    live = [w for w in snapshot.workers if w.status != "gone"]
-    for worker in live:
-        if worker.id == wanted:
-            return worker
-    named = [w for w in live if w.name == wanted]
+Named = TypeVar("Named", WorkerInfo, McpClientInfo)
+
+
+def _resolve(rows: Sequence[Named], wanted: str, what: str) -> Named:
+    """The live row whose id, else whose unique name, is `wanted`."""
+    live = [row for row in rows if row.status != "gone"]
+    for row in live:
+        if row.id == wanted:
+            return row
+    named = [row for row in live if row.name == wanted]
     if len(named) == 1:
         return named[0]
     if named:
-        ids = ", ".join(w.id for w in named)
-        raise UsageError(f"{len(named)} workers are named {wanted!r}; use an id ({ids})")
-    raise NotFound(f"no connected worker with id or name {wanted!r}")
+        ids = ", ".join(row.id for row in named)
+        raise UsageError(f"{len(named)} {what}s are named {wanted!r}; use an id ({ids})")
+    raise NotFound(f"no connected {what} with id or name {wanted!r}")
+
+
+def resolve_worker(snapshot: StateSnapshot, wanted: str) -> WorkerInfo:
+    """The live worker whose id, else whose name, is `wanted`."""
+    return _resolve(snapshot.workers, wanted, "worker")
+
+
+def resolve_relay(snapshot: StateSnapshot, wanted: str) -> McpClientInfo:
+    """The live MCP relay whose id, else whose name, is `wanted`."""
+    return _resolve(snapshot.mcp.clients, wanted, "MCP relay")
 
 
 def open_client(server: str, api_key: str, operator_key: str) -> FleetClient:
@@ -155,15 +170,23 @@ async def list_command(client: FleetClient, what: str, as_json_output: bool, ech
 
 
 async def control_command(
-    client: FleetClient, action: Action, wanted: str, as_json_output: bool, echo: Echo
+    client: FleetClient,
+    action: Action,
+    wanted: str,
+    as_json_output: bool,
+    echo: Echo,
+    target: Target = "worker",
 ) -> int:
-    """`drain|undrain|shutdown WORKER` (id or unique name)."""
-    worker = resolve_worker(await client.state(), wanted)
-    result = await client.control(worker.id, action)
+    """`drain|undrain|shutdown WORKER` and `relay drain|undrain|shutdown RELAY`."""
+    snapshot = await client.state()
+    found = (
+        resolve_worker(snapshot, wanted) if target == "worker" else resolve_relay(snapshot, wanted)
+    )
+    result = await client.control(found.id, action, target)
     if as_json_output:
         echo(result.model_dump_json())
     else:
-        echo(f"{action} accepted for {worker.name} ({worker.id})")
+        echo(f"{action} accepted for {found.name} ({found.id})")
     return OK
 
 

@@ -4,23 +4,31 @@ from __future__ import annotations
 
 import json
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
+from typing import Literal
 
 from infero.common.settings import ConfigError
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
 from infero_tui.feed import LocalFeed
-from infero_tui.process import ConnectorProcess
+from infero_tui.process import Runner
 from infero_tui.settings_file import load_worker_settings
 
 LOG_FILE_NAME = "infero-llm.log"
 TOKEN_FILE_NAME = "worker.token"
 
 
-@dataclass(frozen=True, slots=True)
+PathName = Literal["config", "token", "log"]
+
+
+@dataclass(slots=True)
 class LocalContext:
-    """Everything the Local tab needs about one connector on this machine."""
+    """Everything the Local tab needs about one connector on this machine.
+
+    Paths start as guesses (defaults or flags); the connector's `/status` reports the real
+    ones, which replace the guesses that no flag fixed (`adopt`).
+    """
 
     client: LocalFeed
     addr: str
@@ -28,10 +36,52 @@ class LocalContext:
     token_file: Path
     log_file: Path
     diagnostics_dir: Path
-    process: ConnectorProcess | None = None
+    runner: Runner | None = None
+    """Starts and stops the connector from the console (a child process)."""
     unit: str | None = None
-    """systemd unit of this connector (`infero-llm@main`); used instead of `process` when
+    """systemd unit of this connector (`infero-llm@main`); used instead of `runner` when
     loaded."""
+    explicit: frozenset[PathName] = frozenset()
+    """Paths given on the command line: kept, and compared with what the connector reports."""
+    mismatches: list[str] = field(default_factory=list)
+
+    def adopt(self, status: WorkerStatusDoc) -> bool:
+        """Take the paths the connector reports; True when anything changed."""
+        reported: dict[PathName, str] = {
+            "config": status.config_file,
+            "token": status.token_file,
+            "log": status.log_file,
+        }
+        current: dict[PathName, Path] = {
+            "config": self.config_path,
+            "token": self.token_file,
+            "log": self.log_file,
+        }
+        flags = {"config": "--config", "token": "--token-file", "log": "--log-dir"}
+        changed = False
+        mismatches: list[str] = []
+        for name, value in reported.items():
+            if not value:
+                continue
+            path = Path(value)
+            if name in self.explicit:
+                if path.resolve() != current[name].expanduser().resolve():
+                    mismatches.append(
+                        f"{flags[name]} {current[name]} but the connector uses {path}"
+                    )
+                continue
+            if path != current[name]:
+                changed = True
+                if name == "config":
+                    self.config_path = path
+                elif name == "token":
+                    self.token_file = path
+                    self.client.use_token_file(path)
+                else:
+                    self.log_file = path
+        changed = changed or mismatches != self.mismatches
+        self.mismatches = mismatches
+        return changed
 
 
 def tail_lines(path: Path, count: int) -> list[str]:

@@ -1,28 +1,32 @@
-"""App-level messages posted by the feed workers and handled by the main screen."""
+"""App-level messages posted by the feed workers and the panes, handled by the main screen."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 from textual.message import Message
 
-from infero.protocol.state import StateSnapshot
 from infero.protocol.status import WorkerStatusDoc
 from infero_tui.client import Action
 
+Kind = Literal["worker", "model", "relay"]
+"""What a row or a detail view is about."""
+
 
 @dataclass
-class SnapshotReceived(Message):
-    """A fresh `/api/state` snapshot arrived."""
-
-    snapshot: StateSnapshot
+class SnapshotReady(Message):
+    """A newer `/api/state` is waiting; the screen draws only the latest one."""
 
 
 @dataclass
 class FeedLost(Message):
-    """The state stream failed; the console shows it as stale and reconnects."""
+    """The state stream failed; the console shows why and reconnects."""
 
     reason: str
+    cause: str
+    attempt: int
+    retry_in: float
 
 
 @dataclass
@@ -48,7 +52,16 @@ class LocalLost(Message):
 
 @dataclass
 class ActionRequested(Message):
-    """The operator asked for an action on a fleet worker (before confirmation)."""
+    """The operator asked for an action on a connector or relay (before confirmation)."""
 
-    worker_id: str
+    kind: Kind
+    key: str
     action: Action
+
+
+@dataclass
+class DetailRequested(Message):
+    """Enter on a row: open the full-screen detail of a worker, model or relay."""
+
+    kind: Kind
+    key: str

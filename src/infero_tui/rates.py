@@ -1,55 +1,159 @@
-"""Rates from successive snapshots (requests/s, tokens/s) and short histories for sparklines."""
+"""Rates over a fixed window and per-second histories, from cumulative counters (no Textual).
+
+Snapshots arrive at irregular times (on change, and every few seconds when idle). A counter's
+increase between two snapshots is spread evenly over the seconds it covers, into per-second
+buckets; a rate is the sum of the last `WINDOW_S` whole seconds divided by that window, so a
+steady 4 req/s reads 4.0 whatever the snapshot rhythm. Sparklines draw the buckets of the last
+`SPAN_S` seconds. Times are the server's clock (`server.now`).
+"""
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import dataclass
+from datetime import datetime
 
 from infero.protocol.state import StateSnapshot
 
-
-@dataclass(frozen=True, slots=True)
-class Rate:
-    """Requests and output tokens per second over the last interval."""
-
-    requests: float = 0.0
-    tokens: float = 0.0
+WINDOW_S = 10
+"""Rates are averages over this many seconds."""
+SPAN_S = 60
+"""Sparklines show this many one-second buckets."""
 
 
-def _totals(snapshot: StateSnapshot) -> dict[str, tuple[int, int]]:
-    return {m.name: (m.requests_total, m.tokens_out_total) for m in snapshot.models}
+class Counter:
+    """One cumulative counter turned into per-second buckets."""
+
+    __slots__ = ("_buckets", "_last_t", "_last_total", "_span")
+
+    def __init__(self, span: int = SPAN_S) -> None:
+        self._span = span
+        self._buckets: deque[float] = deque(maxlen=span)
+        self._last_t: float | None = None
+        self._last_total = 0
+
+    def add(self, t: float, total: int) -> None:
+        """Account for the counter's value `total` at time `t` (seconds)."""
+        last_t = self._last_t
+        if last_t is None:
+            self._last_t, self._last_total = t, total
+            self._buckets.append(0.0)
+            return
+        if t <= last_t:
+            self._last_total = max(self._last_total, total)
+            return
+        increase = max(total - self._last_total, 0)
+        self._last_t, self._last_total = t, total
+        first, last = math.floor(last_t), math.floor(t)
+        seconds = min(last - first, self._span)
+        per_second = increase / (t - last_t)
+        if seconds == 0:
+            self._buckets[-1] += increase
+            return
+        # the rest of the second that was open, whole seconds in between, the new one begun
+        self._buckets[-1] += per_second * (first + 1 - last_t)
+        for _ in range(seconds - 1):
+            self._buckets.append(per_second)
+        self._buckets.append(per_second * (t - last))
+
+    def rate(self, window: int = WINDOW_S) -> float:
+        """Average per second over the last `window` whole seconds (fewer when just started)."""
+        done = list(self._buckets)[:-1][-window:]
+        return sum(done) / len(done) if done else 0.0
+
+    def series(self) -> list[float]:
+        """Per-second amounts of the last `span` seconds, oldest first (the open one last)."""
+        return list(self._buckets)
+
+
+class Gauge:
+    """A level sampled once per second (the latest value in each second wins)."""
+
+    __slots__ = ("_buckets", "_last_second")
+
+    def __init__(self, span: int = SPAN_S) -> None:
+        self._buckets: deque[float] = deque(maxlen=span)
+        self._last_second: int | None = None
+
+    def add(self, t: float, value: float) -> None:
+        second = math.floor(t)
+        if self._last_second is None or second > self._last_second:
+            gap = 0 if self._last_second is None else second - self._last_second - 1
+            previous = self._buckets[-1] if self._buckets else value
+            for _ in range(min(gap, self._buckets.maxlen or 0)):
+                self._buckets.append(previous)
+            self._buckets.append(value)
+            self._last_second = second
+        elif second == self._last_second:
+            self._buckets[-1] = value
+
+    def series(self) -> list[float]:
+        return list(self._buckets)
+
+
+@dataclass(slots=True)
+class Activity:
+    """Requests and output tokens of one thing (the fleet, a model, a connector, a relay)."""
+
+    requests: Counter
+    tokens: Counter
+
+    @classmethod
+    def new(cls) -> Activity:
+        return cls(Counter(), Counter())
+
+    def add(self, t: float, requests: int, tokens: int) -> None:
+        self.requests.add(t, requests)
+        self.tokens.add(t, tokens)
+
+
+def _seconds(now: datetime) -> float:
+    return now.timestamp()
 
 
 class RateTracker:
-    """Fed every snapshot; keeps per-model and fleet rates plus `history` points for graphs."""
+    """Fed every snapshot the console draws; windowed rates and histories for everything."""
 
-    def __init__(self, history: int = 60) -> None:
-        self._previous: StateSnapshot | None = None
-        self.per_model: dict[str, Rate] = {}
-        self.fleet = Rate()
-        self.requests_history: deque[float] = deque(maxlen=history)
-        self.tokens_history: deque[float] = deque(maxlen=history)
-        self.queue_history: deque[float] = deque(maxlen=history)
+    def __init__(self) -> None:
+        self.fleet = Activity.new()
+        self.queue = Gauge()
+        self.models: dict[str, Activity] = {}
+        self.workers: dict[str, Activity] = {}
+        self.relays: dict[str, Counter] = {}
 
     def add(self, snapshot: StateSnapshot) -> None:
-        """Account for one more snapshot (rates need two with distinct `server.now`)."""
-        previous, self._previous = self._previous, snapshot
-        self.queue_history.append(float(snapshot.server.scheduler_queue_len))
-        if previous is None:
-            return
-        elapsed = (snapshot.server.now - previous.server.now).total_seconds()
-        if elapsed <= 0:
-            return
-        before = _totals(previous)
-        rates: dict[str, Rate] = {}
-        for name, (requests, tokens) in _totals(snapshot).items():
-            old_requests, old_tokens = before.get(name, (requests, tokens))
-            rates[name] = Rate(
-                max(requests - old_requests, 0) / elapsed, max(tokens - old_tokens, 0) / elapsed
+        """Account for one snapshot (counters are cumulative, so skipped ones lose nothing)."""
+        t = _seconds(snapshot.server.now)
+        self.queue.add(t, float(snapshot.server.scheduler_queue_len))
+        requests = tokens = 0
+        for model in snapshot.models:
+            requests += model.requests_total
+            tokens += model.tokens_out_total
+            self.models.setdefault(model.name, Activity.new()).add(
+                t, model.requests_total, model.tokens_out_total
             )
-        self.per_model = rates
-        self.fleet = Rate(
-            sum(r.requests for r in rates.values()), sum(r.tokens for r in rates.values())
-        )
-        self.requests_history.append(self.fleet.requests)
-        self.tokens_history.append(self.fleet.tokens)
+        self.fleet.add(t, requests, tokens)
+        for worker in snapshot.workers:
+            self.workers.setdefault(worker.id, Activity.new()).add(
+                t, worker.processed_total, worker.tokens_out_total
+            )
+        for relay in snapshot.mcp.clients:
+            self.relays.setdefault(relay.id, Counter()).add(t, relay.calls_total)
+        _forget(self.models, (m.name for m in snapshot.models))
+        _forget(self.workers, (w.id for w in snapshot.workers))
+        _forget(self.relays, (r.id for r in snapshot.mcp.clients))
+
+    def model(self, name: str) -> Activity:
+        return self.models.get(name) or Activity.new()
+
+    def worker(self, worker_id: str) -> Activity:
+        return self.workers.get(worker_id) or Activity.new()
+
+
+def _forget(table: dict[str, Activity] | dict[str, Counter], live: Iterable[str]) -> None:
+    keep = set(live)
+    if len(keep) != len(table):
+        for key in [k for k in table if k not in keep]:
+            del table[key]

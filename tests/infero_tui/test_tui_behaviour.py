@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable
-from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from infero_tui.screens.api_key import ApiKeyScreen
 from infero_tui.screens.confirm import ConfirmScreen
 from infero_tui.screens.help import HelpScreen
 from infero_tui.screens.main import MainScreen
-from infero_tui.widgets.workers_table import WorkersTable
+from infero_tui.widgets.fleet_table import FleetTable
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 FIXED_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
@@ -72,9 +71,13 @@ async def actions_done(app: InferoConsole) -> None:
             await app.workers.wait_for_complete(pending)
 
 
-def row_ids(app: InferoConsole) -> list[str]:
-    table = app.screen.query_one(WorkersTable)
-    return [str(key.value) for key in table.rows]
+def row_ids(app: InferoConsole, table_id: str = "workers-table") -> list[str]:
+    return list(app.screen.query_one(f"#{table_id}", FleetTable).order)
+
+
+def palette(screen: MainScreen) -> dict[str, Callable[[], object]]:
+    """Every palette entry by title (fixed ones and the per-row ones)."""
+    return {title: run for title, run, _ in [*screen.palette_fixed(), *screen.palette_rows()]}
 
 
 async def test_drain_key_then_yes_sends_exactly_one_drain_for_the_selected_worker() -> None:
@@ -115,7 +118,7 @@ async def test_read_only_mode_sends_nothing_and_asks_nothing() -> None:
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
         assert feed.calls == []
-        assert not [title for title, _, _ in screen.palette_commands() if "worker" in title]
+        assert not [title for title in palette(screen) if title.startswith(("Drain", "Shutdown"))]
 
 
 async def test_refused_operator_key_is_reported_not_retried() -> None:
@@ -155,12 +158,23 @@ async def test_sort_key_cycles_columns_and_r_reverses() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         await ready(pilot, feed)
         assert row_ids(app) == ["w-alpha", "w-bravo", "w-charlie", "w-delta", "w-echo"]
-        await pilot.press("s")
+        await pilot.press("s")  # from name to status: busy, idle, draining, not ready; gone last
         assert row_ids(app) == ["w-alpha", "w-bravo", "w-charlie", "w-delta", "w-echo"]
-        await pilot.press("s", "s", "r")  # Jobs, then Queue, reversed: most queued first
+        await pilot.press("r")  # reversed, but the gone row stays last
+        assert row_ids(app) == ["w-delta", "w-charlie", "w-bravo", "w-alpha", "w-echo"]
+
+
+async def test_shift_letters_sort_by_their_column_and_again_reverse() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("F")  # failures, fewest first
+        assert row_ids(app) == ["w-alpha", "w-charlie", "w-bravo", "w-delta", "w-echo"]
+        await pilot.press("F")  # again: most first; gone still last
+        assert row_ids(app) == ["w-delta", "w-bravo", "w-alpha", "w-charlie", "w-echo"]
+        await pilot.press("N")
         assert row_ids(app)[0] == "w-alpha"
-        await pilot.press("s", "s")  # TTFT ascending is reversed: slowest first
-        assert row_ids(app)[0] == "w-echo"
 
 
 async def test_stream_drop_marks_stale_then_reconnects_to_live() -> None:
@@ -172,8 +186,8 @@ async def test_stream_drop_marks_stale_then_reconnects_to_live() -> None:
         assert isinstance(screen, MainScreen)
         await until(pilot, lambda: screen.snapshot is second)
         assert feed.opened == 2
-        assert screen.connection == "live"
-        assert not screen.lost
+        assert screen.connection is not None
+        assert screen.connection.state == "live"
         assert row_ids(app) == []
 
 
@@ -195,7 +209,7 @@ async def test_command_palette_offers_actions_on_workers_by_name() -> None:
     app = fleet_app(feed)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await ready(pilot, feed)
-        commands = {title: run for title, run, _ in screen.palette_commands()}
+        commands = palette(screen)
         assert "Drain worker charlie" in commands
         assert "Show Models" in commands
         commands["Shutdown worker charlie"]()
@@ -343,9 +357,10 @@ async def test_gone_workers_offer_no_actions_in_the_palette() -> None:
     app = fleet_app(feed)
     async with app.run_test(size=(100, 30)) as pilot:
         screen = await ready(pilot, feed)
-        titles = [title for title, _, _ in screen.palette_commands()]
+        titles = list(palette(screen))
         assert "Drain worker alpha" in titles
-        assert not [t for t in titles if t.endswith("echo")]
+        assert "Open worker echo" in titles
+        assert not [t for t in titles if t.endswith("echo") and not t.startswith("Open")]
 
 
 async def test_no_color_environment_turns_the_console_monochrome(
@@ -364,11 +379,13 @@ async def test_start_and_stop_keys_own_a_connector_process(tmp_path: Path) -> No
     app = local_app(tmp_path, FrozenLocal(None))
     assert app.local is not None
     process = ConnectorProcess([sys.executable, "-c", "import time; time.sleep(60)"])
-    app.local = replace(app.local, process=process)
+    app.local.runner = process
     async with app.run_test(size=(100, 30)) as pilot:
         await pilot.press("S")
         await until(pilot, lambda: process.running)
         await pilot.press("K")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
         await until(pilot, lambda: not process.running)
         await pilot.press("S")
         await until(pilot, lambda: process.running)
@@ -398,6 +415,8 @@ async def test_an_unexpected_feed_error_is_shown_not_swallowed() -> None:
     async with app.run_test(size=(100, 30)) as pilot:
         screen = app.screen
         assert isinstance(screen, MainScreen)
-        await until(pilot, lambda: screen.connection.startswith("stream stopped"))
-        assert screen.lost
+        connection = screen.connection
+        assert connection is not None
+        await until(pilot, lambda: connection.state == "stopped")
+        assert connection.cause.startswith("stream stopped")
         assert feed.opened == 1

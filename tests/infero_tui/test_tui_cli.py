@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
-import pytest
 from typer.testing import CliRunner
 
 from infero.cli import app as cli
 from infero.cli.tui import _local_context
+from infero_tui.process import ConnectorProcess
 
 
 def test_without_server_or_worker_it_explains_what_to_give() -> None:
@@ -33,14 +32,11 @@ def test_an_unreadable_replay_file_is_a_usage_error(tmp_path: Path) -> None:
     assert "cannot replay" in result.stderr
 
 
-def test_missing_textual_gives_an_install_hint(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in list(sys.modules):
-        if name.startswith(("textual.", "infero_tui.")):
-            monkeypatch.delitem(sys.modules, name)
-    monkeypatch.setitem(sys.modules, "textual", None)
-    result = CliRunner().invoke(cli, ["tui", "--server", "http://127.0.0.1:1"])
-    assert result.exit_code == 1
-    assert "pip install 'infero[tui]'" in result.stderr
+def test_textual_is_a_base_dependency_with_a_compatible_range() -> None:
+    from importlib.metadata import requires
+
+    base = [r for r in requires("infero") or [] if "extra ==" not in r]
+    assert [r for r in base if r.startswith("textual")] == ["textual<9,>=8.2"]
 
 
 def test_local_paths_come_from_the_config_file(tmp_path: Path) -> None:
@@ -50,8 +46,9 @@ def test_local_paths_come_from_the_config_file(tmp_path: Path) -> None:
     assert context.config_path == config
     assert context.token_file == tmp_path / "worker.token"
     assert context.log_file == tmp_path / "logs" / "infero-llm.log"
-    assert context.process is not None
-    assert "--status-addr" in context.process.command
+    assert isinstance(context.runner, ConnectorProcess)
+    assert "--status-addr" in context.runner.command
+    assert context.explicit == {"config"}
 
 
 def test_flags_override_the_token_file_and_log_dir(tmp_path: Path) -> None:
@@ -62,6 +59,7 @@ def test_flags_override_the_token_file_and_log_dir(tmp_path: Path) -> None:
     )
     assert context.token_file == tmp_path / "t"
     assert context.log_file == tmp_path / "l" / "infero-llm.log"
+    assert context.explicit == {"config", "token", "log"}
 
 
 def test_a_config_file_that_does_not_exist_yet_is_accepted(tmp_path: Path) -> None:

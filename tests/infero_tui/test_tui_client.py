@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import json
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
 import pytest
 
+from infero.protocol.delta import Changes, StateDelta
+from infero.protocol.state import StateSnapshot, WorkerInfo
 from infero_tui.client import (
     AuthRefused,
     ClientError,
@@ -55,8 +58,47 @@ async def test_stream_yields_snapshots_skipping_ids_comments_and_bad_events() ->
             await read_all()
     assert [s.workers[0].name for s in got] == ["alpha", "alpha"]
     assert seen[0].url.path == "/api/state/stream"
-    assert seen[0].url.params["mode"] == "full"
+    assert seen[0].url.params["mode"] == "delta"
+    assert seen[0].url.params["gone"] == "list"
     assert seen[0].headers["Authorization"] == "Bearer k1"
+
+
+async def test_deltas_apply_to_the_document_and_a_reconnect_resumes_from_the_last_id() -> None:
+    seen: list[httpx.Request] = []
+    first = StateSnapshot.model_validate_json(COMPACT)
+    worker = first.workers[0]
+    draining = worker.model_copy(update={"status": "draining", "draining": True})
+    delta = StateDelta(
+        now=first.server.now + timedelta(seconds=2),
+        workers=Changes[WorkerInfo](upsert=[draining]),
+    )
+    body = (
+        f"event: snapshot\nid: e-1\ndata: {COMPACT}\n\n"
+        f"event: delta\nid: e-2\ndata: {delta.model_dump_json()}\n\n"
+    )
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        text = body if len(seen) == 1 else ""
+        return httpx.Response(200, text=text, headers={"Content-Type": "text/event-stream"})
+
+    client = FleetClient("http://infero.test", transport=httpx.MockTransport(handler))
+    got: list[StateSnapshot] = []
+
+    async def read_all() -> None:
+        async for snapshot in client.snapshots():
+            got.append(snapshot)  # noqa: PERF401  (the stream ends by raising)
+
+    async with client:
+        for _ in range(2):
+            with pytest.raises(StreamLost):
+                await read_all()
+    assert [(s.workers[0].status, s.server.now) for s in got] == [
+        ("busy", first.server.now),
+        ("draining", delta.now),
+    ]
+    assert "Last-Event-ID" not in seen[0].headers
+    assert seen[1].headers["Last-Event-ID"] == "e-2"
 
 
 async def test_stream_401_raises_auth_refused_with_the_server_message() -> None:

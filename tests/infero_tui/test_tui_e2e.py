@@ -221,3 +221,59 @@ async def test_ctl_lists_and_drains_the_same_connector() -> None:
         assert (await held).status_code == 200
         async with asyncio.timeout(5):
             assert await fleet.task == 0
+
+
+async def state_status(fleet: Fleet, worker_id: str) -> str:
+    """The connector's status as `/api/state` reports it now."""
+    response = await fleet.http.get(fleet.server.url + "/api/state")
+    response.raise_for_status()
+    workers = {w["id"]: w for w in response.json()["workers"]}
+    return str(workers[worker_id]["status"]) if worker_id in workers else "absent"
+
+
+async def until_state(fleet: Fleet, worker_id: str, status: str) -> None:
+    """Poll `/api/state` (bounded) until the connector has `status`."""
+    seen = ""
+    try:
+        async with asyncio.timeout(10):
+            while (seen := await state_status(fleet, worker_id)) != status:  # noqa: ASYNC110
+                await asyncio.sleep(0.02)  # polls what the server reports, bounded above
+    except TimeoutError:
+        raise AssertionError(f"{worker_id} stayed {seen!r}, expected {status!r}") from None
+
+
+async def test_keyboard_drains_and_undrains_a_real_connector_seen_in_api_state() -> None:
+    async with fleet_of_one() as fleet:
+        body = {"model": "m1", "messages": [{"role": "user", "content": "hi"}], "hold": True}
+        held = asyncio.create_task(  # busy until released: a drain cannot end it
+            fleet.http.post(fleet.server.url + CHAT, json=body, timeout=60)
+        )
+        async with asyncio.timeout(5):
+            await fleet.backend.entered.wait()
+        client = FleetClient(fleet.server.url, Credentials(api_key="ak", operator_key="ok"))
+        app = make_app(fleet=client, config=ConsoleConfig.frozen())
+        async with app.run_test(size=(100, 30)) as pilot:
+            await until(pilot, lambda: status_of(app, "w-e2e") == "busy")
+            await pilot.press("d")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until_state(fleet, "w-e2e", "draining")
+            await until(pilot, lambda: status_of(app, "w-e2e") == "draining")
+
+            await pilot.press("u")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until_state(fleet, "w-e2e", "busy")
+            assert not fleet.connector.draining
+
+            await pilot.press("colon", *"drain e2e", "enter")  # the command line, by name
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until_state(fleet, "w-e2e", "draining")
+            await pilot.press("colon", *"undrain w-e2e", "enter")  # and by id
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until_state(fleet, "w-e2e", "busy")
+            await until(pilot, lambda: status_of(app, "w-e2e") == "busy")
+        fleet.backend.release.set()
+        assert (await held).status_code == 200

@@ -10,11 +10,12 @@ import pytest
 from infero.common.settings import ConfigError
 from infero.protocol.state import StateSnapshot
 from infero_tui import settings_file
-from infero_tui.format import age, duration, millis
+from infero_tui.format import age, count, duration, ellipsis, middle_ellipsis, millis
 from infero_tui.frozen import load_snapshots
 from infero_tui.local import LogFollower, tail_lines
 from infero_tui.process import ConnectorProcess
-from infero_tui.rates import RateTracker
+from infero_tui.rates import SPAN_S, Counter, RateTracker
+from infero_tui.widgets.status_style import status_word
 
 DATA = Path(__file__).resolve().parents[1] / "data"
 
@@ -28,29 +29,59 @@ def test_rates_come_from_the_difference_between_snapshots() -> None:
     tracker = RateTracker()
     series = snapshots("fleet_series")
     tracker.add(series[0])
-    assert tracker.per_model == {}
+    assert tracker.model("llama3:8b").requests.rate() == 0.0
     tracker.add(series[1])
-    assert tracker.per_model["llama3:8b"].requests == pytest.approx(1.5)
-    assert tracker.per_model["llama3:8b"].tokens == pytest.approx(45.0)
-    assert tracker.fleet.requests == pytest.approx(1.5)
-    assert list(tracker.queue_history) == [0.0, 0.0]
+    assert tracker.model("llama3:8b").requests.rate() == pytest.approx(1.5)  # 3 in 2 s
+    assert tracker.fleet.requests.series() == pytest.approx(
+        tracker.model("llama3:8b").requests.series()
+    )
+    assert tracker.queue.series()[0] == 0.0
 
 
-def test_rates_ignore_a_snapshot_with_the_same_time() -> None:
-    tracker = RateTracker()
-    snapshot = snapshots("fleet")[0]
-    tracker.add(snapshot)
-    tracker.add(snapshot)
-    assert tracker.per_model == {}
-    assert list(tracker.requests_history) == []
+def test_a_steady_rate_reads_the_same_whatever_the_snapshot_rhythm() -> None:
+    counter = Counter()
+    t, total = 1000.0, 0
+    for gap in [0.3, 2.0, 0.1, 0.1, 1.5, 0.7, 2.0, 0.25, 0.05, 3.0] * 3:  # irregular
+        t += gap
+        total = int(4 * (t - 1000.0))  # a steady 4 requests per second
+        counter.add(t, total)
+    assert counter.rate() == pytest.approx(4.0, abs=0.5)
+    assert all(v == pytest.approx(4.0, abs=1.0) for v in counter.series()[-11:-1])
 
 
-def test_short_formats() -> None:
-    assert [duration(s) for s in (5, 125, 7300, 200000)] == ["5s", "2m", "2h", "2d"]
+def test_a_snapshot_with_the_same_time_adds_nothing() -> None:
+    counter = Counter()
+    counter.add(10.0, 5)
+    counter.add(10.0, 9)
+    assert counter.rate() == 0.0
+    assert counter.series() == [0.0]
+
+
+def test_the_series_spans_sixty_one_second_buckets() -> None:
+    counter = Counter()
+    for second in range(200):
+        counter.add(float(second), second * 2)
+    assert len(counter.series()) == SPAN_S
+    assert counter.rate() == pytest.approx(2.0)
+
+
+def test_human_formats() -> None:
+    assert [duration(s) for s in (5, 125, 7300, 200000)] == ["5 s", "2 min", "2 h 1 min", "2 d 7 h"]
     assert millis(0) == "-"
-    assert millis(380) == "380ms"
-    assert millis(12_500) == "12.5s"
+    assert millis(380) == "380 ms"
+    assert millis(8864) == "8.9 s"
+    assert millis(125_000) == "2 min"
     assert age(snapshots("fleet")[0].server.now, None) == "-"
+    assert ellipsis("a-very-long-host-name.example.com", 10) == "a-very-lo…"
+    assert middle_ellipsis("w-frankfurt-gpu-02", 9) == "w-fr…u-02"
+    assert count(12_345) == "12.3k"
+
+
+def test_raw_states_are_shown_in_words_and_a_reconnect_is_not_an_error() -> None:
+    assert status_word("connected_busy") == "busy"
+    assert status_word("not_ready") == "not ready"
+    assert status_word("error") == "reconnecting"
+    assert status_word("draining") == "draining"
 
 
 SAMPLE = """\
@@ -139,9 +170,9 @@ async def test_connector_process_starts_and_stops_with_sigterm() -> None:
     process = ConnectorProcess(
         [sys.executable, "-c", "import time; time.sleep(60)"], stop_timeout=5
     )
-    pid = await process.start()
+    started = await process.start()
     assert process.running
-    assert process.pid == pid
+    assert started == f"pid {process.pid}"
     code = await process.stop()
     assert code is not None
     assert code != 0

@@ -98,62 +98,118 @@ def local_context(
     )
 
 
-def test_fleet_shows_workers_in_every_state(snap_compare: SnapCompare) -> None:
-    """Idle, busy, draining, not_ready and gone workers with the first one's detail pane."""
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((120, 35), id="120x35")]
+TAB_KEYS = {"workers": "1", "models": "2", "mcp": "3", "server": "4", "local": "5"}
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("tab", list(TAB_KEYS))
+def test_every_tab_at_both_sizes(
+    snap_compare: SnapCompare,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    tab: str,
+    size: tuple[int, int],
+) -> None:
+    """Each tab, fleet (a minute of recorded snapshots) and local connector together."""
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
+    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
+    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
+    assert snap_compare(app, terminal_size=size, run_before=settle(feed, TAB_KEYS[tab]))
+
+
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize(
+    ("kind", "keys"),
+    [
+        pytest.param("worker", ("enter",), id="worker"),
+        pytest.param("model", ("2", "enter"), id="model"),
+        pytest.param("relay", ("3", "enter"), id="relay"),
+    ],
+)
+def test_detail_view_of(
+    snap_compare: SnapCompare, kind: str, keys: tuple[str, ...], size: tuple[int, int]
+) -> None:
+    """Enter on a row: full-screen detail with graphs, tables, last errors."""
+    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
+    assert snap_compare(fleet_app(feed), terminal_size=size, run_before=settle(feed, *keys))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_crowded_fleet_with_long_and_duplicate_names(
+    snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
+    """Twelve connectors: a 70-character host name, a hostile name, twins, gone rows last."""
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    assert snap_compare(fleet_app(feed), terminal_size=size, run_before=settle(feed))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_a_crowded_mcp_tab(snap_compare: SnapCompare, size: tuple[int, int]) -> None:
+    """MCP relays with a twin name and a long one."""
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    assert snap_compare(fleet_app(feed), terminal_size=size, run_before=settle(feed, "3"))
+
+
+def _mode_app(mode: str) -> tuple[InferoConsole, FrozenFeed]:
     feed = FrozenFeed.holding(snapshots("fleet"))
-    assert snap_compare(fleet_app(feed), terminal_size=(120, 34), run_before=settle(feed))
+    if mode == "replay":
+        feed = FrozenFeed.replaying(DATA / "fleet.json")
+        feed.target = "state.json"  # no absolute path in a snapshot
+    if mode == "no-operator-key":
+        feed.can_act = False
+    return fleet_app(feed, read_only=mode == "read-only"), feed
 
 
-def test_fleet_fits_80x24(snap_compare: SnapCompare) -> None:
-    """The workers tab at the smallest supported terminal."""
-    feed = FrozenFeed.holding(snapshots("fleet"))
-    assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed))
+@pytest.mark.parametrize("size", SIZES)
+@pytest.mark.parametrize("mode", ["read-only", "replay", "no-operator-key"])
+def test_modes_show_a_badge_and_grey_out_actions(
+    snap_compare: SnapCompare, mode: str, size: tuple[int, int]
+) -> None:
+    """READ-ONLY, REPLAY (never `live`), NO OPERATOR KEY: badge, actions greyed in the footer."""
+    app, feed = _mode_app(mode)
+    assert snap_compare(app, terminal_size=size, run_before=settle(feed))
 
 
-def test_fleet_scales_to_a_wide_terminal(snap_compare: SnapCompare) -> None:
-    """The workers tab on a wide terminal."""
-    feed = FrozenFeed.holding(snapshots("fleet"))
-    assert snap_compare(fleet_app(feed), terminal_size=(180, 40), run_before=settle(feed))
-
-
-def test_empty_fleet_says_so(snap_compare: SnapCompare) -> None:
-    """No workers yet, server not ready."""
-    feed = FrozenFeed.holding(snapshots("fleet_empty"))
-    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
-
-
-def test_detail_pane_follows_the_cursor(snap_compare: SnapCompare) -> None:
-    """Moving down three rows shows the not_ready worker's error, as text not markup."""
-    feed = FrozenFeed.holding(snapshots("fleet"))
-    app = fleet_app(feed)
-    assert snap_compare(
-        app, terminal_size=(100, 30), run_before=settle(feed, "down", "down", "down")
-    )
-
-
-def test_stale_badge_when_the_stream_is_lost(snap_compare: SnapCompare) -> None:
-    """After the stream drops the header shows how stale the data is."""
+@pytest.mark.parametrize("size", SIZES)
+def test_disconnected_header_says_why_and_when_it_retries(
+    snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
+    """Refused connection: the cause, the attempt count, the next retry and the data age."""
     now = [FIXED_NOW]
     feed = FrozenFeed([([snapshots("fleet")[0]], "lost"), ([], "hold")])
+    feed.loss_cause = "connection refused"
     app = make_app(
         fleet=feed,
         clock=lambda: now[0],
         config=ConsoleConfig(
-            refresh_interval=None, reconnect_schedule=(3600.0,), animation_level="none"
+            refresh_interval=None,
+            reconnect_schedule=(5.0,),
+            animation_level="none",
+            filter_debounce=0,
+            min_redraw_interval=0,
         ),
     )
 
     async def run_before(pilot: Pilot[Any]) -> None:
         async with asyncio.timeout(5):
             await feed.settled.wait()
-        await pilot.pause()
-        now[0] = FIXED_NOW.replace(second=12)
         screen = pilot.app.screen
         assert isinstance(screen, MainScreen)
+        async with asyncio.timeout(5):
+            while screen.connection is None or screen.connection.state != "reconnecting":
+                await pilot.pause()
+        now[0] = FIXED_NOW.replace(second=2)
         screen.redraw_header()
         await pilot.pause()
 
-    assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
+    assert snap_compare(app, terminal_size=size, run_before=run_before)
+
+
+def test_empty_fleet_says_so(snap_compare: SnapCompare) -> None:
+    """No workers yet, server not ready."""
+    feed = FrozenFeed.holding(snapshots("fleet_empty"))
+    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
 
 
 def test_unauthorized_stream_asks_for_the_key(snap_compare: SnapCompare) -> None:
@@ -165,25 +221,21 @@ def test_unauthorized_stream_asks_for_the_key(snap_compare: SnapCompare) -> None
 def test_drain_asks_for_confirmation_naming_the_worker(snap_compare: SnapCompare) -> None:
     """Pressing d on alpha asks to drain alpha and shows its in-flight count."""
     feed = FrozenFeed.holding(snapshots("fleet"))
-    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "d"))
+    assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed, "d"))
 
 
-def test_models_tab_shows_the_queue_and_rates(snap_compare: SnapCompare) -> None:
-    """Models with a queue and rates computed from successive snapshots."""
-    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
-    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "2"))
+def test_filter_narrows_every_table_of_the_tab(snap_compare: SnapCompare) -> None:
+    """`/gpu` on the crowded fleet: the box on top, matching rows only."""
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    keys = ("slash", "g", "p", "u")
+    assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed, *keys))
 
 
-def test_mcp_tab_lists_relays_and_sessions(snap_compare: SnapCompare) -> None:
-    """MCP relays and a live session."""
-    feed = FrozenFeed.holding(snapshots("fleet"))
-    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "3"))
-
-
-def test_server_tab_draws_sparklines(snap_compare: SnapCompare) -> None:
-    """Server totals and sparklines of requests/s, tokens/s and queue depth."""
-    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
-    assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed, "4"))
+def test_command_line_opens_at_the_bottom(snap_compare: SnapCompare) -> None:
+    """`:` opens the command line; `:drain gpu` is being typed."""
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    keys = ("colon", *"drain gpu")
+    assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed, *keys))
 
 
 def test_help_lists_every_key(snap_compare: SnapCompare) -> None:
@@ -192,15 +244,6 @@ def test_help_lists_every_key(snap_compare: SnapCompare) -> None:
     assert snap_compare(
         fleet_app(feed), terminal_size=(100, 40), run_before=settle(feed, "question_mark")
     )
-
-
-def test_local_view_shows_status_paths_and_log(
-    snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The local connector alone: state, connections, jobs, models, paths and the log tail."""
-    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
-    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
-    assert snap_compare(app, terminal_size=(100, 30), run_before=_pause_twice)
 
 
 def test_settings_editor_shows_a_validation_error(
@@ -222,14 +265,13 @@ def test_settings_editor_shows_a_validation_error(
     assert snap_compare(app, terminal_size=(100, 30), run_before=run_before)
 
 
-def test_both_views_in_one_session(
+def test_local_view_alone(
     snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """--server and --worker together: the Local tab sits after the fleet tabs."""
-    context = local_context(tmp_path, monkeypatch, FrozenLocal(None))
-    feed = FrozenFeed.holding(snapshots("fleet"))
-    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
-    assert snap_compare(app, terminal_size=(100, 30), run_before=settle(feed, "5"))
+    """--worker without a server: the local connector is the whole console."""
+    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
+    app = make_app(local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
+    assert snap_compare(app, terminal_size=(80, 24), run_before=_pause_twice)
 
 
 async def _pause_twice(pilot: Pilot[Any]) -> None:
@@ -244,15 +286,3 @@ def test_no_color_renders_monochrome(
     monkeypatch.setenv("NO_COLOR", "1")
     feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
-
-
-@pytest.mark.parametrize("tab", ["models", "mcp", "server", "local"])
-def test_every_tab_fits_80x24(
-    snap_compare: SnapCompare, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tab: str
-) -> None:
-    """Each tab at the smallest supported terminal, fleet and local together."""
-    context = local_context(tmp_path, monkeypatch, FrozenLocal(local_status()))
-    feed = FrozenFeed([(snapshots("fleet_series"), "hold")])
-    app = make_app(fleet=feed, local=context, config=ConsoleConfig.frozen(), clock=fixed_clock)
-    key = {"models": "2", "mcp": "3", "server": "4", "local": "5"}[tab]
-    assert snap_compare(app, terminal_size=(80, 24), run_before=settle(feed, key))

@@ -1,6 +1,6 @@
 """`infero ctl`: list the fleet, drain/undrain/shut down workers, watch changes (scriptable).
 
-Exit codes: 0 ok, 1 server or transport error, 2 usage, 3 key refused, 4 unknown worker.
+Exit codes: 0 ok, 1 server or transport error, 2 usage, 3 key refused, 4 unknown worker or relay.
 """
 
 from __future__ import annotations
@@ -42,11 +42,15 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON instead of a tabl
 PrintConfig = Annotated[bool, typer.Option("--print-config", help=PRINT_CONFIG_HELP)]
 SECRETS = ("api_key", "operator_key")
 Worker = Annotated[str, typer.Argument(help="Worker id or unique name.", show_default=False)]
+Relay = Annotated[
+    str,
+    typer.Argument(metavar="RELAY", help="MCP relay id or unique name.", show_default=False),
+]
 
 ctl = typer.Typer(
     name="ctl",
     help="Scriptable fleet control: the console's client without the UI (exit codes: "
-    "0 ok, 1 server/transport error, 2 usage, 3 key refused, 4 unknown worker).",
+    "0 ok, 1 server/transport error, 2 usage, 3 key refused, 4 unknown worker or relay).",
     no_args_is_help=True,
     rich_markup_mode=None,
 )
@@ -156,6 +160,29 @@ def _controller(action: Literal["drain", "undrain", "shutdown"], doc: str) -> Ca
     return command
 
 
+def _relay_controller(
+    action: Literal["drain", "undrain", "shutdown"], doc: str
+) -> Callable[..., None]:
+    def command(
+        relay: Relay,
+        server: Server = DEFAULT_SERVER,
+        api_key: ApiKey = "",
+        operator_key: OperatorKey = "",
+        json_output: Json = False,
+    ) -> None:
+        from infero_tui.ctl import control_command
+
+        _run(
+            server,
+            api_key,
+            operator_key,
+            lambda c: control_command(c, action, relay, json_output, _echo, "relay"),
+        )
+
+    command.__doc__ = doc
+    return command
+
+
 @ctl.command("watch")
 def watch(
     server: Server = DEFAULT_SERVER,
@@ -181,6 +208,19 @@ ctl.command("undrain")(
 ctl.command("shutdown")(
     _controller("shutdown", "Shut down a worker: drain, then exit (cannot be undone).")
 )
+
+relays = typer.Typer(
+    name="relay",
+    help="Steer MCP relays (infero mcp): drain, undrain, shutdown.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
+relays.command("drain")(
+    _relay_controller("drain", "Drain an MCP relay: finish in-flight calls, take none.")
+)
+relays.command("undrain")(_relay_controller("undrain", "Let a draining MCP relay take calls."))
+relays.command("shutdown")(_relay_controller("shutdown", "Drain an MCP relay, then exit it."))
+ctl.add_typer(relays)
 
 
 def register(app: typer.Typer) -> None:

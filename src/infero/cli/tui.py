@@ -1,4 +1,4 @@
-"""`infero tui`: the Textual operator console (needs the `tui` extra: pip install 'infero[tui]')."""
+"""`infero tui`: the Textual operator console (Textual comes with infero)."""
 
 from __future__ import annotations
 
@@ -47,10 +47,11 @@ def _local_context(
     unit: str = "",
 ) -> LocalContext:
     from infero_tui.client import LocalClient
-    from infero_tui.local import LOG_FILE_NAME, LocalContext
+    from infero_tui.local import LOG_FILE_NAME, LocalContext, PathName
     from infero_tui.process import ConnectorProcess, default_command
 
     config_path, _, token, logs = _local_paths(config, token_file, log_dir)
+    flags: dict[PathName, str | None] = {"config": config, "token": token_file, "log": log_dir}
     return LocalContext(
         client=LocalClient(addr, token),
         addr=addr,
@@ -58,8 +59,9 @@ def _local_context(
         token_file=token,
         log_file=logs / LOG_FILE_NAME,
         diagnostics_dir=Path.cwd(),
-        process=ConnectorProcess(default_command(config_path, addr)),
+        runner=ConnectorProcess(default_command(config_path, addr)),
         unit=unit or None,
+        explicit=frozenset(name for name, given in flags.items() if given),
     )
 
 
@@ -156,25 +158,16 @@ def tui(
     if server is None and worker is None and replay is None:
         typer.echo("infero tui: give --server URL and/or --worker ADDR (see --help)", err=True)
         raise typer.Exit(2)
-    try:
-        from infero_tui.app import make_app
-    except ImportError as exc:
-        if exc.name != "textual" and not str(exc.name or "").startswith("textual."):
-            raise
-        typer.echo(
-            "infero tui: the console needs Textual; install it with: pip install 'infero[tui]'",
-            err=True,
-        )
-        raise typer.Exit(1) from None
+    from infero_tui.app import make_app
     from infero_tui.client import ClientError, Credentials, FleetClient
     from infero_tui.config import ConsoleConfig
     from infero_tui.feed import FleetFeed
-    from infero_tui.frozen import FrozenFeed, load_snapshots
+    from infero_tui.frozen import FrozenFeed
 
     fleet: FleetFeed | None = None
     if replay is not None:
         try:
-            fleet = FrozenFeed.holding(load_snapshots(replay))
+            fleet = FrozenFeed.replaying(replay)
         except (OSError, ValueError) as exc:
             typer.echo(f"infero tui: cannot replay {replay}: {exc}", err=True)
             raise typer.Exit(2) from None

@@ -50,6 +50,12 @@ class WorkerStatusDoc(BaseModel):
     authorization: str = ""
     """`infero mcp` with OAuth: `authorized`, `waiting for authorization: open <url>`, or why
     not (empty without OAuth)."""
+    config_file: str = ""
+    """Absolute path of the config file the connector was started with ("" = none)."""
+    token_file: str = ""
+    """Absolute path of the control token file (`X-Auth-Token` for `/control/*`)."""
+    log_file: str = ""
+    """Absolute path of the log file it writes ("" = it logs to stderr only)."""
 
 
 class VersionDoc(BaseModel):

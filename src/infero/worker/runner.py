@@ -8,10 +8,9 @@ from infero.common.buildinfo import BUILD
 from infero.common.process import run_until_exit, start_logging
 from infero.worker.runtime import COMPONENT, Connector
 from infero.worker.settings import WorkerSettings
+from infero.worker.statusport import LOG_FILE
 
 logger = logging.getLogger(__name__)
-
-LOG_FILE = "infero-llm.log"
 
 
 def run_worker(settings: WorkerSettings, *, config_path: str | None) -> int:

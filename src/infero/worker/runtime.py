@@ -172,7 +172,7 @@ class Connector:
         settings = self.settings
         if settings.status_addr:
             self.status_url = await serve_status(
-                self._ports, self, settings.status_addr, self.config_path
+                self._ports, self, settings.status_addr, self.config_path, log_dir=settings.log_dir
             )
         if settings.metrics_port is not None:
             self.metrics_url = await self._ports.serve_metrics(

@@ -13,6 +13,7 @@ import os
 import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -27,6 +28,30 @@ from infero.worker.settings import parse_addr
 logger = logging.getLogger(__name__)
 
 TOKEN_FILE = "worker.token"
+LOG_FILE = "infero-llm.log"
+"""The connector's log file name inside `LOG_DIR`."""
+
+
+@dataclass(frozen=True, slots=True)
+class StatusFiles:
+    """Where the connector's files are, reported in `/status` so `infero tui --worker ADDR`
+    finds them without being told."""
+
+    config_file: str = ""
+    token_file: str = ""
+    log_file: str = ""
+
+    @classmethod
+    def of(
+        cls, config_path: str | None, token: Path, log_dir: str, log_name: str = LOG_FILE
+    ) -> StatusFiles:
+        """Absolute paths; no config file or log directory reads as ""."""
+        log = (Path(log_dir).expanduser() / log_name).resolve() if log_dir else None
+        return cls(
+            config_file=str(Path(config_path).expanduser().resolve()) if config_path else "",
+            token_file=str(token.expanduser().resolve()),
+            log_file=str(log) if log else "",
+        )
 
 
 class Controllable(Protocol):
@@ -115,11 +140,18 @@ def is_loopback(peer: str | None) -> bool:
 
 
 async def serve_status(
-    ports: HttpPorts, target: Controllable, addr: str, config_path: str | None
+    ports: HttpPorts,
+    target: Controllable,
+    addr: str,
+    config_path: str | None,
+    *,
+    log_dir: str = "",
+    log_name: str = LOG_FILE,
 ) -> str:
     """Serve the status port of `target` on `addr` (`STATUS_ADDR`); returns its base URL.
 
-    The control token is read from (or created 0600 in) `worker.token` beside the config.
+    The control token is read from (or created 0600 in) `worker.token` beside the config;
+    `/status` reports the config, token and log file paths (`log_name` inside `log_dir`).
     """
     host, port = parse_addr(addr)
     path = token_path(config_path)
@@ -127,19 +159,25 @@ async def serve_status(
         token = load_or_create_token(path)
     except OSError as exc:
         raise StartupError(f"cannot create the control token {path}: {exc}") from None
-    bound = await ports.serve(create_status_app(target, token), host, port, "STATUS_ADDR")
+    files = StatusFiles.of(config_path, path, log_dir, log_name)
+    app = create_status_app(target, token, files)
+    bound = await ports.serve(app, host, port, "STATUS_ADDR")
     url = f"http://{f'[{host}]' if ':' in host else host}:{bound}"
     logger.info("status port on %s", url)
     return url
 
 
-def create_status_app(target: Controllable, token: str) -> web.Application:
-    """The aiohttp app of the status port."""
+def create_status_app(
+    target: Controllable, token: str, files: StatusFiles = StatusFiles()
+) -> web.Application:
+    """The aiohttp app of the status port; `files` fills the paths in `/status`."""
+    paths = {name: value for name, value in asdict(files).items() if value}
 
     async def status(_: web.Request) -> web.Response:
-        return web.Response(
-            text=target.status_doc().model_dump_json(), content_type="application/json"
-        )
+        doc = target.status_doc()
+        if paths:
+            doc = doc.model_copy(update=paths)
+        return web.Response(text=doc.model_dump_json(), content_type="application/json")
 
     async def version(_: web.Request) -> web.Response:
         doc = VersionDoc(version=BUILD.version, build_sha=BUILD.sha, build_date=BUILD.date)

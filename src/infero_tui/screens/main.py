@@ -1,49 +1,62 @@
-"""The main screen: header, one tab per view, footer; owns the feed workers."""
+"""The main screen: header, one tab per view, the `:` command line, footer; owns the feeds.
+
+Snapshots are drawn at a bounded rate and only the latest one: the stream worker parks each
+snapshot in one slot and asks for a draw only when none is pending, so a console that falls
+behind skips stale states instead of queueing them.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from functools import partial
 from typing import ClassVar
 
 from rich.text import Text
-from textual import on, work
+from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, TabbedContent, TabPane
+from textual.widgets import Footer, Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from infero.common.backoff import Backoff
-from infero.protocol.state import StateSnapshot, WorkerInfo
+from infero.protocol.state import McpClientInfo, StateSnapshot, WorkerInfo
 from infero_tui.client import ACTIONS, Action, AuthRefused, ClientError, NotFound
+from infero_tui.cmdline import COMMANDS, CommandError, parse, resolve
+from infero_tui.commands import PaletteCommand
 from infero_tui.config import ConsoleConfig
+from infero_tui.connection import Connection
 from infero_tui.feed import FleetFeed
+from infero_tui.format import printable
+from infero_tui.history import ErrorHistory
 from infero_tui.local import LocalContext
 from infero_tui.messages import (
     ActionRequested,
     AuthRequired,
+    DetailRequested,
     FeedLost,
+    Kind,
     LocalLost,
     LocalStatusReceived,
-    SnapshotReceived,
+    SnapshotReady,
 )
 from infero_tui.rates import RateTracker
 from infero_tui.screens.api_key import ApiKeyScreen
 from infero_tui.screens.confirm import ConfirmScreen, action_question
+from infero_tui.screens.detail import DetailScreen
+from infero_tui.tables import TableContext
 from infero_tui.widgets.fleet_header import FleetHeader
+from infero_tui.widgets.inputs import configure_inputs
 from infero_tui.widgets.local_pane import LocalPane
-from infero_tui.widgets.mcp_pane import McpPane
-from infero_tui.widgets.models_table import ModelsTable
 from infero_tui.widgets.server_pane import ServerPane
-from infero_tui.widgets.workers_pane import WorkersPane
+from infero_tui.widgets.status_style import status_word
+from infero_tui.widgets.table_pane import McpPane, ModelsPane, TablePane, WorkersPane
 
 logger = logging.getLogger(__name__)
-
-PaletteCommand = tuple[str, Callable[[], object], str]
 
 TABS: tuple[tuple[str, str], ...] = (
     ("workers", "1 Workers"),
@@ -57,26 +70,42 @@ FOCUS_IN_TAB = {
     "workers": "#workers-table",
     "models": "#models-table",
     "mcp": "#mcp-relays",
-    "server": "#tabs Tabs",
+    "server": "#server-pane",
     "local": "#local-log",
 }
 
 
 class MainScreen(Screen[None]):
-    """Fleet tabs (with `--server`) and the Local tab (with `--worker`)."""
+    """Fleet tabs (with `--server` or `--replay`) and the Local tab (with `--worker`)."""
 
     BINDINGS: ClassVar[list[BindingType]] = [
         *(
             Binding(str(index), f"show_tab('{tab}')", label.split()[1], show=False)
             for index, (tab, label) in enumerate(TABS, start=1)
         ),
+        Binding("colon", "command_line", "Command", key_display=":"),
         Binding("a", "api_key", "API key", show=False),
     ]
     """
     | Key | Action |
     | :- | :- |
     | 1-5 | Workers, Models, MCP, Server, Local tab. |
+    | : | Command line: :workers, :mcp, :drain NAME, :undrain NAME, :ctx URL, :q (see docs). |
     | a | Enter another API key and reconnect. |
+    """
+
+    DEFAULT_CSS = """
+    MainScreen #command-line {
+        dock: bottom;
+        height: 1;
+        border: none;
+        padding: 0 1;
+        display: none;
+        background: $boost;
+    }
+    MainScreen #command-line.-shown {
+        display: block;
+    }
     """
 
     def __init__(
@@ -94,20 +123,32 @@ class MainScreen(Screen[None]):
         self.clock = clock
         self.snapshot: StateSnapshot | None = None
         self.rates = RateTracker()
-        self.connection = "connecting…" if fleet else ""
-        self.last_received: datetime | None = None
-        self.lost = False
+        self.errors = ErrorHistory()
+        self.ctx = TableContext(rates=self.rates)
+        if fleet is not None:
+            self.ctx.live_heartbeats = fleet.live_heartbeats
+        self.connection = (
+            Connection(fleet.target, replay=fleet.replay) if fleet is not None else None
+        )
+        self._latest: StateSnapshot | None = None
+        self._draw_pending = False
+        self._last_draw = 0.0
+        self.draws = 0
+        """Snapshots drawn (fewer than received when they come faster than the redraw rate)."""
+
+    # ---- layout ---------------------------------------------------------------------------
 
     def compose(self) -> ComposeResult:
         yield FleetHeader(id="header")
+        debounce = self.config.filter_debounce
         with TabbedContent(id="tabs"):
             if self.fleet is not None:
                 with TabPane(TABS[0][1], id="workers"):
-                    yield WorkersPane(id="workers-pane")
+                    yield WorkersPane(self.ctx, debounce=debounce, id="workers-pane")
                 with TabPane(TABS[1][1], id="models"):
-                    yield ModelsTable(id="models-table")
+                    yield ModelsPane(self.ctx, debounce=debounce, id="models-pane")
                 with TabPane(TABS[2][1], id="mcp"):
-                    yield McpPane(id="mcp-pane")
+                    yield McpPane(self.ctx, debounce=debounce, id="mcp-pane")
                 with TabPane(TABS[3][1], id="server"):
                     yield ServerPane(id="server-pane")
             if self.local is not None:
@@ -119,9 +160,11 @@ class MainScreen(Screen[None]):
                         refresh_interval=self.config.refresh_interval,
                         id="local-pane",
                     )
+        yield Input(placeholder=":command (Esc: cancel)", id="command-line")
         yield Footer()
 
     def on_mount(self) -> None:
+        configure_inputs(self)
         self.redraw_header()
         self._focus_tab(self.query_one(TabbedContent).active)
         if self.fleet is not None:
@@ -131,24 +174,63 @@ class MainScreen(Screen[None]):
         if self.config.refresh_interval:
             self.set_interval(self.config.refresh_interval, self.redraw_header)
 
-    # ---- feeds ------------------------------------------------------------------------
+    # ---- modes ----------------------------------------------------------------------------
+
+    def badges(self) -> tuple[str, ...]:
+        """READ-ONLY, REPLAY, NO OPERATOR KEY: what the console will not do."""
+        out: list[str] = []
+        if self.config.read_only:
+            out.append("READ-ONLY")
+        if self.fleet is not None and self.fleet.replay:
+            out.append("REPLAY")
+        elif self.fleet is not None and not self.fleet.can_act and not self.config.read_only:
+            out.append("NO OPERATOR KEY")
+        return tuple(out)
+
+    def why_not_act(self) -> str | None:
+        """Why fleet actions are unavailable, or None when they can be sent."""
+        if self.config.read_only:
+            return "Read-only mode: actions are disabled."
+        if self.fleet is None:
+            return "No server: fleet actions need --server."
+        if self.fleet.replay:
+            return "Replay: recorded data, nothing is sent."
+        if not self.fleet.can_act:
+            return "No operator key: start with --operator-key (or OPERATOR_KEY) to act."
+        return None
+
+    # ---- feeds ----------------------------------------------------------------------------
 
     @work(exclusive=True, group="fleet", exit_on_error=False)
     async def follow_fleet(self) -> None:
         """Follow the state stream, reconnecting with backoff until a 401 asks for a key."""
         assert self.fleet is not None
+        fleet = self.fleet
         backoff = Backoff(self.config.reconnect_schedule, self.config.reconnect_ceiling)
+        attempt = 0
         while True:
             try:
-                async for snapshot in self.fleet.snapshots():
+                async for snapshot in fleet.snapshots():
                     backoff.reset()
-                    self.post_message(SnapshotReceived(snapshot))
+                    attempt = 0
+                    self._park(snapshot)
             except AuthRefused as exc:
                 self.post_message(AuthRequired(str(exc)))
                 return
             except ClientError as exc:
-                self.post_message(FeedLost(str(exc)))
-            await asyncio.sleep(backoff.next_delay())
+                attempt += 1
+                delay = backoff.next_delay()
+                self.post_message(FeedLost(str(exc), exc.cause, attempt, delay))
+                await asyncio.sleep(delay)
+
+    def _park(self, snapshot: StateSnapshot) -> None:
+        """Count its rates, keep it as the newest; ask for one draw if none is pending."""
+        self.rates.add(snapshot)  # counters need every snapshot; drawing only the latest
+        self.errors.add(snapshot)
+        self._latest = snapshot
+        if not self._draw_pending:
+            self._draw_pending = True
+            self.post_message(SnapshotReady())
 
     @work(exclusive=True, group="local", exit_on_error=False)
     async def poll_local(self) -> None:
@@ -172,42 +254,60 @@ class MainScreen(Screen[None]):
             return
         error = event.worker.error
         logger.error("console task %s failed", event.worker.name, exc_info=error)
-        if event.worker.group == "fleet":
-            self.lost = True
-            self.connection = f"stream stopped ({type(error).__name__}); restart the console"
+        if event.worker.group == "fleet" and self.connection is not None:
+            self.connection.state = "stopped"
+            self.connection.cause = f"stream stopped ({type(error).__name__}); restart the console"
             self.redraw_header()
         self.notify(f"{event.worker.name}: {error}", title="Internal error", severity="error")
 
-    # ---- feed messages ----------------------------------------------------------------
+    # ---- drawing --------------------------------------------------------------------------
 
-    @on(SnapshotReceived)
-    def _snapshot(self, message: SnapshotReceived) -> None:
-        snapshot = self.snapshot = message.snapshot
-        self.last_received = self.clock()
-        self.lost = False
-        self.connection = "live"
-        self.rates.add(snapshot)
-        self.query_one(WorkersPane).show(snapshot)
-        self.query_one(ModelsTable).show(snapshot.models, self.rates.per_model)
-        self.query_one(McpPane).show(snapshot.mcp, snapshot.server.now)
+    @on(SnapshotReady)
+    def _snapshot_ready(self) -> None:
+        wait = self.config.min_redraw_interval - (time.monotonic() - self._last_draw)
+        if wait > 0:
+            self.set_timer(wait, self.draw)
+        else:
+            self.draw()
+
+    def draw(self) -> None:
+        """Draw the newest parked snapshot everywhere it shows."""
+        self._draw_pending = False
+        snapshot = self._latest
+        if snapshot is None:
+            return
+        self._last_draw = time.monotonic()
+        self.draws += 1
+        self.snapshot = snapshot
+        if self.connection is not None:
+            self.connection.received(self.clock())
+        ctx = self.ctx
+        ctx.now = snapshot.server.now
+        ctx.note(snapshot.workers, snapshot.mcp.clients)
+        self.query_one(WorkersPane).show(snapshot.workers)
+        self.query_one(ModelsPane).show(snapshot.models)
+        self.query_one(McpPane).show(snapshot.mcp.clients, snapshot.mcp.sessions)
         self.query_one(ServerPane).show(snapshot, self.rates)
+        for screen in self.app.screen_stack:
+            if isinstance(screen, DetailScreen):
+                screen.redraw()
         self.redraw_header()
 
     @on(FeedLost)
     def _lost(self, message: FeedLost) -> None:
-        self.lost = True
-        self.connection = f"reconnecting ({message.reason})"
+        if self.connection is not None:
+            self.connection.failed(self.clock(), message.cause, message.attempt, message.retry_in)
         self.redraw_header()
 
     @on(AuthRequired)
     def _auth(self, message: AuthRequired) -> None:
-        self.lost = True
-        self.connection = "API key refused (a: enter a key)"
+        if self.connection is not None:
+            self.connection.refused("API key refused")
         self.redraw_header()
         self.ask_for_key(message.reason)
 
     def action_api_key(self) -> None:
-        if self.fleet is not None:
+        if self.fleet is not None and not self.fleet.replay:
             self.ask_for_key("Enter the API key to use from now on.")
 
     def ask_for_key(self, reason: str) -> None:
@@ -216,7 +316,8 @@ class MainScreen(Screen[None]):
         def entered(key: str | None) -> None:
             if key and self.fleet is not None:
                 self.fleet.set_api_key(key)
-                self.connection = "connecting…"
+                if self.connection is not None:
+                    self.connection.state = "connecting"
                 self.redraw_header()
                 self.follow_fleet()
 
@@ -230,21 +331,27 @@ class MainScreen(Screen[None]):
     @on(LocalLost)
     def _local_lost(self, message: LocalLost) -> None:
         self.query_one(LocalPane).show_status(None, message.reason)
+        self.redraw_header()
 
     def redraw_header(self) -> None:
-        """Redraw the header (the refresh timer calls this so the stale age counts up)."""
-        header = self.query_one(FleetHeader)
+        """Redraw the headers (the refresh timer calls this so ages and retries count)."""
+        local = ""
         if self.fleet is None:
             status = self.query_one(LocalPane).status if self.local else None
-            state = status.state if status else "unreachable"
-            header.show(None, connection=f"local connector: {state}", stale_s=None)
-            return
-        stale: int | None = None
-        if self.lost and self.last_received is not None:
-            stale = max(int((self.clock() - self.last_received).total_seconds()), 0)
-        header.show(self.snapshot, connection=self.connection, stale_s=stale)
+            local = f"local connector: {status_word(status.state) if status else 'unreachable'}"
+        for screen in self.app.screen_stack:
+            if isinstance(screen, MainScreen | DetailScreen):
+                for header in screen.query(FleetHeader):
+                    header.show(
+                        self.snapshot,
+                        connection=self.connection,
+                        now=self.clock(),
+                        rates=self.rates if self.snapshot else None,
+                        badges=self.badges(),
+                        local=local,
+                    )
 
-    # ---- actions ----------------------------------------------------------------------
+    # ---- actions --------------------------------------------------------------------------
 
     def worker(self, worker_id: str) -> WorkerInfo | None:
         """The worker with this id in the latest snapshot."""
@@ -252,35 +359,55 @@ class MainScreen(Screen[None]):
             return None
         return next((w for w in self.snapshot.workers if w.id == worker_id), None)
 
+    def relay(self, relay_id: str) -> McpClientInfo | None:
+        if self.snapshot is None:
+            return None
+        return next((r for r in self.snapshot.mcp.clients if r.id == relay_id), None)
+
     @on(ActionRequested)
     def _action_requested(self, message: ActionRequested) -> None:
-        self.request_action(message.worker_id, message.action)
+        self.request_action(message.kind, message.key, message.action)
 
-    def request_action(self, worker_id: str, action: Action) -> None:
-        """Confirm, then send one action for a fleet worker (nothing in read-only mode)."""
-        if self.config.read_only:
-            self.notify("Read-only mode: actions are disabled.", severity="warning")
+    @on(DetailRequested)
+    def _detail_requested(self, message: DetailRequested) -> None:
+        self.open_detail(message.kind, message.key)
+
+    def open_detail(self, kind: Kind, key: str) -> None:
+        self.app.push_screen(DetailScreen(kind, key, self, self.clock))
+
+    def request_action(self, kind: Kind, key: str, action: Action) -> None:
+        """Confirm, then send one action for a connector or relay (never when unavailable)."""
+        why_not = self.why_not_act()
+        if why_not is not None:
+            self.notify(why_not, severity="warning")
             return
-        worker = self.worker(worker_id)
-        if worker is None or self.fleet is None:
-            self.notify("That worker is no longer known.", severity="warning")
+        entity = self.worker(key) if kind == "worker" else self.relay(key)
+        if entity is None or kind == "model":
+            self.notify("That connector is no longer known.", severity="warning")
             return
-        question = action_question(
-            action, Text(f"worker {worker.name or worker.id}"), worker.inflight
-        )
+        if entity.status == "gone":
+            self.notify(f"{entity.name or key} is gone: nothing to steer.", severity="warning")
+            return
+        what = "worker" if kind == "worker" else "MCP relay"
+        target = Text(f"{what} ")
+        target.append(printable(entity.name or entity.id))
+        if entity.name and entity.name != entity.id:
+            target.append(f" ({entity.id})", style="dim")
+        question = action_question(action, target, entity.inflight)
+        name = entity.name or entity.id
 
         def confirmed(answer: bool | None) -> None:
             if answer:
-                self.send_action(worker_id, worker.name or worker.id, action)
+                self.send_action(kind, key, name, action)
 
         self.app.push_screen(ConfirmScreen(question), confirmed)
 
     @work(group="actions", exit_on_error=False)
-    async def send_action(self, worker_id: str, name: str, action: Action) -> None:
+    async def send_action(self, kind: Kind, key: str, name: str, action: Action) -> None:
         """Send through the fleet feed; the outcome is a notification."""
         assert self.fleet is not None
         try:
-            await self.fleet.control(worker_id, action)
+            await self.fleet.control(key, action, "relay" if kind == "relay" else "worker")
         except AuthRefused:
             self.notify(
                 "The server refused the operator key (--operator-key / OPERATOR_KEY).",
@@ -289,18 +416,22 @@ class MainScreen(Screen[None]):
             )
             return
         except NotFound:
-            self.notify("The server no longer knows this worker.", severity="error")
+            self.notify(f"The server no longer knows {name}.", severity="error")
             return
         except ClientError as exc:
             self.notify(str(exc), title=f"{action} {name}", severity="error")
             return
         self.notify(f"{action} accepted for {name}", title="Fleet")
 
+    # ---- tabs -----------------------------------------------------------------------------
+
     def action_show_tab(self, tab: str) -> None:
         tabs = self.query_one(TabbedContent)
         if tabs.query(f"TabPane#{tab}"):
             tabs.active = tab
             self._focus_tab(tab)
+        else:
+            self.notify(f"No {tab} tab in this session.", severity="warning")
 
     @on(TabbedContent.TabActivated)
     def _tab_activated(self, event: TabbedContent.TabActivated) -> None:
@@ -312,25 +443,136 @@ class MainScreen(Screen[None]):
         target = FOCUS_IN_TAB.get(tab)
         if target is not None:
             for widget in self.query(target):
-                widget.focus()
+                self.set_focus(widget)  # now, so a later tab switch is not undone by it
                 return
 
-    def palette_commands(self) -> list[PaletteCommand]:
-        """Commands for the palette: every action on every worker, and the tabs."""
+    def active_pane(self) -> TablePane | None:
+        tabs = self.query_one(TabbedContent)
+        panes = list(tabs.query(f"TabPane#{tabs.active} TablePane").results(TablePane))
+        return panes[0] if panes else None
+
+    # ---- the command line -----------------------------------------------------------------
+
+    def action_command_line(self) -> None:
+        line = self.query_one("#command-line", Input)
+        line.value = ""
+        line.add_class("-shown")
+        line.focus()
+
+    def _close_command_line(self) -> None:
+        line = self.query_one("#command-line", Input)
+        line.remove_class("-shown")
+        self._focus_tab(self.query_one(TabbedContent).active)
+
+    def on_key(self, event: events.Key) -> None:
+        if event.key == "escape" and self.query_one("#command-line", Input).has_focus:
+            event.stop()
+            self._close_command_line()
+
+    @on(Input.Submitted, "#command-line")
+    def _command_submitted(self, event: Input.Submitted) -> None:
+        event.stop()
+        self.query_one("#command-line", Input).remove_class("-shown")
+        try:
+            switches_tab = parse(event.value).verb == "tab"
+        except CommandError:
+            switches_tab = False
+        if not switches_tab:  # a tab switch focuses the new tab (focusing the old one undoes it)
+            self._focus_tab(self.query_one(TabbedContent).active)
+        self.run_command(event.value)
+
+    def run_command(self, line: str) -> None:
+        """Carry out one `:` command line."""
+
+        try:
+            command = parse(line)
+            if command.verb == "tab":
+                self.action_show_tab(command.arg)
+            elif command.verb == "quit":
+                self.app.action_request_quit()  # type: ignore[attr-defined]
+            elif command.verb == "help":
+                self.app.action_help()  # type: ignore[attr-defined]
+            elif command.verb == "ctx":
+                self.switch_server(command.arg)
+            else:
+                assert command.action is not None
+                kind, key, _ = resolve(self.snapshot, command.arg)
+                self.request_action(kind, key, command.action)
+        except CommandError as exc:
+            self.notify(str(exc), title="Command", severity="warning")
+
+    def switch_server(self, url: str) -> None:
+        """`:ctx URL`: watch another server with the same keys."""
+        if self.fleet is None:
+            raise CommandError("no server in this session (start with --server)")
+        try:
+            fleet = self.fleet.with_target(url)
+        except ClientError as exc:
+            raise CommandError(str(exc)) from None
+        old = self.fleet
+        if fleet is not old:
+            self.run_worker(old.aclose(), group="close", exit_on_error=False)
+        self.fleet = fleet
+        self.connection = Connection(fleet.target, replay=fleet.replay)
+        self.ctx.live_heartbeats = fleet.live_heartbeats
+        self.snapshot = self._latest = None
+        self.rates = self.ctx.rates = RateTracker()
+        self.redraw_header()
+        self.follow_fleet()
+        self.notify(f"Watching {fleet.target}", title="Server")
+
+    # ---- the palette ----------------------------------------------------------------------
+
+    def palette_fixed(self) -> list[PaletteCommand]:
+        """Tabs, command-line verbs, local actions and settings."""
         out: list[PaletteCommand] = []
         tabs = self.query_one(TabbedContent)
         for tab, label in TABS:
             if tabs.query(f"TabPane#{tab}"):
                 out.append((f"Show {label.split()[1]}", partial(self.action_show_tab, tab), "tab"))
-        if self.snapshot is not None and not self.config.read_only:
-            out.extend(
-                (
-                    f"{action.capitalize()} worker {worker.name or worker.id}",
-                    partial(self.request_action, worker.id, action),
-                    f"{worker.status}, {worker.inflight} in flight",
-                )
-                for worker in self.snapshot.workers
-                if worker.status != "gone"
-                for action in ACTIONS
-            )
+        out.append(("Command line (:)", self.action_command_line, " ".join(COMMANDS)))
+        if self.fleet is not None and not self.fleet.replay:
+            out.append(("Switch server (:ctx URL)", self.action_command_line, "same keys"))
+            out.append(("Enter another API key", self.action_api_key, "reconnects"))
+        pane = self.active_pane()
+        if pane is not None:
+            out.append(("Filter rows (/)", pane.action_filter, "this tab"))
+        if self.local is not None:
+            out.extend(self.query_one(LocalPane).palette_commands())
+        out.append(("Help: every key (?)", self.app.action_help, ""))  # type: ignore[attr-defined]
+        out.append(("Quit (q)", self.app.action_request_quit, ""))  # type: ignore[attr-defined]
         return out
+
+    def palette_rows(self) -> Iterator[PaletteCommand]:
+        """Open and act on every live connector and relay, generated on demand."""
+        snapshot = self.snapshot
+        if snapshot is None:
+            return
+        can_act = self.why_not_act() is None
+        twins = self.ctx.duplicate_names
+        for worker in snapshot.workers:
+            label = worker.name or worker.id
+            if label in twins:
+                label = f"{label} ({worker.id})"
+            yield (f"Open worker {label}", partial(self.open_detail, "worker", worker.id), "")
+            if can_act and worker.status != "gone":
+                for action in ACTIONS:
+                    yield (
+                        f"{action.capitalize()} worker {label}",
+                        partial(self.request_action, "worker", worker.id, action),
+                        f"{status_word(worker.status)}, {worker.inflight} in flight",
+                    )
+        for relay in snapshot.mcp.clients:
+            label = relay.name or relay.id
+            if relay.name in self.ctx.duplicate_relay_names:
+                label = f"{label} ({relay.id})"
+            yield (f"Open MCP relay {label}", partial(self.open_detail, "relay", relay.id), "")
+            if can_act and relay.status != "gone":
+                for action in ACTIONS:
+                    yield (
+                        f"{action.capitalize()} MCP relay {label}",
+                        partial(self.request_action, "relay", relay.id, action),
+                        f"{status_word(relay.status)}, {relay.inflight} in flight",
+                    )
+        for model in snapshot.models:
+            yield (f"Open model {model.name}", partial(self.open_detail, "model", model.name), "")

@@ -20,11 +20,16 @@ from textual.widgets import Log, Static
 from infero.common.systemd import SystemdUnit, UnitError, UnitState, find_unit
 from infero.protocol.status import VersionDoc, WorkerStatusDoc
 from infero_tui.client import Action, ClientError
+from infero_tui.commands import PaletteCommand
 from infero_tui.config import Clock
-from infero_tui.local import LocalContext, LogFollower, write_diagnostics
+from infero_tui.format import printable
+from infero_tui.local import LocalContext, LogFollower, tail_lines, write_diagnostics
 from infero_tui.screens.confirm import ConfirmScreen, action_question
 from infero_tui.screens.settings_editor import SettingsEditorScreen
 from infero_tui.widgets.status_style import status_text
+
+EXIT_LOG_LINES = 5
+"""Log lines shown when a connector started here exits by itself."""
 
 
 def _yes_no(flag: bool) -> Text:
@@ -44,7 +49,8 @@ class LocalPane(Vertical):
         Binding("l", "open_log", "Log"),
         Binding("S", "start", "Start"),
         Binding("K", "stop", "Stop"),
-        Binding("N", "enable", "Enable"),
+        Binding("N", "enable", "Enable", show=False),
+        Binding("end,G", "log_tail", "Log end", show=False),
     ]
     """
     | Key | Action |
@@ -53,9 +59,10 @@ class LocalPane(Vertical):
     | e | Edit worker.yaml in the settings form (validated, comments kept). |
     | g | Write a diagnostics file. |
     | o | Open worker.yaml in $EDITOR. |
-    | l | Open the log file in $PAGER. |
+    | l | Open the log file in $PAGER (at its end). |
     | S / K | Start / stop the connector's systemd unit, else a process owned by this console. |
     | N | Enable the connector's systemd unit (start at boot or login). |
+    | G, End | Back to the end of the log. |
     """
 
     DEFAULT_CSS = """
@@ -90,6 +97,9 @@ class LocalPane(Vertical):
         self.refresh_interval = refresh_interval
         self.status: WorkerStatusDoc | None = None
         self.version: VersionDoc | None = None
+        self.exited = ""
+        """How the last connector started here ended, when it ended by itself."""
+        self._stopping = False
         self._follower = LogFollower(context.log_file)
         self.service: SystemdUnit | None = None
         self.unit_state: UnitState | None = None
@@ -134,23 +144,33 @@ class LocalPane(Vertical):
     def _paths(self) -> Text:
         ctx = self.context
         text = Text()
-        text.append("config ", style="bold")
-        text.append(str(ctx.config_path))
-        text.append("  log ", style="bold")
-        text.append(str(ctx.log_file))
-        text.append("  address ", style="bold")
-        text.append(ctx.addr)
+        for label, value in (
+            ("config ", str(ctx.config_path)),
+            ("  token ", str(ctx.token_file)),
+            ("  log ", str(ctx.log_file)),
+            ("  address ", ctx.addr),
+        ):
+            text.append(label, style="bold")
+            text.append(value)
         if self.service is not None and self.unit_state is not None:
             text.append("  unit ", style="bold")
             text.append(f"{self.service.label}: {self.unit_state.describe()}")
-        elif ctx.process is not None and ctx.process.running:
-            text.append(f"  started here (pid {ctx.process.pid})", style="yellow")
+        elif ctx.runner is not None and ctx.runner.running:
+            text.append(f"  started here ({ctx.runner.describe()})", style="yellow")
+        for mismatch in ctx.mismatches:
+            text.append(f"\nmismatch: {mismatch}", style="bold #ffd75f")
+        if self.exited:
+            text.append(f"\n{self.exited}", style="bold #ff8787")
         return text
 
     def show_status(self, status: WorkerStatusDoc | None, error: str = "") -> None:
         """Render the latest `/status`, or why it is missing."""
         self.status = status
         widget = self.query_one("#local-status", Static)
+        if status is not None and self.context.adopt(status):
+            self._follower = LogFollower(self.context.log_file)
+            self.query_one(Log).clear()
+            self.poll_log()
         self.query_one("#local-paths", Static).update(self._paths())
         if status is None:
             widget.update(Text(f"Connector not reachable: {error}", style="red"))
@@ -160,7 +180,7 @@ class LocalPane(Vertical):
         table.add_column()
         table.add_column(style="bold")
         table.add_column()
-        name = Text(status.worker_name or status.worker_id or "?")
+        name = Text(printable(status.worker_name or status.worker_id or "?"))
         table.add_row("State", status_text(status.state), "Name", name)
         table.add_row(
             "Server",
@@ -175,8 +195,11 @@ class LocalPane(Vertical):
             Text(status.version or "?"),
         )
         table.add_row("Models", Text(", ".join(status.models) or "-"), "", "")
-        error_style = "#ff8787" if status.last_error else ""
-        table.add_row("Last error", Text(status.last_error or "-", style=error_style), "", "")
+        # while it reconnects the last error is the reason, not a fault of its own
+        reconnecting = status.state in ("error", "connecting")
+        error_style = "#ff8787" if status.last_error and not reconnecting else "dim"
+        label = "Last link error" if reconnecting else "Last error"
+        table.add_row(label, Text(status.last_error or "-", style=error_style), "", "")
         widget.update(table)
 
     def action_act(self, action: Action) -> None:
@@ -225,11 +248,15 @@ class LocalPane(Vertical):
             return
         self.notify(f"Diagnostics written to {path}", title="Diagnostics")
 
-    def _open(self, env: str, fallback: str, path: Path) -> None:
-        command = [*shlex.split(os.environ.get(env) or fallback), str(path)]
+    def _open(self, env: str, fallback: str, path: Path, *, at_end: bool = False) -> None:
+        program = shlex.split(os.environ.get(env) or fallback)
+        if at_end and Path(program[0]).name == "less":
+            program.append("+G")
+        command = [*program, str(path)]
         try:
             with self.app.suspend():
                 subprocess.run(command, check=False)
+            self.action_log_tail()
         except SuspendNotSupported:
             self.notify(
                 f"This terminal cannot hand over to ${env}; open {path}.", severity="warning"
@@ -241,7 +268,23 @@ class LocalPane(Vertical):
         self._open("EDITOR", "vi", self.context.config_path)
 
     def action_open_log(self) -> None:
-        self._open("PAGER", "less", self.context.log_file)
+        self._open("PAGER", "less", self.context.log_file, at_end=True)
+
+    def action_log_tail(self) -> None:
+        """Follow the end of the log again."""
+        log = self.query_one(Log)
+        log.auto_scroll = True
+        log.scroll_end(animate=False, immediate=True)
+
+    def already_running(self) -> str | None:
+        """Why a start would be a second connector, or None."""
+        runner = self.context.runner
+        if runner is not None and runner.running:
+            return f"It is already running ({runner.describe()})."
+        status = self.status
+        if status is not None and status.state not in ("disconnected", "terminating"):
+            return f"A connector already answers on {self.context.addr} ({status.state})."
+        return None
 
     async def _unit_action(self, verb: str) -> None:
         assert self.service is not None
@@ -265,9 +308,13 @@ class LocalPane(Vertical):
         if not self.read_only and self.service is not None:
             await self._unit_action("start")
             return
-        process = self.context.process
-        if self.read_only or process is None:
+        runner = self.context.runner
+        if self.read_only or runner is None:
             self.notify("Starting a connector is not available here.", severity="warning")
+            return
+        running = self.already_running()
+        if running is not None:
+            self.notify(f"Not started: {running}", severity="warning")
             return
         if not self.context.config_path.is_file():
             self.notify(
@@ -276,22 +323,70 @@ class LocalPane(Vertical):
             )
             return
         try:
-            pid = await process.start()
+            what = await runner.start()
         except OSError as exc:
             self.notify(f"Could not start the connector: {exc.strerror}", severity="error")
             return
-        self.notify(f"Connector started (pid {pid}).", title="Local connector")
+        self.exited = ""
+        self._stopping = False
+        self.notify(f"Connector started ({what}).", title="Local connector")
+        self.query_one("#local-paths", Static).update(self._paths())
+        self.watch_child()
+
+    @work(group="local-child", exclusive=True, exit_on_error=False)
+    async def watch_child(self) -> None:
+        """Report a started connector that exits without being asked to."""
+        runner = self.context.runner
+        assert runner is not None
+        code = await runner.wait()
+        if self._stopping:
+            return
+        lines = tail_lines(self.context.log_file, EXIT_LOG_LINES)
+        self.exited = f"The connector started here exited with status {code}."
+        detail = "\n".join(lines) if lines else "(no log lines)"
+        self.notify(f"{self.exited}\n{detail}", title="Local connector", severity="error")
         self.query_one("#local-paths", Static).update(self._paths())
 
-    @work(group="local-process", exclusive=True, exit_on_error=False)
-    async def action_stop(self) -> None:
+    def action_stop(self) -> None:
         if not self.read_only and self.service is not None:
-            await self._unit_action("stop")
+            self.run_worker(self._unit_action("stop"), group="local-process", exclusive=True)
             return
-        process = self.context.process
-        if self.read_only or process is None or not process.running:
+        runner = self.context.runner
+        if self.read_only or runner is None or not runner.running:
             self.notify("No connector was started from this console.", severity="warning")
             return
-        code = await process.stop()
+        question = Text(f"Stop the connector started here ({runner.describe()})? ")
+        question.append("It drains first (SIGTERM).")
+
+        def confirmed(answer: bool | None) -> None:
+            if answer:
+                self._stop()
+
+        self.app.push_screen(ConfirmScreen(question), confirmed)
+
+    @work(group="local-process", exclusive=True, exit_on_error=False)
+    async def _stop(self) -> None:
+        runner = self.context.runner
+        assert runner is not None
+        self._stopping = True
+        code = await runner.stop()
         self.notify(f"Connector stopped (exit code {code}).", title="Local connector")
         self.query_one("#local-paths", Static).update(self._paths())
+
+    def palette_commands(self) -> list[PaletteCommand]:
+        """The Local tab's actions by name."""
+        out: list[PaletteCommand] = [
+            ("Local: drain the connector", lambda: self.action_act("drain"), "d"),
+            ("Local: undrain the connector", lambda: self.action_act("undrain"), "u"),
+            ("Local: shut down the connector", lambda: self.action_act("shutdown"), "x"),
+            ("Local: settings (worker.yaml form)", self.action_edit_settings, "e"),
+            ("Local: write diagnostics", self.action_diagnostics, "g"),
+            ("Local: open worker.yaml in $EDITOR", self.action_open_config, "o"),
+            ("Local: open the log in $PAGER", self.action_open_log, "l"),
+        ]
+        if self.context.runner is not None or self.context.unit:
+            out.append(("Local: start the connector", self.action_start, "S"))
+            out.append(("Local: stop the connector", self.action_stop, "K"))
+        if self.context.unit:
+            out.append(("Local: enable the connector's systemd unit", self.action_enable, "N"))
+        return out

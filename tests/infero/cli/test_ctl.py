@@ -41,7 +41,7 @@ def test_workers_table_is_plain_text_with_one_row_per_worker() -> None:
 
 def test_models_and_mcp_tables_show_queues_relays_and_sessions() -> None:
     models = ctl.models_table(fleet()).splitlines()
-    assert models[1].split()[:5] == ["llama3:8b", "2/2", "3", "4200ms", "1800"]
+    assert models[1].split()[:5] == ["llama3:8b", "2/2", "3", "4.2s", "1800"]
     mcp = ctl.mcp_tables(fleet())
     assert "m-files" in mcp
     assert "sess-7f3a" in mcp
@@ -157,3 +157,31 @@ def test_ctl_and_tui_print_their_version() -> None:
         result = CliRunner().invoke(app, [command, "--version"])
         assert result.exit_code == 0, result.output
         assert result.stdout.strip() == BUILD.line(component)
+
+
+async def test_relay_drain_resolves_the_name_and_posts_to_the_relay_route() -> None:
+    posted: list[httpx.Request] = []
+    body = fleet().model_dump_json()
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.method == "GET":
+            return httpx.Response(200, text=body)
+        posted.append(request)
+        return httpx.Response(202, json={"id": "m-files", "action": "drain", "accepted": True})
+
+    printed: list[str] = []
+    transport = httpx.MockTransport(handler)
+    async with FleetClient("http://infero.test", transport=transport) as client:
+        code = await ctl.control_command(client, "drain", "files", False, printed.append, "relay")
+        with pytest.raises(NotFound, match="no connected MCP relay"):
+            await ctl.control_command(client, "drain", "alpha", False, printed.append, "relay")
+    assert code == 0
+    assert [r.url.path for r in posted] == ["/api/mcp/relays/m-files/drain"]
+    assert printed == ["drain accepted for files (m-files)"]
+
+
+def test_cli_relay_commands_are_listed() -> None:
+    result = CliRunner().invoke(cli, ["ctl", "relay", "--help"])
+    assert result.exit_code == 0
+    for command in ("drain", "undrain", "shutdown"):
+        assert command in result.output

@@ -1,0 +1,465 @@
+"""Every key and `:` command of the console, driven with the pilot against frozen feeds."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+from textual.pilot import Pilot
+from textual.widgets import Input, Select, Switch, TabbedContent
+
+from infero.protocol.state import StateSnapshot
+from infero.protocol.status import WorkerStatusDoc
+from infero_tui.app import InferoConsole, make_app
+from infero_tui.config import ConsoleConfig
+from infero_tui.frozen import FrozenFeed, FrozenLocal, load_snapshots
+from infero_tui.local import LocalContext
+from infero_tui.process import ConnectorProcess
+from infero_tui.screens.api_key import ApiKeyScreen
+from infero_tui.screens.confirm import ConfirmScreen
+from infero_tui.screens.detail import DetailScreen
+from infero_tui.screens.help import HelpScreen
+from infero_tui.screens.main import MainScreen
+from infero_tui.screens.settings_editor import SettingsEditorScreen
+from infero_tui.widgets.fleet_table import FleetTable
+from infero_tui.widgets.local_pane import LocalPane
+
+DATA = Path(__file__).resolve().parents[1] / "data"
+FIXED_NOW = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+
+
+def snapshots(name: str) -> list[StateSnapshot]:
+    return load_snapshots(DATA / f"{name}.json")
+
+
+def fleet_app(feed: FrozenFeed, config: ConsoleConfig | None = None) -> InferoConsole:
+    return make_app(fleet=feed, config=config or ConsoleConfig.frozen(), clock=lambda: FIXED_NOW)
+
+
+async def until(pilot: Pilot[Any], condition: Callable[[], bool]) -> None:
+    async with asyncio.timeout(5):
+        while not condition():
+            await pilot.pause()
+
+
+async def ready(pilot: Pilot[Any], feed: FrozenFeed) -> MainScreen:
+    async with asyncio.timeout(5):
+        await feed.settled.wait()
+    screen = pilot.app.screen
+    assert isinstance(screen, MainScreen)
+    await until(pilot, lambda: screen.snapshot is not None)
+    return screen
+
+
+def table(app: InferoConsole, table_id: str = "workers-table") -> FleetTable[Any]:
+    return app.screen.query_one(f"#{table_id}", FleetTable)
+
+
+async def test_j_k_g_and_shift_g_home_and_end_move_the_cursor() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        rows = table(app)
+        assert rows.cursor == 0
+        await pilot.press("j", "j")
+        assert rows.cursor == 2
+        await pilot.press("k")
+        assert rows.cursor == 1
+        await pilot.press("G")
+        assert rows.cursor == len(rows.order) - 1
+        await pilot.press("g")
+        assert rows.cursor == 0
+        await pilot.press("end")
+        assert rows.selected == rows.order[-1]
+        await pilot.press("home", "pagedown")
+        assert rows.cursor > 1
+
+
+async def test_the_cursor_stays_on_its_connector_when_new_state_reorders_the_rows() -> None:
+    first = snapshots("fleet")[0]
+    newcomer = first.workers[0].model_copy(update={"id": "w-aaa", "name": "aaa"})
+    second = first.model_copy(update={"workers": [newcomer, *first.workers]})
+    feed = FrozenFeed.holding([first])
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        await pilot.press("j")
+        assert table(app).selected == "w-bravo"
+        screen._park(second)  # what the stream worker does with the next state
+        await until(pilot, lambda: screen.snapshot is second)
+        assert table(app).selected == "w-bravo"
+        assert table(app).order[0] == "w-aaa"
+
+
+async def test_enter_opens_the_detail_view_and_escape_returns() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert (app.screen.kind, app.screen.key) == ("worker", "w-alpha")
+        await pilot.press("d")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        async with asyncio.timeout(5):
+            await feed.control_called.wait()
+        assert feed.calls == [("w-alpha", "drain")]
+        await until(pilot, lambda: isinstance(app.screen, DetailScreen))
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_model_and_relay_details_open_from_their_tabs() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("2", "enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert (app.screen.kind, app.screen.key) == ("model", "llama3:8b")
+        await pilot.press("d")  # a model has nothing to drain
+        assert isinstance(app.screen, DetailScreen)
+        await pilot.press("escape", "3", "enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert (app.screen.kind, app.screen.key) == ("relay", "m-files")
+
+
+async def test_relays_are_drained_undrained_and_shut_down_like_connectors() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("3")
+        for key in ("d", "u", "x"):
+            await pilot.press(key)
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        await until(pilot, lambda: len(feed.relay_calls) == 3)
+        assert feed.relay_calls == [
+            ("m-files", "drain"),
+            ("m-files", "undrain"),
+            ("m-files", "shutdown"),
+        ]
+        assert feed.calls == []
+
+
+async def test_a_gone_row_offers_no_action() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("G")
+        assert table(app).selected == "w-echo"
+        await pilot.press("d", "x")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert feed.calls == []
+
+
+async def test_slash_filters_the_models_tab_and_escape_clears_it() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("2", "slash", *"qwen")
+        assert table(app, "models-table").order == ["qwen2.5:7b"]
+        await pilot.press("escape")
+        assert len(table(app, "models-table").order) == 3
+        await pilot.press("3", "slash", *"sess-7f", "enter")
+        assert table(app, "mcp-sessions").order == ["sess-7f3a"]
+        assert table(app, "mcp-relays").order == []
+
+
+async def test_the_filter_waits_for_a_pause_in_typing() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    config = ConsoleConfig(
+        refresh_interval=None,
+        reconnect_schedule=(0.0,),
+        reconnect_ceiling=0.0,
+        animation_level="none",
+        cursor_blink=False,
+        filter_debounce=0.2,
+        min_redraw_interval=0.0,
+    )
+    app = fleet_app(feed, config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("slash", *"bravo")
+        assert len(table(app).order) == 5  # typed, not applied yet
+        await until(pilot, lambda: table(app).order == ["w-bravo"])
+
+
+@pytest.mark.parametrize(
+    ("command", "tab"),
+    [(":models", "models"), (":mcp", "mcp"), (":server", "server"), (":workers", "workers")],
+)
+async def test_colon_commands_switch_tabs(command: str, tab: str) -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        if tab == "workers":
+            await pilot.press("2")
+        await pilot.press("colon", *command[1:], "enter")
+        assert app.screen.query_one(TabbedContent).active == tab
+
+
+async def test_colon_drain_and_undrain_by_name_ask_then_send() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        for line, expected in ((":drain charlie", "drain"), (":undrain files", "undrain")):
+            await pilot.press("colon", *line[1:], "enter")
+            await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+            await pilot.press("y")
+            await until(pilot, lambda: isinstance(app.screen, MainScreen))
+            assert expected
+        await until(pilot, lambda: bool(feed.calls and feed.relay_calls))
+        assert feed.calls == [("w-charlie", "drain")]
+        assert feed.relay_calls == [("m-files", "undrain")]
+
+
+async def test_a_twin_name_or_an_unknown_command_is_explained_not_run() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet_crowded"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("colon", *"drain gpu-worker", "enter")
+        await pilot.press("colon", *"frobnicate", "enter")
+        await pilot.press("colon", "escape")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        messages = [n.message for n in app._notifications]
+        assert any("3 are named 'gpu-worker'" in m for m in messages)
+        assert any("unknown command :frobnicate" in m for m in messages)
+        assert not app.screen.query_one("#command-line", Input).has_class("-shown")
+
+
+async def test_colon_ctx_switches_server_and_colon_help_and_q() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        await pilot.press("colon", *"ctx https://other.example", "enter")
+        assert feed.targets == ["https://other.example"]
+        assert screen.connection is not None
+        assert screen.connection.target == "https://other.example"
+        await until(pilot, lambda: feed.opened == 2)
+        await pilot.press("colon", *"help", "enter")
+        assert isinstance(app.screen, HelpScreen)
+        await pilot.press("escape", "colon", "q", "enter")
+        await pilot.pause()
+    assert app.return_code == 0
+
+
+async def test_a_opens_the_api_key_prompt() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("a")
+        assert isinstance(app.screen, ApiKeyScreen)
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_replay_never_says_live_and_never_sends_an_action() -> None:
+    feed = FrozenFeed.replaying(DATA / "fleet.json")
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        assert screen.connection is not None
+        assert screen.connection.state == "replay"
+        assert "live" not in screen.connection.describe(FIXED_NOW)[0]
+        assert "REPLAY" in screen.badges()
+        await pilot.press("d", "y", "colon", *"drain alpha", "enter", "y")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert feed.calls == []
+        palette = [title for title, _, _ in [*screen.palette_fixed(), *screen.palette_rows()]]
+        assert not [title for title in palette if title.startswith(("Drain", "Undrain"))]
+        messages = [n.message for n in app._notifications]
+        assert not [m for m in messages if "accepted" in m]
+
+
+async def test_without_an_operator_key_actions_are_greyed_and_refused() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    feed.can_act = False
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        assert screen.badges() == ("NO OPERATOR KEY",)
+        pane = screen.query_one("#workers-pane")
+        assert pane.check_action("act", ("drain",)) is None
+        await pilot.press("d", "colon", *"drain alpha", "enter")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert feed.calls == []
+
+
+async def test_only_the_newest_snapshot_is_drawn_when_many_arrive_at_once() -> None:
+    series = snapshots("fleet_series")
+    feed = FrozenFeed([(series, "hold")])
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        await until(pilot, lambda: screen.snapshot is series[-1])
+        assert screen.draws < len(series)
+        assert screen.rates.fleet.requests.rate() > 0  # every snapshot still counted
+
+
+# ---- the local tab --------------------------------------------------------------------------
+
+
+def local_context(tmp_path: Path, client: FrozenLocal) -> LocalContext:
+    (tmp_path / "worker.yaml").write_text("client_name: alpha\n", encoding="utf-8")
+    (tmp_path / "infero-llm.log").write_text("line one\nline two\n", encoding="utf-8")
+    return LocalContext(
+        client=client,
+        addr="127.0.0.1:4555",
+        config_path=tmp_path / "worker.yaml",
+        token_file=tmp_path / "worker.token",
+        log_file=tmp_path / "infero-llm.log",
+        diagnostics_dir=tmp_path / "diag",
+    )
+
+
+def local_status(**changes: Any) -> WorkerStatusDoc:
+    doc = WorkerStatusDoc.model_validate_json(
+        (DATA / "local_status.json").read_text(encoding="utf-8")
+    )
+    return doc.model_copy(update=changes)
+
+
+def local_app(context: LocalContext) -> InferoConsole:
+    return make_app(local=context, config=ConsoleConfig.frozen(), clock=lambda: FIXED_NOW)
+
+
+async def test_paths_come_from_the_connector_and_a_flag_that_disagrees_is_shown(
+    tmp_path: Path,
+) -> None:
+    real = tmp_path / "real"
+    real.mkdir()
+    status = local_status(
+        config_file=str(real / "worker.yaml"),
+        token_file=str(real / "worker.token"),
+        log_file=str(real / "infero-llm.log"),
+    )
+    client = FrozenLocal(status)
+    context = local_context(tmp_path, client)
+    context.explicit = frozenset({"config"})
+    app = local_app(context)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.screen.query_one(LocalPane)
+        await until(pilot, lambda: pane.status is not None)
+        assert context.token_file == real / "worker.token"
+        assert client.token_file == real / "worker.token"
+        assert context.log_file == real / "infero-llm.log"
+        assert context.config_path == tmp_path / "worker.yaml"  # the flag wins, and is flagged
+        assert context.mismatches == [
+            f"--config {tmp_path / 'worker.yaml'} but the connector uses {real / 'worker.yaml'}"
+        ]
+
+
+async def test_start_refuses_when_a_connector_already_answers(tmp_path: Path) -> None:
+    context = local_context(tmp_path, FrozenLocal(local_status()))
+    process = ConnectorProcess([sys.executable, "-c", "import time; time.sleep(60)"])
+    context.runner = process
+    app = local_app(context)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.screen.query_one(LocalPane)
+        await until(pilot, lambda: pane.status is not None)
+        await pilot.press("S")
+        await until(pilot, lambda: bool(app._notifications))
+        await app.workers.wait_for_complete([w for w in app.workers if w.group != "fleet"])
+        assert not process.running
+        assert any("already answers" in n.message for n in app._notifications)
+
+
+async def test_a_started_connector_that_exits_is_reported_with_status_and_log(
+    tmp_path: Path,
+) -> None:
+    context = local_context(tmp_path, FrozenLocal(None))
+    context.runner = ConnectorProcess([sys.executable, "-c", "raise SystemExit(3)"])
+    app = local_app(context)
+    async with app.run_test(size=(100, 30)) as pilot:
+        pane = app.screen.query_one(LocalPane)
+        await pilot.press("S")
+        await until(pilot, lambda: bool(pane.exited))
+        assert pane.exited == "The connector started here exited with status 3."
+        assert any("line two" in n.message for n in app._notifications)
+
+
+async def test_quitting_with_a_started_connector_asks_first(tmp_path: Path) -> None:
+    context = local_context(tmp_path, FrozenLocal(None))
+    process = ConnectorProcess([sys.executable, "-c", "import time; time.sleep(60)"])
+    context.runner = process
+    app = local_app(context)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("S")
+        await until(pilot, lambda: process.running)
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("n")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+        assert process.running
+        await pilot.press("q")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await pilot.pause()
+    assert not process.running
+
+
+async def test_settings_form_focus_tab_switches_selects_and_unsaved_escape(
+    tmp_path: Path,
+) -> None:
+    app = local_app(local_context(tmp_path, FrozenLocal(None)))
+    async with app.run_test(size=(100, 40)) as pilot:
+        await pilot.press("e")
+        form = app.screen
+        assert isinstance(form, SettingsEditorScreen)
+        first = form.query_one("#setting-server_url", Input)
+        assert first.has_focus
+        await pilot.press("tab", "tab", "tab")
+        name = form.query_one("#setting-client_name", Input)
+        assert name.has_focus
+        assert name.selected_text == ""  # Tab does not select the whole value
+        assert isinstance(form.query_one("#setting-reconnect"), Switch)
+        assert isinstance(form.query_one("#setting-api_style"), Select)
+        assert isinstance(form.query_one("#setting-log_level"), Select)
+        await pilot.press("escape")  # nothing changed: closes
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("e")
+        edited = app.screen
+        assert isinstance(edited, SettingsEditorScreen)
+        edited.query_one("#setting-reconnect", Switch).value = True
+        await pilot.press("escape")
+        assert isinstance(app.screen, ConfirmScreen)
+        await pilot.press("n")
+        assert isinstance(app.screen, SettingsEditorScreen)
+        await pilot.press("ctrl+s")
+        await until(pilot, lambda: isinstance(app.screen, MainScreen))
+    text = (tmp_path / "worker.yaml").read_text(encoding="utf-8")
+    assert text == "client_name: alpha\nreconnect: true\n"
+
+
+async def test_end_keeps_the_log_at_its_tail(tmp_path: Path) -> None:
+    from textual.widgets import Log
+
+    app = local_app(local_context(tmp_path, FrozenLocal(None)))
+    async with app.run_test(size=(100, 30)) as pilot:
+        log = app.screen.query_one(Log)
+        log.scroll_home(animate=False, immediate=True)
+        log.auto_scroll = False
+        await pilot.press("G")
+        assert log.auto_scroll
+        assert log.scroll_y == log.max_scroll_y
