@@ -12,8 +12,8 @@ import logging
 import os
 import secrets
 from collections.abc import Callable
-from datetime import UTC, datetime, timedelta
 from dataclasses import asdict, dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Protocol
 
