@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -69,8 +70,9 @@ class RunningServer:
         return "ws" + self.url.removeprefix("http") + "/api/workers/connect"
 
     async def wait_for(self, predicate: Any) -> None:
-        """Return once `predicate()` holds (re-checked on every fleet change)."""
-        await self.shared.changes.wait_for(predicate)
+        """Return once `predicate()` holds (re-checked on every fleet change); 10 s at most."""
+        async with asyncio.timeout(10):
+            await self.shared.changes.wait_for(predicate)
 
 
 def settings(**overrides: Any) -> ServerSettings:
