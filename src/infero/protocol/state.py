@@ -19,6 +19,18 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class InstanceInfo(_Model):
+    """One `infero server` instance of a fleet sharing REDIS_ADDR (docs/scale-out.md)."""
+
+    id: str
+    address: str = ""
+    version: str = ""
+    started_at: datetime | None = None
+    links: int = 0
+    """Connector links this instance holds."""
+    inflight: int = 0
+
+
 class ServerInfo(_Model):
     """The server process itself."""
 
@@ -38,6 +50,12 @@ class ServerInfo(_Model):
     """Requests the client gave up on (disconnect or stalled reader): not failures."""
     scheduler_queue_len: int = 0
     """Requests waiting in all model queues."""
+    instance: str = ""
+    """This instance's id (REDIS_ADDR set; empty when the state is embedded)."""
+    degraded: bool = False
+    """Redis is unreachable: only this instance's own links are served and listed."""
+    instances: list[InstanceInfo] = Field(default_factory=list)
+    """Every live instance of the fleet, this one first (empty when the state is embedded)."""
 
 
 class WorkersSummary(_Model):
@@ -121,6 +139,8 @@ class WorkerInfo(_Model):
     avg_tokens_per_second: float = 0.0
     avg_ttft_ms: float = 0.0
     per_model: dict[str, PerModelCounters] = Field(default_factory=dict)
+    instance: str = ""
+    """The instance the connector is linked to (REDIS_ADDR set)."""
 
 
 class McpClientInfo(_Model):

@@ -17,6 +17,7 @@ from infero.server import (
     metrics,
     models_api,
     openapi,
+    peer,
     proxies,
     tls,
 )
@@ -24,8 +25,10 @@ from infero.server import state as state_api
 from infero.server.auth import KeyRing, load_keyring
 from infero.server.embedded import EmbeddedState
 from infero.server.events import EventBus
+from infero.server.federated import FederatedState
 from infero.server.lifecycle import Lifecycle
 from infero.server.linkserver import LinkEndpoint, shut_down_links
+from infero.server.membership import connect
 from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
 from infero.server.openai_api import ROUTES, OpenAIRelay
 from infero.server.responses_affinity import (
@@ -53,13 +56,18 @@ def create_app(
     keyring = keyring if keyring is not None else load_keyring(settings)
     lifecycle = Lifecycle()
     events = EventBus()
-    shared = EmbeddedState(
+    embedded = EmbeddedState(
         gone_retention=settings.gone_retention,
         queue_max=settings.queue_max,
         lifecycle=lifecycle,
         events=events,
         clock=clock,
     )
+    shared: EmbeddedState | FederatedState = embedded
+    if settings.redis_addr:
+        shared = FederatedState(
+            local=embedded, settings=settings, redis=connect(settings.redis_addr)
+        )
     origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -91,6 +99,15 @@ def create_app(
     for method, path in STORED_ROUTES:
         app.router.add_route(method, path, stored.handle)
     models_api.setup(app, shared)
+    if settings.redis_addr:
+        home = OpenAIRelay(
+            settings,
+            dispatcher=embedded.dispatcher,
+            lifecycle=lifecycle,
+            events=events,
+            affinity=affinity,
+        )
+        peer.setup(app, peer_key=settings.peer_key, relay=home, steer=embedded.control.steer)
 
     endpoint = LinkEndpoint(
         kind="llm",

@@ -220,6 +220,10 @@ class EmbeddedState:
     def ready(self) -> bool:
         return any(w.serving for w in self.fleet.workers.values())
 
+    def degraded(self) -> bool:
+        """Never: the whole state is in this process."""
+        return False
+
     def models(self) -> list[ModelEntry]:
         owners: dict[str, set[str]] = {}
         for worker in self.fleet.workers.values():

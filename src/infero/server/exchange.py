@@ -122,6 +122,10 @@ class Exchange:
         self.end = end
         self._push(end)
 
+    def on_failed(self, failure: ExchangeFailed) -> None:
+        """The exchange failed on its way (a peer instance's error, for instance)."""
+        self._push(failure)
+
     def on_lost(self, message: str) -> None:
         """The link closed under this exchange."""
         self._push(ExchangeFailed("link_lost", message, retryable=True))

@@ -1,4 +1,5 @@
-"""`/healthz` (the process is up) and `/readyz` (able to serve: not draining, a connector ready)."""
+"""`/healthz` (the process is up) and `/readyz` (able to serve: not draining, a connector ready;
+`degraded` when REDIS_ADDR is set but Redis is unreachable)."""
 
 from __future__ import annotations
 
@@ -17,9 +18,11 @@ def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> No
     async def readyz(_: web.Request) -> web.Response:
         if lifecycle.draining:
             return web.json_response({"status": "draining"}, status=503)
+        degraded = shared.degraded()
         if not shared.ready():
-            return web.json_response({"status": "not_ready"}, status=503)
-        return web.json_response({"status": "ready"})
+            status = "degraded" if degraded else "not_ready"
+            return web.json_response({"status": status}, status=503)
+        return web.json_response({"status": "degraded" if degraded else "ready"})
 
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -28,9 +28,15 @@ CALLER = web.RequestKey("caller", ApiKey)
 CORS_ORIGIN = web.RequestKey("cors_origin", str)
 _VALID_ID = re.compile(r"^[\x21-\x7e]{1,128}$")
 
-PUBLIC_API_PREFIXES = ("/api/workers/connect", "/api/llm/connect", "/api/mcp/", "/api/client/")
+PUBLIC_API_PREFIXES = (
+    "/api/workers/connect",
+    "/api/llm/connect",
+    "/api/mcp/",
+    "/api/client/",
+    "/api/peer/",
+)
 """Paths under /api that do not take the client API key (links use CLIENT_KEY; the MCP
-broker checks its callers itself; the API docs are public)."""
+broker checks its callers itself; the API docs are public; peer instances use PEER_KEY)."""
 
 _CORS_METHODS = "GET, POST, DELETE, OPTIONS"
 _EXPOSED = "X-Request-Id, X-Infero-Request-Id, X-Infero-Overhead-Ms, Retry-After, Mcp-Session-Id"

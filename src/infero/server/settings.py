@@ -168,6 +168,38 @@ class ServerSettings(SettingsModel):
         Field(gt=0),
         Opt("RESPONSE_AFFINITY_RETENTION", "How long a response id stays routable."),
     ] = 30 * 24 * 3600.0
+    redis_addr: Annotated[
+        str,
+        Opt(
+            "REDIS_ADDR",
+            "Redis URL shared by every instance (redis://, rediss://, redis+sentinel://, "
+            "redis+cluster://); empty: one instance, state in memory.",
+            secret=True,
+        ),
+    ] = ""
+    instance_addr: Annotated[
+        str,
+        Opt(
+            "INSTANCE_ADDR",
+            "Base URL other instances use to reach this one (default http://HOSTNAME:PORT).",
+        ),
+    ] = ""
+    instance_id: Annotated[
+        str, Opt("INSTANCE_ID", "This instance's name in the fleet (default HOSTNAME:PORT).")
+    ] = ""
+    peer_key: Annotated[
+        str,
+        Opt(
+            "PEER_KEY",
+            "Shared secret of the instances' internal channel (REDIS_ADDR).",
+            secret=True,
+        ),
+    ] = ""
+    lease_ttl: Annotated[
+        Duration,
+        Field(ge=1, le=10),
+        Opt("LEASE_TTL", "An instance not heard of in Redis for this long leaves the fleet."),
+    ] = 10.0
     log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
     log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
     broker_max_req_bytes: Annotated[
@@ -194,6 +226,13 @@ class ServerSettings(SettingsModel):
             "when that is set, else 5m).",
         ),
     ] = 300.0
+
+    @model_validator(mode="after")
+    def _scale_out_needs_peer_key(self) -> ServerSettings:
+        """Instances sharing REDIS_ADDR relay to each other: their channel needs its secret."""
+        if self.redis_addr and not self.peer_key:
+            raise ValueError("PEER_KEY is required when REDIS_ADDR is set (see docs/scale-out.md)")
+        return self
 
     @model_validator(mode="before")
     @classmethod

@@ -214,6 +214,10 @@ class SharedState(Protocol):
         """Some connector serves now (for `/readyz`)."""
         ...
 
+    def degraded(self) -> bool:
+        """The shared part of the state is unreachable: only this instance's links serve."""
+        ...
+
     def models(self) -> list[ModelEntry]:
         """Every model a live connector advertises, sorted by id."""
         ...

@@ -1,0 +1,333 @@
+"""`FederatedState`: the shared-state seam of an instance in a fleet sharing REDIS_ADDR.
+
+It wraps this instance's `EmbeddedState` (its own links, scheduler and queues) and adds the
+view of the other instances read from Redis (`membership.py`). Routing: a local connector with
+room first; else the least busy remote connector with room (load from its home's lease plus
+the requests this instance sent it since); else, when no local connector serves the model, the
+least busy remote one anyway (it waits in its home's queue); else this instance's queue.
+A remote route relays over the peer channel (`peer.py`). See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from infero.common.buildinfo import BUILD
+from infero.protocol.state import InstanceInfo, ServerInfo, WorkerInfo, WorkerStatus
+from infero.server.changes import ChangeFeed
+from infero.server.embedded import EmbeddedState
+from infero.server.events import RequestFinished
+from infero.server.link import ConnectorLink, LinkHandler
+from infero.server.mcp.relays import RelayRegistry
+from infero.server.membership import ConnectorSummary, Lease, Membership
+from infero.server.peer import PeerClient, PeerRoute
+from infero.server.registry import alias_key
+from infero.server.settings import ServerSettings
+from infero.server.shared import (
+    Action,
+    FleetGauges,
+    Kind,
+    ModelEntry,
+    Route,
+    Verdict,
+)
+from infero.server.statefeed import Built, Offer, Scan
+from infero.server.statefeed import Kind as RowKind
+
+
+def instance_identity(settings: ServerSettings) -> tuple[str, str]:
+    """This instance's id and internal base URL (INSTANCE_ID, INSTANCE_ADDR or defaults)."""
+    host = socket.gethostname()
+    scheme = "https" if settings.tls_cert_file else "http"
+    address = settings.instance_addr or f"{scheme}://{host}:{settings.port}"
+    return settings.instance_id or f"{host}:{settings.port}", address.rstrip("/")
+
+
+def _dt(ts: float) -> datetime:
+    return datetime.fromtimestamp(ts, UTC)
+
+
+class FederatedDispatcher:
+    """Local connectors first, then remote ones through their home instance."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: FederatedState) -> None:
+        self._state = state
+
+    def known(self, model: str, target: str | None) -> bool:
+        return self._state.local.dispatcher.known(model, target) or bool(
+            self._state.remote(model, target)
+        )
+
+    def serving_beyond(self, model: str, exclude: frozenset[str], target: str | None) -> bool:
+        if self._state.local.dispatcher.serving_beyond(model, exclude, target):
+            return True
+        return any(c.id not in exclude and c.serving for _, c in self._state.remote(model, target))
+
+    async def acquire_now(
+        self, model: str, exclude: frozenset[str], target: str | None
+    ) -> Route | None:
+        state = self._state
+        local = state.local.dispatcher
+        route = await local.acquire_now(model, exclude, target)
+        if route is not None:
+            return route
+        remote = [
+            (lease, c)
+            for lease, c in state.remote(model, target)
+            if c.serving and c.id not in exclude
+        ]
+        if not remote:
+            return None
+        lease, best = min(remote, key=lambda pair: state.load(pair[1]))
+        if state.load(best) < 1 or not local.serving_beyond(model, exclude, target):
+            return state.peer_route(lease, best)
+        return None
+
+    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Any:
+        return await self._state.local.dispatcher.enqueue(model, exclude, target)
+
+
+class FederatedControl:
+    """Steer a local connector directly, a remote one through its home instance."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: FederatedState) -> None:
+        self._state = state
+
+    async def steer(self, kind: Kind, connector_id: str, action: Action, by: str) -> Verdict:
+        state = self._state
+        verdict = await state.local.control.steer(kind, connector_id, action, by)
+        if verdict != "not_linked" or kind != "llm":
+            return verdict
+        for lease in state.membership.peers.values():
+            if any(c.id == connector_id for c in lease.connectors):
+                answer = await state.client.steer(lease.address, kind, connector_id, action, by)
+                return answer or "not_linked"
+        return "not_linked"
+
+
+class FederatedRows:
+    """The rows of `/api/state`: this instance's, plus the other instances' connectors."""
+
+    def __init__(self, state: FederatedState) -> None:
+        self._state = state
+
+    def scan(self) -> Scan:
+        state = self._state
+        scan = state.local.rows.scan()
+        workers = list(scan.offers["workers"])
+        summary = scan.summary
+        counts = {"idle": 0, "busy": 0, "draining": 0, "not_ready": 0}
+        for lease in state.membership.peers.values():
+            for c in lease.connectors:
+                offer: Offer = (c.id, (lease.id, c), (lease, c))
+                workers.append(offer)
+                if c.status in counts:
+                    counts[c.status] += 1
+        summary = summary.model_copy(
+            update={
+                "connected": summary.connected + sum(counts.values()),
+                "working": summary.working + counts["busy"],
+                "idle": summary.idle + counts["idle"],
+                "draining": summary.draining + counts["draining"],
+                "not_ready": summary.not_ready + counts["not_ready"],
+            }
+        )
+        return Scan(
+            offers={**scan.offers, "workers": workers},
+            server_mark=(scan.server_mark, state.membership.version),
+            summary=summary,
+        )
+
+    def row(self, kind: RowKind, what: Any) -> Built:
+        state = self._state
+        if kind == "workers" and isinstance(what, tuple) and isinstance(what[0], Lease):
+            lease, c = what
+            return Built(_remote_worker(lease, c), (0, c.connected_at))
+        built = state.local.rows.row(kind, what)
+        if kind == "workers":
+            model = built.model.model_copy(update={"instance": state.instance_id})
+            return built._replace(model=model)
+        return built
+
+    def server(self, now: datetime) -> ServerInfo:
+        state = self._state
+        info = state.local.rows.server(now)
+        own = state.describe()
+        instances = [_instance(own)] + [
+            _instance(lease) for _, lease in sorted(state.membership.peers.items())
+        ]
+        return info.model_copy(
+            update={
+                "instance": state.instance_id,
+                "degraded": state.membership.degraded,
+                "instances": instances,
+            }
+        )
+
+
+def _instance(lease: Lease) -> InstanceInfo:
+    return InstanceInfo(
+        id=lease.id,
+        address=lease.address,
+        version=lease.version,
+        started_at=_dt(lease.started_at),
+        links=lease.links,
+        inflight=lease.inflight,
+    )
+
+
+def _remote_worker(lease: Lease, c: ConnectorSummary) -> WorkerInfo:
+    status: WorkerStatus = c.status  # type: ignore[assignment]  # written by a peer's registry
+    return WorkerInfo(
+        id=c.id,
+        name=c.name,
+        status=status,
+        connected_at=_dt(c.connected_at),
+        last_heartbeat=datetime.now(UTC),
+        version=c.version,
+        backend=c.backend,
+        models_supported=sorted(c.models),
+        max_concurrency=c.capacity,
+        inflight=c.inflight,
+        draining=c.status == "draining",
+        instance=lease.id,
+    )
+
+
+class FederatedState:
+    """This instance's embedded state plus the fleet seen in Redis."""
+
+    def __init__(self, *, local: EmbeddedState, settings: ServerSettings, redis: Any) -> None:
+        self.local = local
+        self.instance_id, self.address = instance_identity(settings)
+        self.started = time.time()
+        self.client = PeerClient(settings.peer_key)
+        self.membership = Membership(
+            redis=redis, ttl=settings.lease_ttl, describe=self.describe, changes=local.changes
+        )
+        self.membership.on_view = local.changes.bump
+        self.sent: dict[str, int] = {}
+        """Requests this instance relays to each remote connector right now."""
+        self.dispatcher = FederatedDispatcher(self)
+        self.control = FederatedControl(self)
+        self.rows = FederatedRows(self)
+
+    # ---- the fleet view ------------------------------------------------------------------
+
+    def remote(self, model: str, target: str | None) -> list[tuple[Lease, ConnectorSummary]]:
+        """Remote connectors advertising `model` exactly, else by alias (`target`: only it)."""
+        exact: list[tuple[Lease, ConnectorSummary]] = []
+        alias: list[tuple[Lease, ConnectorSummary]] = []
+        key = alias_key(model)
+        for lease in self.membership.peers.values():
+            for c in lease.connectors:
+                if target is not None and c.id != target:
+                    continue
+                if model in c.models:
+                    exact.append((lease, c))
+                elif key is not None and any(alias_key(m) == key for m in c.models):
+                    alias.append((lease, c))
+        return exact or alias
+
+    def load(self, c: ConnectorSummary) -> float:
+        """Busy fraction of a remote connector (1 or more: full)."""
+        return (c.inflight + self.sent.get(c.id, 0)) / c.capacity
+
+    def peer_route(self, lease: Lease, c: ConnectorSummary) -> PeerRoute:
+        """A route to a remote connector, counted until it finishes."""
+        self.sent[c.id] = self.sent.get(c.id, 0) + 1
+        return PeerRoute(self.client, lease.address, c.id, self._peer_finished)
+
+    def _peer_finished(self, route: PeerRoute, done: RequestFinished) -> None:
+        left = self.sent.get(route.connector_id, 1) - 1
+        if left > 0:
+            self.sent[route.connector_id] = left
+        else:
+            self.sent.pop(route.connector_id, None)
+        self.local.events.request_finished(done)
+
+    def describe(self) -> Lease:
+        """This instance's lease as of now."""
+        connectors: list[ConnectorSummary] = []
+        inflight = 0
+        for w in self.local.fleet.workers.values():
+            if not w.live:
+                continue
+            inflight += w.inflight
+            connectors.append(
+                ConnectorSummary(
+                    id=w.id,
+                    name=w.name,
+                    models=tuple(sorted(w.models)),
+                    capacity=w.capacity,
+                    inflight=w.inflight,
+                    status=w.status,
+                    connected_at=w.connected_at,
+                    version=w.version,
+                    backend=w.backend,
+                )
+            )
+        return Lease(
+            id=self.instance_id,
+            address=self.address,
+            version=BUILD.version,
+            started_at=self.started,
+            links=len(self.local.local_links()),
+            inflight=inflight,
+            connectors=tuple(connectors),
+        )
+
+    # ---- SharedState ---------------------------------------------------------------------
+
+    @property
+    def relays(self) -> RelayRegistry:
+        return self.local.relays
+
+    @property
+    def changes(self) -> ChangeFeed:
+        return self.local.changes
+
+    def link_handler(self, kind: Kind) -> LinkHandler:
+        return self.local.link_handler(kind)
+
+    def local_links(self) -> list[ConnectorLink]:
+        return self.local.local_links()
+
+    def gauges(self) -> FleetGauges:
+        return self.local.gauges()
+
+    def ready(self) -> bool:
+        return self.local.ready() or any(
+            c.serving for lease in self.membership.peers.values() for c in lease.connectors
+        )
+
+    def degraded(self) -> bool:
+        return self.membership.degraded
+
+    def models(self) -> list[ModelEntry]:
+        entries = {e.id: e for e in self.local.models()}
+        for lease in self.membership.peers.values():
+            for c in lease.connectors:
+                for model in c.models:
+                    known = entries.get(model)
+                    owners = set(known.owners) if known else set()
+                    owners.add(c.name)
+                    created = known.created if known else int(c.connected_at)
+                    entries[model] = ModelEntry(model, created, tuple(sorted(owners)))
+        return [entries[k] for k in sorted(entries)]
+
+    async def run(self) -> None:
+        """Local upkeep and membership, until cancelled; then leave the fleet."""
+        try:
+            await asyncio.gather(self.local.run(), self.membership.run())
+        finally:
+            await self.membership.leave()
+            await self.client.close()

@@ -1,0 +1,208 @@
+"""Several server instances on one real Redis act as one server (docs/scale-out.md).
+
+A connector is linked to instance A only; the official openai SDK calls instance B.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+
+from infero.protocol import link as lp
+from support.connector import scripted_connector
+from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.server import RunningServer
+
+ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
+EVENTS = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"Hel"},"finish_reason":null}]}\n\n',
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m",'
+    b'"choices":[{"index":0,"delta":{"content":"lo"},"finish_reason":"stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+)
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+def sees(server: RunningServer, connector_id: str) -> bool:
+    """The instance lists a connector of another instance."""
+    return any(
+        c.id == connector_id
+        for lease in federated(server).membership.peers.values()
+        for c in lease.connectors
+    )
+
+
+def client_of(server: RunningServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
+
+
+async def test_b_serves_a_connector_linked_to_a_streamed_and_not_like_a(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+
+        async def answered(server: RunningServer) -> tuple[str, str]:
+            client = client_of(server)
+            plain = asyncio.create_task(
+                client.chat.completions.create(model="m", messages=MESSAGES)
+            )
+            incoming = await conn.next_request()
+            assert incoming.frame.path == "/chat/completions"
+            await conn.reply(incoming.id, ANSWER)
+            whole = (await plain).model_dump_json()
+            streamed = asyncio.create_task(
+                client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            for event in EVENTS:
+                await conn.body(incoming.id, event)
+            await conn.end(incoming.id)
+            chunks = [c.model_dump_json() async for c in await streamed]
+            await client.close()  # not a context: the same client serves both calls
+            return whole, "".join(chunks)
+
+        async with asyncio.timeout(20):
+            assert await answered(b) == await answered(a)
+
+
+async def test_b_lists_the_fleet_and_shows_where_each_connector_is(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", models=["m-a"]),
+        scripted_connector(b.url, client_key="ck", id="w2", models=["m-b"]),
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+            await a.wait_for(lambda: sees(a, "w2"))
+            async with client_of(b) as client:
+                models = await client.models.list()
+            assert [m.id for m in models.data] == ["m-a", "m-b"]
+            async with http.get(b.url + "/api/state") as resp:
+                state = await resp.json()
+        assert {w["id"]: w["instance"] for w in state["workers"]} == {"w1": "A", "w2": "B"}
+        assert state["server"]["instance"] == "B"
+        assert [i["id"] for i in state["server"]["instances"]] == ["B", "A"]
+        assert state["server"]["instances"][1]["address"] == a.url
+        assert state["server"]["instances"][1]["links"] == 1
+
+
+async def test_a_client_leaving_at_b_cancels_the_request_at_the_connector(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees(b, "w1"))
+            body = {"model": "m", "stream": True, "messages": MESSAGES}
+            call = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=body))
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(incoming.id, EVENTS[0])
+            resp = await call
+            assert await resp.content.readuntil(b"\n\n") == EVENTS[0]
+            resp.close()
+            await incoming.cancelled.wait()
+
+
+async def test_drain_asked_at_b_reaches_the_connector_linked_to_a(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", operator_key="op") as a,
+        instance(redis.url, "B", operator_key="op") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+            async with http.post(b.url + "/api/workers/w1/drain") as resp:
+                assert resp.status == 202
+            assert await conn.controls.get() == lp.Control(action="drain", by="operator")
+            async with http.post(b.url + "/api/workers/nobody/drain") as resp:
+                assert resp.status == 404
+
+
+async def test_redis_down_leaves_each_instance_its_own_links_and_the_view_heals(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", models=["m-a"]),
+        scripted_connector(b.url, client_key="ck", id="w2", models=["m-b"]) as own,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+        await redis.stop()
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: federated(b).membership.degraded)
+            async with http.get(b.url + "/readyz") as resp:
+                assert (resp.status, await resp.json()) == (200, {"status": "degraded"})
+            async with http.get(b.url + "/api/state") as resp:
+                assert (await resp.json())["server"]["degraded"] is True
+            async with client_of(b) as client:
+                call = asyncio.create_task(
+                    client.chat.completions.create(model="m-b", messages=MESSAGES)
+                )
+                incoming = await own.next_request()
+                await own.reply(incoming.id, ANSWER)
+                assert (await call).id == "x"
+            await b.wait_for(lambda: not sees(b, "w1"))  # A's lease may have expired meanwhile
+        await redis.start()  # empty: every instance re-announces itself
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees(b, "w1") and not federated(b).membership.degraded)
+            await a.wait_for(lambda: sees(a, "w2"))
+            async with http.get(b.url + "/readyz") as resp:
+                assert await resp.json() == {"status": "ready"}
+
+
+async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        server_process(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+    ):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(STARTUP):
+            while True:  # the process needs a moment to listen
+                try:
+                    async with http.get(a.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+        async with scripted_connector(a.url, client_key="ck", id="w1") as conn:
+            async with asyncio.timeout(10):
+                await b.wait_for(lambda: sees(b, "w1"))
+                async with client_of(b) as client:
+                    call = asyncio.create_task(
+                        client.chat.completions.create(model="m", messages=MESSAGES)
+                    )
+                    incoming = await conn.next_request()
+                    await conn.reply(incoming.id, ANSWER)
+                    assert (await call).id == "x"
+            a.proc.kill()
+            await a.proc.wait()
+            async with asyncio.timeout(3.0 + 5):  # the lease (3 s) and one read of the view
+                await b.wait_for(lambda: not sees(b, "w1"))
+            async with client_of(b) as client:
+                with pytest.raises(openai.NotFoundError) as refused:
+                    await client.chat.completions.create(model="m", messages=MESSAGES)
+                assert refused.value.code == "model_not_found"

@@ -1,0 +1,168 @@
+"""A real `redis-server` on a free port, and server instances sharing it (REDIS_ADDR)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+from redis import asyncio as aioredis
+
+from infero.server import tls
+from infero.server.app import create_app
+from infero.server.connections import server_runner
+from infero.server.federated import FederatedState
+from support.server import RunningServer, settings
+
+PEER_KEY = "peer-secret"
+STARTUP = 20.0
+"""Seconds for a fresh process to start (busy 2-core machine)."""
+
+
+def free_port() -> int:
+    """A TCP port free right now on loopback."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@dataclass
+class RedisProcess:
+    """A `redis-server` started by the test."""
+
+    port: int
+    folder: Path
+    proc: asyncio.subprocess.Process | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    async def start(self) -> None:
+        """Start it and wait until it answers PING."""
+        self.proc = await asyncio.create_subprocess_exec(
+            "redis-server",
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.folder),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        client = aioredis.from_url(self.url)
+        try:
+            async with asyncio.timeout(STARTUP):
+                while True:
+                    with contextlib.suppress(OSError, aioredis.ConnectionError):
+                        if await client.ping():
+                            return
+                    await asyncio.sleep(0.05)  # polling a port with a bound: no event to wait on
+        finally:
+            await client.aclose()
+
+    async def stop(self) -> None:
+        """kill -9 (its data is gone: no persistence)."""
+        if self.proc is not None and self.proc.returncode is None:
+            self.proc.kill()
+            await self.proc.wait()
+
+
+@asynccontextmanager
+async def redis_server(folder: Path) -> AsyncIterator[RedisProcess]:
+    """A fresh, empty Redis for one test."""
+    server = RedisProcess(free_port(), folder)
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.stop()
+
+
+@asynccontextmanager
+async def instance(
+    redis_url: str, instance_id: str, **overrides: Any
+) -> AsyncIterator[RunningServer]:
+    """A server instance in this process on a real port, sharing `redis_url`."""
+    port = free_port()
+    values: dict[str, Any] = {
+        "redis_addr": redis_url,
+        "peer_key": PEER_KEY,
+        "instance_id": instance_id,
+        "instance_addr": f"http://127.0.0.1:{port}",
+        "lease_ttl": 3.0,
+        "client_key": "ck",
+    }
+    values.update(overrides)
+    config = settings(**values)
+    app = create_app(config)
+    runner = server_runner(app, config, handler_cancellation=True, shutdown_timeout=1.0)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port, ssl_context=tls.context_of(app)).start()
+    try:
+        yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
+    finally:
+        await runner.cleanup()
+
+
+def federated(server: RunningServer) -> FederatedState:
+    """The instance's shared state (REDIS_ADDR set)."""
+    shared = server.shared
+    assert isinstance(shared, FederatedState)
+    return shared
+
+
+@dataclass
+class ServerProcess:
+    """A real `infero server` process."""
+
+    url: str
+    proc: asyncio.subprocess.Process
+
+
+@asynccontextmanager
+async def server_process(
+    redis_url: str, instance_id: str, **env: str
+) -> AsyncIterator[ServerProcess]:
+    """`infero server` as a real process sharing `redis_url` (killed at exit)."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    environ = {
+        "HOST": "127.0.0.1",
+        "PORT": str(port),
+        "REDIS_ADDR": redis_url,
+        "PEER_KEY": PEER_KEY,
+        "INSTANCE_ID": instance_id,
+        "INSTANCE_ADDR": url,
+        "LEASE_TTL": "3s",
+        "CLIENT_KEY": "ck",
+        **env,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from infero.cli import main; main(['server'])",
+        env={**os.environ, **environ},
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield ServerProcess(url, proc)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
