@@ -88,9 +88,14 @@ def test_compose_runs_redis_two_servers_behind_a_proxy_a_connector_and_the_demo_
     services = _compose()["services"]
     servers = [s for s in services.values() if s.get("command") == ["server"]]
     assert len(servers) == 2
-    for server in servers:
+    for name, server in services.items():
+        if server.get("command") != ["server"]:
+            continue
         assert server["image"] == "infero:local"
-        assert server["environment"]["REDIS_ADDR"].startswith("redis://redis:")
+        env = server["environment"]
+        assert env["REDIS_ADDR"].startswith("redis://redis:")
+        assert env["PEER_KEY"].startswith("${PEER_KEY")
+        assert (env["INSTANCE_ID"], env["INSTANCE_ADDR"]) == (name, f"http://{name}:8080")
         assert server["depends_on"]["redis"]["condition"] == "service_healthy"
         assert server["restart"] == "on-failure"  # a drained shutdown exits 0: not restarted
         assert server["stop_grace_period"] == "330s"  # DRAIN_TIMEOUT 5m fits

@@ -44,6 +44,9 @@ _ENV_EXAMPLE = {
 # TLS_KEY_FILE=/etc/letsencrypt/live/gw.example.com/privkey.pem
 # TRUSTED_PROXIES=127.0.0.1
 # DRAIN_TIMEOUT=5m
+# REDIS_ADDR=redis://redis.internal:6379/0
+# PEER_KEY=change-me
+# INSTANCE_ADDR=http://10.0.0.5:8080
 """,
     "llm": """\
 # Settings of `infero llm` (KEY=value lines; see docs/configuration.md).
