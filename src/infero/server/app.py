@@ -8,6 +8,7 @@ from collections.abc import AsyncIterator, Callable
 
 from aiohttp import web
 
+from infero.common.settings import ConfigError
 from infero.server import (
     control,
     dashboard,
@@ -51,7 +52,7 @@ def create_app(
 
     `affinity` records which connector created each stored response (Responses API);
     by default an in-memory table bounded by RESPONSE_AFFINITY_MAX/_RETENTION.
-    Raises `ConfigError` when the API keys file or the TLS certificate is unusable.
+    Raises `ConfigError` when the API keys file, the TLS certificate or REDIS_ADDR is unusable.
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
     lifecycle = Lifecycle()
@@ -65,9 +66,11 @@ def create_app(
     )
     shared: EmbeddedState | FederatedState = embedded
     if settings.redis_addr:
-        shared = FederatedState(
-            local=embedded, settings=settings, redis=connect(settings.redis_addr)
-        )
+        try:
+            redis = connect(settings.redis_addr)
+        except ValueError as bad:
+            raise ConfigError(f"REDIS_ADDR is not a usable Redis URL: {bad}") from None
+        shared = FederatedState(local=embedded, settings=settings, redis=redis)
     origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,

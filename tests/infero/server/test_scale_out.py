@@ -10,12 +10,17 @@ from pathlib import Path
 
 import aiohttp
 import openai
+import pydantic
 import pytest
+from redis import asyncio as aioredis
 
+from infero.common.settings import ConfigError
 from infero.protocol import link as lp
+from infero.server.app import create_app
+from infero.server.membership import MEMBERS, PREFIX, ConnectorSummary, Lease
 from support.connector import scripted_connector
-from support.fleet import STARTUP, federated, instance, redis_server, server_process
-from support.server import RunningServer
+from support.fleet import STARTUP, federated, free_port, instance, redis_server, server_process
+from support.server import RunningServer, settings
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
 EVENTS = (
@@ -206,3 +211,78 @@ async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Pat
                 with pytest.raises(openai.NotFoundError) as refused:
                     await client.chat.completions.create(model="m", messages=MESSAGES)
                 assert refused.value.code == "model_not_found"
+
+
+async def test_a_home_that_cannot_be_reached_fails_over_to_another_connector(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=2) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        # A lease of an instance nobody listens at, advertising an idle connector for `m`.
+        ghost = Lease(
+            id="ghost",
+            address=f"http://127.0.0.1:{free_port()}",
+            version="0",
+            started_at=0.0,
+            links=1,
+            inflight=0,
+            connectors=(ConnectorSummary("wx", "WX", ("m",), 4, 0, "idle", 0.0),),
+        )
+        store = aioredis.from_url(redis.url)
+        await store.set(PREFIX + "instance:ghost", ghost.dump(), px=60_000)
+        await store.sadd(MEMBERS, "ghost")
+        await store.aclose()
+        async with asyncio.timeout(15):
+            body = {"model": "m", "messages": MESSAGES}
+            held = asyncio.create_task(http.post(a.url + "/api/v1/chat/completions", json=body))
+            first = await conn.next_request()  # w1 is half busy: the ghost's wx looks less busy
+            await b.wait_for(lambda: sees(b, "wx") and _inflight(b, "w1") == 1)
+            async with client_of(b) as client:
+                call = asyncio.create_task(
+                    client.chat.completions.create(model="m", messages=MESSAGES)
+                )
+                incoming = await conn.next_request()
+                await conn.reply(incoming.id, ANSWER)
+                assert (await call).id == "x"
+            assert "connector wx failed before answering (link_lost)" in caplog.text
+            await conn.reply(first.id, ANSWER)
+            (await held).release()
+
+
+def _inflight(server: RunningServer, connector_id: str) -> int:
+    return next(
+        (
+            c.inflight
+            for lease in federated(server).membership.peers.values()
+            for c in lease.connectors
+            if c.id == connector_id
+        ),
+        -1,
+    )
+
+
+def test_redis_addr_needs_a_peer_key_and_a_redis_url() -> None:
+    with pytest.raises(pydantic.ValidationError, match="PEER_KEY is required"):
+        settings(redis_addr="redis://127.0.0.1:1/0")
+    with pytest.raises(ConfigError, match="REDIS_ADDR"):
+        create_app(settings(redis_addr="http://nowhere", peer_key="p"))
+
+
+async def test_the_peer_routes_want_the_peer_key(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        for key in ("", "wrong"):
+            async with http.post(
+                a.url + "/api/peer/v1/relay/chat/completions",
+                json={"model": "m"},
+                headers={"X-Infero-Peer-Key": key},
+            ) as resp:
+                assert resp.status == 401
