@@ -95,7 +95,7 @@ def _check_message(msg: Any) -> tuple[str, RequestId | None, str]:
     raise EnvelopeError(INVALID_REQUEST, 'a JSON-RPC message needs "method", "result" or "error"')
 
 
-def parse_envelope(body: bytes) -> Envelope:
+def parse_envelope(body: bytes | bytearray) -> Envelope:
     """Validate a POST body (one message or a batch); raise `EnvelopeError` when invalid."""
     try:
         data = json.loads(body)
@@ -124,7 +124,7 @@ def parse_envelope(body: bytes) -> Envelope:
     )
 
 
-def request_id_of(body: bytes) -> RequestId | None:
+def request_id_of(body: bytes | bytearray) -> RequestId | None:
     """Best effort: the id of a single request in `body` (for error replies), else None."""
     try:
         data = json.loads(body)

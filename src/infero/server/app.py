@@ -24,6 +24,7 @@ from infero.server import (
 )
 from infero.server import state as state_api
 from infero.server.auth import KeyRing, load_keyring
+from infero.server.bodies import BodyBudget
 from infero.server.embedded import EmbeddedState
 from infero.server.events import EventBus
 from infero.server.federated import FederatedState
@@ -82,6 +83,7 @@ def create_app(
     app[keys.KEYRING] = keyring
     app[keys.SHARED] = shared
     app[keys.LIFECYCLE] = lifecycle
+    app[keys.BODIES] = bodies = BodyBudget(settings.max_held_body_bytes)
 
     if affinity is None:
         affinity = MemoryAffinity(
@@ -95,6 +97,7 @@ def create_app(
         lifecycle=lifecycle,
         events=events,
         affinity=affinity,
+        bodies=bodies,
     )
     for route in ROUTES:
         app.router.add_post("/api/v1" + route, relay.handle)

@@ -4,6 +4,8 @@ all bodies hold at once across the server. See docs/routing.md and docs/errors.m
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from aiohttp import web
 from aiohttp.http_exceptions import HttpProcessingError
@@ -34,6 +36,20 @@ class BodyBudget:
         self.held -= size
 
 
+@dataclass(frozen=True, slots=True)
+class Replies:
+    """How a route answers a refused body, in its own API's error shape."""
+
+    too_large: Callable[[int], web.Response]
+    overloaded: Callable[[], web.Response]
+    timed_out: Callable[[], web.Response]
+    bad_request: Callable[[str], web.Response]
+
+
+OPENAI = Replies(errors.too_large, errors.overloaded, errors.body_timeout, errors.bad_request)
+"""The OpenAI routes' answers (docs/errors.md)."""
+
+
 class BodyRefused(Exception):
     """The body cannot be taken; `response` is the answer and `reason` what to count."""
 
@@ -44,22 +60,27 @@ class BodyRefused(Exception):
 
 
 async def read_body(
-    request: web.Request, *, limit: int, idle_timeout: float, budget: BodyBudget
+    request: web.Request,
+    *,
+    limit: int,
+    idle_timeout: float,
+    budget: BodyBudget,
+    replies: Replies = OPENAI,
 ) -> bytes | bytearray:
     """The whole body, reserved in `budget` (the caller gives back `len(body)` when done).
 
     Chunks go straight into one buffer sized from `Content-Length` (no joined second copy);
     a body that arrived with the head is taken as it is, without a timer. Raises `BodyRefused`:
     413 over `limit`, 503 when the budget is spent, 408 after `idle_timeout` s without a byte,
-    400 for a broken body encoding.
+    400 for a broken body encoding; each answer built by `replies`.
     """
     length = request.content_length
     if length is not None and length > limit:
-        raise BodyRefused("too_large", errors.too_large(limit))
+        raise BodyRefused("too_large", replies.too_large(limit))
     content = request.content
     if length is not None:
         if not budget.take(length):
-            raise BodyRefused("overloaded", errors.overloaded())
+            raise BodyRefused("overloaded", replies.overloaded())
         first = content.read_nowait()
         if len(first) == length:
             return first
@@ -78,13 +99,15 @@ async def read_body(
                     async with asyncio.timeout(idle_timeout):
                         chunk = await content.readany()
                 except TimeoutError:
-                    raise BodyRefused("body_timeout", await _answer_and_close(request)) from None
+                    raise BodyRefused(
+                        "body_timeout", await _answer_and_close(request, replies.timed_out())
+                    ) from None
             size = len(chunk)
             if length is None:
                 if filled + size > limit:
-                    raise BodyRefused("too_large", errors.too_large(limit))
+                    raise BodyRefused("too_large", replies.too_large(limit))
                 if not budget.take(size):
-                    raise BodyRefused("overloaded", errors.overloaded())
+                    raise BodyRefused("overloaded", replies.overloaded())
                 reserved += size
                 buffer += chunk
             else:
@@ -93,21 +116,20 @@ async def read_body(
     except HttpProcessingError:
         budget.give_back(reserved)
         raise BodyRefused(
-            "bad_request", errors.bad_request("The request body is malformed.")
+            "bad_request", replies.bad_request("The request body is malformed.")
         ) from None
     except BaseException:
         budget.give_back(reserved)
         raise
     if filled != reserved:  # a body shorter than its Content-Length (the parser stops it)
         budget.give_back(reserved)
-        raise BodyRefused("bad_request", errors.bad_request("The request body is incomplete."))
+        raise BodyRefused("bad_request", replies.bad_request("The request body is incomplete."))
     return buffer
 
 
-async def _answer_and_close(request: web.Request) -> web.Response:
-    """Send the 408 and close the connection now: waiting for the rest of a body that stopped
-    arriving (aiohttp lingers up to 10 s for it) would hold the socket for nothing."""
-    response = errors.body_timeout()
+async def _answer_and_close(request: web.Request, response: web.Response) -> web.Response:
+    """Send the 408 `response` and close the connection now: waiting for the rest of a body
+    that stopped arriving (aiohttp lingers up to 10 s for it) would hold the socket for nothing."""
     await response.prepare(request)
     await response.write_eof()
     if request.transport is not None:

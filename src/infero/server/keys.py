@@ -8,6 +8,7 @@ from aiohttp import web
 
 from infero.protocol.state import StateSnapshot
 from infero.server.auth import KeyRing
+from infero.server.bodies import BodyBudget
 from infero.server.events import EventBus
 from infero.server.lifecycle import Lifecycle
 from infero.server.settings import ServerSettings
@@ -32,3 +33,6 @@ SHARED: web.AppKey[SharedState] = web.AppKey("shared")
 
 LIFECYCLE = web.AppKey("lifecycle", Lifecycle)
 """Draining flag and in-flight accounting (the MCP broker counts its calls here too)."""
+
+BODIES = web.AppKey("bodies", BodyBudget)
+"""Bytes of request bodies held at once (MAX_HELD_BODY_BYTES): OpenAI routes and MCP broker."""

@@ -85,6 +85,7 @@ class OpenAIRelay:
         lifecycle: Lifecycle,
         events: EventBus,
         affinity: AffinityTable,
+        bodies: BodyBudget,
     ) -> None:
         self.settings = settings
         self.dispatcher = dispatcher
@@ -92,8 +93,8 @@ class OpenAIRelay:
         self.events = events
         self.affinity = affinity
         """Which connector created each stored response (see responses_affinity.py)."""
-        self.bodies = BodyBudget(settings.max_held_body_bytes)
-        """Bytes of request bodies held by requests in progress."""
+        self.bodies = bodies
+        """Bytes of request bodies held by requests in progress (shared with the MCP broker)."""
 
     def reject(self, model: str, reason: RejectReason, response: web.Response) -> web.Response:
         """Report a rejection and return its response."""

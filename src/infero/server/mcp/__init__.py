@@ -30,10 +30,12 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         lifecycle=lifecycle,
         limits=Limits(
             max_req_bytes=settings.broker_max_req_bytes,
+            body_timeout=settings.body_timeout,
             max_resp_bytes=settings.broker_max_resp_bytes,
             max_concurrency=settings.broker_max_concurrency_per_client,
             call_timeout=settings.broker_call_timeout,
         ),
+        bodies=app[keys.BODIES],
         metrics=lambda: holder[0] if holder else None,
     )
     app[BROKER] = broker

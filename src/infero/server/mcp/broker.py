@@ -21,7 +21,10 @@ from multidict import CIMultiDict
 
 from infero.protocol import mcp as pm
 from infero.protocol.link import Head
+from infero.server import errors
 from infero.server.auth import KeyRing, bearer_token
+from infero.server.bodies import BodyBudget, BodyRefused, Replies, read_body
+from infero.server.events import RejectReason
 from infero.server.exchange import (
     Exchange,
     ExchangeFailed,
@@ -48,9 +51,10 @@ FORWARDED = frozenset({"content-type", "accept", "last-event-id", "user-agent"})
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """Broker limits (from BROKER_* settings)."""
+    """Broker limits (from BROKER_* settings, and BODY_TIMEOUT)."""
 
     max_req_bytes: int
+    body_timeout: float
     max_resp_bytes: int
     max_concurrency: int
     call_timeout: float
@@ -88,6 +92,32 @@ def _error(
 
 RETRY_AFTER = "5"
 LISTEN = "subscriptions/listen"
+
+BODY_REPLIES = Replies(
+    too_large=lambda _: _error(
+        413, "MCP_LIMIT_EXCEEDED", "the request exceeds BROKER_MAX_REQ_BYTES"
+    ),
+    overloaded=lambda: _error(
+        503,
+        "MCP_LIMIT_EXCEEDED",
+        "the server holds too many request bodies right now (MAX_HELD_BODY_BYTES)",
+        headers={"Retry-After": str(errors.RETRY_AFTER_S)},
+    ),
+    timed_out=lambda: _error(
+        408,
+        "MCP_TIMEOUT",
+        "the request body stopped arriving for BODY_TIMEOUT",
+        headers={"Connection": "close"},
+    ),
+    bad_request=lambda message: _error(400, "MCP_SCHEMA_ERROR", message, rpc_code=pm.PARSE_ERROR),
+)
+"""The answers to a refused POST body (docs/mcp.md), as JSON-RPC errors."""
+
+BODY_OUTCOMES: dict[RejectReason, CallOutcome] = {
+    "too_large": "too_large",
+    "body_timeout": "timeout",
+}
+"""How a refused body counts in `infero_mcp_calls_total` (others: `rejected`)."""
 
 UPSTREAM_FAILURES = {
     "backend_unreachable": "the MCP provider cannot be reached",
@@ -175,6 +205,7 @@ class Broker:
         keyring: KeyRing,
         lifecycle: Lifecycle,
         limits: Limits,
+        bodies: BodyBudget,
         metrics: Callable[[], McpMetrics | None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
@@ -182,6 +213,8 @@ class Broker:
         self.keyring = keyring
         self.lifecycle = lifecycle
         self.limits = limits
+        self.bodies = bodies
+        """Bytes of request bodies held at once, shared with the OpenAI routes."""
         self._metrics = metrics
         self._clock = clock
 
@@ -224,25 +257,31 @@ class Broker:
             return "the MCP relay is draining"
         return None
 
-    async def _read_body(self, request: web.Request) -> bytes | None:
-        """The body, or None once it exceeds BROKER_MAX_REQ_BYTES."""
-        limit = self.limits.max_req_bytes
-        if request.content_length is not None and request.content_length > limit:
-            return None
-        body = bytearray()
-        async for chunk in request.content.iter_chunked(64 * 1024):
-            body += chunk
-            if len(body) > limit:
-                return None
-        return bytes(body)
-
     async def _post(
         self, request: web.Request, relay: Relay, closing: str | None
     ) -> web.StreamResponse:
-        body = await self._read_body(request)
-        if body is None:
-            self._count(relay.id, "", "too_large", None)
-            return _error(413, "MCP_LIMIT_EXCEEDED", "the request exceeds BROKER_MAX_REQ_BYTES")
+        """Read the body within BROKER_MAX_REQ_BYTES, BODY_TIMEOUT and the server's share of
+        MAX_HELD_BODY_BYTES, which it holds until the call ends."""
+        try:
+            body = await read_body(
+                request,
+                limit=self.limits.max_req_bytes,
+                idle_timeout=self.limits.body_timeout,
+                budget=self.bodies,
+                replies=BODY_REPLIES,
+            )
+        except BodyRefused as refused:
+            self._count(relay.id, "", BODY_OUTCOMES.get(refused.reason, "rejected"), None)
+            return refused.response
+        try:
+            return await self._call(request, relay, closing, body)
+        finally:
+            self.bodies.give_back(len(body))
+
+    async def _call(
+        self, request: web.Request, relay: Relay, closing: str | None, body: bytes | bytearray
+    ) -> web.StreamResponse:
+        """Check the JSON-RPC envelope and relay the call."""
         try:
             envelope = pm.parse_envelope(body)
         except pm.EnvelopeError as exc:
@@ -321,7 +360,7 @@ class Broker:
         self,
         request: web.Request,
         relay: Relay,
-        body: bytes,
+        body: bytes | bytearray,
         *,
         method: str,
         request_ids: list[pm.RequestId],
