@@ -112,6 +112,7 @@ def create_app(
             lifecycle=lifecycle,
             events=events,
             affinity=affinity,
+            bodies=bodies,
         )
         peer.setup(app, peer_key=settings.peer_key, relay=home, steer=embedded.control.steer)
 
