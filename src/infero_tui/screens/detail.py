@@ -13,7 +13,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.containers import VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Static
+from textual.widgets import Static
 
 from infero.protocol.state import McpClientInfo, ModelInfo, StateSnapshot, WorkerInfo
 from infero_tui.client import Action
@@ -199,6 +199,12 @@ class DetailScreen(Screen[None]):
         height: auto;
         padding: 0 1 1 1;
     }
+    DetailScreen #detail-keys {
+        dock: bottom;
+        height: 1;
+        padding: 0 1;
+        background: $panel;
+    }
     """
 
     def __init__(self, kind: Kind, key: str, source: DetailSource, clock: Callable[[], datetime]):
@@ -218,10 +224,13 @@ class DetailScreen(Screen[None]):
                 yield Graph("Tokens/s", id="graph-b")
             yield Static(classes="block", id="detail-table")
             yield Static(classes="block", id="detail-errors")
-        yield Footer()
+        yield Static(id="detail-keys")
 
     def on_mount(self) -> None:
         self.redraw()
+        self.source.redraw_header()
+
+    def on_screen_resume(self) -> None:
         self.source.redraw_header()
 
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
@@ -296,7 +305,23 @@ class DetailScreen(Screen[None]):
             graph_a.show(calls.series() if calls else [], calls_rate)
             table.update(methods(relay))
             errors.update(_errors(self.source.errors.of(f"relay:{relay.id}"), now))
-        self.refresh_bindings()
+        self.query_one("#detail-keys", Static).update(self._keys())
+
+    def _keys(self) -> Text:
+        """The keys of this view (a footer costs a recompose on every switch); actions that
+        cannot be sent are dimmed."""
+        text = Text()
+        text.append("Esc", style="bold")
+        text.append(" back  ")
+        can_act = self.check_action("act", ()) is True
+        for key, words in (("d", "drain"), ("u", "undrain"), ("x", "shutdown")):
+            text.append(key, style="bold" if can_act else "dim")
+            text.append(f" {words}  ", style="" if can_act else "dim")
+        text.append("j/k", style="bold")
+        text.append(" scroll  ")
+        text.append("?", style="bold")
+        text.append(" help")
+        return text
 
     def action_back(self) -> None:
         self.dismiss()

@@ -373,7 +373,18 @@ class MainScreen(Screen[None]):
         self.open_detail(message.kind, message.key)
 
     def open_detail(self, kind: Kind, key: str) -> None:
-        self.app.push_screen(DetailScreen(kind, key, self, self.clock))
+        """Show the full-screen detail; one screen per kind is built once, then reused (a new
+        screen per Enter would cost a whole compose)."""
+        name = f"detail-{kind}"
+        if self.app.is_screen_installed(name):
+            screen = self.app.get_screen(name)
+            assert isinstance(screen, DetailScreen)
+            screen.key = key
+            if screen.is_mounted:
+                screen.redraw()
+        else:
+            self.app.install_screen(DetailScreen(kind, key, self, self.clock), name)
+        self.app.push_screen(name)
 
     def request_action(self, kind: Kind, key: str, action: Action) -> None:
         """Confirm, then send one action for a connector or relay (never when unavailable)."""

@@ -17,6 +17,7 @@ from rich.segment import Segment
 from rich.style import Style
 from textual import events
 from textual.binding import Binding, BindingType
+from textual.geometry import Region
 from textual.message import Message
 from textual.strip import Strip
 from textual.widget import Widget
@@ -127,6 +128,7 @@ class FleetTable(Widget, Generic[T], can_focus=True):
         self._selected: str | None = None
         self._layout: tuple[int, int, list[tuple[Column[T], int]]] | None = None
         self._version = 0
+        self._styles: tuple[Style, Style, Style, Style] | None = None
 
     # ---- data ----------------------------------------------------------------------------
 
@@ -197,11 +199,42 @@ class FleetTable(Widget, Generic[T], can_focus=True):
             return
         index = max(0, min(index, len(self.order) - 1))
         if index != self.cursor:
+            before, top = self.cursor, self.top
             self.cursor = index
             self._selected = self.selected
             self._scroll_to_cursor()
-            self.refresh()
+            if self.top == top:  # only two lines change: redraw those
+                width = self.size.width
+                for row in (before, index):
+                    self.refresh(Region(0, row - top + 1, width, 1))
+            else:
+                self.refresh()
             self.post_message(self.Moved(self, self.selected))
+
+    # the cursor's look depends on focus; the theme can change: styles are cached until then
+    def on_focus(self, event: events.Focus) -> None:
+        self._styles = None
+        self.refresh()
+
+    def on_blur(self, event: events.Blur) -> None:
+        self._styles = None
+        self.refresh()
+
+    def notify_style_update(self) -> None:
+        self._styles = None
+        super().notify_style_update()
+
+    def styles_for_lines(self) -> tuple[Style, Style, Style, Style]:
+        """Base, header, cursor and gone row styles."""
+        if self._styles is None:
+            base = self.rich_style
+            self._styles = (
+                base,
+                base + self.get_component_rich_style("fleet-table--header"),
+                self.get_component_rich_style("fleet-table--cursor"),
+                self.get_component_rich_style("fleet-table--gone"),
+            )
+        return self._styles
 
     def _scroll_to_cursor(self) -> None:
         page = self.page
@@ -308,11 +341,10 @@ class FleetTable(Widget, Generic[T], can_focus=True):
     def render_line(self, y: int) -> Strip:
         width = self.size.width
         layout = self.layout_columns(width)
-        base = self.rich_style
+        base, header, cursor, gone = self.styles_for_lines()
         if y == 0:
-            header = self.get_component_rich_style("fleet-table--header")
             cells = [(self._header_label(c), "") for c, _ in layout]
-            return self._strip(layout, cells, base + header, width)
+            return self._strip(layout, cells, header, width)
         index = self.top + y - 1
         if index >= len(self.order):
             if index == 0 and not self.order:
@@ -320,12 +352,9 @@ class FleetTable(Widget, Generic[T], can_focus=True):
                 return Strip([Segment(ellipsis(" " + text, width).ljust(width), base)], width)
             return Strip.blank(width, base)
         item = self.items[self.order[index]]
-        row_style = base
-        if self.rows.gone(item):
-            row_style += self.get_component_rich_style("fleet-table--gone")
+        row_style = base + gone if self.rows.gone(item) else base
         cells = [column.cell(item) for column, _ in layout]
         if index == self.cursor:
-            cursor = self.get_component_rich_style("fleet-table--cursor")
             cells = [(text, "") for text, _ in cells]
             return self._strip(layout, cells, row_style + cursor, width)
         return self._strip(layout, cells, row_style, width)

@@ -184,10 +184,17 @@ class ActionPane(TablePane):
             return
         self.post_message(ActionRequested(self.KIND, key, action))
 
+    _actionable: bool | None = None
+
     @on(FleetTable.Moved)
     def _moved(self, event: FleetTable.Moved) -> None:
+        """Grey the actions out (or back in) when the cursor moves between live and gone rows;
+        redrawing the footer on every move would cost more than the move itself."""
         event.stop()
-        self.refresh_bindings()
+        actionable = self.selected_is_live()
+        if actionable != self._actionable:
+            self._actionable = actionable
+            self.refresh_bindings()
 
 
 class WorkersPane(ActionPane):
