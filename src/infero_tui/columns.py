@@ -27,6 +27,8 @@ class Column(Generic[T]):
     """Takes the width left over (at least `width`, at most the longest value)."""
     priority: int = 0
     """Columns that do not fit are dropped, highest priority number first (0 = always)."""
+    shown: Callable[[], bool] | None = None
+    """When given, the column is shown only while this says so (e.g. with several servers)."""
 
 
 @dataclass(frozen=True, slots=True)

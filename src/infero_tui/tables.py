@@ -42,6 +42,8 @@ class TableContext:
     duplicate_names: frozenset[str] = frozenset()
     duplicate_relay_names: frozenset[str] = frozenset()
     relay_names: dict[str, str] = field(default_factory=dict)
+    instances: bool = False
+    """Whether the server is one of several instances (the INSTANCE column is shown)."""
     live_heartbeats: bool = True
     """False on a delta stream: a live row's `last_heartbeat` is as of its last change, so its
     age means nothing (the server closes a silent link and the row turns `gone`)."""
@@ -182,18 +184,18 @@ def worker_columns(ctx: TableContext) -> list[Column[WorkerInfo]]:
             priority=6,
         ),
     ]
-    if "instance" in WorkerInfo.model_fields:  # several server instances (scale-out)
-        columns.append(
-            Column(
-                "instance",
-                "INSTANCE",
-                10,
-                lambda w: _plain(str(getattr(w, "instance", "") or "-")),
-                lambda w: str(getattr(w, "instance", "")),
-                "X",
-                priority=7,
-            )
+    columns.append(
+        Column(
+            "instance",
+            "INSTANCE",
+            10,
+            lambda w: _plain(w.instance or "-"),
+            lambda w: w.instance,
+            "X",
+            priority=7,
+            shown=lambda: ctx.instances,  # several server instances share the fleet
         )
+    )
     return columns
 
 

@@ -463,3 +463,21 @@ async def test_end_keeps_the_log_at_its_tail(tmp_path: Path) -> None:
         await pilot.press("G")
         assert log.auto_scroll
         assert log.scroll_y == log.max_scroll_y
+
+
+async def test_with_several_server_instances_each_connector_shows_its_instance() -> None:
+    from infero.protocol.state import InstanceInfo
+
+    base = snapshots("fleet")[0]
+    server = base.server.model_copy(
+        update={"instance": "i-a", "instances": [InstanceInfo(id="i-a"), InstanceInfo(id="i-b")]}
+    )
+    workers = [w.model_copy(update={"instance": "i-b"}) for w in base.workers]
+    feed = FrozenFeed.holding([base.model_copy(update={"server": server, "workers": workers})])
+    app = fleet_app(feed)
+    async with app.run_test(size=(160, 30)) as pilot:
+        await ready(pilot, feed)
+        layout = [column.key for column, _ in table(app).layout_columns(158)]
+        assert layout[-1] == "instance"
+        header = str(app.screen.query_one("#header").render())
+        assert "instance i-a of 2" in header

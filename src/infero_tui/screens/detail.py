@@ -91,9 +91,8 @@ def worker_facts(
         ("Avg tokens/s", f"{rate(worker.avg_tokens_per_second)} (lifetime avg)"),
         ("Tokens in/out", f"{count(worker.tokens_in_total)}/{count(worker.tokens_out_total)}"),
     ]
-    instance = getattr(worker, "instance", None)
-    if instance:
-        facts.append(("Instance", str(instance)))
+    if worker.instance:
+        facts.append(("Instance", worker.instance))
     if worker.disconnected_at is not None:
         facts.append(("Gone for", age(now, worker.disconnected_at)))
     return _grid(facts)

@@ -283,6 +283,7 @@ class MainScreen(Screen[None]):
             self.connection.received(self.clock())
         ctx = self.ctx
         ctx.now = snapshot.server.now
+        ctx.instances = bool(snapshot.server.instances)
         ctx.note(snapshot.workers, snapshot.mcp.clients)
         self.query_one(WorkersPane).show(snapshot.workers)
         self.query_one(ModelsPane).show(snapshot.models)

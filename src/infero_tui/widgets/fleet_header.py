@@ -63,6 +63,10 @@ class FleetHeader(Static):
             queue_style = "bold #ffd75f" if server.scheduler_queue_len else ""
             second.append(" · queue ")
             second.append(str(server.scheduler_queue_len), style=queue_style)
+            if server.instances:
+                second.append(f" · instance {server.instance} of {len(server.instances)}")
+            if server.degraded:
+                second.append(" · DEGRADED (Redis down: own links only)", style="bold #ff8787")
             if rates is not None:
                 requests, tokens = rates.fleet.requests.rate(), rates.fleet.tokens.rate()
                 second.append(f" · {rate(requests)} req/s · {rate(tokens)} tok/s ({WINDOW_S} s)")

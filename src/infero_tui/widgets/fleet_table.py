@@ -314,7 +314,7 @@ class FleetTable(Widget, Generic[T], can_focus=True):
         return out
 
     def _fit(self, width: int) -> list[tuple[Column[T], int]]:
-        shown = list(self.columns)
+        shown = [c for c in self.columns if c.shown is None or c.shown()]
         flex = next((c for c in shown if c.flex), None)
         longest = 0
         if flex is not None:
