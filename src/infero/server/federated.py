@@ -13,11 +13,12 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from infero.common.buildinfo import BUILD
-from infero.protocol.state import InstanceInfo, ServerInfo, WorkerInfo, WorkerStatus
+from infero.protocol.state import InstanceInfo, ModelInfo, ServerInfo, WorkerInfo, WorkerStatus
 from infero.server.changes import ChangeFeed
 from infero.server.embedded import EmbeddedState
 from infero.server.events import RequestFinished
@@ -141,16 +142,46 @@ class FederatedRows:
             }
         )
         return Scan(
-            offers={**scan.offers, "workers": workers},
+            offers={**scan.offers, "workers": workers, "models": self._models(scan)},
             server_mark=(scan.server_mark, state.membership.version),
             summary=summary,
         )
+
+    def _models(self, scan: Scan) -> list[Offer]:
+        """Model rows counting the other instances' connectors too."""
+        remote: dict[str, tuple[int, int]] = {}
+        for lease in self._state.membership.peers.values():
+            for c in lease.connectors:
+                for model in c.models:
+                    workers, ready = remote.get(model, (0, 0))
+                    remote[model] = (workers + 1, ready + c.serving)
+        offers: list[Offer] = []
+        for name, mark, what in scan.offers["models"]:
+            counts = remote.pop(name, (0, 0))
+            offers.append((name, (mark, counts), _ModelRow(name, what, counts)))
+        offers.extend(
+            (name, ("remote", counts), _ModelRow(name, None, counts))
+            for name, counts in remote.items()
+        )
+        return offers
 
     def row(self, kind: RowKind, what: Any) -> Built:
         state = self._state
         if kind == "workers" and isinstance(what, tuple) and isinstance(what[0], Lease):
             lease, c = what
             return Built(_remote_worker(lease, c), (0, c.connected_at))
+        if isinstance(what, _ModelRow):
+            workers, ready = what.remote
+            if what.local is None:
+                return Built(ModelInfo(name=what.name, workers=workers, ready_workers=ready))
+            built = state.local.rows.row(kind, what.local)
+            info = built.model
+            assert isinstance(info, ModelInfo)
+            update = {
+                "workers": info.workers + workers,
+                "ready_workers": info.ready_workers + ready,
+            }
+            return built._replace(model=info.model_copy(update=update))
         built = state.local.rows.row(kind, what)
         if kind == "workers":
             model = built.model.model_copy(update={"instance": state.instance_id})
@@ -171,6 +202,16 @@ class FederatedRows:
                 "instances": instances,
             }
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _ModelRow:
+    """A model row: this instance's part (None when only other instances serve it), and
+    (connectors, ready connectors) of the other instances."""
+
+    name: str
+    local: Any
+    remote: tuple[int, int]
 
 
 def _instance(lease: Lease) -> InstanceInfo:

@@ -103,6 +103,9 @@ async def test_b_lists_the_fleet_and_shows_where_each_connector_is(tmp_path: Pat
         assert [i["id"] for i in state["server"]["instances"]] == ["B", "A"]
         assert state["server"]["instances"][1]["address"] == a.url
         assert state["server"]["instances"][1]["links"] == 1
+        models = {m["name"]: (m["workers"], m["ready_workers"]) for m in state["models"]}
+        assert models == {"m-a": (1, 1), "m-b": (1, 1)}
+        assert state["workers_summary"]["connected"] == 2
 
 
 async def test_a_client_leaving_at_b_cancels_the_request_at_the_connector(tmp_path: Path) -> None:
