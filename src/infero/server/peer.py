@@ -106,7 +106,7 @@ class _Sender:
 class PeerRoute:
     """A request for a connector linked to another instance."""
 
-    __slots__ = ("_pump", "_sender", "address", "client", "connector_id", "on_finish")
+    __slots__ = ("_exchange", "_pump", "_sender", "address", "client", "connector_id", "on_finish")
 
     def __init__(
         self,
@@ -120,6 +120,7 @@ class PeerRoute:
         self.connector_id = connector_id
         self.on_finish = on_finish
         self._pump: asyncio.Task[None] | None = None
+        self._exchange: Exchange | None = None
         self._sender = _Sender(self)
 
     async def open_exchange(
@@ -133,7 +134,7 @@ class PeerRoute:
         model: str,
         request_id: str,
     ) -> Exchange:
-        exchange = Exchange(self._sender, 0, WINDOW)
+        exchange = self._exchange = Exchange(self._sender, 0, WINDOW)
         sent = [*headers, (KEY_HEADER, self.client.peer_key), (MODEL_HEADER, model)]
         sent += [(TARGET_HEADER, self.connector_id), (STREAM_HEADER, "1" if stream else "0")]
         if request_id:
@@ -182,6 +183,8 @@ class PeerRoute:
             self._pump.cancel()
 
     async def finish(self, done: RequestFinished) -> None:
+        if self._exchange is not None:
+            await self._exchange.cancel()  # stops its wait timer (and the pump if running)
         self.stop()
         if self._pump is not None:
             await asyncio.gather(self._pump, return_exceptions=True)

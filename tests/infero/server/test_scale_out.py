@@ -206,8 +206,21 @@ async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Pat
                     incoming = await conn.next_request()
                     await conn.reply(incoming.id, ANSWER)
                     assert (await call).id == "x"
-            a.proc.kill()
-            await a.proc.wait()
+                body = {"model": "m", "stream": True, "messages": MESSAGES}
+                async with aiohttp.ClientSession() as http:
+                    streaming = asyncio.create_task(
+                        http.post(b.url + "/api/v1/chat/completions", json=body)
+                    )
+                    incoming = await conn.next_request()
+                    await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+                    await conn.body(incoming.id, EVENTS[0])
+                    resp = await streaming
+                    assert await resp.content.readuntil(b"\n\n") == EVENTS[0]
+                    a.proc.kill()  # in the middle of the answer
+                    await a.proc.wait()
+                    rest = await resp.read()  # ends (no hang) with an error event
+                    assert rest.startswith(b"data: {"), rest
+                    assert b"upstream_error" in rest, rest
             async with asyncio.timeout(3.0 + 5):  # the lease (3 s) and one read of the view
                 await b.wait_for(lambda: not sees(b, "w1"))
             async with client_of(b) as client:
