@@ -194,3 +194,34 @@ async def connector_process(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+@asynccontextmanager
+async def sentinel_for(master: RedisProcess, folder: Path) -> AsyncIterator[str]:
+    """A real Sentinel (`redis-server --sentinel`) watching `master` as `mymaster`; yields
+    the `redis+sentinel://` REDIS_ADDR."""
+    port = free_port()
+    config = folder / "sentinel.conf"
+    config.write_text(
+        f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
+    )
+    proc = await asyncio.create_subprocess_exec(
+        "redis-server",
+        str(config),
+        "--sentinel",
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    client = aioredis.Redis(host="127.0.0.1", port=port)
+    try:
+        async with asyncio.timeout(STARTUP):
+            while True:
+                with contextlib.suppress(OSError, aioredis.ConnectionError):
+                    if await client.sentinel_get_master_addr_by_name("mymaster"):
+                        break
+                await asyncio.sleep(0.05)  # polling a port with a bound: no event to wait on
+        yield f"redis+sentinel://127.0.0.1:{port}/mymaster"
+    finally:
+        await client.aclose()
+        proc.kill()
+        await proc.wait()

@@ -19,7 +19,15 @@ from infero.protocol import link as lp
 from infero.server.app import create_app
 from infero.server.membership import MEMBERS, PREFIX, ConnectorSummary, Lease
 from support.connector import scripted_connector
-from support.fleet import STARTUP, federated, free_port, instance, redis_server, server_process
+from support.fleet import (
+    STARTUP,
+    federated,
+    free_port,
+    instance,
+    redis_server,
+    sentinel_for,
+    server_process,
+)
 from support.server import RunningServer, settings
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
@@ -302,3 +310,20 @@ async def test_the_peer_routes_want_the_peer_key(tmp_path: Path) -> None:
                 headers={"X-Infero-Peer-Key": key},
             ) as resp:
                 assert resp.status == 401
+
+
+async def test_instances_find_redis_through_a_sentinel(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        sentinel_for(redis, tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(b) as client,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees(b, "w1"))
+            call = asyncio.create_task(client.chat.completions.create(model="m", messages=MESSAGES))
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            assert (await call).id == "x"
