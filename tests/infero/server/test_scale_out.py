@@ -24,6 +24,7 @@ from support.fleet import (
     federated,
     free_port,
     instance,
+    redis_cluster,
     redis_server,
     sentinel_for,
     server_process,
@@ -316,6 +317,22 @@ async def test_instances_find_redis_through_a_sentinel(tmp_path: Path) -> None:
     async with (
         redis_server(tmp_path) as redis,
         sentinel_for(redis, tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(b) as client,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees(b, "w1"))
+            call = asyncio.create_task(client.chat.completions.create(model="m", messages=MESSAGES))
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            assert (await call).id == "x"
+
+
+async def test_instances_share_a_redis_cluster(tmp_path: Path) -> None:
+    async with (
+        redis_cluster(tmp_path) as redis_addr,
         instance(redis_addr, "A") as a,
         instance(redis_addr, "B") as b,
         scripted_connector(a.url, client_key="ck", id="w1") as conn,
