@@ -299,7 +299,7 @@ class FleetClient:
     replay = False
     """A live server, never a recording."""
     live_heartbeats = False
-    """Deltas carry a live row's heartbeat time only when the row changes."""
+    """Deltas carry a live row's heartbeat time only when the row changes or turns late."""
 
     @property
     def can_act(self) -> bool:

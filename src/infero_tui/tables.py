@@ -46,7 +46,7 @@ class TableContext:
     """Whether the server is one of several instances (the INSTANCE column is shown)."""
     live_heartbeats: bool = True
     """False on a delta stream: a live row's `last_heartbeat` is as of its last change, so its
-    age means nothing (the server closes a silent link and the row turns `gone`)."""
+    age means nothing unless the row is `heartbeat_late` (the server sends it then)."""
 
     def note(self, workers: list[WorkerInfo], relays: list[McpClientInfo]) -> None:
         """Remember which names several live workers (or relays) share."""
@@ -63,15 +63,18 @@ def _plain(text: str) -> Cell:
     return (text, "")
 
 
-def heartbeat_cell(now: datetime, then: datetime, gone: bool, live_heartbeats: bool = True) -> Cell:
-    """The heartbeat age, yellow while it ages and red when the link is nearly dead."""
-    if not gone and not live_heartbeats:
+def heartbeat_cell(
+    now: datetime, then: datetime, gone: bool, live_heartbeats: bool = True, late: bool = False
+) -> Cell:
+    """The heartbeat age, yellow while it ages (or the server says it is `late`) and red when
+    the link is nearly dead; `live` for a live row of a delta stream that is not late."""
+    if not gone and not live_heartbeats and not late:
         return ("live", "dim")
     seconds = age_seconds(now, then) or 0.0
     style = ""
     if not gone and seconds >= HEARTBEAT_LATE_S:
         style = "bold #ff8787"
-    elif not gone and seconds >= HEARTBEAT_AGEING_S:
+    elif not gone and (late or seconds >= HEARTBEAT_AGEING_S):
         style = "#ffd75f"
     return (age(now, then), style)
 
@@ -147,7 +150,7 @@ def worker_columns(ctx: TableContext) -> list[Column[WorkerInfo]]:
             "SEEN",
             7,
             lambda w: heartbeat_cell(
-                ctx.now, w.last_heartbeat, w.status == "gone", ctx.live_heartbeats
+                ctx.now, w.last_heartbeat, w.status == "gone", ctx.live_heartbeats, w.heartbeat_late
             ),
             lambda w: -w.last_heartbeat.timestamp(),
             "A",

@@ -22,6 +22,7 @@ from infero_tui.screens.api_key import ApiKeyScreen
 from infero_tui.screens.confirm import ConfirmScreen
 from infero_tui.screens.help import HelpScreen
 from infero_tui.screens.main import MainScreen
+from infero_tui.tables import heartbeat_cell
 from infero_tui.widgets.fleet_table import FleetTable
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -420,3 +421,14 @@ async def test_an_unexpected_feed_error_is_shown_not_swallowed() -> None:
         await until(pilot, lambda: connection.state == "stopped")
         assert connection.cause.startswith("stream stopped")
         assert feed.opened == 1
+
+
+def test_a_late_heartbeat_on_a_delta_stream_shows_its_age_and_the_others_say_live() -> None:
+    now = datetime(2026, 11, 28, 12, 0, 0, tzinfo=UTC)
+    then = datetime(2026, 11, 28, 11, 59, 59, tzinfo=UTC)
+    assert heartbeat_cell(now, then, False, live_heartbeats=False) == ("live", "dim")
+    text, style = heartbeat_cell(now, then, False, live_heartbeats=False, late=True)
+    assert text != "live"
+    assert style == "#ffd75f"
+    old = datetime(2026, 11, 28, 11, 59, 45, tzinfo=UTC)
+    assert heartbeat_cell(now, old, False, live_heartbeats=False, late=True)[1] == "bold #ff8787"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -142,6 +142,28 @@ def test_a_crowded_fleet_with_long_and_duplicate_names(
     """Twelve connectors: a 70-character host name, a hostile name, twins, gone rows last."""
     feed = FrozenFeed.holding(snapshots("fleet_crowded"))
     assert snap_compare(fleet_app(feed), terminal_size=size, run_before=settle(feed))
+
+
+def test_late_heartbeats_on_a_delta_stream_show_their_age_highlighted(
+    snap_compare: SnapCompare,
+) -> None:
+    """bravo late for 11 s (yellow), alpha for 14 s (red); the other live rows say `live`."""
+    snap = snapshots("fleet")[0]
+    late = {"w-alpha": 14, "w-bravo": 11}
+    workers = [
+        w.model_copy(
+            update={
+                "heartbeat_late": True,
+                "last_heartbeat": snap.server.now - timedelta(seconds=late[w.id]),
+            }
+        )
+        if w.id in late
+        else w
+        for w in snap.workers
+    ]
+    feed = FrozenFeed.holding([snap.model_copy(update={"workers": workers})])
+    feed.live_heartbeats = False
+    assert snap_compare(fleet_app(feed), terminal_size=(120, 35), run_before=settle(feed))
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -113,6 +113,8 @@ class WorkerInfo(_Model):
     status: WorkerStatus
     connected_at: datetime
     last_heartbeat: datetime
+    heartbeat_late: bool = False
+    """Nothing heard from the connector for two heartbeat intervals (the link is not gone yet)."""
     disconnected_at: datetime | None = None
     version: str = ""
     build_sha: str = ""

@@ -124,6 +124,7 @@ def create_app(
         heartbeat_interval=settings.heartbeat_interval,
         dead_after=settings.link_dead_after,
         clock=clock,
+        on_late=shared.changes.bump,
     )
     app.router.add_get("/api/workers/connect", endpoint.handle)
     app.router.add_get("/api/llm/connect", endpoint.handle)

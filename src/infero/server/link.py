@@ -20,6 +20,9 @@ class ConnectorLink(Protocol):
     shutting_down: bool
     """The connector shuts down (asked by an operator or said in its status): no undrain."""
 
+    late: bool
+    """Nothing heard for `STALE_AFTER` heartbeat intervals (set by the endpoint's watchdog)."""
+
     @property
     def id(self) -> str:
         """The connector id the link was accepted under."""

@@ -37,7 +37,8 @@ HELLO_TIMEOUT = 10.0
 
 STALE_AFTER = 2.0
 """A link silent for this many heartbeat intervals is stale: a newcomer with its id may
-replace it (a live connector is heard from at least once per interval)."""
+replace it (a live connector is heard from at least once per interval), and `/api/state`
+marks its heartbeat late until the next frame arrives."""
 
 CLOSE_POLICY = 1008
 CLOSE_NORMAL = 1000
@@ -85,6 +86,8 @@ class Link:
         self.closed = False
         self.shutting_down = False
         """The connector was told to shut down (it said so, or an operator asked here)."""
+        self.late = False
+        """Silent for `STALE_AFTER` heartbeat intervals; cleared by the next frame received."""
         self._next_stream = 0
 
     async def send(self, frame: lp.Cancel | lp.Credit | lp.Control | lp.Ping | lp.Pong) -> None:
@@ -216,7 +219,9 @@ class LinkEndpoint:
         window: int = lp.DEFAULT_WINDOW,
         hello_timeout: float = HELLO_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
+        on_late: Callable[[], None] = lambda: None,
     ) -> None:
+        """`on_late` is called when a link turns late and when it recovers (see `Link.late`)."""
         self.kind = kind
         self.handler = handler
         self.client_key = client_key
@@ -226,6 +231,7 @@ class LinkEndpoint:
         self.window = window
         self.hello_timeout = hello_timeout
         self.clock = clock
+        self.on_late = on_late
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: upgrade, handshake, then serve the link until it closes."""
@@ -362,6 +368,9 @@ class LinkEndpoint:
         decode = lp.CONNECTOR_FRAMES.validate_json
         async for msg in ws:
             liveness.received(clock())
+            if link.late:
+                link.late = False
+                self.on_late()
             if msg.type == WSMsgType.BINARY:
                 try:
                     kind, sid, payload = lp.unpack_body(msg.data)
@@ -400,8 +409,12 @@ class LinkEndpoint:
 
     async def _watch(self, link: Link) -> None:
         liveness = link.liveness
+        stale = STALE_AFTER * liveness.interval
         while True:
             now = self.clock()
+            if not link.late and now - liveness.last_received >= stale:
+                link.late = True
+                self.on_late()
             action = liveness.tick(now)
             if action is Action.CLOSE:
                 logger.warning(
@@ -412,7 +425,11 @@ class LinkEndpoint:
                 return
             if action is Action.PING:
                 await link.send(lp.Ping(ts=time.time()))
-            await asyncio.sleep(max(liveness.next_deadline(self.clock()), 0.001))
+            now = self.clock()
+            wait = liveness.next_deadline(now)
+            if not link.late:
+                wait = min(wait, liveness.last_received + stale - now)
+            await asyncio.sleep(max(wait, 0.001))
 
 
 _OP_TEXT = 0x1

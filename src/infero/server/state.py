@@ -106,8 +106,10 @@ class StateBuilder:
                 for model in w.models:
                     ready[model] = ready.get(model, 0) + 1
             queued = sum(len(queues[m]) for m in w.models if m in queues) if queues else 0
+            link = w.link
             mark = (
                 w.connected_at,
+                link is not None and link.late,
                 status,
                 w.link_status,
                 w.inflight,
@@ -220,8 +222,10 @@ class StateBuilder:
     def _worker(self, w: Worker, queued: int, now: float, mono: float) -> WorkerInfo:
         stats = w.stats
         link = w.link
+        late = False
         if link is not None:
             last_heartbeat = now - (mono - link.liveness.last_received)
+            late = link.late
         else:
             last_heartbeat = w.disconnected_at or w.connected_at
         processed = stats.processed_total
@@ -233,6 +237,7 @@ class StateBuilder:
             status=w.status,
             connected_at=_dt(w.connected_at),
             last_heartbeat=_dt(last_heartbeat),
+            heartbeat_late=late,
             disconnected_at=_dt(w.disconnected_at) if w.disconnected_at is not None else None,
             version=w.version,
             build_sha=w.build_sha,

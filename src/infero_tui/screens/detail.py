@@ -72,7 +72,9 @@ def worker_facts(
     worker: WorkerInfo, now: datetime, live_tokens: float, live_heartbeats: bool
 ) -> Table:
     gone = worker.status == "gone"
-    seen, seen_style = heartbeat_cell(now, worker.last_heartbeat, gone, live_heartbeats)
+    seen, seen_style = heartbeat_cell(
+        now, worker.last_heartbeat, gone, live_heartbeats, worker.heartbeat_late
+    )
     facts: list[tuple[str, Text | str]] = [
         ("ID", worker.id),
         ("Status", status_text(worker.status)),

@@ -27,6 +27,7 @@ class FakeLink:
         self.id = link_id
         self.closed = False
         self.shutting_down = False
+        self.late = False
         self.liveness = Liveness(interval=5.0, dead_after=15.0, now=0.0)
         self.sent: list[Any] = []
         self.opened: list[str] = []

@@ -243,3 +243,28 @@ async def test_a_viewer_that_stops_reading_is_disconnected_after_the_stall_timeo
         finally:
             sock.close()
         assert not publisher.viewers
+
+
+async def test_a_silent_connector_turns_late_in_a_delta_before_it_is_gone_and_recovers() -> None:
+    async with (
+        asyncio.timeout(20),
+        running_server(heartbeat_interval=0.1, link_dead_after=30.0) as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+        http.get(srv.url + "/api/state/stream") as resp,
+    ):
+        view = StateView(resp)
+        await view.until(lambda s: _rows(s) == [("w1", "idle", 0, 0)])
+        assert not view.snapshot or not view.snapshot.workers[0].heartbeat_late
+        conn.answer_pings = False
+        late = await view.until(lambda s: s.workers[0].heartbeat_late)
+        assert view.events[-1].name == "delta"
+        row = late.workers[0]
+        assert row.status == "idle"
+        assert not conn.closed.is_set()
+        assert (late.server.now - row.last_heartbeat).total_seconds() >= 0.15
+        conn.answer_pings = True
+        back = await view.until(lambda s: not s.workers[0].heartbeat_late)
+        assert view.events[-1].name == "delta"
+        assert back.workers[0].status == "idle"
+        assert back.workers[0].last_heartbeat > row.last_heartbeat
