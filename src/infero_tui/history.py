@@ -32,9 +32,8 @@ class ErrorHistory:
             if worker.last_error:
                 self.note(f"worker:{worker.id}", worker.last_error, now)
         for relay in snapshot.mcp.clients:
-            error = str(getattr(relay, "last_error", "") or "")
-            if error:
-                self.note(f"relay:{relay.id}", error, now)
+            if relay.last_error:
+                self.note(f"relay:{relay.id}", relay.last_error, relay.last_error_at or now)
 
     def of(self, key: str) -> list[tuple[datetime, str]]:
         """Newest first."""

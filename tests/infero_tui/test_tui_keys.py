@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -10,8 +11,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
+from rich.table import Table
 from textual.pilot import Pilot
-from textual.widgets import Input, Select, Switch, TabbedContent
+from textual.widgets import Input, Select, Static, Switch, TabbedContent
 
 from infero.protocol.state import StateSnapshot
 from infero.protocol.status import WorkerStatusDoc
@@ -129,6 +132,33 @@ async def test_model_and_relay_details_open_from_their_tabs() -> None:
         await pilot.press("escape", "3", "enter")
         assert isinstance(app.screen, DetailScreen)
         assert (app.screen.kind, app.screen.key) == ("relay", "m-files")
+
+
+async def test_a_relays_last_error_is_shown_with_its_time_in_its_detail() -> None:
+    *earlier, last = snapshots("fleet")
+    failed_at = datetime(2026, 11, 28, 11, 59, 30, tzinfo=UTC)
+    clients = [
+        c.model_copy(
+            update={"last_error": "MCP_UPSTREAM_ERROR: unreachable", "last_error_at": failed_at}
+        )
+        if c.id == "m-files"
+        else c
+        for c in last.mcp.clients
+    ]
+    failed = last.model_copy(update={"mcp": last.mcp.model_copy(update={"clients": clients})})
+    feed = FrozenFeed.holding([*earlier, failed])
+    app = fleet_app(feed)
+    async with app.run_test(size=(120, 35)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("3", "enter")
+        assert isinstance(app.screen, DetailScreen)
+        errors = app.screen.query_one("#detail-errors", Static).content
+        assert isinstance(errors, Table)
+        console = Console(width=120, file=io.StringIO(), record=True)
+        console.print(errors)
+        shown = console.export_text()
+        assert "MCP_UPSTREAM_ERROR: unreachable" in shown
+        assert "11:59:30" in shown
 
 
 async def test_relays_are_drained_undrained_and_shut_down_like_connectors() -> None:

@@ -158,6 +158,9 @@ class McpClientInfo(_Model):
     errors_total: int = 0
     functions: dict[str, int] = Field(default_factory=dict)
     """Calls per JSON-RPC method since the relay connected."""
+    last_error: str = ""
+    """The latest relay- or provider-side failure (reported by the relay or seen on a call)."""
+    last_error_at: datetime | None = None
 
 
 class McpSessionInfo(_Model):

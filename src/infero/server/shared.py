@@ -121,6 +121,10 @@ class RelayTable(Protocol):
         """A call counted by `start_call` ended."""
         ...
 
+    def call_failed(self, relay: Relay, error: str) -> None:
+        """A call failed on the relay's or its provider's side: the relay's `last_error`."""
+        ...
+
     async def open_exchange(
         self,
         relay: Relay,

@@ -133,7 +133,11 @@ class StateBuilder:
         ]
         mcp = self.mcp()
         clients: list[Offer] = [
-            (c.id, (c.connected_at, c.name, c.version, c.status, c.inflight, _calls(c)), c)
+            (
+                c.id,
+                (c.connected_at, c.name, c.version, c.status, c.inflight, _calls(c), c.last_error),
+                c,
+            )
             for c in mcp.clients
         ]
         sessions: list[Offer] = [

@@ -125,6 +125,9 @@ UPSTREAM_FAILURES = {
 }
 """Relay errors about the provider itself (502 MCP_UPSTREAM_ERROR), and what the client reads."""
 
+LOCAL_FAILURES = frozenset({"cancelled", "busy", "draining"})
+"""Failures that say nothing wrong about the relay or its provider (not its `last_error`)."""
+
 
 def _unavailable(message: str, *, request_id: pm.RequestId | None = None) -> web.Response:
     return _error(
@@ -166,7 +169,7 @@ def _failure_reply(failure: ExchangeFailed, request_id: pm.RequestId | None) -> 
 def _broken_code(failure: ExchangeFailed) -> tuple[pm.McpCode, str]:
     if isinstance(failure, _TooLarge):
         return "MCP_LIMIT_EXCEEDED", failure.message
-    if failure.code in ("idle_timeout", "timeout"):
+    if failure.code in ("first_byte_timeout", "idle_timeout", "timeout"):
         return "MCP_TIMEOUT", "the MCP provider stopped answering in time"
     if failure.code in UPSTREAM_FAILURES:
         return "MCP_UPSTREAM_ERROR", UPSTREAM_FAILURES[failure.code]
@@ -383,6 +386,7 @@ class Broker:
                 request_id=request.get(REQUEST_ID_KEY, ""),
             )
         except ExchangeFailed as failure:
+            self._failed(relay, failure)
             return _failure_reply(failure, first_id), "error"
         try:
             return await self._answer(
@@ -415,8 +419,11 @@ class Broker:
         try:
             head = await exchange.head(self.limits.call_timeout)
         except TimeoutError:
-            return _failure_reply(ExchangeFailed("first_byte_timeout", ""), first_id), "timeout"
+            timeout = ExchangeFailed("first_byte_timeout", "")
+            self._failed(relay, timeout)
+            return _failure_reply(timeout, first_id), "timeout"
         except ExchangeFailed as failure:
+            self._failed(relay, failure)
             if failure.code != "cancelled":
                 logger.warning("mcp relay %s: %s failed: %s", relay.id, method, failure.message)
             return _failure_reply(failure, first_id), _outcome(failure)
@@ -443,6 +450,7 @@ class Broker:
         try:
             await write_body(response, exchange, idle_timeout=idle_timeout, on_chunk=count)
         except ExchangeFailed as failure:
+            self._failed(relay, failure)
             code, message = _broken_code(failure)
             if request_ids:
                 logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
@@ -479,6 +487,7 @@ class Broker:
                 await exchange.consumed(len(chunk))
         except ExchangeFailed as failure:
             logger.warning("mcp relay %s: %s broke off: %s", relay.id, method, failure.message)
+            self._failed(relay, failure)
             if isinstance(failure, _TooLarge):
                 reply = _error(502, "MCP_LIMIT_EXCEEDED", failure.message, request_id=first_id)
                 return reply, "too_large"
@@ -486,6 +495,12 @@ class Broker:
         headers = CIMultiDict(response_headers(head.headers))
         response = web.Response(status=head.status, body=bytes(body), headers=headers)
         return response, "success" if head.status < 400 else "error"
+
+    def _failed(self, relay: Relay, failure: ExchangeFailed) -> None:
+        """Keep a relay- or provider-side failure as the relay's `last_error`."""
+        if failure.code not in LOCAL_FAILURES and not isinstance(failure, _TooLarge):
+            code, message = _broken_code(failure)
+            self.relays.call_failed(relay, f"{code}: {message}")
 
     def _track_session(
         self,

@@ -52,6 +52,7 @@ class Relay:
     """The relay's own limit (`MCP_MAX_INFLIGHT`); 0 means none announced."""
     status: lp.Status = "ready"
     last_error: str = ""
+    last_error_at: datetime | None = None
     inflight: int = 0
     calls_total: int = 0
     errors_total: int = 0
@@ -124,6 +125,7 @@ class RelayRegistry:
             capacity=hello.max_concurrency,
             status=hello.status,
             last_error=hello.last_error,
+            last_error_at=self._now() if hello.last_error else None,
         )
         self._on_change()
         return old.link if old is not None else None
@@ -136,7 +138,8 @@ class RelayRegistry:
         if relay.status != update.status:
             logger.info("mcp relay %s is now %s", relay.id, update.status)
         relay.status = update.status
-        relay.last_error = update.last_error
+        if update.last_error and update.last_error != relay.last_error:
+            relay.last_error, relay.last_error_at = update.last_error, self._now()
         relay.capacity = update.max_concurrency
         self._on_change()
 
@@ -215,6 +218,11 @@ class RelayRegistry:
             session.last_activity = self._now()
         self._on_change()
 
+    def call_failed(self, relay: Relay, error: str) -> None:
+        """A call failed on the relay's or its provider's side: its latest error."""
+        relay.last_error, relay.last_error_at = error, self._now()
+        self._on_change()
+
     def session_seen(self, relay: Relay, session_id: str, method: str) -> None:
         """A provider answer carried this `Mcp-Session-Id` (created or still alive)."""
         key = (relay.id, session_id)
@@ -260,6 +268,8 @@ class RelayRegistry:
                 calls_total=r.calls_total,
                 errors_total=r.errors_total,
                 functions=dict(r.functions),
+                last_error=r.last_error,
+                last_error_at=r.last_error_at,
             )
             for r in sorted(self.relays.values(), key=lambda r: r.connected_at)
         ]

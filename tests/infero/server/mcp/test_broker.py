@@ -144,6 +144,33 @@ async def test_a_502_from_a_failed_provider_call_carries_retry_after_and_says_wh
                 assert says in body["error"]["message"]
 
 
+async def test_a_call_failed_upstream_is_the_relays_last_error_in_the_state() -> None:
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, path="/api/mcp/connect", kind="mcp", id="r1") as relay,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(10):
+            async with http.get(srv.url + "/api/state") as resp:
+                (before,) = (await resp.json())["mcp"]["clients"]
+            assert before.get("last_error", "") == ""
+            call = asyncio.create_task(
+                http.post(
+                    srv.url + "/api/mcp/id/r1",
+                    json={"jsonrpc": "2.0", "id": 3, "method": "tools/list"},
+                    headers={"Accept": "application/json"},
+                )
+            )
+            incoming = await relay.next_request()
+            error = LinkError(code="backend_unreachable", message="x")
+            await relay.end(incoming.id, error=error)
+            assert (await call).status == 502
+            async with http.get(srv.url + "/api/state") as resp:
+                (after,) = (await resp.json())["mcp"]["clients"]
+        assert after["last_error"] == "MCP_UPSTREAM_ERROR: the MCP provider cannot be reached"
+        assert after["last_error_at"]
+
+
 @pytest.mark.parametrize(
     "cut",
     [
