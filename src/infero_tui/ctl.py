@@ -11,7 +11,7 @@ import os
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
-from infero.protocol.state import McpClientInfo, StateSnapshot, WorkerInfo
+from infero.protocol.state import InstanceInfo, McpClientInfo, StateSnapshot, WorkerInfo
 from infero_tui.client import (
     Action,
     AuthRefused,
@@ -56,7 +56,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 
 
 def workers_table(snapshot: StateSnapshot) -> str:
+    """One row per worker; with several server instances, the INSTANCE each is linked to."""
     now = snapshot.server.now
+    several = bool(snapshot.server.instances)
     rows = [
         [
             w.id,
@@ -69,11 +71,41 @@ def workers_table(snapshot: StateSnapshot) -> str:
             str(w.failures_total),
             age(now, w.last_heartbeat, compact=True),
             w.version,
+            *([w.instance or "-"] if several else []),
         ]
         for w in snapshot.workers
     ]
     headers = ["ID", "NAME", "STATUS", "JOBS", "QUEUE", "TOK/S", "TTFT", "FAIL", "SEEN", "VERSION"]
-    return table(headers, rows)
+    return table(headers + (["INSTANCE"] if several else []), rows)
+
+
+def instances_table(snapshot: StateSnapshot) -> str:
+    """The server instances sharing the fleet (REDIS_ADDR), the one asked first; one row for a
+    single server."""
+    server = snapshot.server
+    now = server.now
+    instances = server.instances or [
+        InstanceInfo(
+            id=server.instance or "-",
+            version=server.version,
+            started_at=server.started_at,
+            links=sum(w.status not in ("gone", "connecting") for w in snapshot.workers)
+            + sum(c.status != "gone" for c in snapshot.mcp.clients),
+            inflight=server.jobs_inflight_total,
+        )
+    ]
+    rows = [
+        [
+            i.id,
+            i.address or "-",
+            i.version,
+            age(now, i.started_at, compact=True),
+            str(i.links),
+            str(i.inflight),
+        ]
+        for i in instances
+    ]
+    return table(["INSTANCE", "ADDRESS", "VERSION", "UP", "LINKS", "INFLIGHT"], rows)
 
 
 def models_table(snapshot: StateSnapshot) -> str:
@@ -111,7 +143,10 @@ def mcp_tables(snapshot: StateSnapshot) -> str:
 
 
 def as_json(snapshot: StateSnapshot, what: str) -> str:
-    """The part of the snapshot a listing shows, as JSON."""
+    """The part of the snapshot a listing shows, as JSON (`instances`: `server.instances`)."""
+    if what == "instances":
+        data = snapshot.server.model_dump(mode="json", include={"instances"})
+        return json.dumps(data["instances"], indent=2)
     data = snapshot.model_dump(mode="json", include={what})
     return json.dumps(data[what], indent=2)
 
@@ -156,7 +191,7 @@ def open_client(server: str, api_key: str, operator_key: str) -> FleetClient:
 
 
 async def list_command(client: FleetClient, what: str, as_json_output: bool, echo: Echo) -> int:
-    """`workers`, `models` or `mcp`."""
+    """`workers`, `models`, `mcp` or `instances`."""
     snapshot = await client.state()
     if as_json_output:
         echo(as_json(snapshot, what))
@@ -164,6 +199,8 @@ async def list_command(client: FleetClient, what: str, as_json_output: bool, ech
         echo(workers_table(snapshot))
     elif what == "models":
         echo(models_table(snapshot))
+    elif what == "instances":
+        echo(instances_table(snapshot))
     else:
         echo(mcp_tables(snapshot))
     return OK

@@ -116,7 +116,10 @@ def _echo(line: str) -> None:
     sys.stdout.flush()
 
 
-def _lister(what: Literal["workers", "models", "mcp"], doc: str) -> Callable[..., None]:
+Listing = Literal["workers", "models", "mcp", "instances"]
+
+
+def _lister(what: Listing, doc: str) -> Callable[..., None]:
     def command(
         server: Server = DEFAULT_SERVER,
         api_key: ApiKey = "",
@@ -199,6 +202,9 @@ def watch(
 ctl.command("workers")(_lister("workers", "List the workers (connectors) of the fleet."))
 ctl.command("models")(_lister("models", "List the models with their workers and queues."))
 ctl.command("mcp")(_lister("mcp", "List MCP relays and live sessions."))
+ctl.command("instances")(
+    _lister("instances", "List the server instances sharing the fleet (REDIS_ADDR).")
+)
 ctl.command("drain")(
     _controller("drain", "Drain a worker: no new work, finish in-flight, stay linked.")
 )

@@ -233,6 +233,7 @@ def _remote_worker(lease: Lease, c: ConnectorSummary) -> WorkerInfo:
         status=status,
         connected_at=_dt(c.connected_at),
         last_heartbeat=datetime.now(UTC),
+        heartbeat_late=c.late,
         version=c.version,
         backend=c.backend,
         models_supported=sorted(c.models),
@@ -314,6 +315,7 @@ class FederatedState:
                     connected_at=w.connected_at,
                     version=w.version,
                     backend=w.backend,
+                    late=w.link is not None and w.link.late,
                 )
             )
         return Lease(

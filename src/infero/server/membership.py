@@ -54,6 +54,8 @@ class ConnectorSummary:
     connected_at: float
     version: str = ""
     backend: str = ""
+    late: bool = False
+    """Nothing heard from it for two heartbeat intervals (`heartbeat_late` in `/api/state`)."""
 
     @property
     def serving(self) -> bool:

@@ -185,3 +185,44 @@ def test_cli_relay_commands_are_listed() -> None:
     assert result.exit_code == 0
     for command in ("drain", "undrain", "shutdown"):
         assert command in result.output
+
+
+def several_instances() -> StateSnapshot:
+    data = fleet().model_dump(mode="json")
+    data["server"]["instance"] = "gw-a"
+    data["server"]["instances"] = [
+        {"id": "gw-a", "address": "http://10.0.0.5:8080", "version": "0.2.0",
+         "started_at": "2026-11-28T11:00:00Z", "links": 3, "inflight": 2},
+        {"id": "gw-b", "address": "http://10.0.0.6:8080", "version": "0.2.0",
+         "started_at": "2026-11-28T11:58:00Z", "links": 2, "inflight": 0},
+    ]  # fmt: skip
+    for n, worker in enumerate(data["workers"]):
+        worker["instance"] = ("gw-a", "gw-b")[n % 2]
+    return StateSnapshot.model_validate(data)
+
+
+def test_with_several_instances_each_worker_shows_its_instance() -> None:
+    assert "INSTANCE" not in ctl.workers_table(fleet()).splitlines()[0]
+    lines = ctl.workers_table(several_instances()).splitlines()
+    assert lines[0].split()[-1] == "INSTANCE"
+    assert lines[1].split()[0] == "w-alpha"
+    assert lines[1].split()[-1] == "gw-a"
+    assert lines[2].split()[-1] == "gw-b"
+
+
+def test_instances_lists_every_instance_or_the_single_server() -> None:
+    lines = ctl.instances_table(several_instances()).splitlines()
+    assert lines[0].split() == ["INSTANCE", "ADDRESS", "VERSION", "UP", "LINKS", "INFLIGHT"]
+    assert lines[1].split() == ["gw-a", "http://10.0.0.5:8080", "0.2.0", "1h", "3", "2"]
+    assert lines[2].split() == ["gw-b", "http://10.0.0.6:8080", "0.2.0", "2min", "2", "0"]
+    single = ctl.instances_table(fleet()).splitlines()
+    assert len(single) == 2
+    assert single[1].split()[:2] == ["-", "-"]
+
+
+async def test_instances_json_is_the_servers_instance_list() -> None:
+    printed: list[str] = []
+    transport = serving(several_instances())
+    async with FleetClient("http://infero.test", transport=transport) as client:
+        assert await ctl.list_command(client, "instances", True, printed.append) == 0
+    assert [i["id"] for i in json.loads(printed[0])] == ["gw-a", "gw-b"]
