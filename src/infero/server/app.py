@@ -36,8 +36,8 @@ from infero.server.openai_api import ROUTES, OpenAIRelay
 from infero.server.responses_affinity import (
     STORED_ROUTES,
     AffinityTable,
-    MemoryAffinity,
     StoredResponses,
+    affinity_table,
 )
 from infero.server.settings import ServerSettings
 
@@ -52,7 +52,8 @@ def create_app(
     """Build the server: OpenAI relay, links, state, health, control, and the others' parts.
 
     `affinity` records which connector created each stored response (Responses API);
-    by default an in-memory table bounded by RESPONSE_AFFINITY_MAX/_RETENTION.
+    by default a table bounded by RESPONSE_AFFINITY_MAX/_RETENTION, in Redis with REDIS_ADDR,
+    else in memory.
     Raises `ConfigError` when the API keys file, the TLS certificate or REDIS_ADDR is unusable.
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
@@ -86,9 +87,12 @@ def create_app(
     app[keys.BODIES] = bodies = BodyBudget(settings.max_held_body_bytes)
 
     if affinity is None:
-        affinity = MemoryAffinity(
+        federated = shared if isinstance(shared, FederatedState) else None
+        affinity = affinity_table(
             max_entries=settings.response_affinity_max,
             ttl=settings.response_affinity_retention,
+            redis=federated.redis if federated is not None else None,
+            degraded=federated.degraded if federated is not None else lambda: False,
             clock=clock,
         )
     relay = OpenAIRelay(

@@ -249,6 +249,8 @@ class FederatedState:
 
     def __init__(self, *, local: EmbeddedState, settings: ServerSettings, redis: Any) -> None:
         self.local = local
+        self.redis = redis
+        """The redis-py client of REDIS_ADDR (closed when the instance leaves the fleet)."""
         self.instance_id, self.address = instance_identity(settings)
         self.started = time.time()
         self.client = PeerClient(settings.peer_key)

@@ -1,7 +1,8 @@
 """The instances' internal channel: a request for a connector linked to another instance.
 
-`PeerRoute` sends the request over HTTP to the connector's home instance
-(`POST {INSTANCE_ADDR}/api/peer/v1/relay/<path>`, key in `X-Infero-Peer-Key`) and feeds an
+`PeerRoute` sends the request over HTTP to the connector's home instance (the client's
+method, `POST` or for stored responses `GET`/`DELETE`, to
+`{INSTANCE_ADDR}/api/peer/v1/relay/<path>`, key in `X-Infero-Peer-Key`) and feeds an
 `Exchange` from the streamed answer, byte for byte, with flow control. The home serves it with
 its own scheduler (`max_concurrency` stays exact) and its own queue. Closing the peer request
 cancels the request at the home, which cancels it at the connector. An error of the home before
@@ -255,7 +256,8 @@ def setup(
         verdict = await steer(kind, info["id"], action, str(doc.get("by", "")))
         return web.json_response({"verdict": verdict})
 
-    app.router.add_post(PEER_PREFIX + "/relay/{tail:.+}", relay_handler)
+    for method in ("POST", "GET", "DELETE"):  # GET/DELETE: stored responses (Responses API)
+        app.router.add_route(method, PEER_PREFIX + "/relay/{tail:.+}", relay_handler)
     app.router.add_post(
         PEER_PREFIX + "/control/{kind:llm|mcp}/{id}/{action:drain|undrain|shutdown}",
         control_handler,

@@ -4,12 +4,15 @@
 first bytes of the answer (the JSON's leading `"id"`, or the `response.created` event of a
 stream) and records its connector in an `AffinityTable`. `GET`/`DELETE /responses/{id}`,
 `POST /responses/{id}/cancel`, `GET /responses/{id}/input_items` and a follow-up carrying
-`previous_response_id` are then sent to that connector. See docs/routing.md.
+`previous_response_id` are then sent to that connector. With REDIS_ADDR the table lives in
+Redis (`RedisAffinity`), so any instance finds the connector, linked to it or not. See
+docs/routing.md and docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import re
 import time
 from collections import OrderedDict
@@ -18,13 +21,17 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
+from redis.exceptions import RedisError
 
 from infero.server import errors
 from infero.server.bodies import BodyRefused, read_body
 from infero.server.exchange import is_event_stream
+from infero.server.membership import PREFIX
 
 if TYPE_CHECKING:
     from infero.server.openai_api import OpenAIRelay
+
+logger = logging.getLogger(__name__)
 
 RESPONSES_PATH = "/api/v1/responses"
 STORED_ROUTES = (
@@ -98,6 +105,108 @@ class MemoryAffinity:
 
     async def forget(self, response_id: str) -> None:
         self._entries.pop(response_id, None)
+
+
+RESPONSE_KEY = PREFIX + "response:"
+"""`{infero}:response:<id>` holds `[connector id, model]` as JSON, with a TTL."""
+RESPONSE_INDEX = PREFIX + "responses"
+"""Sorted set of the remembered ids by expiry time: what bounds their number."""
+
+
+class RedisAffinity:
+    """The `AffinityTable` of a fleet sharing REDIS_ADDR: every instance finds every id.
+
+    Each id is a key with a TTL of `ttl` seconds (`SET ... PX`); a sorted set indexes them by
+    expiry so that at most `max_entries` are kept (the oldest remembered go first). `remember`
+    costs one pipeline of 4 commands (2 more when over the cap), `lookup` one command and
+    `forget` one pipeline of 2: per Responses request, never per chunk. While Redis is
+    unreachable (`degraded()`, or a command fails) the ids this instance saw itself are kept
+    and found in a `MemoryAffinity`, as on a single server; a Redis error is logged.
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        max_entries: int,
+        ttl: float,
+        degraded: Callable[[], bool] = lambda: False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.redis = redis
+        self.max_entries = max_entries
+        self.ttl = ttl
+        self.degraded = degraded
+        self.clock = clock
+        self.fallback = MemoryAffinity(max_entries=max_entries, ttl=ttl)
+        """The ids this instance remembered, for when Redis cannot answer."""
+
+    async def remember(self, response_id: str, owner: Owner) -> None:
+        await self.fallback.remember(response_id, owner)
+        if self.degraded():
+            return
+        value = json.dumps([owner.connector_id, owner.model])
+        now = self.clock()
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.set(RESPONSE_KEY + response_id, value, px=max(1, int(self.ttl * 1000)))
+            pipe.zadd(RESPONSE_INDEX, {response_id: now + self.ttl})
+            pipe.zremrangebyscore(RESPONSE_INDEX, "-inf", now)
+            pipe.zcard(RESPONSE_INDEX)
+            *_, count = await pipe.execute()
+            if count > self.max_entries:
+                oldest = await self.redis.zpopmin(RESPONSE_INDEX, count - self.max_entries)
+                if oldest:
+                    await self.redis.delete(*(RESPONSE_KEY + _text(i) for i, _ in oldest))
+        except (RedisError, OSError, TimeoutError) as failure:
+            logger.warning("response %s: affinity not stored in Redis (%s)", response_id, failure)
+
+    async def lookup(self, response_id: str) -> Owner | None:
+        if self.degraded():
+            return await self.fallback.lookup(response_id)
+        try:
+            raw = await self.redis.get(RESPONSE_KEY + response_id)
+        except (RedisError, OSError, TimeoutError) as failure:
+            logger.warning("response %s: Redis could not be asked (%s)", response_id, failure)
+            return await self.fallback.lookup(response_id)
+        if raw is None:
+            return None
+        try:
+            connector_id, model = json.loads(raw)
+        except (ValueError, TypeError):
+            return None
+        if not isinstance(connector_id, str) or not isinstance(model, str):
+            return None
+        return Owner(connector_id, model)
+
+    async def forget(self, response_id: str) -> None:
+        await self.fallback.forget(response_id)
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            pipe.delete(RESPONSE_KEY + response_id)
+            pipe.zrem(RESPONSE_INDEX, response_id)
+            await pipe.execute()
+        except (RedisError, OSError, TimeoutError) as failure:
+            logger.warning("response %s: Redis could not forget it (%s)", response_id, failure)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def affinity_table(
+    *,
+    max_entries: int,
+    ttl: float,
+    redis: Any = None,
+    degraded: Callable[[], bool] = lambda: False,
+    clock: Callable[[], float] = time.monotonic,
+) -> AffinityTable:
+    """The table for this server: in Redis when the state is shared (`redis` given), else in
+    memory (`clock` drives the memory table's expiry)."""
+    if redis is None:
+        return MemoryAffinity(max_entries=max_entries, ttl=ttl, clock=clock)
+    return RedisAffinity(redis, max_entries=max_entries, ttl=ttl, degraded=degraded)
 
 
 class ResponseTap:

@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+from redis import asyncio as aioredis
 
 from infero.server.responses_affinity import (
     JSON_SCAN_LIMIT,
+    RESPONSE_INDEX,
+    RESPONSE_KEY,
     SSE_SCAN_LIMIT,
     MemoryAffinity,
     Owner,
+    RedisAffinity,
     ResponseTap,
 )
+from support.fleet import redis_server
 
 JSON = [("Content-Type", "application/json")]
 SSE = [("Content-Type", "text/event-stream; charset=utf-8")]
@@ -99,3 +106,42 @@ async def test_error_answers_and_answers_without_an_id_are_not_remembered() -> N
     await tap.feed(b'{"object": "response", "id": ' + b"[" * 100_000)
     await tap.end()
     assert len(table) == 0
+
+
+async def test_the_redis_table_keeps_its_bound_and_its_ttl_in_a_real_redis(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        try:
+            now = [1000.0]
+            table = RedisAffinity(redis, max_entries=3, ttl=100.0, clock=lambda: now[0])
+            for n in range(4):
+                now[0] += 1
+                await table.remember(f"r{n}", Owner("w1", f"m{n}"))
+            assert await table.lookup("r0") is None  # the oldest remembered went first
+            assert await table.lookup("r3") == Owner("w1", "m3")
+            assert await redis.zcard(RESPONSE_INDEX) == 3
+            ttl_ms = await redis.pttl(RESPONSE_KEY + "r3")
+            assert 99_000 < ttl_ms <= 100_000
+            other = RedisAffinity(redis, max_entries=3, ttl=100.0)  # another instance
+            assert await other.lookup("r1") == Owner("w1", "m1")
+            await other.forget("r1")
+            assert await table.lookup("r1") is None
+            assert await redis.zcard(RESPONSE_INDEX) == 2
+            await redis.set(RESPONSE_KEY + "bad", b"not json")
+            assert await table.lookup("bad") is None
+        finally:
+            await redis.aclose()
+
+
+async def test_without_redis_the_table_finds_the_ids_this_instance_saw(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        degraded = [False]
+        table = RedisAffinity(redis, max_entries=3, ttl=100.0, degraded=lambda: degraded[0])
+        await table.remember("r1", A)
+        await server.stop()
+        assert await table.lookup("r1") == A  # the command fails: the local copy answers
+        degraded[0] = True
+        await table.remember("r2", A)  # not even tried while degraded
+        assert await table.lookup("r2") == A
+        await redis.aclose()
