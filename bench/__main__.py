@@ -1,4 +1,5 @@
-"""`python -m bench [--quick]`: run the benchmark, print the tables, write JSON and Markdown."""
+"""`python -m bench [--quick] [--instances 2]`: run the benchmark, print the tables, write JSON
+and Markdown."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from bench import instances, report, scenarios, views
 from bench import profile as profiler
-from bench import report, scenarios, views
 from bench._loop import run
+from bench.fleet import INSTANCES, Fleet
 from bench.presets import FULL, QUICK, SMOKE, Preset
 from bench.procs import ROOT, StackError
 from bench.stack import Stack
@@ -113,6 +115,32 @@ async def views_only(preset: Preset, work_dir: Path) -> dict[str, Any]:
     }
 
 
+async def instances_only(preset: Preset, work_dir: Path) -> dict[str, Any]:
+    """Start Redis, instances A and B and a connector on A; measure the cross-instance hop."""
+    started = time.monotonic()
+    raw: scenarios.Raw = {}
+    _progress("starting redis-server, instances A and B, a connector on A, load generator")
+    async with Fleet(preset, work_dir) as fleet:
+        _progress("latency at concurrency 1: A (same instance) vs B (B -> A)")
+        sections = [await instances.latency(fleet, preset, raw)]
+        _progress(f"throughput at concurrency {preset.fleet_concurrency}: direct, A, B")
+        sections.append(await instances.throughput(fleet, preset, raw))
+        sections.append(instances.cpu(raw, preset))
+        _progress("Redis commands: short and long answers through B, idle windows")
+        sections.append(await instances.redis_commands(fleet, preset, raw))
+    sections.append(report.targets(sections))
+    return {
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "preset": asdict(preset),
+        "instances": len(INSTANCES),
+        "connectors": 1,
+        "seconds": round(time.monotonic() - started, 1),
+        "machine": report.machine(),
+        "sections": [asdict(s) for s in sections],
+        "raw": raw,
+    }
+
+
 def render(doc: dict[str, Any], *, markdown: bool) -> str:
     """All tables of a report document, as text or Markdown."""
     sections = [
@@ -145,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
         help="only the views scenario: idle links, state viewers, churn, requests",
     )
     parser.add_argument(
+        "--instances",
+        type=int,
+        choices=(1, 2),
+        default=1,
+        help="2: only the scale-out scenario (Redis, instances A and B, a connector on A)",
+    )
+    parser.add_argument(
         "--only",
         default="",
         help=f"comma-separated subset of {','.join(SCENARIOS)} (for experiments)",
@@ -156,13 +191,18 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--only takes {', '.join(SCENARIOS)}")
     preset = SMOKE if args.smoke else QUICK if args.quick else FULL
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    work_dir = args.out / f"{stamp}-{preset.name}{'-views' if args.views else ''}"
+    scenario = "-views" if args.views else ""
+    if args.instances > 1:
+        scenario = f"-instances{args.instances}"
+    work_dir = args.out / f"{stamp}-{preset.name}{scenario}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         if args.profile:
             doc = run(profile_only(preset, work_dir, connectors=args.connectors))
         elif args.views:
             doc = run(views_only(preset, work_dir))
+        elif args.instances > 1:
+            doc = run(instances_only(preset, work_dir))
         else:
             doc = run(measure(preset, work_dir, connectors=args.connectors, only=only))
     except (StackError, scenarios.BenchError) as exc:

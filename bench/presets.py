@@ -45,6 +45,12 @@ class Preset:
     """Connectors joining (and as many leaving) per second in the churn phase."""
     view_concurrency: int = 2
     """Clients sending small chat requests back to back during the traffic phases."""
+    fleet_concurrency: int = 32
+    """Clients at once in the throughput figures of `--instances 2`."""
+    fleet_redis_seconds: float = 5.0
+    """Length of each Redis-commands run of `--instances 2` (and of its idle window)."""
+    fleet_long_tokens: int = 1024
+    """Tokens of the long answers in the Redis-commands runs (the short ones have 16)."""
 
 
 FULL = Preset(
@@ -84,6 +90,7 @@ QUICK = Preset(
     client_requests=150,
     client_seconds=0.4,
     view_seconds=5.0,
+    fleet_redis_seconds=2.0,
 )
 
 SMOKE = Preset(
@@ -107,4 +114,7 @@ SMOKE = Preset(
     view_links=3,
     viewers=2,
     view_churn_per_s=4.0,
+    fleet_concurrency=2,
+    fleet_redis_seconds=0.3,
+    fleet_long_tokens=64,
 )

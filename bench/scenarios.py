@@ -6,13 +6,14 @@ import asyncio
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from bench import procs
 from bench.loadgen import Result
 from bench.presets import Preset
 from bench.report import Row, Section, count, mib, ms, ratio, signed_ms
-from bench.stack import FAST_MODEL, Stack, Target, slow_model
+from bench.stack import FAST_MODEL, Harness, Stack, Target, slow_model
 from bench.stats import summarize
 
 Raw = dict[str, Any]
@@ -101,18 +102,28 @@ def _check(name: str, result: Result) -> Result:
     return result
 
 
-async def _pair(
-    stack: Stack, raw: Raw, key: str, direct: Target, path: str, body: str, **job: Any
-) -> tuple[Result, Result]:
-    """The same job against `direct` and through infero, alternating in `ROUNDS` rounds."""
+async def alternate(
+    stack: Harness,
+    raw: Raw,
+    key: str,
+    targets: Sequence[Target],
+    path: str,
+    body: str,
+    **job: Any,
+) -> list[Result]:
+    """The same job against each target in turn, in `ROUNDS` rounds; one result per target.
+
+    Each target's merged samples and the CPU time of every process (by role) during its
+    measured rounds go into `raw` under `key.<target name>`.
+    """
     total, duration = int(job.pop("count", 0)), float(job.pop("duration", 0.0))
     warmup, concurrency = int(job.pop("warmup", 0)), int(job.get("concurrency", 1))
     rounds = min(ROUNDS, total) if total else ROUNDS
-    parts: dict[str, list[Result]] = {direct.name: [], stack.infero.name: []}
-    cpu: dict[str, Counter[str]] = {direct.name: Counter(), stack.infero.name: Counter()}
+    parts: dict[str, list[Result]] = {t.name: [] for t in targets}
+    cpu: dict[str, Counter[str]] = {t.name: Counter() for t in targets}
     for n in range(rounds):
         share = total // rounds + (1 if n < total % rounds else 0)
-        for target in (direct, stack.infero):
+        for target in targets:
             spec = target.job(
                 path, body, count=share, duration=duration / rounds,
                 warmup=0, **job,
@@ -129,7 +140,15 @@ async def _pair(
         result = _check(f"{key}.{name}", merge(rounds_done))
         raw[f"{key}.{name}"] = {**digest(result), "cpu_s": dict(cpu[name])}
         results.append(result)
-    return results[0], results[1]
+    return results
+
+
+async def _pair(
+    stack: Stack, raw: Raw, key: str, direct: Target, path: str, body: str, **job: Any
+) -> tuple[Result, Result]:
+    """The same job against `direct` and through infero, alternating in `ROUNDS` rounds."""
+    d, i = await alternate(stack, raw, key, (direct, stack.infero), path, body, **job)
+    return d, i
 
 
 def _latency_row(

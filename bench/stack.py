@@ -10,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Self
 
 import aiohttp
 from pydantic import ValidationError
@@ -79,14 +80,117 @@ class Target:
         )
 
 
-class Stack:
+class Harness:
+    """Children of one run on loopback, stopped in reverse order, and the load generator.
+
+    A subclass starts its processes in `_start` and says whose CPU time counts in
+    `cpu_seconds`; `run` sends jobs to the load generator (started with `_start_loadgen`).
+    """
+
+    def __init__(self, preset: Preset, work_dir: Path) -> None:
+        self.preset = preset
+        self.work_dir = work_dir
+        self._exit = AsyncExitStack()
+        self._loadgen: procs.Child | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> Self:
+        try:
+            self._session = await self._exit.enter_async_context(aiohttp.ClientSession())
+            await self._start()
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._exit.aclose()
+
+    async def _start(self) -> None:
+        raise NotImplementedError
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU time used so far by the processes a figure is about, by role."""
+        raise NotImplementedError
+
+    async def _child(
+        self,
+        name: str,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        stdin: bool = False,
+        stdout: bool = True,
+    ) -> procs.Child:
+        child = await procs.start(
+            name, argv, log_dir=self.work_dir, env=env, stdin=stdin, stdout=stdout
+        )
+        self._exit.push_async_callback(child.stop)
+        return child
+
+    def _env(self, **settings: str) -> dict[str, str]:
+        home = self.work_dir / "home"
+        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_SETTINGS}
+        env.update(
+            XDG_CONFIG_HOME=str(home / "config"),
+            XDG_STATE_HOME=str(home / "state"),
+            NO_PROXY="*",
+            **settings,
+        )
+        return env
+
+    async def _start_loadgen(self) -> procs.Child:
+        self._loadgen = await self._child("loadgen", procs.python("bench.loadgen"), stdin=True)
+        return self._loadgen
+
+    async def _wait_http(self, url: str, child: procs.Child) -> None:
+        assert self._session is not None
+        deadline = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < deadline:
+            child.check_alive()
+            try:
+                async with self._session.get(url) as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(POLL_INTERVAL)
+        raise procs.StackError(f"{child.name} not ready at {url} after {READY_TIMEOUT:g}s")
+
+    async def state_of(self, port: int) -> StateSnapshot:
+        """`/api/state` of the server listening on `port`."""
+        assert self._session is not None
+        url = f"http://127.0.0.1:{port}/api/state"
+        headers = {"Authorization": f"Bearer {API_KEY}"}
+        async with self._session.get(url, headers=headers) as resp:
+            text = await resp.text()
+            if resp.status != 200:
+                raise procs.StackError(f"{url} answered {resp.status}: {text[:200]}")
+        try:
+            return StateSnapshot.model_validate_json(text)
+        except ValidationError as exc:
+            raise procs.StackError(f"{url} is not a StateSnapshot: {exc}") from None
+
+    async def run(self, job: Job) -> Result:
+        """Run one load-generator job and return its result."""
+        assert self._loadgen is not None
+        await self._loadgen.send_json(job)
+        budget = 120.0 + job["duration"] + job["count"] * 2.0
+        result: Result = await self._loadgen.read_json(budget)  # type: ignore[assignment]
+        return result
+
+
+class Stack(Harness):
     """Mock backends, `infero server`, `infero llm` connectors and the load generator."""
 
     def __init__(self, preset: Preset, work_dir: Path, *, connectors: int = 1) -> None:
-        self.preset = preset
-        self.work_dir = work_dir
+        super().__init__(preset, work_dir)
         self.connectors = connectors
-        self._exit = AsyncExitStack()
         self.server_port = 0
         self.fast_port = 0
         self.slow_port = 0
@@ -94,8 +198,6 @@ class Stack:
         self._fast_backend: procs.Child | None = None
         self._slow_backend: procs.Child | None = None
         self.connector_children: list[procs.Child] = []
-        self._loadgen: procs.Child | None = None
-        self._session: aiohttp.ClientSession | None = None
 
     # ---- targets -------------------------------------------------------------------------
 
@@ -125,53 +227,8 @@ class Stack:
         """The server's connector link endpoint."""
         return f"ws://127.0.0.1:{self.server_port}/api/llm/connect"
 
-    # ---- lifecycle -----------------------------------------------------------------------
-
-    async def __aenter__(self) -> Stack:
-        try:
-            await self._start()
-        except BaseException:
-            await self._exit.aclose()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self._exit.aclose()
-
-    async def _child(
-        self,
-        name: str,
-        argv: list[str],
-        *,
-        env: dict[str, str] | None = None,
-        stdin: bool = False,
-        stdout: bool = True,
-    ) -> procs.Child:
-        child = await procs.start(
-            name, argv, log_dir=self.work_dir, env=env, stdin=stdin, stdout=stdout
-        )
-        self._exit.push_async_callback(child.stop)
-        return child
-
-    def _env(self, **settings: str) -> dict[str, str]:
-        home = self.work_dir / "home"
-        env = {k: v for k, v in os.environ.items() if k not in _INHERITED_SETTINGS}
-        env.update(
-            XDG_CONFIG_HOME=str(home / "config"),
-            XDG_STATE_HOME=str(home / "state"),
-            NO_PROXY="*",
-            **settings,
-        )
-        return env
-
     async def _start(self) -> None:
         p = self.preset
-        self._session = await self._exit.enter_async_context(aiohttp.ClientSession())
         self._fast_backend = fast = await self._child(
             "backend-fast",
             procs.python(
@@ -188,7 +245,7 @@ class Stack:
                 *(f"--model-delay={slow_model(d)}={d}" for d, _ in p.slow_runs),
             ),
         )
-        self._loadgen = await self._child("loadgen", procs.python("bench.loadgen"), stdin=True)
+        loadgen = await self._start_loadgen()
         self.server_port = procs.free_port()
         self.server = await self._child(
             "server",
@@ -205,7 +262,7 @@ class Stack:
         )
         self.fast_port = (await fast.read_json(READY_TIMEOUT))["port"]
         self.slow_port = (await slow.read_json(READY_TIMEOUT))["port"]
-        await self._loadgen.read_json(READY_TIMEOUT)
+        await loadgen.read_json(READY_TIMEOUT)
         await self._wait_http(f"http://127.0.0.1:{self.server_port}/healthz", self.server)
         wanted = {f"bench-{i}": self.fast_port for i in range(self.connectors)}
         wanted["bench-slow"] = self.slow_port
@@ -228,33 +285,9 @@ class Stack:
             self.connector_children.append(child)
         await self._wait_workers(set(wanted))
 
-    async def _wait_http(self, url: str, child: procs.Child) -> None:
-        assert self._session is not None
-        deadline = time.monotonic() + READY_TIMEOUT
-        while time.monotonic() < deadline:
-            child.check_alive()
-            try:
-                async with self._session.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(POLL_INTERVAL)
-        raise procs.StackError(f"{child.name} not ready at {url} after {READY_TIMEOUT:g}s")
-
     async def state(self) -> StateSnapshot:
         """The server's `/api/state`."""
-        assert self._session is not None
-        url = f"http://127.0.0.1:{self.server_port}/api/state"
-        headers = {"Authorization": f"Bearer {API_KEY}"}
-        async with self._session.get(url, headers=headers) as resp:
-            text = await resp.text()
-            if resp.status != 200:
-                raise procs.StackError(f"/api/state answered {resp.status}: {text[:200]}")
-        try:
-            return StateSnapshot.model_validate_json(text)
-        except ValidationError as exc:
-            raise procs.StackError(f"/api/state is not a StateSnapshot: {exc}") from None
+        return await self.state_of(self.server_port)
 
     async def _wait_workers(self, ids: set[str]) -> None:
         deadline = time.monotonic() + READY_TIMEOUT
@@ -294,16 +327,6 @@ class Stack:
             "backend": self._slow_backend.cpu_seconds(),
             "loadgen": self._loadgen.cpu_seconds(),
         }
-
-    # ---- work ----------------------------------------------------------------------------
-
-    async def run(self, job: Job) -> Result:
-        """Run one load-generator job and return its result."""
-        assert self._loadgen is not None
-        await self._loadgen.send_json(job)
-        budget = 120.0 + job["duration"] + job["count"] * 2.0
-        result: Result = await self._loadgen.read_json(budget)  # type: ignore[assignment]
-        return result
 
     @asynccontextmanager
     async def idle_links(

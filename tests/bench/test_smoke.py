@@ -100,3 +100,41 @@ def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
         "relay_cpu",
     }
     assert doc["raw"]["churn"]["requests"]["errors"] == 0
+
+
+def test_instances_smoke_run_relays_through_b_and_counts_redis_commands(tmp_path: Path) -> None:
+    """Redis, instances A and B, a connector on A: every figure of `--instances 2` is produced."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--instances", "2", "--smoke", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (report,) = tmp_path.glob("*-instances2/report.json")
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
+    assert rows == {
+        "fleet_latency": {"nonstream_16_total", "stream_16_first_byte", "stream_16_total"},
+        "fleet_throughput": {"stream_c2", "nonstream_c2"},
+        "fleet_cpu": {
+            f"{key}_{via}"
+            for key in ("nonstream_16", "stream_16", "nonstream_c2", "stream_c2")
+            for via in ("a", "b")
+        },
+        "fleet_redis": {"tokens_16", "tokens_64", "fit"},
+        "targets": {
+            "fleet_latency.nonstream_16_total",
+            "fleet_latency.stream_16_first_byte",
+            "fleet_latency.stream_16_total",
+            "fleet_redis.fit",
+        },
+    }
+    raw = doc["raw"]
+    assert all(r["errors"] == 0 for r in raw.values())
+    # B holds no link: each of its answers was relayed to A over the peer channel.
+    assert raw["stream_16.b"]["ok"] == doc["preset"]["latency_requests"]
+    assert raw["redis_16"]["requests"] > 0
+    assert raw["redis_64"]["requests"] > 0
