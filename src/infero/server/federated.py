@@ -115,23 +115,60 @@ class FederatedControl:
 
 
 class FederatedRows:
-    """The rows of `/api/state`: this instance's, plus the other instances' connectors."""
+    """The rows of `/api/state`: this instance's, plus the other instances' connectors.
+
+    The other instances' part is kept up to date by the membership's change notices: a remote
+    connector's row carries a mark that changes only when that connector changed, and the
+    per-model and per-status counts are adjusted per change, so a scan costs the same whatever
+    the size of the rest of the fleet, and a viewer's delta carries only the changed rows.
+    """
 
     def __init__(self, state: FederatedState) -> None:
         self._state = state
+        self._workers: dict[tuple[str, str], Offer] = {}
+        """Offers of remote connectors by (instance, connector id)."""
+        self._stamp = 0
+        """Marks of remote rows: a new one for every change."""
+        self._status: dict[str, int] = {"idle": 0, "busy": 0, "draining": 0, "not_ready": 0}
+        self._models: dict[str, tuple[int, int]] = {}
+        """Remote (connectors, ready connectors) by model."""
+        state.membership.listeners.append(self._changed)
+
+    def _changed(
+        self, instance: str, before: ConnectorSummary | None, after: ConnectorSummary | None
+    ) -> None:
+        """A remote connector appeared, changed or left."""
+        if before is not None:
+            self._count(before, -1)
+            if after is None:
+                del self._workers[(instance, before.id)]
+        if after is not None:
+            self._count(after, 1)
+            self._stamp += 1
+            self._workers[(instance, after.id)] = (
+                after.id,
+                self._stamp,
+                _RemoteWorker(instance, after),
+            )
+
+    def _count(self, c: ConnectorSummary, sign: int) -> None:
+        if c.status in self._status:
+            self._status[c.status] += sign
+        models = self._models
+        for model in c.models:
+            workers, ready = models.get(model, (0, 0))
+            workers, ready = workers + sign, ready + sign * c.serving
+            if workers:
+                models[model] = (workers, ready)
+            else:
+                del models[model]
 
     def scan(self) -> Scan:
         state = self._state
         scan = state.local.rows.scan()
-        workers = list(scan.offers["workers"])
+        workers = [*scan.offers["workers"], *self._workers.values()]
         summary = scan.summary
-        counts = {"idle": 0, "busy": 0, "draining": 0, "not_ready": 0}
-        for lease in state.membership.peers.values():
-            for c in lease.connectors:
-                offer: Offer = (c.id, (lease.id, c), (lease, c))
-                workers.append(offer)
-                if c.status in counts:
-                    counts[c.status] += 1
+        counts = self._status
         summary = summary.model_copy(
             update={
                 "connected": summary.connected + sum(counts.values()),
@@ -142,34 +179,32 @@ class FederatedRows:
             }
         )
         return Scan(
-            offers={**scan.offers, "workers": workers, "models": self._models(scan)},
-            server_mark=(scan.server_mark, state.membership.version),
+            offers={**scan.offers, "workers": workers, "models": self._model_offers(scan)},
+            server_mark=(scan.server_mark, state.membership.header_version),
             summary=summary,
         )
 
-    def _models(self, scan: Scan) -> list[Offer]:
+    def _model_offers(self, scan: Scan) -> list[Offer]:
         """Model rows counting the other instances' connectors too."""
-        remote: dict[str, tuple[int, int]] = {}
-        for lease in self._state.membership.peers.values():
-            for c in lease.connectors:
-                for model in c.models:
-                    workers, ready = remote.get(model, (0, 0))
-                    remote[model] = (workers + 1, ready + c.serving)
+        remote = self._models
         offers: list[Offer] = []
         for name, mark, what in scan.offers["models"]:
-            counts = remote.pop(name, (0, 0))
+            counts = remote.get(name, (0, 0))
             offers.append((name, (mark, counts), _ModelRow(name, what, counts)))
+        local = {offer[0] for offer in offers}
         offers.extend(
             (name, ("remote", counts), _ModelRow(name, None, counts))
             for name, counts in remote.items()
+            if name not in local
         )
         return offers
 
     def row(self, kind: RowKind, what: Any) -> Built:
         state = self._state
-        if kind == "workers" and isinstance(what, tuple) and isinstance(what[0], Lease):
-            lease, c = what
-            return Built(_remote_worker(lease, c), (0, c.connected_at))
+        if isinstance(what, _RemoteWorker):
+            return Built(
+                _remote_worker(what.instance, what.summary), (0, what.summary.connected_at)
+            )
         if isinstance(what, _ModelRow):
             workers, ready = what.remote
             if what.local is None:
@@ -191,7 +226,7 @@ class FederatedRows:
     def server(self, now: datetime) -> ServerInfo:
         state = self._state
         info = state.local.rows.server(now)
-        own = state.describe()
+        own = state.membership.own or state.describe()
         instances = [_instance(own)] + [
             _instance(lease) for _, lease in sorted(state.membership.peers.items())
         ]
@@ -202,6 +237,14 @@ class FederatedRows:
                 "instances": instances,
             }
         )
+
+
+@dataclass(frozen=True, slots=True)
+class _RemoteWorker:
+    """A connector row of another instance."""
+
+    instance: str
+    summary: ConnectorSummary
 
 
 @dataclass(frozen=True, slots=True)
@@ -225,7 +268,7 @@ def _instance(lease: Lease) -> InstanceInfo:
     )
 
 
-def _remote_worker(lease: Lease, c: ConnectorSummary) -> WorkerInfo:
+def _remote_worker(instance: str, c: ConnectorSummary) -> WorkerInfo:
     status: WorkerStatus = c.status  # type: ignore[assignment]  # written by a peer's registry
     return WorkerInfo(
         id=c.id,
@@ -240,7 +283,7 @@ def _remote_worker(lease: Lease, c: ConnectorSummary) -> WorkerInfo:
         max_concurrency=c.capacity,
         inflight=c.inflight,
         draining=c.status == "draining",
-        instance=lease.id,
+        instance=instance,
     )
 
 
@@ -257,7 +300,6 @@ class FederatedState:
         self.membership = Membership(
             redis=redis, ttl=settings.lease_ttl, describe=self.describe, changes=local.changes
         )
-        self.membership.on_view = local.changes.bump
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""
         self.dispatcher = FederatedDispatcher(self)
