@@ -261,6 +261,8 @@ class Membership:
         """The last Redis exchange failed."""
         self.listeners: list[Listener] = []
         """Told of every connector of a peer that changed (appeared, changed, left)."""
+        self.whole_reads = 0
+        """Peers' hashes read whole so far (the costly path; a figure for tests and benches)."""
         self._mirrors: dict[str, PeerMirror] = {}
         self._lock = asyncio.Lock()
         """Held while a mirror is changed across an await (a whole read, applying entries)."""
@@ -467,6 +469,7 @@ class Membership:
         mirror = self._mirrors.get(instance_id)
         if mirror is None:
             return
+        self.whole_reads += 1
         raw: dict[bytes, bytes] = await self.redis.hgetall(PREFIX + "connectors:" + instance_id)
         if self._mirrors.get(instance_id) is not mirror or b"gen" not in raw:
             return  # it left meanwhile, or its hash expired (its header follows)

@@ -1,0 +1,210 @@
+"""With several instances, the state stream's deltas come from the fleet's change log.
+
+Instances share a real Redis; connectors are linked to instance A, a real stream client reads
+instance B's `/api/state/stream` (docs/scale-out.md, docs/state.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from contextlib import AsyncExitStack
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from redis import asyncio as aioredis
+
+from infero.protocol.delta import StateDelta
+from infero.protocol.state import StateSnapshot
+from infero.server.membership import (
+    CHANGES,
+    MEMBERS,
+    PREFIX,
+    ConnectorSummary,
+    Lease,
+    PeerMirror,
+)
+from support.connector import ScriptedConnector, scripted_connector
+from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.statestream import StateView
+
+X1 = ConnectorSummary("x1", "X1", ("m",), 4, 0, "idle", 1.0)
+GHOST = Lease(id="ghost", address="http://127.0.0.1:9", version="0", started_at=0.0, links=1,
+              inflight=0)  # fmt: skip
+
+
+def _rows(snap: StateSnapshot) -> dict[str, tuple[str, str]]:
+    """Connector id -> (instance, status)."""
+    return {w.id: (w.instance, w.status) for w in snap.workers}
+
+
+def _entry(
+    gen: str, seq: int, upsert: list[ConnectorSummary], removed: list[str]
+) -> dict[bytes, bytes]:
+    return {
+        b"i": b"p",
+        b"g": gen.encode(),
+        b"n": str(seq).encode(),
+        b"u": ("[" + ",".join(c.dump() for c in upsert) + "]").encode(),
+        b"r": json.dumps(removed).encode(),
+    }
+
+
+def test_a_mirror_applies_entries_in_order_and_asks_for_a_whole_read_on_a_gap() -> None:
+    mirror = PeerMirror(GHOST)
+    assert mirror.load("g", 3, {"x1": X1}) == [(None, X1)]
+    busy = replace(X1, inflight=1, status="busy")
+    assert mirror.apply("g", 4, _entry("g", 4, [busy], [])) == [(X1, busy)]
+    assert mirror.apply("g", 4, _entry("g", 4, [busy], [])) == [], "held already"
+    assert mirror.apply("g", 6, _entry("g", 6, [], ["x1"])) is None, "entry 5 is missing"
+    assert mirror.apply("h", 5, _entry("h", 5, [], ["x1"])) is None, "another generation"
+    assert mirror.apply("g", 5, _entry("g", 5, [], ["x1"])) == [(busy, None)]
+    assert not mirror.missed(7), "first read of the header: 7 may be on its way"
+    assert mirror.missed(7), "a read later, 7 still not held: its entry is lost"
+
+
+async def test_one_connector_changing_at_a_reaches_b_as_a_delta_of_that_row_only(
+    tmp_path: Path,
+) -> None:
+    """Then a viewer of B resumes with `Last-Event-ID` and gets the deltas it missed."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        AsyncExitStack() as links,
+        aiohttp.ClientSession() as http,
+    ):
+        conns: list[ScriptedConnector] = [
+            await links.enter_async_context(
+                scripted_connector(a.url, client_key="ck", id=f"w{i}", max_concurrency=2)
+            )
+            for i in range(5)
+        ]
+        every = {f"w{i}": ("A", "idle") for i in range(5)}
+        async with asyncio.timeout(20):
+            peers = federated(b).membership.peers
+            await b.wait_for(lambda: "A" in peers and len(peers["A"].connectors) == 5)
+            reads = federated(b).membership.whole_reads
+            async with http.get(b.url + "/api/state/stream") as resp:
+                view = StateView(resp)
+                await view.until(lambda s: _rows(s) == every)
+                seen = len(view.events)
+                await conns[2].status(status="draining", max_concurrency=2)
+                held = await view.until(lambda s: _rows(s)["w2"] == ("A", "draining"))
+                last = view.last_id
+            deltas = [StateDelta.model_validate_json(e.data) for e in view.events[seen:]]
+            assert [[w.id for w in d.workers.upsert] for d in deltas if d.workers] == [["w2"]]
+            assert not any(d.workers.remove for d in deltas)
+            assert federated(b).membership.whole_reads == reads, "no peer was read whole"
+            store = aioredis.from_url(redis.url)
+            newest: Any = await store.xrevrange(CHANGES, count=1)  # redis-py: loosely typed
+            [(_, entry)] = newest
+            await store.aclose()
+            assert [c["id"] for c in json.loads(entry[b"u"])] == ["w2"]
+            assert entry[b"i"] == b"A"
+
+            await conns[4].close()
+            async with http.get(
+                b.url + "/api/state/stream", headers={"Last-Event-ID": last}
+            ) as resp:
+                resumed = StateView(resp, snapshot=held)
+                assert (await resumed.step()).name == "delta"
+                snap = await resumed.until(lambda s: "w4" not in _rows(s))
+            expected = {**every, "w2": ("A", "draining")}
+            del expected["w4"]
+            assert _rows(snap) == expected
+
+
+async def test_a_peer_whose_logged_changes_were_trimmed_is_read_whole_again(
+    tmp_path: Path,
+) -> None:
+    """A peer written in the storage format by the test: entries go missing, B catches up."""
+    async with redis_server(tmp_path) as redis, instance(redis.url, "B") as b:
+        store = aioredis.from_url(redis.url)
+        conns = PREFIX + "connectors:ghost"
+        await store.hset(conns, mapping={"gen": "g1", "seq": "0", "c:x1": X1.dump()})
+        await store.set(PREFIX + "instance:ghost", GHOST.dump(), px=60_000)
+        await store.sadd(MEMBERS, "ghost")
+        async with (
+            aiohttp.ClientSession() as http,
+            asyncio.timeout(20),
+            http.get(b.url + "/api/state/stream") as resp,
+        ):
+            view = StateView(resp)
+            await view.until(lambda s: _rows(s) == {"x1": ("ghost", "idle")})
+            # Entries 1 and 2 were trimmed: the log holds only entry 3, which says
+            # nothing of x1's change.
+            x1 = replace(X1, status="draining")
+            x2 = replace(X1, id="x2", name="X2")
+            await store.hset(conns, mapping={"c:x1": x1.dump(), "c:x2": x2.dump(), "seq": "3"})
+            entry: dict[Any, Any] = {
+                "i": "ghost",
+                "g": "g1",
+                "n": "3",
+                "u": f"[{x2.dump()}]",
+                "r": "[]",
+            }
+            await store.xadd(CHANGES, entry)
+            snap = await view.until(lambda s: len(s.workers) == 2)
+            assert _rows(snap) == {"x1": ("ghost", "draining"), "x2": ("ghost", "idle")}
+            # The newest entry was trimmed too: only the header's seq tells.
+            await store.hset(conns, mapping={"c:x3": replace(X1, id="x3").dump(), "seq": "4"})
+            snap = await view.until(lambda s: "x3" in _rows(s))
+            assert len(snap.workers) == 3
+        await store.aclose()
+
+
+async def test_redis_restarted_empty_resyncs_the_view_at_b(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1"),
+        aiohttp.ClientSession() as http,
+    ):
+        async with (
+            scripted_connector(a.url, client_key="ck", id="w2"),
+            asyncio.timeout(20),
+            http.get(b.url + "/api/state/stream") as resp,
+        ):
+            view = StateView(resp)
+            await view.until(lambda s: _rows(s) == {"w1": ("A", "idle"), "w2": ("A", "idle")})
+            await redis.stop()
+        await a.wait_for(lambda: a.status("w2") == "gone")  # while Redis is away
+        await redis.start()  # empty
+        async with asyncio.timeout(20), http.get(b.url + "/api/state/stream") as resp:
+            view = StateView(resp)
+            await view.until(lambda s: _rows(s) == {"w1": ("A", "idle")})
+
+
+async def test_a_killed_instance_s_rows_leave_b_s_stream_when_its_lease_expires(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        server_process(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(STARTUP):
+            while True:  # the process needs a moment to listen
+                try:
+                    async with http.get(a.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+        async with (
+            scripted_connector(a.url, client_key="ck", id="w1"),
+            asyncio.timeout(20),
+            http.get(b.url + "/api/state/stream") as resp,
+        ):
+            view = StateView(resp)
+            await view.until(lambda s: _rows(s) == {"w1": ("A", "idle")})
+            a.proc.kill()
+            await a.proc.wait()
+            snap = await view.until(lambda s: not s.workers)  # within the 3 s lease
+            assert snap.server.instances is not None
+            assert [i.id for i in snap.server.instances] == ["B"]
