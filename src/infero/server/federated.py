@@ -389,7 +389,19 @@ class FederatedState:
         return self.local.local_links()
 
     def gauges(self) -> FleetGauges:
-        return self.local.gauges()
+        """This instance's gauges plus the other instances' connectors from their leases
+        (connected, in flight, draining, and their models with an empty queue here)."""
+        gauges = self.local.gauges()
+        queues = dict(gauges.queues)
+        inflight, connected, draining = gauges.inflight, gauges.connected, gauges.draining
+        for lease in self.membership.peers.values():
+            for c in lease.connectors:
+                connected += 1
+                inflight += c.inflight
+                draining += c.status == "draining"
+                for model in c.models:
+                    queues.setdefault(model, (0, 0.0))
+        return FleetGauges(queues, inflight, connected, draining)
 
     def ready(self) -> bool:
         return self.local.ready() or any(

@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+import aiohttp
+from prometheus_client.parser import text_string_to_metric_families
+
 from support.connector import scripted_connector
 from support.fleet import instance, redis_server
 from support.server import RunningServer
@@ -31,3 +34,49 @@ async def test_a_silent_connector_of_a_turns_late_at_b_and_recovers(tmp_path: Pa
             assert b.status("w1") == "idle"
             conn.answer_pings = True
             await b.wait_for(lambda: late(b, "w1") is False)
+
+
+async def scrape(http: aiohttp.ClientSession, server: RunningServer) -> dict[str, float]:
+    """`/metrics` of an instance as {sample with labels: value}."""
+    async with http.get(server.url + "/metrics") as resp:
+        text = await resp.text()
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+GAUGES = (
+    "infero_connectors_connected[]",
+    "infero_connectors_draining[]",
+    "infero_requests_inflight[]",
+)
+
+
+async def test_metrics_on_b_count_the_connectors_linked_to_a(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(
+            a.url, client_key="ck", id="w1", models=["m-a"], max_concurrency=2
+        ) as w1,
+        scripted_connector(a.url, client_key="ck", id="w2", models=["m-a"]) as w2,
+        scripted_connector(b.url, client_key="ck", id="w3", models=["m-b"]),
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await w2.status(status="draining", max_concurrency=1)
+            await b.wait_for(lambda: b.status("w2") == "draining")
+            body = {"model": "m-a", "messages": [{"role": "user", "content": "hi"}]}
+            held = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=body))
+            incoming = await w1.next_request()
+            await b.wait_for(lambda: b.status("w1") == "busy")
+            for server in (a, b):
+                figures = await scrape(http, server)
+                assert [figures[g] for g in GAUGES] == [3, 1, 1]
+                assert figures["infero_queue_depth[('model', 'm-a')]"] == 0
+                assert figures["infero_queue_depth[('model', 'm-b')]"] == 0
+            await w1.reply(incoming.id, b'{"id":"x","object":"chat.completion","choices":[]}')
+            (await held).release()
