@@ -155,7 +155,11 @@ def create_app(
     mcp.setup(app, settings)
     tls.setup(app, settings)
     proxies.setup(app, settings)
-    metrics.setup(app, settings)
+    metrics.setup(
+        app,
+        settings,
+        fleet_totals=shared.counters.models if isinstance(shared, FederatedState) else None,
+    )
     dashboard.setup(app)
     openapi.setup(app, settings)
     return app

@@ -59,6 +59,8 @@ class Listener(Protocol):
 
     def request_rejected(self, event: RequestRejected) -> None: ...
 
+    def request_relayed(self, event: RequestFinished) -> None: ...
+
 
 class EventBus:
     """Fan-out to listeners; the core holds one per app."""
@@ -79,3 +81,9 @@ class EventBus:
         """Report a rejected request."""
         for listener in self._listeners:
             listener.request_rejected(event)
+
+    def request_relayed(self, event: RequestFinished) -> None:
+        """Report a request this instance relayed to a connector of another instance (which
+        counts it as finished: a request is counted once, by the instance that served it)."""
+        for listener in self._listeners:
+            listener.request_relayed(event)

@@ -5,7 +5,9 @@ view of the other instances read from Redis (`membership.py`). Routing: a local 
 room first; else the least busy remote connector with room (load from its home's lease plus
 the requests this instance sent it since); else, when no local connector serves the model, the
 least busy remote one anyway (it waits in its home's queue); else this instance's queue.
-A remote route relays over the peer channel (`peer.py`). See docs/scale-out.md.
+A remote route relays over the peer channel (`peer.py`). Request counters are the fleet's,
+kept in Redis (`fleetcounters.py`): a request is counted once, by the instance that served it.
+See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from infero.protocol.state import InstanceInfo, ModelInfo, ServerInfo, WorkerInf
 from infero.server.changes import ChangeFeed
 from infero.server.embedded import EmbeddedState
 from infero.server.events import RequestFinished
+from infero.server.fleetcounters import FleetCounters
 from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.relays import RelayRegistry
 from infero.server.membership import ConnectorSummary, Lease, Membership
@@ -36,6 +39,7 @@ from infero.server.shared import (
     Route,
     Verdict,
 )
+from infero.server.state import model_counters, worker_counters
 from infero.server.statefeed import Built, Offer, Scan
 from infero.server.statefeed import Kind as RowKind
 
@@ -132,6 +136,9 @@ class FederatedRows:
         self._status: dict[str, int] = {"idle": 0, "busy": 0, "draining": 0, "not_ready": 0}
         self._models: dict[str, tuple[int, int]] = {}
         """Remote (connectors, ready connectors) by model."""
+        self._figures = (0, 0, 0, 0)
+        """The other instances' requests in flight, and the fleet's completed, failed and
+        cancelled requests, as of the last scan."""
         state.membership.listeners.append(self._changed)
 
     def _changed(
@@ -151,6 +158,13 @@ class FederatedRows:
                 _RemoteWorker(instance, after),
             )
 
+    def recounted(self, connector_ids: set[str]) -> None:
+        """The fleet's counters of these connectors changed: their remote rows get new marks."""
+        for key, (connector_id, _, what) in self._workers.items():
+            if connector_id in connector_ids:
+                self._stamp += 1
+                self._workers[key] = (connector_id, self._stamp, what)
+
     def _count(self, c: ConnectorSummary, sign: int) -> None:
         if c.status in self._status:
             self._status[c.status] += sign
@@ -166,7 +180,11 @@ class FederatedRows:
     def scan(self) -> Scan:
         state = self._state
         scan = state.local.rows.scan()
-        workers = [*scan.offers["workers"], *self._workers.values()]
+        counted = state.counters.requests_of_connector
+        workers: list[Offer] = [
+            (key, (mark, counted(key)), what) for key, mark, what in scan.offers["workers"]
+        ]
+        workers.extend(self._workers.values())  # re-marked when their counters change
         summary = scan.summary
         counts = self._status
         summary = summary.model_copy(
@@ -178,22 +196,30 @@ class FederatedRows:
                 "not_ready": summary.not_ready + counts["not_ready"],
             }
         )
+        totals = state.counters.models().values()
+        self._figures = (
+            sum(lease.inflight for lease in state.membership.peers.values()),
+            sum(c.success_total for c in totals),
+            sum(c.error_total for c in totals),
+            sum(c.cancelled_total for c in totals),
+        )
         return Scan(
             offers={**scan.offers, "workers": workers, "models": self._model_offers(scan)},
-            server_mark=(scan.server_mark, state.membership.header_version),
+            server_mark=(scan.server_mark, state.membership.header_version, self._figures),
             summary=summary,
         )
 
     def _model_offers(self, scan: Scan) -> list[Offer]:
         """Model rows counting the other instances' connectors too."""
         remote = self._models
+        counted = self._state.counters.requests_of_model
         offers: list[Offer] = []
         for name, mark, what in scan.offers["models"]:
             counts = remote.get(name, (0, 0))
-            offers.append((name, (mark, counts), _ModelRow(name, what, counts)))
+            offers.append((name, (mark, counts, counted(name)), _ModelRow(name, what, counts)))
         local = {offer[0] for offer in offers}
         offers.extend(
-            (name, ("remote", counts), _ModelRow(name, None, counts))
+            (name, ("remote", counts, counted(name)), _ModelRow(name, None, counts))
             for name, counts in remote.items()
             if name not in local
         )
@@ -202,26 +228,39 @@ class FederatedRows:
     def row(self, kind: RowKind, what: Any) -> Built:
         state = self._state
         if isinstance(what, _RemoteWorker):
-            return Built(
-                _remote_worker(what.instance, what.summary), (0, what.summary.connected_at)
-            )
+            info = _remote_worker(what.instance, what.summary)
+            return Built(self._counted(info), (0, what.summary.connected_at))
         if isinstance(what, _ModelRow):
-            workers, ready = what.remote
-            if what.local is None:
-                return Built(ModelInfo(name=what.name, workers=workers, ready_workers=ready))
-            built = state.local.rows.row(kind, what.local)
-            info = built.model
-            assert isinstance(info, ModelInfo)
-            update = {
-                "workers": info.workers + workers,
-                "ready_workers": info.ready_workers + ready,
-            }
-            return built._replace(model=info.model_copy(update=update))
+            return self._model(kind, what)
         built = state.local.rows.row(kind, what)
-        if kind == "workers":
-            model = built.model.model_copy(update={"instance": state.instance_id})
-            return built._replace(model=model)
+        if kind == "workers" and isinstance(built.model, WorkerInfo):
+            info = built.model.model_copy(update={"instance": state.instance_id})
+            return built._replace(model=self._counted(info))
         return built
+
+    def _counted(self, info: WorkerInfo) -> WorkerInfo:
+        """A connector's row with the fleet's counters of its id."""
+        stats = self._state.counters.connector(info.id)
+        if stats is None:
+            return info
+        update = worker_counters(stats)
+        update["last_error"] = stats.last_error or info.last_error
+        return info.model_copy(update=update)
+
+    def _model(self, kind: RowKind, what: _ModelRow) -> Built:
+        """A model's row: connectors of every instance, the fleet's counters."""
+        workers, ready = what.remote
+        totals = self._state.counters.model(what.name)
+        update = model_counters(totals) if totals is not None else {}
+        if what.local is None:
+            info = ModelInfo(name=what.name, workers=workers, ready_workers=ready)
+            return Built(info.model_copy(update=update))
+        built = self._state.local.rows.row(kind, what.local)
+        local = built.model
+        assert isinstance(local, ModelInfo)
+        update["workers"] = local.workers + workers
+        update["ready_workers"] = local.ready_workers + ready
+        return built._replace(model=local.model_copy(update=update))
 
     def server(self, now: datetime) -> ServerInfo:
         state = self._state
@@ -230,11 +269,16 @@ class FederatedRows:
         instances = [_instance(own)] + [
             _instance(lease) for _, lease in sorted(state.membership.peers.items())
         ]
+        inflight, completed, failed, cancelled = self._figures
         return info.model_copy(
             update={
                 "instance": state.instance_id,
                 "degraded": state.membership.degraded,
                 "instances": instances,
+                "jobs_inflight_total": info.jobs_inflight_total + inflight,
+                "jobs_completed_total": completed,
+                "jobs_failed_total": failed,
+                "jobs_cancelled_total": cancelled,
             }
         )
 
@@ -305,6 +349,13 @@ class FederatedState:
         self.dispatcher = FederatedDispatcher(self)
         self.control = FederatedControl(self)
         self.rows = FederatedRows(self)
+        self.counters = FleetCounters(
+            redis,
+            listed=self._listed,
+            on_change=self._recounted,
+            degraded=lambda: self.membership.degraded,
+        )
+        local.events.subscribe(self.counters)
 
     # ---- the fleet view ------------------------------------------------------------------
 
@@ -338,7 +389,18 @@ class FederatedState:
             self.sent[route.connector_id] = left
         else:
             self.sent.pop(route.connector_id, None)
-        self.local.events.request_finished(done)
+        self.local.events.request_relayed(done)  # counted by the instance that served it
+
+    def _listed(self) -> list[str]:
+        """Connector ids whose counters `/api/state` shows here (this instance's, the others')."""
+        ids = list(self.local.fleet.workers)
+        for lease in self.membership.peers.values():
+            ids.extend(c.id for c in lease.connectors)
+        return ids
+
+    def _recounted(self, connector_ids: set[str]) -> None:
+        self.rows.recounted(connector_ids)
+        self.local.changes.bump()
 
     def describe(self) -> Lease:
         """This instance's lease as of now."""
@@ -426,7 +488,8 @@ class FederatedState:
     async def run(self) -> None:
         """Local upkeep and membership, until cancelled; then leave the fleet."""
         try:
-            await asyncio.gather(self.local.run(), self.membership.run())
+            await asyncio.gather(self.local.run(), self.membership.run(), self.counters.run())
         finally:
+            await self.counters.close()
             await self.membership.leave()
             await self.client.close()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Generic, TypeVar, get_args
 
@@ -20,12 +20,13 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 from prometheus_client.metrics import MetricWrapperBase
-from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 from infero.common.metrics import register_build_info
 from infero.server import keys, tls
 from infero.server.connections import server_runner
-from infero.server.events import RejectReason, RequestFinished, RequestRejected
+from infero.server.events import Outcome, RejectReason, RequestFinished, RequestRejected
+from infero.server.registry import Counters
 from infero.server.settings import ServerSettings
 from infero.server.shared import FleetGauges
 
@@ -176,6 +177,15 @@ class ServerMetrics:
         )
         for reason in get_args(RejectReason):
             self.rejected.labels(reason)
+        self.relayed = Counter(
+            "infero_requests_relayed",
+            "Requests this instance relayed to a connector of another instance (REDIS_ADDR), "
+            "by outcome; the instance that served them counts them in infero_model_requests.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in get_args(Outcome):
+            self.relayed.labels(outcome)
 
     def request_finished(self, event: RequestFinished) -> None:
         """Count a relayed request, its tokens and its timings."""
@@ -192,6 +202,10 @@ class ServerMetrics:
     def request_rejected(self, event: RequestRejected) -> None:
         """Count a rejection by reason (the model is client input: never a label here)."""
         self.rejected.labels(event.reason).inc()
+
+    def request_relayed(self, event: RequestFinished) -> None:
+        """Count a request relayed to another instance (that instance counts the rest)."""
+        self.relayed.labels(event.outcome).inc()
 
 
 class FleetCollector:
@@ -238,6 +252,50 @@ class FleetCollector:
         }
 
 
+class FleetTotalsCollector:
+    """With REDIS_ADDR: the fleet's request counters as kept in Redis, the same on every
+    instance (never sum them across instances), for at most `max_series` models."""
+
+    def __init__(
+        self, models: Callable[[], Mapping[str, Counters]], *, max_series: int = MAX_SERIES
+    ) -> None:
+        self._models = models
+        self._max_series = max_series
+
+    def describe(self) -> Iterable[Metric]:
+        """The families this collector yields (no samples)."""
+        return self._families()
+
+    def collect(self) -> Iterable[Metric]:
+        """Read the fleet's totals once and yield the counters."""
+        requests, tokens = families = self._families()
+        for name, c in sorted(self._models().items())[: self._max_series]:
+            model = name[:MAX_LABEL_LEN]
+            requests.add_metric([model, "success"], c.success_total)
+            requests.add_metric([model, "error"], c.error_total)
+            requests.add_metric([model, "cancelled"], c.cancelled_total)
+            tokens.add_metric([model, "in"], c.tokens_in_total)
+            tokens.add_metric([model, "out"], c.tokens_out_total)
+        return families
+
+    @staticmethod
+    def _families() -> tuple[CounterMetricFamily, CounterMetricFamily]:
+        return (
+            CounterMetricFamily(
+                "infero_fleet_model_requests",
+                "Requests served by the whole fleet (REDIS_ADDR), by model and outcome; the "
+                "same on every instance.",
+                labels=["model", "outcome"],
+            ),
+            CounterMetricFamily(
+                "infero_fleet_model_tokens",
+                "Tokens reported by the whole fleet's connectors (REDIS_ADDR), by model and "
+                "kind; the same on every instance.",
+                labels=["model", "kind"],
+            ),
+        )
+
+
 def metrics_handler(registry: CollectorRegistry) -> Handler:
     """`GET /metrics` for `registry`."""
 
@@ -278,9 +336,15 @@ def separate_port(settings: ServerSettings) -> int | None:
     return None if settings.metrics_port == settings.port else settings.metrics_port
 
 
-def setup(app: web.Application, settings: ServerSettings) -> None:
+def setup(
+    app: web.Application,
+    settings: ServerSettings,
+    *,
+    fleet_totals: Callable[[], Mapping[str, Counters]] | None = None,
+) -> None:
     """Create the registry, subscribe to events and mount `/metrics`.
 
+    `fleet_totals` (REDIS_ADDR): the fleet's counters per model, exposed as `infero_fleet_*`.
     `/metrics` is served by the app itself unless METRICS_PORT is set to another port than
     PORT; then a second listener on HOST:METRICS_PORT lives as long as the app does.
     """
@@ -288,6 +352,8 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     app[REGISTRY] = registry
     app[keys.EVENTS].subscribe(ServerMetrics(registry))
     registry.register(FleetCollector(app[keys.SHARED].gauges))
+    if fleet_totals is not None:
+        registry.register(FleetTotalsCollector(fleet_totals))
     handler = metrics_handler(registry)
     port = separate_port(settings)
     if port is None:

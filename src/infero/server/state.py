@@ -32,7 +32,7 @@ from infero.protocol.state import (
 from infero.server import keys
 from infero.server.errors import bad_request
 from infero.server.lifecycle import Lifecycle
-from infero.server.registry import Counters, Fleet, Pending, Worker
+from infero.server.registry import Counters, Fleet, Pending, Worker, WorkerStats
 from infero.server.scheduler import Scheduler
 from infero.server.shared import SharedState
 from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher
@@ -232,9 +232,6 @@ class StateBuilder:
             late = link.late
         else:
             last_heartbeat = w.disconnected_at or w.connected_at
-        processed = stats.processed_total
-        processing_ms = int(stats.processing_s_total * 1000)
-        total = stats.total
         return WorkerInfo(
             id=w.id,
             name=w.name,
@@ -252,28 +249,9 @@ class StateBuilder:
             max_concurrency=w.capacity,
             inflight=w.inflight,
             draining=w.link_status == "draining",
-            processed_total=processed,
-            processing_ms_total=processing_ms,
-            avg_processing_ms=_avg(processing_ms, processed),
-            failures_total=stats.failures_total,
-            cancelled_total=total.cancelled_total,
             queue_len=queued,
             last_error=stats.last_error or w.link_error,
-            tokens_in_total=total.tokens_in_total,
-            tokens_out_total=total.tokens_out_total,
-            tokens_total=total.tokens_in_total + total.tokens_out_total,
-            avg_tokens_per_second=_tps(total),
-            avg_ttft_ms=_avg(total.ttft_s_total * 1000, total.ttft_count),
-            per_model={
-                name: PerModelCounters(
-                    success_total=c.success_total,
-                    error_total=c.error_total,
-                    cancelled_total=c.cancelled_total,
-                    tokens_in_total=c.tokens_in_total,
-                    tokens_out_total=c.tokens_out_total,
-                )
-                for name, c in sorted(stats.per_model.items())
-            },
+            **worker_counters(stats),
         )
 
     def _model(self, name: str, workers: int, ready: int, now: float) -> ModelInfo:
@@ -287,16 +265,52 @@ class StateBuilder:
             queue_len=queue_len,
             oldest_wait_ms=int(wait_s * 1000),
             queued_since=_dt(now - wait_s) if queue_len else None,
-            requests_total=c.requests_total,
-            success_total=c.success_total,
-            error_total=c.error_total,
-            cancelled_total=c.cancelled_total,
-            tokens_in_total=c.tokens_in_total,
-            tokens_out_total=c.tokens_out_total,
-            avg_ttft_ms=_avg(c.ttft_s_total * 1000, c.ttft_count),
-            avg_duration_ms=_avg(c.duration_s_total * 1000, c.requests_total),
-            avg_tokens_per_second=_tps(c),
+            **model_counters(c),
         )
+
+
+def worker_counters(stats: WorkerStats) -> dict[str, Any]:
+    """The counter fields of a connector's row (`WorkerInfo`), `last_error` aside."""
+    processed = stats.processed_total
+    processing_ms = int(stats.processing_s_total * 1000)
+    total = stats.total
+    return {
+        "processed_total": processed,
+        "processing_ms_total": processing_ms,
+        "avg_processing_ms": _avg(processing_ms, processed),
+        "failures_total": stats.failures_total,
+        "cancelled_total": total.cancelled_total,
+        "tokens_in_total": total.tokens_in_total,
+        "tokens_out_total": total.tokens_out_total,
+        "tokens_total": total.tokens_in_total + total.tokens_out_total,
+        "avg_tokens_per_second": _tps(total),
+        "avg_ttft_ms": _avg(total.ttft_s_total * 1000, total.ttft_count),
+        "per_model": {
+            name: PerModelCounters(
+                success_total=c.success_total,
+                error_total=c.error_total,
+                cancelled_total=c.cancelled_total,
+                tokens_in_total=c.tokens_in_total,
+                tokens_out_total=c.tokens_out_total,
+            )
+            for name, c in sorted(stats.per_model.items())
+        },
+    }
+
+
+def model_counters(c: Counters) -> dict[str, Any]:
+    """The counter fields of a model's row (`ModelInfo`)."""
+    return {
+        "requests_total": c.requests_total,
+        "success_total": c.success_total,
+        "error_total": c.error_total,
+        "cancelled_total": c.cancelled_total,
+        "tokens_in_total": c.tokens_in_total,
+        "tokens_out_total": c.tokens_out_total,
+        "avg_ttft_ms": _avg(c.ttft_s_total * 1000, c.ttft_count),
+        "avg_duration_ms": _avg(c.duration_s_total * 1000, c.requests_total),
+        "avg_tokens_per_second": _tps(c),
+    }
 
 
 def _calls(client: McpClientInfo) -> tuple[int, int]:

@@ -255,6 +255,9 @@ class _Recorder:
     def request_rejected(self, event: RequestRejected) -> None:
         self.rejected.append(event)
 
+    def request_relayed(self, event: RequestFinished) -> None:
+        self.finished.append(event)
+
 
 async def test_requests_are_reported_on_the_event_bus() -> None:
     recorder = _Recorder()

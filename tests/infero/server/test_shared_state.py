@@ -67,6 +67,9 @@ class Finished:
     def request_rejected(self, event: RequestRejected) -> None:
         pass
 
+    def request_relayed(self, event: RequestFinished) -> None:
+        pass
+
 
 @pytest.fixture(params=["embedded"])
 def shared(request: pytest.FixtureRequest, finished: Finished) -> SharedState:

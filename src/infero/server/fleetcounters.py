@@ -1,0 +1,389 @@
+"""Request counters of a fleet sharing REDIS_ADDR: kept in Redis, counted once, shown everywhere.
+
+The rule: a request is counted once, fleet-wide, by the instance whose connector served it
+(its home); the instance that relayed it there counts it only as relayed (`request_relayed`,
+a per-instance Prometheus counter). Each instance adds what it counted to Redis every
+`FLUSH_INTERVAL`: one `EVALSHA` of a Lua script applies every increment (HINCRBY,
+HINCRBYFLOAT, HSET of a connector's `last_error`) and answers the fleet's totals only when they
+changed since this instance last read them. So Redis sees at most one command per instance and
+interval, whatever the number of requests or chunks. What an instance shows is the last totals
+read plus what it counted since (`pending`), so its own requests appear at once, and the
+figures never go back (except when Redis restarted empty, see docs/scale-out.md).
+
+Keys (every one in the `{infero}` slot): `{infero}:counters` (per model, `<counter>/<model>`,
+plus the version `v` and the epoch `e` of the data set) and one
+`{infero}:counters:connector:<id>` per connector id (its totals, `last_error`, and
+`<counter>/<model>`), which expires `CONNECTOR_RETENTION` after it last counted a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from infero.server.events import RequestFinished, RequestRejected
+from infero.server.membership import PREFIX, REDIS_TIMEOUT
+from infero.server.registry import Counters, WorkerStats
+
+logger = logging.getLogger(__name__)
+
+FLEET_KEY = PREFIX + "counters"
+CONNECTOR_KEY = PREFIX + "counters:connector:"
+FLUSH_INTERVAL = 1.0
+"""Seconds between two flushes: what an instance killed with kill -9 may lose at most."""
+CONNECTOR_RETENTION = 7 * 24 * 3600.0
+"""Seconds the counters of a connector id stay in Redis after it last counted a request."""
+
+_FLOATS = frozenset({"ttft_s_total", "duration_s_total"})
+_COUNTERS = tuple(f.name for f in fields(Counters))
+_PER_MODEL = (
+    "success_total",
+    "error_total",
+    "cancelled_total",
+    "tokens_in_total",
+    "tokens_out_total",
+)
+"""A connector's counters per model (`per_model` of its `/api/state` row)."""
+
+_SCRIPT = """
+local n = tonumber(ARGV[4])
+local a = 5
+local touched = {}
+for i = 1, n do
+  local key = KEYS[tonumber(ARGV[a])]
+  local op = ARGV[a + 1]
+  if op == 'i' then
+    redis.call('HINCRBY', key, ARGV[a + 2], ARGV[a + 3])
+  elseif op == 'f' then
+    redis.call('HINCRBYFLOAT', key, ARGV[a + 2], ARGV[a + 3])
+  else
+    redis.call('HSET', key, ARGV[a + 2], ARGV[a + 3])
+  end
+  touched[key] = true
+  a = a + 4
+end
+for key in pairs(touched) do
+  if key ~= KEYS[1] then redis.call('PEXPIRE', key, ARGV[2]) end
+end
+redis.call('HSETNX', KEYS[1], 'e', ARGV[3])
+local v
+if n > 0 then
+  v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+else
+  v = redis.call('HGET', KEYS[1], 'v') or '0'
+end
+local version = redis.call('HGET', KEYS[1], 'e') .. ':' .. tostring(v)
+if version == ARGV[1] then return {version} end
+local out = {version}
+for i = 1, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
+return out
+"""
+"""KEYS: the fleet hash, then connector hashes. ARGV: the version last read (`""` reads
+anyway), retention in ms, a fresh epoch, the number of operations, then for each operation
+the index of its key in KEYS, `i`/`f`/`s`, the field and the value."""
+
+
+@dataclass(slots=True)
+class ConnectorCounts:
+    """One connector id's counters (totals, per model, its last error)."""
+
+    total: Counters = field(default_factory=Counters)
+    per_model: dict[str, Counters] = field(default_factory=dict)
+    last_error: str = ""
+
+    def stats(self) -> WorkerStats:
+        """As the registry keeps them for a local connector."""
+        total = self.total
+        return WorkerStats(
+            processed_total=total.requests_total,
+            failures_total=total.error_total,
+            processing_s_total=total.duration_s_total,
+            last_error=self.last_error,
+            total=total,
+            per_model=self.per_model,
+        )
+
+
+@dataclass(slots=True)
+class Counts:
+    """Counters by model and by connector id."""
+
+    models: dict[str, Counters] = field(default_factory=dict)
+    connectors: dict[str, ConnectorCounts] = field(default_factory=dict)
+
+    def __bool__(self) -> bool:
+        return bool(self.models or self.connectors)
+
+    def record(self, event: RequestFinished) -> None:
+        """Count one finished request."""
+        args: dict[str, Any] = {
+            "outcome": event.outcome,
+            "duration_s": event.duration_s,
+            "ttft_s": event.ttft_s,
+            "tokens_in": event.tokens_in,
+            "tokens_out": event.tokens_out,
+        }
+        _counters(self.models, event.model).record(**args)
+        connector = self.connectors.get(event.worker_id)
+        if connector is None:
+            connector = self.connectors[event.worker_id] = ConnectorCounts()
+        connector.total.record(**args)
+        _counters(connector.per_model, event.model).record(**args)
+        if event.outcome == "error":
+            connector.last_error = event.error
+
+    def add(self, other: Counts) -> None:
+        """Add `other` into these counts (its last errors win)."""
+        for name, counters in other.models.items():
+            _add(_counters(self.models, name), counters)
+        for connector_id, theirs in other.connectors.items():
+            mine = self.connectors.get(connector_id)
+            if mine is None:
+                mine = self.connectors[connector_id] = ConnectorCounts()
+            _add(mine.total, theirs.total)
+            for name, counters in theirs.per_model.items():
+                _add(_counters(mine.per_model, name), counters)
+            mine.last_error = theirs.last_error or mine.last_error
+
+
+def _counters(into: dict[str, Counters], name: str) -> Counters:
+    found = into.get(name)
+    if found is None:
+        found = into[name] = Counters()
+    return found
+
+
+def _add(into: Counters, other: Counters) -> None:
+    for name in _COUNTERS:
+        setattr(into, name, getattr(into, name) + getattr(other, name))
+
+
+def _sum(parts: Iterable[Counters | None]) -> Counters | None:
+    found = [p for p in parts if p is not None]
+    if len(found) <= 1:
+        return found[0] if found else None
+    total = Counters()
+    for part in found:
+        _add(total, part)
+    return total
+
+
+class FleetCounters:
+    """This instance's share of the fleet's counters, flushed to Redis; the fleet's totals.
+
+    An `EventBus` listener: `request_finished` costs a few dict updates (no I/O).
+    """
+
+    def __init__(
+        self,
+        redis: Any,
+        *,
+        listed: Callable[[], Iterable[str]],
+        on_change: Callable[[set[str]], None] = lambda ids: None,
+        degraded: Callable[[], bool] = lambda: False,
+        interval: float = FLUSH_INTERVAL,
+        retention: float = CONNECTOR_RETENTION,
+    ) -> None:
+        self.redis = redis
+        self.listed = listed
+        """Connector ids whose counters this instance shows (read back from Redis)."""
+        self.on_change = on_change
+        """Called when a read brought other totals, with the connector ids whose number of
+        requests changed."""
+        self.degraded = degraded
+        """Redis is known unreachable: do not try (the counts wait in `pending`)."""
+        self.interval = interval
+        self.retention = retention
+        self.totals = Counts()
+        """The fleet's totals as last read from Redis."""
+        self.sending = Counts()
+        """Counts of the flush in progress (shown until the read that includes them)."""
+        self.pending = Counts()
+        """Counts of this instance not sent yet."""
+        self.version = ""
+        self._read_ids: tuple[str, ...] = ()
+        self._script = redis.register_script(_SCRIPT)
+
+    # ---- Listener -------------------------------------------------------------------------
+
+    def request_finished(self, event: RequestFinished) -> None:
+        """Count a request served by a connector of this instance."""
+        self.pending.record(event)
+
+    def request_rejected(self, event: RequestRejected) -> None:
+        """Rejections are per instance (Prometheus only)."""
+
+    def request_relayed(self, event: RequestFinished) -> None:
+        """Counted by the home instance, not here."""
+
+    # ---- what is shown --------------------------------------------------------------------
+
+    def model(self, name: str) -> Counters | None:
+        """The fleet's counters of a model (None: never counted)."""
+        return _sum(c.models.get(name) for c in (self.totals, self.sending, self.pending))
+
+    def connector(self, connector_id: str) -> WorkerStats | None:
+        """The fleet's counters of a connector id (None: never counted)."""
+        merged = Counts()
+        for part in (self.totals, self.sending, self.pending):
+            found = part.connectors.get(connector_id)
+            if found is not None:
+                merged.add(Counts(connectors={connector_id: found}))
+        counts = merged.connectors.get(connector_id)
+        return counts.stats() if counts is not None else None
+
+    def requests_of_model(self, name: str) -> int:
+        """Requests counted for a model (a row's fingerprint)."""
+        return sum(
+            c.models[name].requests_total
+            for c in (self.totals, self.sending, self.pending)
+            if name in c.models
+        )
+
+    def requests_of_connector(self, connector_id: str) -> int:
+        """Requests counted for a connector id (a row's fingerprint)."""
+        return sum(
+            c.connectors[connector_id].total.requests_total
+            for c in (self.totals, self.sending, self.pending)
+            if connector_id in c.connectors
+        )
+
+    def models(self) -> dict[str, Counters]:
+        """The fleet's counters of every model counted."""
+        merged = Counts()
+        for part in (self.totals, self.sending, self.pending):
+            for name, counters in part.models.items():
+                _add(_counters(merged.models, name), counters)
+        return merged.models
+
+    # ---- Redis ----------------------------------------------------------------------------
+
+    async def flush(self) -> None:
+        """Send what was counted and read the totals when they changed (one command).
+
+        Raises RedisError, OSError or TimeoutError; the counts then wait for the next flush.
+        """
+        self.sending, self.pending = self.pending, Counts()
+        ids = tuple(sorted(set(self.listed()) | set(self.sending.connectors)))
+        keys = [FLEET_KEY, *(CONNECTOR_KEY + i for i in ids)]
+        index = {connector_id: n for n, connector_id in enumerate(ids, start=2)}
+        ops = list(_operations(self.sending, index))
+        known = self.version if ids == self._read_ids else ""
+        args = [known, int(self.retention * 1000), secrets.token_hex(8), len(ops) // 4, *ops]
+        try:
+            answer = await self._script(keys=keys, args=args)
+        except BaseException:
+            self.sending.add(self.pending)
+            self.sending, self.pending = Counts(), self.sending
+            raise
+        version = _text(answer[0])
+        changed: set[str] = set()
+        if len(answer) > 1:
+            totals = _parse(answer[1], dict(zip(ids, answer[2:], strict=True)))
+            before = _requests(self.totals, self.sending)
+            after = _requests(totals)
+            changed = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
+            self.totals = totals
+            self._read_ids = ids
+        self.sending = Counts()
+        if version != self.version or changed:
+            self.version = version
+            self.on_change(changed)
+
+    async def run(self) -> None:
+        """Flush every `interval` until cancelled (a Redis failure waits for the next one)."""
+        while True:
+            await asyncio.sleep(self.interval)  # a timer: counts are coalesced by the clock
+            if self.degraded():
+                continue
+            try:
+                await self.flush()
+            except (RedisError, OSError, TimeoutError) as failure:
+                logger.debug("counters not flushed to Redis (%s); kept for the next flush", failure)
+
+    async def close(self) -> None:
+        """A last flush at shutdown (best effort, bounded by REDIS_TIMEOUT)."""
+        if not self.pending or self.degraded():
+            return
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self.flush()
+        except (RedisError, OSError, TimeoutError) as failure:
+            logger.warning("counters of the last %ss not flushed (%s)", self.interval, failure)
+
+
+def _requests(*parts: Counts) -> dict[str, int]:
+    """Requests counted per connector id in `parts`."""
+    found: dict[str, int] = {}
+    for part in parts:
+        for connector_id, counts in part.connectors.items():
+            found[connector_id] = found.get(connector_id, 0) + counts.total.requests_total
+    return found
+
+
+def _operations(counts: Counts, index: dict[str, int]) -> Iterable[Any]:
+    """Flat (key index, op, field, value) of every increment in `counts`."""
+    for name, counters in counts.models.items():
+        yield from _increments(1, counters, _COUNTERS, "/" + name)
+    for connector_id, connector in counts.connectors.items():
+        n = index[connector_id]
+        yield from _increments(n, connector.total, _COUNTERS, "")
+        for name, counters in connector.per_model.items():
+            yield from _increments(n, counters, _PER_MODEL, "/" + name)
+        if connector.last_error:
+            yield from (n, "s", "last_error", connector.last_error)
+
+
+def _increments(n: int, counters: Counters, names: Iterable[str], suffix: str) -> Iterable[Any]:
+    for name in names:
+        value = getattr(counters, name)
+        if not value:
+            continue
+        if name in _FLOATS:
+            yield from (n, "f", name + suffix, format(value, ".9f"))
+        else:
+            yield from (n, "i", name + suffix, value)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list[Any]) -> Iterable[tuple[str, str]]:
+    for n in range(0, len(flat) - 1, 2):
+        yield _text(flat[n]), _text(flat[n + 1])
+
+
+def _store(into: Counters, name: str, value: str) -> None:
+    if name in _FLOATS:
+        setattr(into, name, float(value))
+    elif name in _COUNTERS:
+        setattr(into, name, int(value))
+
+
+def _parse(fleet: list[Any], connectors: dict[str, list[Any]]) -> Counts:
+    """Counts from the hashes read (unknown fields are skipped)."""
+    counts = Counts()
+    for key, value in _pairs(fleet):
+        name, _, model = key.partition("/")
+        if model:
+            _store(_counters(counts.models, model), name, value)
+    for connector_id, flat in connectors.items():
+        if not flat:
+            continue
+        connector = counts.connectors[connector_id] = ConnectorCounts()
+        for key, value in _pairs(flat):
+            name, _, model = key.partition("/")
+            if model:
+                _store(_counters(connector.per_model, model), name, value)
+            elif name == "last_error":
+                connector.last_error = value
+            else:
+                _store(connector.total, name, value)
+    return counts

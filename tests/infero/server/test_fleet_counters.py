@@ -1,0 +1,226 @@
+"""With REDIS_ADDR the request counters are the fleet's, kept in Redis: every instance shows the
+same figures, a request relayed B -> A is counted once, and the counters survive a restart
+(docs/scale-out.md, docs/metrics.md, docs/state.md)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import openai
+from redis import asyncio as aioredis
+
+from infero.protocol import link as lp
+from infero.protocol.state import ModelInfo, WorkerInfo
+from infero.server.events import Outcome, RequestFinished
+from infero.server.fleetcounters import CONNECTOR_KEY, FLEET_KEY, FleetCounters
+from support.connector import ScriptedConnector, scripted_connector
+from support.fleet import instance, redis_server
+from support.server import RunningServer
+
+ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
+USAGE = lp.Usage(prompt_tokens=3, completion_tokens=5)
+MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+@asynccontextmanager
+async def answering(conn: ScriptedConnector) -> AsyncIterator[None]:
+    """Answer every request the connector gets, with usage, while the block runs."""
+
+    async def serve() -> None:
+        while True:
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER, usage=USAGE)
+
+    task = asyncio.create_task(serve())
+    try:
+        yield
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+async def ask(server: RunningServer, model: str = "m") -> None:
+    async with openai.AsyncOpenAI(
+        base_url=server.url + "/api/v1", api_key="k", max_retries=0
+    ) as client:
+        assert (await client.chat.completions.create(model=model, messages=MESSAGES)).id == "x"
+
+
+def model_row(server: RunningServer, name: str = "m") -> ModelInfo:
+    return next((m for m in server.snapshot().models if m.name == name), ModelInfo(name=name))
+
+
+def worker_row(server: RunningServer, worker_id: str) -> WorkerInfo | None:
+    return server.worker(worker_id)
+
+
+def served(server: RunningServer, count: int, worker_id: str = "w1") -> bool:
+    """The instance shows `count` requests for model `m`, its connector and the server."""
+    worker = worker_row(server, worker_id)
+    snapshot = server.snapshot()
+    return (
+        model_row(server).requests_total == count
+        and worker is not None
+        and worker.processed_total == count
+        and snapshot.server.jobs_completed_total == count
+    )
+
+
+async def scrape(http: aiohttp.ClientSession, server: RunningServer) -> str:
+    async with http.get(server.url + "/metrics") as resp:
+        return await resp.text()
+
+
+def sample(text: str, line: str) -> float | None:
+    """The value of the sample whose name and labels are `line`."""
+    for row in text.splitlines():
+        if row.startswith(line + " "):
+            return float(row.rsplit(" ", 1)[1])
+    return None
+
+
+async def test_a_request_relayed_from_b_to_a_is_counted_once_and_shown_alike_everywhere(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        answering(conn),
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.status("w1") == "idle")
+            await ask(b)  # relayed B -> A
+            await ask(a)
+            for server in (a, b):
+                await server.wait_for(lambda s=server: served(s, 2))
+                row = model_row(server)
+                assert (row.success_total, row.tokens_in_total, row.tokens_out_total) == (2, 6, 10)
+                worker = worker_row(server, "w1")
+                assert worker is not None
+                assert worker.per_model["m"].success_total == 2
+                assert worker.tokens_total == 16
+            at_a, at_b = await scrape(http, a), await scrape(http, b)
+        # Per instance: served at A (both), relayed at B (one); fleet series alike.
+        assert sample(at_a, 'infero_model_requests_total{model="m",outcome="success"}') == 2
+        assert sample(at_b, 'infero_model_requests_total{model="m",outcome="success"}') is None
+        assert sample(at_b, 'infero_requests_relayed_total{outcome="success"}') == 1
+        assert sample(at_a, 'infero_requests_relayed_total{outcome="success"}') == 0
+        for text in (at_a, at_b):
+            assert (
+                sample(text, 'infero_fleet_model_requests_total{model="m",outcome="success"}') == 2
+            )
+            assert sample(text, 'infero_fleet_model_tokens_total{kind="out",model="m"}') == 10
+
+
+async def test_counters_continue_after_a_restart_and_follow_a_connector_to_another_instance(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as redis, asyncio.timeout(40):
+        async with (
+            instance(redis.url, "A") as a,
+            scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+            answering(conn),
+        ):
+            await ask(a)
+            await ask(a)
+            await a.wait_for(lambda: served(a, 2))
+        # A stopped (its last counts flushed at shutdown); w1 links to B now.
+        async with (
+            instance(redis.url, "B") as b,
+            scripted_connector(b.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+            answering(conn),
+        ):
+            await b.wait_for(lambda: served(b, 2))
+            await ask(b)
+            await b.wait_for(lambda: served(b, 3))
+            async with instance(redis.url, "A") as again:  # A restarted: nothing in its memory
+                await again.wait_for(lambda: served(again, 3))
+                await ask(again)  # relayed to B: counted once, by B
+                for server in (again, b):
+                    await server.wait_for(lambda s=server: served(s, 4))
+
+
+async def test_a_flush_is_one_command_however_many_requests_it_carries(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        other = aioredis.from_url(server.url)
+        try:
+            mine = FleetCounters(redis, listed=lambda: ["w1", "w2"])
+            theirs = FleetCounters(other, listed=lambda: ["w1", "w2"])
+            await redis.config_resetstat()
+            for n in range(100):
+                mine.request_finished(_finished("w1", "m", n))
+            theirs.request_finished(_finished("w2", "m", 0, outcome="error", error="boom"))
+            await mine.flush()
+            await theirs.flush()
+            await mine.flush()  # reads what the other instance added
+            stats = await redis.info("commandstats")
+            sha = stats["cmdstat_evalsha"]  # the first one fails (NOSCRIPT), then it is loaded
+            assert sha["calls"] - sha["failed_calls"] == 3
+            assert "cmdstat_eval" not in stats
+            # Inside the script: one HINCRBY per counter that changed, not per request.
+            assert stats["cmdstat_hincrby"]["calls"] < 40
+            model = mine.model("m")
+            assert model is not None
+            assert (model.requests_total, model.success_total, model.error_total) == (101, 100, 1)
+            assert model.tokens_out_total == 505
+            assert abs(model.duration_s_total - (sum(range(100)) / 100 + 0.5)) < 1e-6
+            w2 = mine.connector("w2")
+            assert w2 is not None
+            assert (w2.failures_total, w2.last_error) == (1, "boom")
+            assert mine.requests_of_connector("w1") == 100
+            assert await redis.pttl(CONNECTOR_KEY + "w1") > 0
+            assert await redis.ttl(FLEET_KEY) == -1
+            # Nothing new anywhere: the flush reads nothing back.
+            version = mine.version
+            await mine.flush()
+            assert mine.version == version
+        finally:
+            await redis.aclose()
+            await other.aclose()
+
+
+async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        try:
+            counters = FleetCounters(redis, listed=lambda: ["w1"])
+            counters.request_finished(_finished("w1", "m", 1))
+            await server.stop()
+            with contextlib.suppress(OSError, aioredis.ConnectionError):
+                await counters.flush()
+            counters.request_finished(_finished("w1", "m", 2))
+            assert counters.requests_of_model("m") == 2  # shown, not sent
+            await server.start()  # empty
+            await counters.flush()
+            assert counters.requests_of_model("m") == 2
+            assert counters.pending.models == counters.sending.models == {}
+            assert await redis.hget(FLEET_KEY, "requests_total/m") == b"2"
+        finally:
+            await redis.aclose()
+
+
+def _finished(
+    worker_id: str, model: str, n: int, *, outcome: Outcome = "success", error: str = ""
+) -> RequestFinished:
+    return RequestFinished(
+        model=model,
+        worker_id=worker_id,
+        outcome=outcome,
+        status=200,
+        duration_s=n / 100 if outcome == "success" else 0.5,
+        ttft_s=0.01,
+        queue_wait_s=0.0,
+        tokens_in=1,
+        tokens_out=5,
+        error=error,
+    )
