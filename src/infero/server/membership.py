@@ -2,7 +2,9 @@
 
 Keys (every one with the `{infero}` hash tag: one Cluster slot):
 
-* `{infero}:instances`: the set of instance ids.
+* `{infero}:instances`: the set of instance ids. An instance adds itself only when it writes
+  itself whole (joining, after being degraded, when Redis lost its keys: restarted empty) or
+  when its poll finds it missing; not at every renewal.
 * `{infero}:instance:<id>`: the instance's header, its `Lease` without connectors, with a TTL
   of LEASE_TTL: the liveness truth.
 * `{infero}:connectors:<id>`: a hash, `c:<connector id>` -> `ConnectorSummary` JSON, plus `gen`
@@ -375,9 +377,7 @@ class Membership:
                 entry["u"] = "[" + ",".join(mapping["c:" + c.id] for c in changed) + "]"
                 entry["r"] = json.dumps(removed)
             pipe.xadd(CHANGES, entry, maxlen=CHANGE_LOG, approximate=True)
-        pipe.set(self.key, header, px=ttl_ms)
-        if renew:
-            pipe.sadd(MEMBERS, lease.id)
+        pipe.set(self.key, header, px=ttl_ms)  # no SADD: see `_write_whole` and `_poll`
         results = await pipe.execute()
         if not results[0]:
             logger.warning("this instance's connectors are missing in Redis: writing them again")
@@ -413,6 +413,8 @@ class Membership:
     async def _poll(self) -> None:
         """Read the others' headers: who lives, their figures, whether a mirror is behind."""
         ids = sorted(_text(i) for i in await self.redis.smembers(MEMBERS))
+        if self._id and self._id not in ids:  # dropped by a peer that saw our lease expire
+            await self.redis.sadd(MEMBERS, self._id)
         others = [i for i in ids if i != self._id]
         for gone in self._mirrors.keys() - set(others):
             self._drop(gone)

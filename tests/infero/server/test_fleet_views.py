@@ -1,5 +1,6 @@
 """With REDIS_ADDR, every instance shows the whole fleet: the other instances' connectors with
-their heartbeat state, and `/metrics` fleet gauges (docs/scale-out.md, docs/metrics.md)."""
+their heartbeat state, and `/metrics` fleet gauges; instances announce themselves once, and
+again after Redis restarted empty (docs/scale-out.md, docs/metrics.md)."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
+from redis import asyncio as aioredis
 
+from infero.server.membership import MEMBERS
 from support.connector import scripted_connector
-from support.fleet import instance, redis_server
+from support.fleet import federated, instance, redis_server
 from support.server import RunningServer
 
 
@@ -80,3 +83,44 @@ async def test_metrics_on_b_count_the_connectors_linked_to_a(tmp_path: Path) -> 
                 assert figures["infero_queue_depth[('model', 'm-b')]"] == 0
             await w1.reply(incoming.id, b'{"id":"x","object":"chat.completion","choices":[]}')
             (await held).release()
+
+
+async def commands(store: aioredis.Redis, name: str) -> int:
+    stats = await store.info("commandstats")
+    return int(stats.get(f"cmdstat_{name}", {}).get("calls", 0))
+
+
+async def test_instances_join_the_membership_set_once_and_again_after_redis_restarted_empty(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", lease_ttl=1.0) as a,
+        instance(redis.url, "B", lease_ttl=1.0) as b,
+    ):
+        store = aioredis.from_url(redis.url)
+        try:
+            async with asyncio.timeout(20):
+                await b.wait_for(lambda: "A" in federated(b).membership.peers)
+                await a.wait_for(lambda: "B" in federated(a).membership.peers)
+                await store.config_resetstat()
+                while True:  # until each instance renewed its lease a few times (TTL / 3)
+                    if await commands(store, "set") >= 8:
+                        break
+                    await asyncio.sleep(0.05)  # polling Redis with a bound: no event to wait on
+                assert await commands(store, "sadd") == 0
+            await redis.stop()
+            await redis.start()  # empty: no lease, no connector, no membership set
+        finally:
+            await store.aclose()
+        store = aioredis.from_url(redis.url)  # a connection to the new server
+        try:
+            async with asyncio.timeout(20):
+                while True:  # both instances announce themselves again, by themselves
+                    if await store.smembers(MEMBERS) == {b"A", b"B"}:
+                        break
+                    await asyncio.sleep(0.05)  # polling Redis with a bound: no event to wait on
+                assert await store.exists("{infero}:instance:A", "{infero}:instance:B") == 2
+                await b.wait_for(lambda: "A" in federated(b).membership.peers)
+        finally:
+            await store.aclose()
