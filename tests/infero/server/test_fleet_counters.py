@@ -19,7 +19,7 @@ from infero.protocol.state import ModelInfo, WorkerInfo
 from infero.server.events import Outcome, RequestFinished
 from infero.server.fleetcounters import CONNECTOR_KEY, FLEET_KEY, FleetCounters
 from support.connector import ScriptedConnector, scripted_connector
-from support.fleet import instance, redis_server
+from support.fleet import STARTUP, federated, instance, redis_server, server_process
 from support.server import RunningServer
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
@@ -224,3 +224,40 @@ def _finished(
         tokens_out=5,
         error=error,
     )
+
+
+async def listening(url: str) -> None:
+    """Return once a server process answers `/healthz` (bound it with a timeout)."""
+    async with aiohttp.ClientSession() as http:
+        while True:
+            try:
+                async with http.get(url + "/healthz") as resp:
+                    if resp.status == 200:
+                        return
+            except aiohttp.ClientConnectionError:
+                pass
+            await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+
+
+def linked_at(server: RunningServer, url: str) -> bool:
+    """The instance sees w1 idle at instance A listening at `url`."""
+    lease = federated(server).membership.peers.get("A")
+    return lease is not None and lease.address == url and server.status("w1") == "idle"
+
+
+async def test_a_killed_server_process_loses_only_its_unflushed_counts(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as redis, instance(redis.url, "B") as b:
+        for served_before in (0, 2):  # A's first process, then a new one after kill -9
+            async with server_process(redis.url, "A") as a, asyncio.timeout(STARTUP + 20):
+                await listening(a.url)
+                async with (
+                    scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+                    answering(conn),
+                ):
+                    await b.wait_for(lambda url=a.url: linked_at(b, url))
+                    await b.wait_for(lambda n=served_before: served(b, n))  # from Redis
+                    await ask(b)  # B -> the process A -> w1: counted by A, flushed within 1 s
+                    await ask(b)
+                    await b.wait_for(lambda n=served_before: served(b, n + 2))
+                    a.proc.kill()  # kill -9: what A flushed stays
+                    await a.proc.wait()

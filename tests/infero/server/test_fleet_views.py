@@ -1,10 +1,11 @@
 """With REDIS_ADDR, every instance shows the whole fleet: the other instances' connectors with
-their heartbeat state, and `/metrics` fleet gauges; instances announce themselves once, and
-again after Redis restarted empty (docs/scale-out.md, docs/metrics.md)."""
+their heartbeat state, `/metrics` fleet gauges and `infero ctl`; instances announce themselves
+once, and again after Redis restarted empty (docs/scale-out.md, docs/metrics.md)."""
 
 from __future__ import annotations
 
 import asyncio
+import sys
 from pathlib import Path
 
 import aiohttp
@@ -124,3 +125,37 @@ async def test_instances_join_the_membership_set_once_and_again_after_redis_rest
                 await b.wait_for(lambda: "A" in federated(b).membership.peers)
         finally:
             await store.aclose()
+
+
+async def ctl(*args: str) -> str:
+    """`infero ctl ARGS` as a real process; its stdout (it must exit 0)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        f"from infero.cli import main; main({['ctl', *args]!r})",
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    return out.decode()
+
+
+async def test_infero_ctl_lists_the_instances_and_where_each_worker_is(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1"),
+        scripted_connector(b.url, client_key="ck", id="w2"),
+    ):
+        async with asyncio.timeout(30):
+            await b.wait_for(lambda: b.status("w1") == "idle" and b.status("w2") == "idle")
+            instances = (await ctl("instances", "--server", b.url)).splitlines()
+            assert [line.split()[:2] for line in instances[1:]] == [["B", b.url], ["A", a.url]]
+            workers = (await ctl("workers", "--server", b.url)).splitlines()
+            assert workers[0].split()[-1] == "INSTANCE"
+            assert {line.split()[0]: line.split()[-1] for line in workers[1:]} == {
+                "w1": "A",
+                "w2": "B",
+            }
