@@ -67,12 +67,13 @@ def create_app(
         clock=clock,
     )
     shared: EmbeddedState | FederatedState = embedded
+    federated: FederatedState | None = None
     if settings.redis_addr:
         try:
             redis = connect(settings.redis_addr)
         except ValueError as bad:
             raise ConfigError(f"REDIS_ADDR is not a usable Redis URL: {bad}") from None
-        shared = FederatedState(local=embedded, settings=settings, redis=redis)
+        shared = federated = FederatedState(local=embedded, settings=settings, redis=redis)
     origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -109,16 +110,22 @@ def create_app(
     for method, path in STORED_ROUTES:
         app.router.add_route(method, path, stored.handle)
     models_api.setup(app, shared)
-    if settings.redis_addr:
+    if federated is not None:
         home = OpenAIRelay(
             settings,
-            dispatcher=embedded.dispatcher,
+            dispatcher=federated.home_dispatcher,
             lifecycle=lifecycle,
             events=events,
             affinity=affinity,
             bodies=bodies,
         )
-        peer.setup(app, peer_key=settings.peer_key, relay=home, steer=embedded.control.steer)
+        peer.setup(
+            app,
+            peer_key=settings.peer_key,
+            relay=home,
+            steer=embedded.control.steer,
+            door=federated,
+        )
 
     endpoint = LinkEndpoint(
         kind="llm",

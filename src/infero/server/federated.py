@@ -22,13 +22,15 @@ from typing import Any
 from infero.common.buildinfo import BUILD
 from infero.protocol.state import InstanceInfo, ModelInfo, ServerInfo, WorkerInfo, WorkerStatus
 from infero.server.changes import ChangeFeed
-from infero.server.embedded import EmbeddedState
+from infero.server.embedded import EmbeddedState, LocalRoute
 from infero.server.events import RequestFinished
 from infero.server.fleetcounters import FleetCounters
+from infero.server.fleetqueue import Failure as FleetQueueFailure
+from infero.server.fleetqueue import FleetQueue, FleetTicket, QueueView
 from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.relays import RelayRegistry
 from infero.server.membership import ConnectorSummary, Lease, Membership
-from infero.server.peer import PeerClient, PeerRoute
+from infero.server.peer import PeerClient, PeerRoute, Reservations
 from infero.server.registry import alias_key
 from infero.server.settings import ServerSettings
 from infero.server.shared import (
@@ -37,11 +39,18 @@ from infero.server.shared import (
     Kind,
     ModelEntry,
     Route,
+    Ticket,
     Verdict,
 )
 from infero.server.state import model_counters, worker_counters
 from infero.server.statefeed import Built, Offer, Scan
 from infero.server.statefeed import Kind as RowKind
+
+Placed = tuple[Lease, ConnectorSummary]
+"""A remote connector and the lease of its home."""
+
+RESERVE_TRIES = 3
+"""Homes a head of the fleet queue asks for a slot in one attempt."""
 
 
 def instance_identity(settings: ServerSettings) -> tuple[str, str]:
@@ -57,30 +66,39 @@ def _dt(ts: float) -> datetime:
 
 
 class FederatedDispatcher:
-    """Local connectors first, then remote ones through their home instance."""
+    """Local connectors first, then remote ones through their home; the fleet-wide queue.
 
-    __slots__ = ("_state",)
+    `local_only` (the home side of relayed requests): this instance's connectors only.
+    """
 
-    def __init__(self, state: FederatedState) -> None:
+    __slots__ = ("_local_only", "_state")
+
+    def __init__(self, state: FederatedState, *, local_only: bool = False) -> None:
         self._state = state
+        self._local_only = local_only
 
     def known(self, model: str, target: str | None) -> bool:
-        return self._state.local.dispatcher.known(model, target) or bool(
-            self._state.remote(model, target)
-        )
+        if self._state.local.dispatcher.known(model, target):
+            return True
+        return not self._local_only and bool(self._state.remote(model, target))
 
     def serving_beyond(self, model: str, exclude: frozenset[str], target: str | None) -> bool:
         if self._state.local.dispatcher.serving_beyond(model, exclude, target):
             return True
+        if self._local_only:
+            return False
         return any(c.id not in exclude and c.serving for _, c in self._state.remote(model, target))
 
     async def acquire_now(
         self, model: str, exclude: frozenset[str], target: str | None
     ) -> Route | None:
         state = self._state
+        degraded = state.queue_degraded()
+        if not degraded and state.queue.waiting(model):
+            return None  # fleet FIFO: a newcomer never overtakes (as mirrored, no Redis command)
         local = state.local.dispatcher
         route = await local.acquire_now(model, exclude, target)
-        if route is not None:
+        if route is not None or self._local_only:
             return route
         remote = [
             (lease, c)
@@ -90,12 +108,81 @@ class FederatedDispatcher:
         if not remote:
             return None
         lease, best = min(remote, key=lambda pair: state.load(pair[1]))
-        if state.load(best) < 1 or not local.serving_beyond(model, exclude, target):
+        if state.load(best) < 1:
             return state.peer_route(lease, best)
+        if degraded and not local.serving_beyond(model, exclude, target):
+            return state.peer_route(lease, best)  # no fleet queue: it waits in its home's queue
         return None
 
-    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Any:
-        return await self._state.local.dispatcher.enqueue(model, exclude, target)
+    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Ticket:
+        state = self._state
+        if not state.queue_degraded():
+            try:
+                return await state.queue.enqueue(
+                    model, exclude, target, local_only=self._local_only
+                )
+            except FleetQueueFailure as failure:
+                state.queue.failed(failure)
+        return await state.local.dispatcher.enqueue(model, exclude, target)
+
+
+class FleetSeats:
+    """Where a head of the fleet queue finds a slot: a local connector, or a remote one
+    reserved at its home (`Seats` of fleetqueue.py)."""
+
+    __slots__ = ("_state",)
+
+    def __init__(self, state: FederatedState) -> None:
+        self._state = state
+
+    def _remote(
+        self, ticket: FleetTicket, hint: str | None
+    ) -> list[tuple[Lease, ConnectorSummary]]:
+        state = self._state
+        found = [
+            (lease, c)
+            for lease, c in state.remote(ticket.model, ticket.target)
+            if c.serving and c.id not in ticket.exclude and (c.id == hint or state.load(c) < 1)
+        ]
+        found.sort(key=lambda pair: (pair[1].id != hint, state.load(pair[1])))
+        return found
+
+    def room(self, ticket: FleetTicket, hint: str | None) -> bool:
+        candidates = self._state.local.fleet.candidates(ticket.model, ticket.target).serving
+        if any(w.inflight < w.capacity and w.id not in ticket.exclude for w in candidates):
+            return True
+        return not ticket.local_only and bool(self._remote(ticket, hint))
+
+    def local_room(self, model: str) -> str | None:
+        for worker in self._state.local.fleet.candidates(model).serving:
+            if worker.inflight < worker.capacity:
+                return worker.id
+        return None
+
+    async def take(self, ticket: FleetTicket, hint: str | None) -> Route | None:
+        state = self._state
+        local = state.local
+        worker = local.scheduler.try_acquire(ticket.model, ticket.exclude, ticket.target)
+        if worker is not None:
+            return LocalRoute(local, worker)
+        if ticket.local_only:
+            return None
+        for lease, c in self._remote(ticket, hint)[:RESERVE_TRIES]:
+            token = await state.client.reserve(lease.address, ticket.model, c.id)
+            if token is not None:
+                return state.peer_route(lease, c, reservation=token)
+        return None
+
+    def abandon(self, route: Route) -> None:
+        if isinstance(route, LocalRoute):
+            self._state.local.scheduler.release(route.worker)
+        else:
+            self._state.unsend(route.connector_id)  # the home frees its reservation in time
+
+    async def wake(self, instance_id: str, model: str, hint: str) -> None:
+        lease = self._state.membership.peers.get(instance_id)
+        if lease is not None:
+            await self._state.client.wake(lease.address, model, hint)
 
 
 class FederatedControl:
@@ -344,9 +431,28 @@ class FederatedState:
         self.membership = Membership(
             redis=redis, ttl=settings.lease_ttl, describe=self.describe, changes=local.changes
         )
+        self.membership.listeners.append(self._peer_changed)
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""
+        self.queue = FleetQueue(
+            redis=redis,
+            instance_id=self.instance_id,
+            queue_max=settings.queue_max,
+            queue_timeout=settings.queue_timeout,
+            lease_ttl=settings.lease_ttl,
+            changes=local.changes,
+            alive=self._alive,
+            clock=local.scheduler.clock,
+        )
+        self.queue.seats = FleetSeats(self)
+        local.scheduler.after_dispatch = self.queue.capacity
+        self.queue_view = QueueView(self.queue, local.scheduler)
+        local.rows.scheduler = self.queue_view
+        self.reservations = Reservations(self._reserve, self._free)
+        """Slots of local connectors reserved for heads of the queue at other instances."""
         self.dispatcher = FederatedDispatcher(self)
+        self.home_dispatcher = FederatedDispatcher(self, local_only=True)
+        """For requests other instances relay here: local connectors, the fleet queue."""
         self.control = FederatedControl(self)
         self.rows = FederatedRows(self)
         self.counters = FleetCounters(
@@ -378,17 +484,13 @@ class FederatedState:
         """Busy fraction of a remote connector (1 or more: full)."""
         return (c.inflight + self.sent.get(c.id, 0)) / c.capacity
 
-    def peer_route(self, lease: Lease, c: ConnectorSummary) -> PeerRoute:
+    def peer_route(self, lease: Lease, c: ConnectorSummary, reservation: str = "") -> PeerRoute:
         """A route to a remote connector, counted until it finishes."""
         self.sent[c.id] = self.sent.get(c.id, 0) + 1
-        return PeerRoute(self.client, lease.address, c.id, self._peer_finished)
+        return PeerRoute(self.client, lease.address, c.id, self._peer_finished, reservation)
 
     def _peer_finished(self, route: PeerRoute, done: RequestFinished) -> None:
-        left = self.sent.get(route.connector_id, 1) - 1
-        if left > 0:
-            self.sent[route.connector_id] = left
-        else:
-            self.sent.pop(route.connector_id, None)
+        self.unsend(route.connector_id)
         self.local.events.request_relayed(done)  # counted by the instance that served it
 
     def _listed(self) -> list[str]:
@@ -401,6 +503,44 @@ class FederatedState:
     def _recounted(self, connector_ids: set[str]) -> None:
         self.rows.recounted(connector_ids)
         self.local.changes.bump()
+
+    def unsend(self, connector_id: str) -> None:
+        """A request this instance relayed to a remote connector ended."""
+        left = self.sent.get(connector_id, 1) - 1
+        if left > 0:
+            self.sent[connector_id] = left
+        else:
+            self.sent.pop(connector_id, None)
+
+    # ---- the fleet queue ------------------------------------------------------------------
+
+    def queue_degraded(self) -> bool:
+        """New waiters use this instance's own queue (Redis unreachable)."""
+        return self.membership.degraded or self.queue.degraded
+
+    def _alive(self) -> set[str] | None:
+        if self.membership.degraded:
+            return None
+        return {self.instance_id, *self.membership.peers}
+
+    def _peer_changed(
+        self, _: str, before: ConnectorSummary | None, after: ConnectorSummary | None
+    ) -> None:
+        """A connector of another instance changed: if it may take work now, heads try."""
+        if after is not None and after.serving and after.inflight < after.capacity:
+            self.queue.view_changed()
+
+    def _reserve(self, model: str, connector_id: str) -> Route | None:
+        worker = self.local.scheduler.try_acquire(model, frozenset(), connector_id)
+        return LocalRoute(self.local, worker) if worker is not None else None
+
+    def _free(self, route: Route) -> None:
+        if isinstance(route, LocalRoute):
+            self.local.scheduler.release(route.worker)
+
+    def woken(self, model: str, hint: str | None) -> None:
+        """Another instance says our waiter heads `model`'s queue and `hint` has room."""
+        self.queue.woken(model, hint)
 
     def describe(self) -> Lease:
         """This instance's lease as of now."""
@@ -452,17 +592,18 @@ class FederatedState:
 
     def gauges(self) -> FleetGauges:
         """This instance's gauges plus the other instances' connectors from their leases
-        (connected, in flight, draining, and their models with an empty queue here)."""
+        (connected, in flight, draining, and their models), with the fleet-wide queues."""
         gauges = self.local.gauges()
-        queues = dict(gauges.queues)
+        view = self.queue_view
         inflight, connected, draining = gauges.inflight, gauges.connected, gauges.draining
+        names = set(gauges.queues) | set(self.queue.mirror)
         for lease in self.membership.peers.values():
             for c in lease.connectors:
                 connected += 1
                 inflight += c.inflight
                 draining += c.status == "draining"
-                for model in c.models:
-                    queues.setdefault(model, (0, 0.0))
+                names.update(c.models)
+        queues = {name: (view.queue_len(name), view.oldest_wait_s(name)) for name in names}
         return FleetGauges(queues, inflight, connected, draining)
 
     def ready(self) -> bool:
@@ -488,8 +629,11 @@ class FederatedState:
     async def run(self) -> None:
         """Local upkeep and membership, until cancelled; then leave the fleet."""
         try:
-            await asyncio.gather(self.local.run(), self.membership.run(), self.counters.run())
+            await asyncio.gather(
+                self.local.run(), self.membership.run(), self.counters.run(), self.queue.run()
+            )
         finally:
+            self.reservations.close()
             await self.counters.close()
             await self.membership.leave()
             await self.client.close()

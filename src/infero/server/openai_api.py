@@ -167,10 +167,14 @@ class OpenAIRelay:
         target: str | None,
         started: float,
         tap: ResponseTap | None = None,
+        dispatcher: Dispatcher | None = None,
     ) -> web.StreamResponse:
-        """Route and relay a checked request (`target`: only that connector id)."""
+        """Route and relay a checked request (`target`: only that connector id; `dispatcher`:
+        instead of this relay's own, for this request)."""
         self.lifecycle.enter()
         relay = _Relay(self, request, body, model, stream, target, started, tap)
+        if dispatcher is not None:
+            relay.dispatcher = dispatcher
         try:
             return await relay.run()
         except ConnectionResetError:
@@ -195,6 +199,7 @@ class _Relay:
         tap: ResponseTap | None,
     ) -> None:
         self.api = api
+        self.dispatcher = api.dispatcher
         self.request = request
         self.body = body
         self.model = model
@@ -244,7 +249,7 @@ class _Relay:
     # ---- routing ------------------------------------------------------------------------
 
     async def _acquire(self) -> Route:
-        dispatcher = self.api.dispatcher
+        dispatcher = self.dispatcher
         exclude = frozenset(self.tried)
         route = await dispatcher.acquire_now(self.model, exclude, self.target)
         if route is not None:

@@ -9,10 +9,33 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from typing import Protocol
 
 from infero.server.registry import Fleet, Worker
 from infero.server.shared import QueueFull
+
+
+class Queued(Protocol):
+    """Anything waiting in a queue, as the state shows it."""
+
+    @property
+    def enqueued_at(self) -> float:
+        """When it joined (the scheduler's monotonic clock)."""
+        ...
+
+
+class QueueView(Protocol):
+    """The queues `/api/state` shows: this scheduler's, or a fleet's (see fleetqueue.py)."""
+
+    @property
+    def queues(self) -> Mapping[str, Sequence[Queued]]:
+        """The waiters per model, oldest first."""
+        ...
+
+    def queue_len(self, model: str) -> int: ...
+
+    def oldest_wait_s(self, model: str) -> float: ...
 
 
 class Waiter:
@@ -40,6 +63,8 @@ class Scheduler:
         self.queue_max = queue_max
         self.clock = clock
         self.queues: dict[str, deque[Waiter]] = {}
+        self.after_dispatch: Callable[[], None] | None = None
+        """Called after each dispatch (capacity may have appeared): a fleet-wide queue's hook."""
 
     def known(self, model: str, target: str | None = None) -> bool:
         """Whether any live connector advertises `model` (exactly or by alias)."""
@@ -129,6 +154,9 @@ class Scheduler:
                 head.moved.set()
             if not queue:
                 del self.queues[model]
+        hook = self.after_dispatch
+        if hook is not None:
+            hook()
 
     def _remove(self, queue: deque[Waiter], waiter: Waiter) -> None:
         index = queue.index(waiter)

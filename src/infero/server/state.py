@@ -33,7 +33,7 @@ from infero.server import keys
 from infero.server.errors import bad_request
 from infero.server.lifecycle import Lifecycle
 from infero.server.registry import Counters, Fleet, Pending, Worker, WorkerStats
-from infero.server.scheduler import Scheduler
+from infero.server.scheduler import QueueView
 from infero.server.shared import SharedState
 from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher
 
@@ -76,7 +76,7 @@ class StateBuilder:
         self,
         *,
         fleet: Fleet,
-        scheduler: Scheduler,
+        scheduler: QueueView,
         lifecycle: Lifecycle,
         mcp: Callable[[], McpState],
     ) -> None:

@@ -1,0 +1,402 @@
+"""One FIFO queue per model across instances sharing a real Redis (docs/scale-out.md).
+
+Connectors with `max_concurrency` 1 are linked to instance A; clients call A, B and C.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import aiohttp
+import openai
+import pytest
+from aiohttp import web
+from openai.types.chat import ChatCompletion
+
+from infero.worker.runtime import Connector
+from infero.worker.settings import WorkerSettings
+from support.connector import scripted_connector
+from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.server import RunningServer
+from support.statestream import StateView
+
+ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
+
+
+def ask(label: str, *, stream: bool = False) -> dict[str, object]:
+    """A chat request whose only message is `label` (the backend sees which one it is)."""
+    return {"model": "m", "stream": stream, "messages": [{"role": "user", "content": label}]}
+
+
+async def chat(client: openai.AsyncOpenAI, label: str) -> ChatCompletion:
+    """A non-streamed chat call through the openai SDK whose only message is `label`."""
+    return await client.chat.completions.create(
+        model="m", messages=[{"role": "user", "content": label}]
+    )
+
+
+def client_of(server: RunningServer) -> openai.AsyncOpenAI:
+    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
+
+
+class OrderedBackend:
+    """An OpenAI backend that records the order of arrivals and holds each request until the
+    test releases it by label; it counts how many run at once."""
+
+    def __init__(self) -> None:
+        self.arrived: list[str] = []
+        self.changed = asyncio.Condition()
+        self.releases: dict[str, asyncio.Event] = {}
+        self.running = 0
+        self.most_running = 0
+        self.url = ""
+
+    def release(self, label: str) -> None:
+        self.releases.setdefault(label, asyncio.Event()).set()
+
+    async def wait_arrivals(self, count: int) -> list[str]:
+        async with self.changed:
+            await self.changed.wait_for(lambda: len(self.arrived) >= count)
+        return list(self.arrived)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._chat)
+        return app
+
+    async def _models(self, _: web.Request) -> web.Response:
+        return web.json_response({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        doc = await request.json()
+        label = doc["messages"][0]["content"]
+        self.running += 1
+        self.most_running = max(self.most_running, self.running)
+        try:
+            async with self.changed:
+                self.arrived.append(label)
+                self.changed.notify_all()
+            await self.releases.setdefault(label, asyncio.Event()).wait()
+        finally:
+            self.running -= 1
+        message = {"role": "assistant", "content": label}
+        if not doc.get("stream"):
+            return web.json_response(
+                {
+                    "id": label,
+                    "object": "chat.completion",
+                    "created": 1,
+                    "model": "m",
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                }
+            )
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        chunk = {
+            "id": label,
+            "object": "chat.completion.chunk",
+            "created": 1,
+            "model": "m",
+            "choices": [{"index": 0, "delta": message, "finish_reason": "stop"}],
+        }
+        await response.write(b"data: " + json.dumps(chunk).encode() + b"\n\ndata: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+@asynccontextmanager
+async def backend_serving() -> AsyncIterator[OrderedBackend]:
+    backend = OrderedBackend()
+    runner = web.AppRunner(backend.app(), handler_cancellation=True, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    backend.url = f"http://127.0.0.1:{runner.addresses[0][1]}/v1"
+    try:
+        yield backend
+    finally:
+        for event in backend.releases.values():
+            event.set()
+        await runner.cleanup()
+
+
+@asynccontextmanager
+async def real_connector(server: RunningServer, backend_url: str) -> AsyncIterator[Connector]:
+    """A real `infero llm` (in this process) with max_concurrency 1, linked to `server`."""
+    settings = WorkerSettings.model_validate(
+        {
+            "server_url": server.ws_url,
+            "client_key": "ck",
+            "client_id": "w1",
+            "completion_base_url": backend_url,
+            "max_concurrency": 1,
+        }
+    )
+    connector = Connector(settings)
+    task = asyncio.create_task(connector.run())
+    try:
+        async with asyncio.timeout(10):
+            await connector.connected.wait()
+            await server.wait_for(lambda: server.status("w1") == "idle")
+        yield connector
+    finally:
+        connector.request_stop()
+        async with asyncio.timeout(10):
+            await task
+
+
+def remote_inflight(server: RunningServer, connector_id: str) -> int:
+    """Requests in flight on a connector of another instance, as this instance sees it."""
+    for lease in federated(server).membership.peers.values():
+        for c in lease.connectors:
+            if c.id == connector_id:
+                return c.inflight
+    return -1
+
+
+def depth(server: RunningServer) -> int:
+    """Waiters for `m` in the fleet queue, as this instance mirrors it."""
+    return len(federated(server).queue.mirror.get("m", ()))
+
+
+async def all_see(servers: tuple[RunningServer, ...], count: int) -> None:
+    """Return once every instance mirrors `count` waiters for `m`."""
+    for server in servers:
+
+        def seen(server: RunningServer = server) -> bool:
+            return depth(server) == count
+
+        await server.wait_for(seen)
+
+
+class Comments:
+    """A raw streaming request: the `: queued position=N` comments it received."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, label: str) -> None:
+        self.positions: list[int] = []
+        self.first = asyncio.Event()
+        self.body = b""
+        self.task = asyncio.create_task(self._run(http, url, label))
+
+    async def _run(self, http: aiohttp.ClientSession, url: str, label: str) -> None:
+        async with http.post(url + "/api/v1/chat/completions", json=ask(label, stream=True)) as r:
+            async for line in r.content:
+                if line.startswith(b": queued position="):
+                    self.positions.append(int(line.split(b"=")[1]))
+                    self.first.set()
+                self.body += line
+
+
+async def test_requests_at_three_instances_are_served_in_fleet_arrival_order(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", queue_headers_after=0) as a,
+        instance(redis.url, "B", queue_headers_after=0) as b,
+        instance(redis.url, "C", queue_headers_after=0) as c,
+        backend_serving() as backend,
+        real_connector(a, backend.url),
+        aiohttp.ClientSession() as http,
+        client_of(a) as at_a,
+        client_of(c) as at_c,
+    ):
+        servers = (a, b, c)
+        async with asyncio.timeout(30):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            await c.wait_for(lambda: c.shared.dispatcher.known("m", None))
+            first = asyncio.create_task(chat(at_a, "r0"))
+            await backend.wait_arrivals(1)
+            r1 = Comments(http, b.url, "r1")
+            await all_see(servers, 1)
+            r2 = asyncio.create_task(chat(at_c, "r2"))
+            await all_see(servers, 2)
+            r3 = Comments(http, a.url, "r3")
+            await all_see(servers, 3)
+            r4 = Comments(http, b.url, "r4")
+            await all_see(servers, 4)
+            for comments in (r1, r3, r4):
+                await comments.first.wait()
+            assert (r1.positions[0], r3.positions[0], r4.positions[0]) == (1, 3, 4)
+            for server in servers:
+                async with http.get(server.url + "/api/state") as resp:
+                    state = await resp.json()
+                rows = {m["name"]: m["queue_len"] for m in state["models"]}
+                assert rows["m"] == 4, server.url
+                assert state["server"]["scheduler_queue_len"] == 4
+            for n, label in enumerate(("r0", "r1", "r2", "r3")):
+                backend.release(label)
+                await backend.wait_arrivals(n + 2)
+            backend.release("r4")
+            assert (await first).id == "r0"
+            assert (await r2).id == "r2"
+            await asyncio.gather(r1.task, r3.task, r4.task)
+            await all_see(servers, 0)
+        assert backend.arrived == ["r0", "r1", "r2", "r3", "r4"]
+        assert backend.most_running == 1
+        assert r4.positions == sorted(set(r4.positions), reverse=True)
+        assert b'"content": "r4"' in r4.body
+
+
+async def test_queue_max_counts_every_instances_waiters(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", queue_max=2) as a,
+        instance(redis.url, "B", queue_max=2) as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            busy = asyncio.create_task(chat(at_a, "r0"))
+            held = await conn.next_request()
+            waiting = [asyncio.create_task(chat(at_a, "r1"))]
+            await all_see((a, b), 1)
+            waiting.append(asyncio.create_task(chat(at_b, "r2")))
+            await all_see((a, b), 2)
+            for client in (at_a, at_b):
+                with pytest.raises(openai.RateLimitError) as refused:
+                    await chat(client, "r3")
+                assert refused.value.code == "queue_full"
+            await conn.reply(held.id, ANSWER)
+            await busy
+            for _ in waiting:
+                incoming = await conn.next_request()
+                await conn.reply(incoming.id, ANSWER)
+            await asyncio.gather(*waiting)
+
+
+async def test_queue_timeout_ends_a_waiter_and_frees_its_place_everywhere(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B", queue_timeout=1.0) as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            busy = asyncio.create_task(chat(at_a, "r0"))
+            held = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)  # B queues it, not A
+            with pytest.raises(openai.InternalServerError) as refused:
+                await chat(at_b, "r1")
+            assert refused.value.status_code == 503
+            assert refused.value.code == "queue_timeout"
+            await all_see((a, b), 0)
+            await conn.reply(held.id, ANSWER)
+            await busy
+
+
+async def test_a_waiter_wakes_when_a_connector_of_another_instance_becomes_ready(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", status="not_ready") as conn,
+        client_of(b) as at_b,
+        client_of(a) as at_a,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            remote = asyncio.create_task(chat(at_b, "r1"))
+            await all_see((a, b), 1)
+            local = asyncio.create_task(chat(at_a, "r2"))
+            await all_see((a, b), 2)
+            await conn.status(max_concurrency=1, status="ready")
+            for label in ("r1", "r2"):
+                incoming = await conn.next_request()
+                assert json.loads(incoming.body)["messages"][0]["content"] == label
+                await conn.reply(incoming.id, ANSWER)
+            assert (await remote).id == (await local).id == "x"
+
+
+async def test_the_entries_of_a_killed_instance_are_purged_and_the_queue_moves_on(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", queue_headers_after=0) as a,
+        server_process(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        aiohttp.ClientSession() as http,
+        client_of(a) as at_a,
+    ):
+        async with asyncio.timeout(STARTUP):
+            await a.wait_for(lambda: "B" in federated(a).membership.peers)
+        async with asyncio.timeout(30):
+            busy = asyncio.create_task(chat(at_a, "r0"))
+            held = await conn.next_request()
+            async with http.get(b.url + "/api/state/stream") as stream:
+                await StateView(stream).until(  # B knows w1 is busy: it queues r1 itself
+                    lambda s: any(w.id == "w1" and w.inflight == 1 for w in s.workers)
+                )
+            doomed = Comments(http, b.url, "r1")
+            await a.wait_for(lambda: depth(a) == 1)
+            assert federated(a).queue.mirror["m"][0].instance == "B"
+            r2 = Comments(http, a.url, "r2")
+            await r2.first.wait()
+            assert r2.positions == [2]
+            b.proc.kill()
+            await b.proc.wait()
+            with pytest.raises(aiohttp.ClientError):
+                await doomed.task
+            # B's lease expires (3 s), then A purges its entry: r2 heads the queue.
+            await a.wait_for(lambda: depth(a) == 1 and "B" not in federated(a).membership.peers)
+            await conn.reply(held.id, ANSWER)
+            await busy
+            incoming = await conn.next_request()
+            assert json.loads(incoming.body)["messages"][0]["content"] == "r2"
+            await conn.reply(incoming.id, ANSWER)
+            await r2.task
+            assert 1 in r2.positions
+
+
+async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_heals(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING)
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(b.url, client_key="ck", id="w1") as conn,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(30):
+            await a.wait_for(lambda: a.shared.dispatcher.known("m", None))
+            await redis.stop()
+            await b.wait_for(lambda: federated(b).queue_degraded())
+            busy = asyncio.create_task(chat(at_b, "r0"))
+            held = await conn.next_request()
+            waiting = asyncio.create_task(chat(at_b, "r1"))
+            await b.wait_for(lambda: b.queue_len("m") == 1)
+            assert federated(b).local.scheduler.queue_len("m") == 1  # this instance's own queue
+            await conn.reply(held.id, ANSWER)
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            await asyncio.gather(busy, waiting)
+            assert "Redis is unreachable" in caplog.text
+
+            await redis.start()
+            await b.wait_for(lambda: not federated(b).queue_degraded())
+            await a.wait_for(
+                lambda: not federated(a).queue_degraded() and "B" in federated(a).membership.peers
+            )
+            busy = asyncio.create_task(chat(at_b, "r2"))
+            held = await conn.next_request()
+            waiting = asyncio.create_task(chat(at_b, "r3"))
+            await all_see((a, b), 1)  # in the fleet queue again: A sees it
+            await conn.reply(held.id, ANSWER)
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            await asyncio.gather(busy, waiting)
