@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import instances, report, scenarios, views
+from bench import fleet_views, instances, report, scenarios, views
 from bench import profile as profiler
 from bench._loop import run
 from bench.fleet import INSTANCES, Fleet
@@ -177,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
         type=int,
         choices=(1, 2),
         default=1,
-        help="2: only the scale-out scenario (Redis, instances A and B, a connector on A)",
+        help="2: only the scale-out scenario (Redis, instances A and B, a connector on A); "
+        "with --views: idle links on A, state viewers on B, churn",
     )
     parser.add_argument(
         "--only",
@@ -193,12 +194,14 @@ def main(argv: list[str] | None = None) -> int:
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     scenario = "-views" if args.views else ""
     if args.instances > 1:
-        scenario = f"-instances{args.instances}"
+        scenario += f"-instances{args.instances}"
     work_dir = args.out / f"{stamp}-{preset.name}{scenario}"
     work_dir.mkdir(parents=True, exist_ok=True)
     try:
         if args.profile:
             doc = run(profile_only(preset, work_dir, connectors=args.connectors))
+        elif args.views and args.instances > 1:
+            doc = run(fleet_views.measure(preset, work_dir))
         elif args.views:
             doc = run(views_only(preset, work_dir))
         elif args.instances > 1:

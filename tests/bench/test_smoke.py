@@ -138,3 +138,22 @@ def test_instances_smoke_run_relays_through_b_and_counts_redis_commands(tmp_path
     assert raw["stream_16.b"]["ok"] == doc["preset"]["latency_requests"]
     assert raw["redis_16"]["requests"] > 0
     assert raw["redis_64"]["requests"] > 0
+
+
+def test_fleet_views_smoke_run_watches_b_while_links_churn_on_a(tmp_path: Path) -> None:
+    """Redis, instances A and B, idle links on A, viewers on B: every phase is measured."""
+    argv = ["--views", "--instances", "2", "--smoke", "--out", str(tmp_path)]
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (report,) = tmp_path.glob("*-views-instances2/report.json")
+    doc = json.loads(report.read_text(encoding="utf-8"))
+    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
+    assert rows == {"fleet_views": {"idle", "viewers", "churn_alone", "churn"}}
+    assert doc["raw"]["churn"]["redis_per_s"]["commands"] > 0
