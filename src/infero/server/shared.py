@@ -21,7 +21,7 @@ from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.statefeed import RowSource
 
 if TYPE_CHECKING:  # the mcp package imports this module at run time
-    from infero.server.mcp.relays import Relay
+    from infero.server.mcp.relays import Relay, RelayGauges
 
 Action = Literal["drain", "undrain", "shutdown"]
 """What an operator may ask of a connector."""
@@ -154,6 +154,10 @@ class RelayTable(Protocol):
 
     def state(self) -> McpState:
         """The `mcp` part of `/api/state`."""
+        ...
+
+    def gauges(self) -> RelayGauges:
+        """The `/metrics` relay gauges, read from counters (no state built)."""
         ...
 
 

@@ -54,6 +54,6 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
 
     async def register_metrics(app: web.Application) -> None:
         if METRICS_REGISTRY in app:
-            holder.append(McpMetrics(app[METRICS_REGISTRY], relays.state))
+            holder.append(McpMetrics(app[METRICS_REGISTRY], relays.gauges))
 
     app.on_startup.append(register_metrics)

@@ -12,7 +12,7 @@ from typing import Literal
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 
-from infero.protocol.state import McpState
+from infero.server.mcp.relays import RelayGauges
 from infero.server.metrics import LATENCY_BUCKETS, MAX_SERIES, Bounded
 
 CallOutcome = Literal[
@@ -52,12 +52,16 @@ def method_label(method: str) -> str:
 
 
 class McpMetrics:
-    """Calls by relay, method and outcome; call durations by method; relay/session gauges."""
+    """Calls by relay, method and outcome; call durations by method; relay/session gauges.
+
+    The gauges are read at scrape time from `gauges` (the relay table's own figures), never
+    from a built `mcp` state.
+    """
 
     def __init__(
         self,
         registry: CollectorRegistry,
-        state: Callable[[], McpState],
+        gauges: Callable[[], RelayGauges],
         *,
         max_series: int = MAX_SERIES,
     ) -> None:
@@ -83,7 +87,7 @@ class McpMetrics:
             buckets=LATENCY_BUCKETS,
             registry=registry,
         )
-        registry.register(_McpGauges(state))
+        registry.register(_McpGauges(gauges))
 
     def call(self, relay: str, method: str, outcome: CallOutcome, duration: float | None) -> None:
         """Count one MCP POST (GET and DELETE use the methods `listen` and `delete`)."""
@@ -94,20 +98,20 @@ class McpMetrics:
 
 
 class _McpGauges:
-    """Relays and sessions, read from the registry at scrape time."""
+    """Relays, sessions and calls in flight, read from the relay table at scrape time."""
 
-    def __init__(self, state: Callable[[], McpState]) -> None:
-        self._state = state
+    def __init__(self, gauges: Callable[[], RelayGauges]) -> None:
+        self._gauges = gauges
 
     def describe(self) -> Iterable[Metric]:
         return self._families()
 
     def collect(self) -> Iterable[Metric]:
         relays, sessions, inflight = self._families()
-        state = self._state()
-        relays.add_metric([], len(state.clients))
-        sessions.add_metric([], len(state.sessions))
-        inflight.add_metric([], sum(c.inflight for c in state.clients))
+        figures = self._gauges()
+        relays.add_metric([], figures.relays)
+        sessions.add_metric([], figures.sessions)
+        inflight.add_metric([], figures.inflight)
         return relays, sessions, inflight
 
     @staticmethod

@@ -66,6 +66,15 @@ class Relay:
             self.functions["other"] += 1
 
 
+@dataclass(frozen=True, slots=True)
+class RelayGauges:
+    """The `/metrics` gauges of the relay table at one moment."""
+
+    relays: int
+    sessions: int
+    inflight: int
+
+
 @dataclass(eq=False)
 class Session:
     """One `Mcp-Session-Id` seen through a relay."""
@@ -89,6 +98,7 @@ class RelayRegistry:
     ) -> None:
         self.relays: dict[str, Relay] = {}
         self.sessions: dict[tuple[str, str], Session] = {}
+        """By (relay id, session id), least recently active first (see `_touch`)."""
         self._on_change = on_change
         self._now = now
 
@@ -215,7 +225,7 @@ class RelayRegistry:
         session = self.sessions.get((relay.id, session_id)) if session_id else None
         if session is not None:
             session.inflight = max(0, session.inflight - 1)
-            session.last_activity = self._now()
+            self._touch(session, self._now())
         self._on_change()
 
     def call_failed(self, relay: Relay, error: str) -> None:
@@ -236,9 +246,28 @@ class RelayRegistry:
             session = Session(session_id, relay.id, started_at=now, last_activity=now)
             self.sessions[key] = session
             self._on_change()
-        session.last_activity = now
+        self._touch(session, now)
         if method:
             session.method = method
+
+    def _touch(self, session: Session, now: datetime) -> None:
+        """Record activity; the session moves to the end of `sessions` (most recent)."""
+        session.last_activity = now
+        key = (session.relay_id, session.id)
+        if self.sessions.get(key) is session:
+            self.sessions[key] = self.sessions.pop(key)
+
+    def _forget_silent(self, now: datetime) -> None:
+        """Forget sessions without traffic for SESSION_FORGET_AFTER (none in flight); only the
+        silent ones at the front of `sessions` are looked at."""
+        stale: list[tuple[str, str]] = []
+        for key, s in self.sessions.items():
+            if now - s.last_activity < SESSION_FORGET_AFTER:
+                break
+            if not s.inflight:
+                stale.append(key)
+        for key in stale:
+            del self.sessions[key]
 
     def session_ended(self, relay: Relay, session_id: str) -> None:
         """The session was deleted or the provider no longer knows it."""
@@ -247,16 +276,16 @@ class RelayRegistry:
 
     # ---- state -------------------------------------------------------------------------------
 
+    def gauges(self) -> RelayGauges:
+        """Relays, live sessions and calls in flight, read from the table (nothing built)."""
+        self._forget_silent(self._now())
+        inflight = sum(r.inflight for r in self.relays.values())
+        return RelayGauges(len(self.relays), len(self.sessions), inflight)
+
     def state(self) -> McpState:
         """The `mcp` part of `/api/state` (forgetting sessions silent for an hour)."""
         now = self._now()
-        stale = [
-            key
-            for key, s in self.sessions.items()
-            if not s.inflight and now - s.last_activity >= SESSION_FORGET_AFTER
-        ]
-        for key in stale:
-            del self.sessions[key]
+        self._forget_silent(now)
         clients = [
             McpClientInfo(
                 id=r.id,

@@ -1,15 +1,18 @@
-"""The relay registry: ids, duplicates, status, calls, sessions and the `mcp` state."""
+"""The relay registry: ids, duplicates, status, calls, sessions, the `mcp` state and gauges."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 from typing import cast
 
+import pytest
 from aiohttp import web
+from prometheus_client import CollectorRegistry
 
 from infero.common.liveness import Liveness
 from infero.protocol import link as lp
 from infero.server.linkserver import Link
+from infero.server.mcp.metrics import McpMetrics
 from infero.server.mcp.relays import MAX_SESSIONS_PER_RELAY, RelayRegistry
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -163,3 +166,54 @@ def test_sessions_silent_for_an_hour_are_no_longer_listed() -> None:
     registry.session_seen(relay, "new", "initialize")
     clock.now = T0 + timedelta(minutes=60)
     assert [s.id for s in registry.state().sessions] == ["new"]
+
+
+def gauge(registry: CollectorRegistry, name: str) -> float | None:
+    return registry.get_sample_value(name)
+
+
+def test_mcp_gauges_follow_relays_sessions_and_calls_without_building_the_state(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = Clock()
+    relays = RelayRegistry(now=clock)
+
+    def no_state() -> None:
+        raise AssertionError("the gauges built the mcp state")
+
+    monkeypatch.setattr(relays, "state", no_state)
+    metrics = CollectorRegistry()
+    McpMetrics(metrics, relays.gauges)
+    assert gauge(metrics, "infero_mcp_relays") == 0
+    link = attach(relays, lp.Hello(kind="mcp", id="r1"))
+    attach(relays, lp.Hello(kind="mcp", id="r2"))
+    relay = relays.relays["r1"]
+    relays.session_seen(relay, "s1", "initialize")
+    relays.session_seen(relay, "s2", "initialize")
+    assert relays.start_call(relay, "s1", 4)
+    assert relays.start_call(relays.relays["r2"], None, 4)
+    assert gauge(metrics, "infero_mcp_relays") == 2
+    assert gauge(metrics, "infero_mcp_sessions") == 2
+    assert gauge(metrics, "infero_mcp_calls_inflight") == 2
+
+    clock.now = T0 + timedelta(minutes=61)  # s2 silent for an hour; s1 has a call in flight
+    assert gauge(metrics, "infero_mcp_sessions") == 1
+    relays.finish_call(relay, "s1", ok=True)
+    assert gauge(metrics, "infero_mcp_calls_inflight") == 1
+    relays.detached(link)
+    assert gauge(metrics, "infero_mcp_relays") == 1
+    assert gauge(metrics, "infero_mcp_sessions") == 0
+
+
+def test_a_session_with_recent_traffic_outlives_older_silent_ones() -> None:
+    clock = Clock()
+    relays = RelayRegistry(now=clock)
+    attach(relays, lp.Hello(kind="mcp", id="r1"))
+    relay = relays.relays["r1"]
+    for name in ("a", "b", "c"):
+        relays.session_seen(relay, name, "initialize")
+    clock.now = T0 + timedelta(minutes=40)
+    relays.session_seen(relay, "a", "tools/call")  # a is active again: it moves to the end
+    clock.now = T0 + timedelta(minutes=70)
+    assert relays.gauges().sessions == 1
+    assert [s.id for s in relays.state().sessions] == ["a"]
