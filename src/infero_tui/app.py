@@ -17,11 +17,10 @@ from infero_tui.local import LocalContext
 from infero_tui.screens.confirm import ConfirmScreen
 from infero_tui.screens.detail import DetailScreen
 from infero_tui.screens.help import HelpScreen, HelpSection
-from infero_tui.screens.main import MainScreen
+from infero_tui.screens.main import ACTION_KEYS, FILTER_KEYS, TAB_KEYS, MainScreen
 from infero_tui.screens.settings_editor import SettingsEditorScreen
 from infero_tui.widgets.fleet_table import FleetTable
 from infero_tui.widgets.local_pane import LocalPane
-from infero_tui.widgets.table_pane import ActionPane, TablePane
 
 
 def utc_now() -> datetime:
@@ -98,11 +97,11 @@ class InferoConsole(App[None]):
         """Every binding, grouped by where it works."""
         sections: list[HelpSection] = [
             ("Everywhere", [*self.BINDINGS, Binding("ctrl+p", "", "Command palette")]),
-            ("Tabs", MainScreen.BINDINGS),
+            ("Tabs", TAB_KEYS),
         ]
         if self.fleet is not None:
-            sections.append(("Tables", [*FleetTable.BINDINGS, *TablePane.BINDINGS]))
-            sections.append(("Workers and MCP tabs", ActionPane.BINDINGS))
+            sections.append(("Tables", [*FleetTable.BINDINGS, *FILTER_KEYS]))
+            sections.append(("Workers and MCP tabs", ACTION_KEYS))
             sections.append(("Detail view", DetailScreen.BINDINGS))
         if self.local is not None:
             sections.append(("Local tab", LocalPane.BINDINGS))

@@ -194,6 +194,58 @@ async def test_a_gone_row_offers_no_action() -> None:
         assert feed.calls == []
 
 
+async def test_every_fleet_tab_has_the_same_keys_acting_on_that_tab_or_greyed_out() -> None:
+    """Enter, /, d, u, x reach the active tab's rows; where they do not apply they are greyed
+    out in place: the footer's keys stay the same widgets (no rebuild on a tab switch)."""
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(120, 35)) as pilot:
+        screen = await ready(pilot, feed)
+        footer_keys = list(screen.query("FooterKey"))
+
+        def greyed() -> set[str]:
+            keys = screen.query("FooterKey")
+            return {str(getattr(k, "key", "")) for k in keys if k.has_class("-disabled")}
+
+        async def switch(tab: str) -> None:
+            await pilot.press(tab)
+            await until(pilot, lambda: screen.query_one(TabbedContent).active_pane is not None)
+            await pilot.pause()
+
+        assert greyed() == set()
+        for tab, off in (("2", {"d", "u", "x"}), ("4", {"enter", "slash", "d", "u", "x"})):
+            await switch(tab)
+            assert greyed() == off
+            assert list(screen.query("FooterKey")) == footer_keys
+        await switch("3")
+        assert greyed() == set()
+        await switch("2")
+        await pilot.press("d", "x")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        assert (app.screen.kind, app.screen.key) == ("model", "llama3:8b")
+        await pilot.press("escape", "slash")
+        assert app.focused is screen.query_one("#models-pane Input.filter", Input)
+        await pilot.press("escape")
+        await switch("4")
+        await pilot.press("enter", "slash", "d")
+        await pilot.pause()
+        assert isinstance(app.screen, MainScreen)
+        assert screen.query_one(TabbedContent).active == "server"
+        await switch("3")
+        await pilot.press("u")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: feed.relay_calls == [("m-files", "undrain")])
+        await switch("1")
+        await pilot.press("x")
+        await until(pilot, lambda: isinstance(app.screen, ConfirmScreen))
+        await pilot.press("y")
+        await until(pilot, lambda: feed.calls == [("w-alpha", "shutdown")])
+
+
 async def test_slash_filters_the_models_tab_and_escape_clears_it() -> None:
     feed = FrozenFeed.holding(snapshots("fleet"))
     app = fleet_app(feed)
@@ -328,8 +380,7 @@ async def test_without_an_operator_key_actions_are_greyed_and_refused() -> None:
     async with app.run_test(size=(80, 24)) as pilot:
         screen = await ready(pilot, feed)
         assert screen.badges() == ("NO OPERATOR KEY",)
-        pane = screen.query_one("#workers-pane")
-        assert pane.check_action("act", ("drain",)) is None
+        assert screen.check_action("act", ("drain",)) is None
         await pilot.press("d", "colon", *"drain alpha", "enter")
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)

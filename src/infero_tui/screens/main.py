@@ -20,7 +20,7 @@ from textual import events, on, work
 from textual.app import ComposeResult
 from textual.binding import Binding, BindingType
 from textual.screen import Screen
-from textual.widgets import Footer, Input, TabbedContent, TabPane
+from textual.widgets import Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from infero.common.backoff import Backoff
@@ -50,11 +50,12 @@ from infero_tui.screens.confirm import ConfirmScreen, action_question
 from infero_tui.screens.detail import DetailScreen
 from infero_tui.tables import TableContext
 from infero_tui.widgets.fleet_header import FleetHeader
+from infero_tui.widgets.footer import KeyFooter
 from infero_tui.widgets.inputs import configure_inputs
 from infero_tui.widgets.local_pane import LocalPane
 from infero_tui.widgets.server_pane import ServerPane
 from infero_tui.widgets.status_style import status_word
-from infero_tui.widgets.table_pane import McpPane, ModelsPane, TablePane, WorkersPane
+from infero_tui.widgets.table_pane import ActionPane, McpPane, ModelsPane, TablePane, WorkersPane
 
 logger = logging.getLogger(__name__)
 
@@ -75,24 +76,58 @@ FOCUS_IN_TAB = {
 }
 
 
+TAB_KEYS: list[BindingType] = [
+    *(
+        Binding(str(index), f"show_tab('{tab}')", label.split()[1], show=False)
+        for index, (tab, label) in enumerate(TABS, start=1)
+    ),
+    Binding("colon", "command_line", "Command", key_display=":"),
+    Binding("a", "api_key", "API key", show=False),
+]
+"""
+| Key | Action |
+| :- | :- |
+| 1-5 | Workers, Models, MCP, Server, Local tab. |
+| : | Command line: :workers, :mcp, :drain NAME, :undrain NAME, :ctx URL, :q (see docs). |
+| a | Enter another API key and reconnect. |
+"""
+
+FILTER_KEYS: list[BindingType] = [Binding("slash", "filter", "Filter", key_display="/")]
+"""
+| Key | Action |
+| :- | :- |
+| / | Filter the rows of the tab (Enter: back to the table, Esc: clear). |
+"""
+
+ACTION_KEYS: list[BindingType] = [
+    Binding("d", "act('drain')", "Drain"),
+    Binding("u", "act('undrain')", "Undrain"),
+    Binding("x", "act('shutdown')", "Shutdown"),
+]
+"""
+| Key | Action |
+| :- | :- |
+| d | Drain the selected row: finish in-flight work, take nothing new (confirmed). |
+| u | Undrain: take work again. |
+| x | Shut down: drain, then exit (confirmed). |
+"""
+
+
 class MainScreen(Screen[None]):
-    """Fleet tabs (with `--server` or `--replay`) and the Local tab (with `--worker`)."""
+    """Fleet tabs (with `--server` or `--replay`) and the Local tab (with `--worker`).
+
+    Every fleet tab has the same keys (the footer stays as it is when the tab changes): the
+    screen dispatches them to the active tab, and `check_action` greys out those that do not
+    apply there (no actions on the Models and Server tabs, on a gone row, or when the console
+    cannot act). The Local tab's own keys take precedence on that tab.
+    """
 
     BINDINGS: ClassVar[list[BindingType]] = [
-        *(
-            Binding(str(index), f"show_tab('{tab}')", label.split()[1], show=False)
-            for index, (tab, label) in enumerate(TABS, start=1)
-        ),
-        Binding("colon", "command_line", "Command", key_display=":"),
-        Binding("a", "api_key", "API key", show=False),
+        Binding("enter", "open", "Detail"),  # the table's own Enter; greyed where none is
+        *FILTER_KEYS,
+        *ACTION_KEYS,
+        *TAB_KEYS,
     ]
-    """
-    | Key | Action |
-    | :- | :- |
-    | 1-5 | Workers, Models, MCP, Server, Local tab. |
-    | : | Command line: :workers, :mcp, :drain NAME, :undrain NAME, :ctx URL, :q (see docs). |
-    | a | Enter another API key and reconnect. |
-    """
 
     DEFAULT_CSS = """
     MainScreen #command-line {
@@ -130,6 +165,7 @@ class MainScreen(Screen[None]):
         self.connection = (
             Connection(fleet.target, replay=fleet.replay) if fleet is not None else None
         )
+        self._panes: dict[str, TablePane | None] = {}
         self._latest: StateSnapshot | None = None
         self._draw_pending = False
         self._last_draw = 0.0
@@ -161,7 +197,7 @@ class MainScreen(Screen[None]):
                         id="local-pane",
                     )
         yield Input(placeholder=":command (Esc: cancel)", id="command-line")
-        yield Footer()
+        yield KeyFooter()
 
     def on_mount(self) -> None:
         configure_inputs(self)
@@ -459,9 +495,46 @@ class MainScreen(Screen[None]):
                 return
 
     def active_pane(self) -> TablePane | None:
+        """The tables of the active tab (None on the Server and Local tabs)."""
         tabs = self.query_one(TabbedContent)
-        panes = list(tabs.query(f"TabPane#{tabs.active} TablePane").results(TablePane))
-        return panes[0] if panes else None
+        tab = tabs.active
+        if tab not in self._panes:
+            panes = list(tabs.query(f"TabPane#{tab} TablePane").results(TablePane))
+            self._panes[tab] = panes[0] if panes else None
+        return self._panes[tab]
+
+    # ---- the tabs' keys -------------------------------------------------------------------
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        """Table keys apply on tabs with tables; actions on a live row when the console can
+        act (None: shown greyed out). Neither is shown on the Local tab nor while typing."""
+        if action not in ("open", "filter", "act"):
+            return True
+        if isinstance(self.focused, Input):
+            return False  # typing: the keys are letters (a footer line of "/" would be wrong)
+        if self.fleet is None or self.query_one(TabbedContent).active == "local":
+            return False  # the Local tab has keys of its own
+        pane = self.active_pane()
+        if action != "act":
+            return True if pane is not None else None
+        if not isinstance(pane, ActionPane) or self.why_not_act() is not None:
+            return None
+        return True if pane.selected_is_live() else None
+
+    def action_open(self) -> None:
+        pane = self.active_pane()
+        if pane is not None:
+            pane.table.action_open()
+
+    def action_filter(self) -> None:
+        pane = self.active_pane()
+        if pane is not None:
+            pane.action_filter()
+
+    def action_act(self, action: Action) -> None:
+        pane = self.active_pane()
+        if isinstance(pane, ActionPane):
+            pane.action_act(action)
 
     # ---- the command line -----------------------------------------------------------------
 

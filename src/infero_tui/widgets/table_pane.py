@@ -7,7 +7,6 @@ from typing import Any, ClassVar
 from rich.text import Text
 from textual import events, on
 from textual.app import ComposeResult
-from textual.binding import Binding, BindingType
 from textual.containers import Vertical
 from textual.timer import Timer
 from textual.widgets import Input, Static
@@ -31,15 +30,10 @@ from infero_tui.widgets.inputs import configure_inputs
 
 
 class TablePane(Vertical):
-    """Tables of one tab; `/` filters all of them as you type, Esc clears the filter."""
+    """Tables of one tab; `/` filters all of them as you type, Esc clears the filter.
 
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("slash", "filter", "Filter", key_display="/"),
-    ]
-    """
-    | Key | Action |
-    | :- | :- |
-    | / | Filter the rows (Enter: back to the table, Esc: clear). |
+    The keys (`/`, and d, u, x on an `ActionPane`) are the main screen's, which dispatches
+    them to the active tab's pane (see `MainScreen.check_action`).
     """
 
     DEFAULT_CSS = """
@@ -149,33 +143,11 @@ class TablePane(Vertical):
 
 
 class ActionPane(TablePane):
-    """A tab whose main rows can be drained, undrained and shut down."""
-
-    BINDINGS: ClassVar[list[BindingType]] = [
-        Binding("d", "act('drain')", "Drain"),
-        Binding("u", "act('undrain')", "Undrain"),
-        Binding("x", "act('shutdown')", "Shutdown"),
-    ]
-    """
-    | Key | Action |
-    | :- | :- |
-    | d | Drain the selected row: finish in-flight work, take nothing new (confirmed). |
-    | u | Undrain: take work again. |
-    | x | Shut down: drain, then exit (confirmed). |
-    """
+    """A tab whose main rows can be drained, undrained and shut down (d, u, x)."""
 
     def selected_is_live(self) -> bool:
         item = self.table.selected_item
         return item is not None and not self.table.rows.gone(item)
-
-    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
-        """Actions are greyed out on gone rows and when the console cannot act."""
-        if action != "act":
-            return True
-        why_not = getattr(self.screen, "why_not_act", lambda: None)()
-        if why_not is not None or not self.selected_is_live():
-            return None
-        return True
 
     def action_act(self, action: Action) -> None:
         key = self.table.selected
@@ -189,7 +161,7 @@ class ActionPane(TablePane):
     @on(FleetTable.Moved)
     def _moved(self, event: FleetTable.Moved) -> None:
         """Grey the actions out (or back in) when the cursor moves between live and gone rows;
-        redrawing the footer on every move would cost more than the move itself."""
+        refreshing the bindings on every move would cost more than the move itself."""
         event.stop()
         actionable = self.selected_is_live()
         if actionable != self._actionable:
