@@ -200,6 +200,9 @@ class Fleet:
         self.on_capacity = on_capacity
         """Called when capacity may have appeared (the scheduler dispatches its queues)."""
         self._stats: dict[str, WorkerStats] = {}
+        self._gone: dict[str, float] = {}
+        """When each gone worker left, in the order they left: pruning looks only at the
+        front, so a connect costs the same at 10 or 10,000 connectors."""
         self.pending: dict[str, Pending] = {}
         """Links in their handshake, oldest first."""
         self._pending_seq = 0
@@ -240,6 +243,7 @@ class Fleet:
         old = self.workers.get(worker.id)
         if old is not None:
             self._unindex(old)
+        self._gone.pop(worker.id, None)
         self.workers[worker.id] = worker
         self._index(worker)
         self._see_models(worker.models)
@@ -278,6 +282,8 @@ class Fleet:
         worker.disconnected_at = self.clock()
         worker.link = None
         self._unindex(worker)
+        self._gone.pop(worker.id, None)
+        self._gone[worker.id] = worker.disconnected_at
         self.changes.bump()
 
     # ---- routing ---------------------------------------------------------------------------
@@ -369,15 +375,18 @@ class Fleet:
             )
 
     def prune_gone(self) -> None:
-        """Forget workers gone for longer than GONE_RETENTION."""
+        """Forget workers gone for longer than GONE_RETENTION (only those are looked at)."""
         cutoff = self.clock() - self.gone_retention
-        stale = [
-            wid
-            for wid, w in self.workers.items()
-            if w.disconnected_at is not None and w.disconnected_at <= cutoff
-        ]
+        stale: list[str] = []
+        for wid, left in self._gone.items():
+            if left > cutoff:
+                break
+            stale.append(wid)
         for wid in stale:
-            del self.workers[wid]
+            del self._gone[wid]
+            worker = self.workers.get(wid)
+            if worker is not None and worker.disconnected_at is not None:
+                del self.workers[wid]
         if stale:
             self.changes.bump()
 

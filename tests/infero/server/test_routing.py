@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+from typing import cast
+
 import pytest
 
 from infero.protocol.link import Hello
 from infero.server.changes import ChangeFeed
+from infero.server.link import ConnectorLink
 from infero.server.registry import Fleet, Worker, WorkerStats, alias_key
 from infero.server.scheduler import Scheduler
 from infero.server.shared import QueueFull
@@ -140,3 +144,27 @@ async def test_leaving_after_being_handed_a_worker_gives_the_slot_back() -> None
     assert waiter.future.done()
     scheduler.leave(waiter)
     assert fleet.workers["w1"].inflight == 0
+
+
+def test_gone_workers_are_forgotten_in_the_order_they_left_and_a_returning_one_is_kept() -> None:
+    now = [0.0]
+    fleet = Fleet(gone_retention=60, changes=ChangeFeed(), clock=lambda: now[0])
+
+    def connect(wid: str) -> ConnectorLink:
+        link = cast(ConnectorLink, SimpleNamespace(id=wid))
+        fleet.register(Worker(Hello(id=wid, models=["m"], max_concurrency=1), link, WorkerStats()))
+        return link
+
+    links = {wid: connect(wid) for wid in ("a", "b", "c")}
+    for left, wid in ((0.0, "a"), (10.0, "b"), (20.0, "c")):
+        now[0] = left
+        fleet.detached(links[wid])
+    now[0] = 30.0
+    connect("b")  # b is back before its retention ran out
+    now[0] = 75.0
+    fleet.prune_gone()
+    assert set(fleet.workers) == {"b", "c"}
+    now[0] = 80.0
+    connect("d")  # a connect prunes too
+    assert set(fleet.workers) == {"b", "d"}
+    assert fleet.workers["b"].live
