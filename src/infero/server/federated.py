@@ -271,7 +271,16 @@ class FederatedRows:
         workers: list[Offer] = [
             (key, (mark, counted(key)), what) for key, mark, what in scan.offers["workers"]
         ]
-        workers.extend(self._workers.values())  # re-marked when their counters change
+        queues = state.queue_view.queues
+        if queues:  # remote rows show the fleet queue of their models too
+            for key, mark, what in self._workers.values():
+                models = what.summary.models
+                queued = sum(len(queues[m]) for m in models if m in queues)
+                workers.append(
+                    (key, (mark, queued), (what, queued)) if queued else (key, mark, what)
+                )
+        else:
+            workers.extend(self._workers.values())  # re-marked when their counters change
         summary = scan.summary
         counts = self._status
         summary = summary.model_copy(
@@ -314,8 +323,11 @@ class FederatedRows:
 
     def row(self, kind: RowKind, what: Any) -> Built:
         state = self._state
+        queued = 0
+        if isinstance(what, tuple) and isinstance(what[0], _RemoteWorker):
+            what, queued = what
         if isinstance(what, _RemoteWorker):
-            info = _remote_worker(what.instance, what.summary)
+            info = _remote_worker(what.instance, what.summary, queued)
             return Built(self._counted(info), (0, what.summary.connected_at))
         if isinstance(what, _ModelRow):
             return self._model(kind, what)
@@ -399,7 +411,7 @@ def _instance(lease: Lease) -> InstanceInfo:
     )
 
 
-def _remote_worker(instance: str, c: ConnectorSummary) -> WorkerInfo:
+def _remote_worker(instance: str, c: ConnectorSummary, queued: int = 0) -> WorkerInfo:
     status: WorkerStatus = c.status  # type: ignore[assignment]  # written by a peer's registry
     return WorkerInfo(
         id=c.id,
@@ -414,6 +426,7 @@ def _remote_worker(instance: str, c: ConnectorSummary) -> WorkerInfo:
         max_concurrency=c.capacity,
         inflight=c.inflight,
         draining=c.status == "draining",
+        queue_len=queued,
         instance=instance,
     )
 

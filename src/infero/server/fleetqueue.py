@@ -520,6 +520,7 @@ class FleetQueue:
         if self.degraded:
             self.degraded = False
             logger.warning("the fleet queue answers again: new waiters join it")
+            self.changes.bump()
 
     def failed(self, failure: BaseException) -> None:
         """A queue command failed: degraded (said once in the log)."""
@@ -529,6 +530,7 @@ class FleetQueue:
                 "the fleet queue is unreachable (%s): new waiters use this instance's own queue",
                 failure,
             )
+            self.changes.bump()
 
 
 class QueueView:

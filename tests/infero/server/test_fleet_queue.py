@@ -11,6 +11,8 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import aiohttp
 import openai
@@ -18,6 +20,8 @@ import pytest
 from aiohttp import web
 from openai.types.chat import ChatCompletion
 
+from infero.server.peer import Reservations
+from infero.server.shared import Route
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
 from support.connector import scripted_connector
@@ -229,6 +233,7 @@ async def test_requests_at_three_instances_are_served_in_fleet_arrival_order(
                 rows = {m["name"]: m["queue_len"] for m in state["models"]}
                 assert rows["m"] == 4, server.url
                 assert state["server"]["scheduler_queue_len"] == 4
+                assert [w["queue_len"] for w in state["workers"]] == [4]
             for n, label in enumerate(("r0", "r1", "r2", "r3")):
                 backend.release(label)
                 await backend.wait_arrivals(n + 2)
@@ -375,7 +380,8 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
         async with asyncio.timeout(30):
             await a.wait_for(lambda: a.shared.dispatcher.known("m", None))
             await redis.stop()
-            await b.wait_for(lambda: federated(b).queue_degraded())
+            await b.wait_for(lambda: federated(b).queue.degraded)
+            assert "new waiters use this instance's own queue" in caplog.text
             busy = asyncio.create_task(chat(at_b, "r0"))
             held = await conn.next_request()
             waiting = asyncio.create_task(chat(at_b, "r1"))
@@ -389,6 +395,7 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
 
             await redis.start()
             await b.wait_for(lambda: not federated(b).queue_degraded())
+            assert "the fleet queue answers again" in caplog.text
             await a.wait_for(
                 lambda: not federated(a).queue_degraded() and "B" in federated(a).membership.peers
             )
@@ -400,3 +407,25 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
             incoming = await conn.next_request()
             await conn.reply(incoming.id, ANSWER)
             await asyncio.gather(busy, waiting)
+
+
+async def test_a_reserved_slot_not_claimed_in_time_is_freed() -> None:
+    freed: list[Route] = []
+    gone = asyncio.Event()
+
+    def free(route: Route) -> None:
+        freed.append(route)
+        gone.set()
+
+    slot = cast("Route", SimpleNamespace(connector_id="w1"))  # only its id is read
+    reservations = Reservations(lambda model, connector: slot, free, ttl=0.01)
+    token = reservations.reserve("m", "w1")
+    assert token is not None
+    async with asyncio.timeout(5):
+        await gone.wait()
+    assert freed == [slot]
+    assert reservations.claim(token) is None  # too late: the request fails over
+    claimed = reservations.reserve("m", "w1")
+    assert claimed is not None
+    assert reservations.claim(claimed) is slot
+    assert reservations.claim(claimed) is None  # once
