@@ -94,6 +94,12 @@ async def ask_llm(question: str, ctx: Context) -> str:
     return content.text if isinstance(content, types.TextContent) else "?"
 
 
+async def announce(ctx: Context) -> str:
+    """Tell the client the tool list changed: a message of its own, on the GET stream."""
+    await ctx.session.send_tool_list_changed()
+    return "announced"
+
+
 def theme() -> str:
     return "dark"
 
@@ -111,6 +117,7 @@ app.tool()(cancellations)
 app.tool()(crash)
 app.tool()(confirm)
 app.tool()(ask_llm)
+app.tool()(announce)
 app.resource("pref://theme")(theme)
 app.prompt()(greet)
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 WorkerStatus = Literal["connecting", "idle", "busy", "draining", "not_ready", "gone"]
 ServerState = Literal["ready", "not_ready", "draining"]
+McpStatus = Literal["idle", "active", "not_ready", "draining", "gone"]
 
 
 class _Model(BaseModel):
@@ -150,7 +151,7 @@ class McpClientInfo(_Model):
 
     id: str
     name: str
-    status: Literal["idle", "active", "not_ready", "draining", "gone"]
+    status: McpStatus
     inflight: int = 0
     connected_at: datetime | None = None
     version: str = ""
@@ -161,6 +162,8 @@ class McpClientInfo(_Model):
     last_error: str = ""
     """The latest relay- or provider-side failure (reported by the relay or seen on a call)."""
     last_error_at: datetime | None = None
+    instance: str = ""
+    """The server instance the relay is linked to ('' without REDIS_ADDR)."""
 
 
 class McpSessionInfo(_Model):

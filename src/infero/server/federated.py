@@ -7,7 +7,8 @@ the requests this instance sent it since); else, when no local connector serves 
 least busy remote one anyway (it waits in its home's queue); else this instance's queue.
 A remote route relays over the peer channel (`peer.py`). Request counters are the fleet's,
 kept in Redis (`fleetcounters.py`): a request is counted once, by the instance that served it.
-See docs/scale-out.md.
+MCP relays: `mcp/fleet.py` (ids leased fleet-wide, relays of other instances) and
+`mcp/forward.py`. See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -20,7 +21,15 @@ from datetime import UTC, datetime
 from typing import Any
 
 from infero.common.buildinfo import BUILD
-from infero.protocol.state import InstanceInfo, ModelInfo, ServerInfo, WorkerInfo, WorkerStatus
+from infero.protocol.state import (
+    InstanceInfo,
+    McpClientInfo,
+    McpStatus,
+    ModelInfo,
+    ServerInfo,
+    WorkerInfo,
+    WorkerStatus,
+)
 from infero.server.changes import ChangeFeed
 from infero.server.embedded import EmbeddedState, LocalRoute
 from infero.server.events import RequestFinished
@@ -28,8 +37,8 @@ from infero.server.fleetcounters import FleetCounters
 from infero.server.fleetqueue import Failure as FleetQueueFailure
 from infero.server.fleetqueue import FleetQueue, FleetTicket, QueueView
 from infero.server.link import ConnectorLink, LinkHandler
-from infero.server.mcp.relays import RelayRegistry
-from infero.server.membership import ConnectorSummary, Lease, Membership
+from infero.server.mcp.fleet import FederatedRelays
+from infero.server.membership import ConnectorSummary, Lease, Membership, RelaySummary
 from infero.server.peer import PeerClient, PeerRoute, Reservations
 from infero.server.registry import alias_key
 from infero.server.settings import ServerSettings
@@ -196,10 +205,11 @@ class FederatedControl:
     async def steer(self, kind: Kind, connector_id: str, action: Action, by: str) -> Verdict:
         state = self._state
         verdict = await state.local.control.steer(kind, connector_id, action, by)
-        if verdict != "not_linked" or kind != "llm":
+        if verdict != "not_linked":
             return verdict
         for lease in state.membership.peers.values():
-            if any(c.id == connector_id for c in lease.connectors):
+            homed = lease.relays if kind == "mcp" else lease.connectors
+            if any(c.id == connector_id for c in homed):
                 answer = await state.client.steer(lease.address, kind, connector_id, action, by)
                 return answer or "not_linked"
         return "not_linked"
@@ -281,6 +291,9 @@ class FederatedRows:
                 )
         else:
             workers.extend(self._workers.values())  # re-marked when their counters change
+        relays = list(scan.offers["mcp_clients"])
+        for lease in state.membership.peers.values():
+            relays.extend((r.id, (lease.id, r), (lease.id, r)) for r in lease.relays)
         summary = scan.summary
         counts = self._status
         summary = summary.model_copy(
@@ -300,7 +313,12 @@ class FederatedRows:
             sum(c.cancelled_total for c in totals),
         )
         return Scan(
-            offers={**scan.offers, "workers": workers, "models": self._model_offers(scan)},
+            offers={
+                **scan.offers,
+                "workers": workers,
+                "models": self._model_offers(scan),
+                "mcp_clients": relays,
+            },
             server_mark=(scan.server_mark, state.membership.header_version, self._figures),
             summary=summary,
         )
@@ -331,10 +349,17 @@ class FederatedRows:
             return Built(self._counted(info), (0, what.summary.connected_at))
         if isinstance(what, _ModelRow):
             return self._model(kind, what)
+        if kind == "mcp_clients" and isinstance(what, tuple):
+            instance, relay = what
+            return Built(_remote_relay(instance, relay), (0, relay.connected_at))
         built = state.local.rows.row(kind, what)
         if kind == "workers" and isinstance(built.model, WorkerInfo):
             info = built.model.model_copy(update={"instance": state.instance_id})
             return built._replace(model=self._counted(info))
+        if kind == "mcp_clients":
+            return built._replace(
+                model=built.model.model_copy(update={"instance": state.instance_id})
+            )
         return built
 
     def _counted(self, info: WorkerInfo) -> WorkerInfo:
@@ -411,6 +436,23 @@ def _instance(lease: Lease) -> InstanceInfo:
     )
 
 
+def _remote_relay(instance: str, r: RelaySummary) -> McpClientInfo:
+    status: McpStatus = r.status  # type: ignore[assignment]  # written by a peer's registry
+    return McpClientInfo(
+        id=r.id,
+        name=r.name,
+        status=status,
+        inflight=r.inflight,
+        connected_at=_dt(r.connected_at),
+        version=r.version,
+        calls_total=r.calls_total,
+        errors_total=r.errors_total,
+        last_error=r.last_error,
+        last_error_at=_dt(r.last_error_at) if r.last_error_at is not None else None,
+        instance=instance,
+    )
+
+
 def _remote_worker(instance: str, c: ConnectorSummary, queued: int = 0) -> WorkerInfo:
     status: WorkerStatus = c.status  # type: ignore[assignment]  # written by a peer's registry
     return WorkerInfo(
@@ -445,6 +487,14 @@ class FederatedState:
             redis=redis, ttl=settings.lease_ttl, describe=self.describe, changes=local.changes
         )
         self.membership.listeners.append(self._peer_changed)
+        self.relays = FederatedRelays(
+            local.relays,
+            redis=redis,
+            instance_id=self.instance_id,
+            ttl=settings.lease_ttl,
+            peers=lambda: self.membership.peers.values(),
+            client=self.client,
+        )
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""
         self.queue = FleetQueue(
@@ -585,20 +635,17 @@ class FederatedState:
             links=len(self.local.local_links()),
             inflight=inflight,
             connectors=tuple(connectors),
+            relays=self.relays.summaries(),
         )
 
     # ---- SharedState ---------------------------------------------------------------------
-
-    @property
-    def relays(self) -> RelayRegistry:
-        return self.local.relays
 
     @property
     def changes(self) -> ChangeFeed:
         return self.local.changes
 
     def link_handler(self, kind: Kind) -> LinkHandler:
-        return self.local.link_handler(kind)
+        return self.relays if kind == "mcp" else self.local.link_handler(kind)
 
     def local_links(self) -> list[ConnectorLink]:
         return self.local.local_links()
@@ -643,10 +690,15 @@ class FederatedState:
         """Local upkeep and membership, until cancelled; then leave the fleet."""
         try:
             await asyncio.gather(
-                self.local.run(), self.membership.run(), self.counters.run(), self.queue.run()
+                self.local.run(),
+                self.membership.run(),
+                self.counters.run(),
+                self.queue.run(),
+                self.relays.run(),
             )
         finally:
             self.reservations.close()
+            await self.relays.close()
             await self.counters.close()
             await self.membership.leave()
             await self.client.close()

@@ -13,7 +13,7 @@ import json
 import logging
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, Protocol, runtime_checkable
 
 from aiohttp import WSMsgType, web
@@ -220,8 +220,10 @@ class LinkEndpoint:
         hello_timeout: float = HELLO_TIMEOUT,
         clock: Callable[[], float] = time.monotonic,
         on_late: Callable[[], None] = lambda: None,
+        claim: Callable[[str, lp.Hello], Awaitable[lp.Refused | str]] | None = None,
     ) -> None:
-        """`on_late` is called when a link turns late and when it recovers (see `Link.late`)."""
+        """`on_late` is called when a link turns late and when it recovers (see `Link.late`);
+        `claim`, after `admit` accepted an id, may still refuse it (fleet-wide MCP relay ids)."""
         self.kind = kind
         self.handler = handler
         self.client_key = client_key
@@ -232,6 +234,7 @@ class LinkEndpoint:
         self.hello_timeout = hello_timeout
         self.clock = clock
         self.on_late = on_late
+        self.claim = claim
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: upgrade, handshake, then serve the link until it closes."""
@@ -283,6 +286,8 @@ class LinkEndpoint:
         if hello is None:
             return None
         verdict = self.handler.admit(hello)
+        if not isinstance(verdict, lp.Refused) and self.claim is not None:
+            verdict = await self.claim(verdict, hello)
         if isinstance(verdict, lp.Refused):
             await self._refuse(ws, peer, verdict.reason, verdict.message)
             return None

@@ -100,6 +100,25 @@ class ConnectorSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class RelaySummary:
+    """One MCP relay (`infero mcp`) as its home instance advertises it."""
+
+    id: str
+    name: str
+    version: str
+    status: str
+    """`idle`, `active`, `not_ready` or `draining` (the `/api/state` status)."""
+    inflight: int
+    connected_at: float
+    auth_digest: str
+    """SHA-256 of the relay's AUTH_TOKEN ('' when none): callers are checked where they call."""
+    calls_total: int = 0
+    errors_total: int = 0
+    last_error: str = ""
+    last_error_at: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """What an instance publishes about itself."""
 
@@ -110,6 +129,8 @@ class Lease:
     links: int
     inflight: int
     connectors: tuple[ConnectorSummary, ...] = field(default=())
+    relays: tuple[RelaySummary, ...] = field(default=())
+    """The MCP relays linked to the instance (fleet-wide relay ids: `mcp/fleet.py`)."""
 
     def dump(self) -> str:
         """The JSON stored in Redis."""
@@ -120,10 +141,15 @@ class Lease:
         """Parse a stored lease (raises ValueError, KeyError or TypeError when malformed)."""
         doc: dict[str, Any] = json.loads(raw)
         connectors = tuple(ConnectorSummary.load(c) for c in doc["connectors"])
-        return cls(**{**doc, "connectors": connectors})
+        relays = tuple(
+            RelaySummary(**{k: v for k, v in r.items() if k in _RELAY_FIELDS})
+            for r in doc.get("relays", ())
+        )
+        return cls(**{**doc, "connectors": connectors, "relays": relays})
 
 
 _SUMMARY_FIELDS = frozenset(f.name for f in fields(ConnectorSummary))
+_RELAY_FIELDS = frozenset(f.name for f in fields(RelaySummary))
 
 
 def connect(url: str) -> Any:

@@ -21,6 +21,7 @@ from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.statefeed import RowSource
 
 if TYPE_CHECKING:  # the mcp package imports this module at run time
+    from infero.server.mcp.fleet import RemoteRelay
     from infero.server.mcp.relays import Relay, RelayGauges
 
 Action = Literal["drain", "undrain", "shutdown"]
@@ -106,7 +107,15 @@ class RelayTable(Protocol):
     """The MCP relays: lookup by id, atomic call accounting, their clients' sessions."""
 
     def lookup(self, relay_id: str) -> Relay | None:
-        """The linked relay with this id."""
+        """The relay with this id linked to this instance."""
+        ...
+
+    def remote(self, relay_id: str) -> RemoteRelay | None:
+        """The relay with this id linked to another instance of the fleet (REDIS_ADDR)."""
+        ...
+
+    async def claim(self, relay_id: str, hello: lp.Hello) -> lp.Refused | str:
+        """After `admit`: take the id fleet-wide, or refuse it (`duplicate`)."""
         ...
 
     def limit(self, relay: Relay, broker_limit: int) -> int:

@@ -6,7 +6,7 @@ from aiohttp import web
 
 from infero.server import keys
 from infero.server.linkserver import LinkEndpoint
-from infero.server.mcp import resource
+from infero.server.mcp import forward, resource
 from infero.server.mcp.broker import Broker, Limits
 from infero.server.mcp.metrics import McpMetrics
 from infero.server.metrics import REGISTRY as METRICS_REGISTRY
@@ -46,10 +46,13 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         lifecycle=lifecycle,
         heartbeat_interval=settings.heartbeat_interval,
         dead_after=settings.link_dead_after,
+        claim=relays.claim,
     )
     app.router.add_get("/api/mcp/connect", endpoint.handle)
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
+    if settings.redis_addr:
+        forward.mount_home(app, broker.handle_forwarded, settings.peer_key)
     resource.mount(app)
 
     async def register_metrics(app: web.Application) -> None:

@@ -5,7 +5,8 @@ the OpenAI routes): method, MCP headers and body go to the relay, which performs
 against its provider; status, headers and body (JSON or SSE) stream back untouched. The
 broker adds access control, JSON-RPC checks of POST bodies, limits, and bookkeeping.
 Broker errors are JSON-RPC error responses whose `error.data.mcp` is a stable code
-(docs/mcp.md has the table).
+(docs/mcp.md has the table). With REDIS_ADDR, a relay linked to another instance is reached
+through that instance (`forward.py`): the caller is checked here, the call is served there.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from infero.server.exchange import (
 )
 from infero.server.lifecycle import Lifecycle
 from infero.server.mcp.access import caller_allowed, may_learn_relays
+from infero.server.mcp.fleet import RemoteRelay
+from infero.server.mcp.forward import forward
 from infero.server.mcp.metrics import CallOutcome, McpMetrics
 from infero.server.mcp.relays import Relay
 from infero.server.mcp.resource import metadata_url
@@ -228,14 +231,27 @@ class Broker:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Entry point for POST, GET and DELETE."""
+        return await self._serve(request, from_peer=False)
+
+    async def handle_forwarded(self, request: web.Request) -> web.StreamResponse:
+        """An exchange another instance forwarded (it checked the caller's access)."""
+        return await self._serve(request, from_peer=True)
+
+    async def _serve(self, request: web.Request, *, from_peer: bool) -> web.StreamResponse:
         relay_id = request.match_info["id"]
         token = bearer_token(request)
         relay = self.relays.lookup(relay_id)
         if relay is None:
-            if not may_learn_relays(token, self.keyring):
+            remote = None if from_peer else self.relays.remote(relay_id)
+            if remote is not None:
+                return await self._remote(request, remote, token)
+            if not from_peer and not may_learn_relays(token, self.keyring):
                 return unauthorized(request, token)
             return _unavailable("no MCP relay is connected with this id")
-        if not caller_allowed(token, keyring=self.keyring, relay_digest=relay.auth_digest):
+        allowed = from_peer or caller_allowed(
+            token, keyring=self.keyring, relay_digest=relay.auth_digest
+        )
+        if not allowed:
             self._count(relay.id, "", "unauthorized", None)
             return unauthorized(request, token)
         if relay.status == "not_ready":
@@ -259,6 +275,62 @@ class Broker:
         if relay.status == "draining":
             return "the MCP relay is draining"
         return None
+
+    async def _remote(
+        self, request: web.Request, remote: RemoteRelay, token: str | None
+    ) -> web.StreamResponse:
+        """A relay linked to another instance: check the caller here, forward the exchange."""
+        if not caller_allowed(token, keyring=self.keyring, relay_digest=remote.auth_digest):
+            self._count(remote.id, "", "unauthorized", None)
+            return unauthorized(request, token)
+        closing = "the server is draining" if self.lifecycle.draining else None
+        headers = _forwarded_headers(request)
+        if request.method != "POST":
+            if closing and request.method == "GET":
+                return _unavailable(closing)
+            return await forward(request, remote, b"", headers, [])
+        try:
+            body = await read_body(
+                request,
+                limit=self.limits.max_req_bytes,
+                idle_timeout=self.limits.body_timeout,
+                budget=self.bodies,
+                replies=BODY_REPLIES,
+            )
+        except BodyRefused as refused:
+            self._count(remote.id, "", BODY_OUTCOMES.get(refused.reason, "rejected"), None)
+            return refused.response
+        try:
+            envelope = self._envelope(remote.id, body)
+            if isinstance(envelope, web.Response):
+                return envelope
+            request_ids = [rid for rid, _ in envelope.requests]
+            if envelope.is_call and closing:
+                return _unavailable(closing, request_id=request_ids[0] if request_ids else None)
+            is_call = envelope.is_call and [m for _, m in envelope.requests] != [LISTEN]
+            if is_call:
+                self.lifecycle.enter()
+            try:
+                return await forward(request, remote, body, headers, request_ids)
+            finally:
+                if is_call:
+                    self.lifecycle.leave()
+        finally:
+            self.bodies.give_back(len(body))
+
+    def _envelope(self, relay_id: str, body: bytes | bytearray) -> pm.Envelope | web.Response:
+        """The checked JSON-RPC envelope of a POST body, or the 400 answer."""
+        try:
+            return pm.parse_envelope(body)
+        except pm.EnvelopeError as exc:
+            self._count(relay_id, "", "rejected", None)
+            return _error(
+                400,
+                "MCP_SCHEMA_ERROR",
+                str(exc),
+                request_id=pm.request_id_of(body),
+                rpc_code=exc.code,
+            )
 
     async def _post(
         self, request: web.Request, relay: Relay, closing: str | None
@@ -285,17 +357,9 @@ class Broker:
         self, request: web.Request, relay: Relay, closing: str | None, body: bytes | bytearray
     ) -> web.StreamResponse:
         """Check the JSON-RPC envelope and relay the call."""
-        try:
-            envelope = pm.parse_envelope(body)
-        except pm.EnvelopeError as exc:
-            self._count(relay.id, "", "rejected", None)
-            return _error(
-                400,
-                "MCP_SCHEMA_ERROR",
-                str(exc),
-                request_id=pm.request_id_of(body),
-                rpc_code=exc.code,
-            )
+        envelope = self._envelope(relay.id, body)
+        if isinstance(envelope, web.Response):
+            return envelope
         for _, method in envelope.requests:
             relay.count(method)
         for method in envelope.notifications:

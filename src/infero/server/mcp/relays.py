@@ -17,11 +17,15 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import TYPE_CHECKING
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpClientInfo, McpSessionInfo, McpState
 from infero.server.exchange import Exchange
 from infero.server.link import ConnectorLink, duplicate_refusal
+
+if TYPE_CHECKING:  # fleet.py imports this module
+    from infero.server.mcp.fleet import RemoteRelay
 
 logger = logging.getLogger(__name__)
 
@@ -163,7 +167,15 @@ class RelayRegistry:
             del self.sessions[key]
         self._on_change()
 
+    async def claim(self, relay_id: str, hello: lp.Hello) -> lp.Refused | str:
+        """Nothing to check beyond `admit` on one instance (fleets: `mcp.fleet`)."""
+        return relay_id
+
     # ---- calls and sessions ----------------------------------------------------------------
+
+    def remote(self, relay_id: str) -> RemoteRelay | None:
+        """No other instance on one instance."""
+        return None
 
     def lookup(self, relay_id: str) -> Relay | None:
         """The connected relay with this id."""
@@ -290,7 +302,7 @@ class RelayRegistry:
             McpClientInfo(
                 id=r.id,
                 name=r.name,
-                status=_client_status(r),
+                status=client_status(r),
                 inflight=r.inflight,
                 connected_at=r.connected_at,
                 version=r.version,
@@ -317,7 +329,8 @@ class RelayRegistry:
         return McpState(clients=clients, sessions=sessions)
 
 
-def _client_status(relay: Relay) -> str:
+def client_status(relay: Relay) -> str:
+    """The relay's `/api/state` status."""
     if relay.status != "ready":
         return relay.status
     return "active" if relay.inflight else "idle"

@@ -1,0 +1,299 @@
+"""MCP relays in a fleet sharing REDIS_ADDR: fleet-wide ids and relays linked elsewhere.
+
+`FederatedRelays` wraps this instance's `RelayRegistry`. It is the link handler of kind `mcp`
+and the broker's `RelayTable`:
+
+* **Ids unique fleet-wide.** A relay id is leased in Redis (`{infero}:relay:<id>`, value
+  `<instance>\\n<relay instance nonce>`, TTL LEASE_TTL) when its link is accepted; another
+  instance refuses the id (`duplicate`, as on one instance) while the lease lives, unless the
+  newcomer is the same relay process (same nonce) reconnecting. Leases are renewed every third
+  of LEASE_TTL (re-written when Redis lost them), released when the link closes and at
+  shutdown. An instance that finds its lease taken over closes its own link of that id.
+* **Relays linked elsewhere.** `remote(id)` finds a relay in the other instances' leases (the
+  `relays` summaries); the broker forwards the caller's exchange there (`forward.py`).
+
+Redis unreachable: ids are checked on this instance only, and leases are written when Redis
+answers again (a relay that lost its id then is closed). See docs/scale-out.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import RedisError
+
+from infero.protocol import link as lp
+from infero.protocol.state import McpState
+from infero.server.exchange import Exchange
+from infero.server.link import ConnectorLink, duplicate_refusal
+from infero.server.mcp.relays import Relay, RelayGauges, RelayRegistry, client_status
+from infero.server.membership import PREFIX, REDIS_TIMEOUT, Lease, RelaySummary
+from infero.server.peer import PeerClient
+
+logger = logging.getLogger(__name__)
+
+RELAY_PREFIX = PREFIX + "relay:"
+
+_CLAIM = """
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local sep = string.find(cur, '\\n', 1, true)
+  local holder = sep and string.sub(cur, 1, sep - 1) or cur
+  local nonce = sep and string.sub(cur, sep + 1) or ''
+  if holder ~= ARGV[1] and (ARGV[3] == '' or nonce ~= ARGV[3]) then
+    return holder
+  end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '\\n' .. ARGV[3], 'PX', ARGV[2])
+return false
+"""
+"""Take the id unless another instance holds it for another relay process: nil, or the holder."""
+
+_RENEW = """
+local lost = {}
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  if not cur then
+    redis.call('SET', key, ARGV[i + 1], 'PX', ARGV[1])
+  elseif cur == ARGV[i + 1] then
+    redis.call('PEXPIRE', key, ARGV[1])
+  else
+    table.insert(lost, key)
+  end
+end
+return lost
+"""
+"""Renew (or re-write, after a Redis restart) every lease; the keys another instance holds."""
+
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class RemoteRelay:
+    """A relay linked to another instance, as that instance's lease describes it."""
+
+    id: str
+    instance: str
+    address: str
+    """The home instance's INSTANCE_ADDR."""
+    auth_digest: str
+    client: PeerClient
+
+
+class FederatedRelays:
+    """This instance's relays, fleet-wide id leases, and the relays of the other instances."""
+
+    def __init__(
+        self,
+        local: RelayRegistry,
+        *,
+        redis: Any,
+        instance_id: str,
+        ttl: float,
+        peers: Callable[[], Iterable[Lease]],
+        client: PeerClient,
+    ) -> None:
+        self.local = local
+        self.redis = redis
+        self.instance_id = instance_id
+        self.ttl = ttl
+        self.peers = peers
+        """The other instances' live leases."""
+        self.client = client
+        self._held: dict[str, str] = {}
+        """Lease values of the ids this instance claimed, by relay id."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._claim = redis.register_script(_CLAIM)
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
+
+    # ---- link handler (kind mcp) ---------------------------------------------------------
+
+    def connecting(self, peer: str) -> contextlib.AbstractContextManager[None]:
+        return self.local.connecting(peer)
+
+    def admit(self, hello: lp.Hello) -> lp.Refused | str:
+        return self.local.admit(hello)
+
+    async def claim(self, relay_id: str, hello: lp.Hello) -> lp.Refused | str:
+        """Lease the id in Redis; `duplicate` while another instance's relay holds it."""
+        value = f"{self.instance_id}\n{hello.instance}"
+        keys = [RELAY_PREFIX + relay_id]
+        args = [self.instance_id, int(self.ttl * 1000), hello.instance]
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                try:
+                    holder = await self._claim(keys=keys, args=args)
+                except RedisConnectionError:  # a pooled connection Redis closed (it restarted)
+                    holder = await self._claim(keys=keys, args=args)
+        except (RedisError, OSError, TimeoutError) as failure:
+            logger.warning(
+                "mcp relay %s: Redis unreachable (%s), id checked on this instance only",
+                relay_id,
+                failure,
+            )
+        else:
+            if holder is not None:
+                return duplicate_refusal(relay_id)
+        self._held[relay_id] = value
+        return relay_id
+
+    def attached(self, hello: lp.Hello, link: ConnectorLink) -> ConnectorLink | None:
+        return self.local.attached(hello, link)
+
+    def status(self, link: ConnectorLink, update: lp.StatusUpdate) -> None:
+        self.local.status(link, update)
+
+    def detached(self, link: ConnectorLink) -> None:
+        relay = self.local.relays.get(link.id)
+        self.local.detached(link)
+        if relay is None or relay.link is not link or link.id in self.local.relays:
+            return  # a stale link replaced by a newer one of the same id
+        value = self._held.pop(link.id, None)
+        if value is not None:
+            task = asyncio.create_task(self._give_back(link.id, value), name="mcp-relay-release")
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _give_back(self, relay_id: str, value: str) -> None:
+        with contextlib.suppress(RedisError, OSError, TimeoutError):
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                await self._release(keys=[RELAY_PREFIX + relay_id], args=[value])
+
+    # ---- the fleet's relays --------------------------------------------------------------
+
+    def remote(self, relay_id: str) -> RemoteRelay | None:
+        """The relay with this id linked to another instance, if a live lease lists it."""
+        for lease in self.peers():
+            for r in lease.relays:
+                if r.id == relay_id:
+                    return RemoteRelay(r.id, lease.id, lease.address, r.auth_digest, self.client)
+        return None
+
+    def summaries(self) -> tuple[RelaySummary, ...]:
+        """This instance's relays, for its lease."""
+        return tuple(
+            RelaySummary(
+                id=r.id,
+                name=r.name,
+                version=r.version,
+                status=client_status(r),
+                inflight=r.inflight,
+                connected_at=r.connected_at.timestamp(),
+                auth_digest=r.auth_digest,
+                calls_total=r.calls_total,
+                errors_total=r.errors_total,
+                last_error=r.last_error,
+                last_error_at=r.last_error_at.timestamp() if r.last_error_at else None,
+            )
+            for r in self.local.relays.values()
+            if not r.link.closed
+        )
+
+    async def run(self) -> None:
+        """Renew this instance's id leases every third of LEASE_TTL, until cancelled."""
+        while True:
+            await self.renew()
+            await asyncio.sleep(self.ttl / 3)  # a timer: leases are due by the clock
+
+    async def renew(self) -> None:
+        """Renew (or re-write) the leases; close a link whose id another instance took over."""
+        held = {i: v for i, v in self._held.items() if i in self.local.relays}
+        if not held:
+            return
+        keys = [RELAY_PREFIX + i for i in held]
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                lost = await self._renew(keys=keys, args=[int(self.ttl * 1000), *held.values()])
+        except (RedisError, OSError, TimeoutError):
+            return  # membership reports the instance degraded; retried on the next round
+        for key in lost:
+            relay_id = (key.decode() if isinstance(key, bytes) else str(key))[len(RELAY_PREFIX) :]
+            relay = self.local.relays.get(relay_id)
+            self._held.pop(relay_id, None)
+            if relay is not None:
+                logger.warning(
+                    "mcp relay %s: another instance holds its id now; closing this link",
+                    relay_id,
+                )
+                relay.link.fail_exchanges("replaced by a new connection")
+                await relay.link.close(1000, "replaced")
+
+    async def close(self) -> None:
+        """Release every id lease (at shutdown; best effort: they expire anyway)."""
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+        held, self._held = self._held, {}
+        for relay_id, value in held.items():
+            await self._give_back(relay_id, value)
+
+    # ---- RelayTable: this instance's relays ----------------------------------------------
+
+    def lookup(self, relay_id: str) -> Relay | None:
+        return self.local.lookup(relay_id)
+
+    def limit(self, relay: Relay, broker_limit: int) -> int:
+        return self.local.limit(relay, broker_limit)
+
+    def start_call(self, relay: Relay, session_id: str | None, limit: int) -> bool:
+        return self.local.start_call(relay, session_id, limit)
+
+    def finish_call(self, relay: Relay, session_id: str | None, *, ok: bool) -> None:
+        self.local.finish_call(relay, session_id, ok=ok)
+
+    def call_failed(self, relay: Relay, error: str) -> None:
+        self.local.call_failed(relay, error)
+
+    async def open_exchange(
+        self,
+        relay: Relay,
+        *,
+        method: str,
+        path: str,
+        headers: lp.Headers,
+        body: bytes | bytearray,
+        stream: bool,
+        model: str,
+        request_id: str,
+    ) -> Exchange:
+        return await self.local.open_exchange(
+            relay,
+            method=method,
+            path=path,
+            headers=headers,
+            body=body,
+            stream=stream,
+            model=model,
+            request_id=request_id,
+        )
+
+    def forget(self, relay: Relay, exchange: Exchange) -> None:
+        self.local.forget(relay, exchange)
+
+    def session_seen(self, relay: Relay, session_id: str, method: str) -> None:
+        self.local.session_seen(relay, session_id, method)
+
+    def session_ended(self, relay: Relay, session_id: str) -> None:
+        self.local.session_ended(relay, session_id)
+
+    def gauges(self) -> RelayGauges:
+        """This instance's relays (each instance counts its own on `/metrics`)."""
+        return self.local.gauges()
+
+    def state(self) -> McpState:
+        """This instance's relays and sessions (the others' relays: `FederatedRows`)."""
+        return self.local.state()
+
+    def links(self) -> list[ConnectorLink]:
+        return self.local.links()

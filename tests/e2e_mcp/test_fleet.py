@@ -1,0 +1,198 @@
+"""MCP across two server instances on a real Redis (docs/scale-out.md, "MCP relays").
+
+A real `infero mcp` process is linked to instance A and fronts a real FastMCP server; the
+official SDK client talks through a load balancer that sends each HTTP request to A and B in
+turn, so one Streamable HTTP session (its POSTs, its GET stream and its DELETE) alternates
+instances.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import os
+import sys
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import mcp_types as types
+from aiohttp import web
+
+from support.fleet import instance, redis_server
+from support.server import RunningServer
+
+CLIENT_KEY = "relay-secret"
+API_KEY = "client-key-1"
+RELAY = "fleet-relay"
+STARTUP = 30.0
+"""Seconds for a fresh `infero mcp` process to import, link and find its provider ready."""
+
+HOP = frozenset({"host", "connection", "keep-alive", "transfer-encoding", "content-length"})
+
+
+@dataclass
+class RoundRobin:
+    """A load balancer with no affinity: each request goes to the next instance, raw.
+
+    Each HTTP method has its own turn, starting with the last backend (B), so the session's
+    GET stream and its DELETE are forwarded by B while its POSTs alternate.
+    """
+
+    backends: list[str]
+    http: aiohttp.ClientSession
+    seen: list[tuple[str, str]] = field(default_factory=list)
+    """(method, backend) of every request, in order."""
+    get_open: asyncio.Event = field(default_factory=asyncio.Event)
+    """A GET stream's head was passed to the client."""
+    get_bytes: bytearray = field(default_factory=bytearray)
+    """What GET streams carried."""
+
+    def __post_init__(self) -> None:
+        self._turns: dict[str, itertools.cycle[str]] = {}
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        turn = self._turns.setdefault(request.method, itertools.cycle(self.backends[::-1]))
+        backend = next(turn)
+        self.seen.append((request.method, backend))
+        headers = [(k, v) for k, v in request.headers.items() if k.lower() not in HOP]
+        body = await request.read()
+        async with self.http.request(
+            request.method, backend + request.rel_url.raw_path_qs, headers=headers, data=body
+        ) as answer:
+            response = web.StreamResponse(status=answer.status)
+            for key, value in answer.headers.items():
+                if key.lower() not in HOP:
+                    response.headers.add(key, value)
+            await response.prepare(request)
+            if request.method == "GET":
+                self.get_open.set()
+            async for chunk in answer.content.iter_any():
+                if request.method == "GET":
+                    self.get_bytes += chunk
+                await response.write(chunk)
+            await response.write_eof()
+            return response
+
+
+@asynccontextmanager
+async def balancer(*servers: RunningServer) -> AsyncIterator[tuple[str, RoundRobin]]:
+    """Serve a `RoundRobin` over `servers` on loopback; yields its URL."""
+    async with aiohttp.ClientSession(auto_decompress=False) as http:
+        robin = RoundRobin([s.url for s in servers], http)
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", robin.handle)
+        runner = web.AppRunner(app, handler_cancellation=True)
+        await runner.setup()
+        await web.TCPSite(runner, "127.0.0.1", 0).start()
+        try:
+            yield f"http://127.0.0.1:{runner.addresses[0][1]}", robin
+        finally:
+            await runner.cleanup()
+
+
+@asynccontextmanager
+async def relay_process(
+    server: RunningServer, provider_url: str, *, complaints: bool = False
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real `infero mcp` process linked to `server` (killed if still running at exit);
+    `complaints`: its stderr is a pipe for the test to read."""
+    env = {
+        **os.environ,
+        "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+        "CLIENT_KEY": CLIENT_KEY,
+        "CLIENT_ID": RELAY,
+        "PROVIDER_URL": provider_url,
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from infero.cli import mcp_main; mcp_main()",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE if complaints else asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+        await proc.communicate()
+
+
+def status_at(server: RunningServer, relay_id: str = RELAY) -> tuple[str, str] | None:
+    """(status, instance) of the relay in the instance's `/api/state`."""
+    row = server.relay(relay_id)
+    return (row.status, row.instance) if row is not None else None
+
+
+async def test_one_session_alternates_instances_to_a_relay_linked_to_a(
+    tmp_path: Path, stateful_url: str, connect: Any
+) -> None:
+    changed = asyncio.Event()
+
+    async def on_message(message: Any) -> None:
+        if isinstance(message, types.ToolListChangedNotification):
+            changed.set()
+
+    options = {"client_key": CLIENT_KEY, "api_key": API_KEY}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+        relay_process(a, stateful_url),
+        balancer(a, b) as (lb_url, robin),
+    ):
+        async with asyncio.timeout(STARTUP):
+            await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "A"))
+        url = f"{lb_url}/api/mcp/id/{RELAY}"
+        async with asyncio.timeout(60):
+            async with connect(url, message_handler=on_message) as client:
+                await client.call_tool("remember", {"value": "kept across instances"})
+                recalled = await client.call_tool("recall", {})
+                assert recalled.content[0].text == "kept across instances"
+                await robin.get_open.wait()
+                await client.call_tool("announce", {})
+                await changed.wait()  # sent on the GET stream, which went through A or B
+                assert a.snapshot().mcp.sessions[0].client_id == RELAY
+            await a.wait_for(lambda: a.snapshot().mcp.sessions == [])
+        assert {backend for m, backend in robin.seen if m == "POST"} == {a.url, b.url}
+        assert ("GET", b.url) in robin.seen
+        assert ("DELETE", b.url) in robin.seen
+        assert b"notifications/tools/list_changed" in robin.get_bytes
+        assert b.snapshot().mcp.sessions == []  # kept once, at the relay's home
+        row = a.relay(RELAY)
+        assert row is not None
+        assert row.functions["tools/call"] >= 3
+
+
+async def test_duplicate_ids_are_refused_across_instances_and_control_works_from_b(
+    tmp_path: Path, stateful_url: str
+) -> None:
+    options = {"client_key": CLIENT_KEY, "api_key": API_KEY, "operator_key": "op"}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+        relay_process(a, stateful_url),
+        aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
+    ):
+        async with asyncio.timeout(STARTUP):
+            await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "A"))
+            assert status_at(a) == ("idle", "A")
+            async with relay_process(b, stateful_url, complaints=True) as second:
+                assert second.stderr is not None
+                complaint = (await second.stderr.read()).decode()
+                assert await second.wait() == 1
+            assert "CLIENT_ID=fleet-relay is linked" in complaint, complaint
+        async with asyncio.timeout(20):
+            async with http.post(b.url + f"/api/mcp/relays/{RELAY}/drain") as resp:
+                assert resp.status == 202
+            await a.wait_for(lambda: status_at(a) == ("draining", "A"))
+            await b.wait_for(lambda: status_at(b) == ("draining", "A"))
+            async with http.post(b.url + f"/api/mcp/relays/{RELAY}/undrain") as resp:
+                assert resp.status == 202
+            await b.wait_for(lambda: status_at(b) == ("idle", "A"))

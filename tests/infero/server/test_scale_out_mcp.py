@@ -1,0 +1,299 @@
+"""MCP across instances sharing one real Redis (docs/scale-out.md, "MCP").
+
+A relay (scripted, speaking the real link protocol) is linked to instance A; MCP clients call
+instance B, which forwards each exchange to A over the peer channel.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from redis import asyncio as aioredis
+
+from infero.protocol import link as lp
+from infero.server.mcp.access import token_digest
+from infero.server.mcp.fleet import RELAY_PREFIX
+from support.connector import ScriptedConnector, scripted_connector
+from support.fleet import federated, instance, redis_server
+from support.server import RunningServer
+
+CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "t"}}
+RAW_CALL = b'{"jsonrpc": "2.0",  "id": 7, "method": "tools/call", "params": {"name": "t"}}'
+ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+EVENTS = (
+    b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress",'
+    b'"params":{"progressToken":1,"progress":1}}\n\n',
+    b'event: message\ndata: {"jsonrpc":"2.0","id":7,"result":{"content":[]}}\n\n',
+)
+
+
+async def until_value(url: str, key: str, wanted: bytes | None) -> None:
+    """Return once `key` holds `wanted` (None: absent), woken by keyspace notifications."""
+    store = aioredis.from_url(url)
+    try:
+        await store.config_set("notify-keyspace-events", "Kg$x")
+        async with store.pubsub() as events:
+            await events.subscribe(f"__keyspace@0__:{key}")
+            while await store.get(key) != wanted:
+                await events.get_message(timeout=None)  # any event on the key: look again
+    finally:
+        await store.aclose()
+
+
+def sees_relay(server: RunningServer, relay_id: str) -> bool:
+    """The instance knows a relay linked to another instance."""
+    return federated(server).relays.remote(relay_id) is not None
+
+
+@asynccontextmanager
+async def relay_at(server: RunningServer, relay_id: str, **hello: Any) -> AsyncIterator[Any]:
+    """A scripted `infero mcp` link to `server`."""
+    fields: dict[str, Any] = {"kind": "mcp", "id": relay_id, "client_key": "ck"}
+    fields.update(hello)
+    async with scripted_connector(server.url, path="/api/mcp/connect", **fields) as relay:
+        yield relay
+
+
+@asynccontextmanager
+async def two_instances(tmp_path: Path, **options: Any) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """Redis, A and B."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+    ):
+        yield redis, a, b
+
+
+async def stream_answer(relay: ScriptedConnector, sid: int) -> None:
+    await relay.head(sid, 200, [("Content-Type", "text/event-stream"), ("Mcp-Session-Id", "s1")])
+    for event in EVENTS:
+        await relay.body(sid, event)
+    await relay.end(sid)
+
+
+async def test_b_forwards_calls_to_a_relay_linked_to_a_byte_for_byte(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path) as (_, a, b),
+        relay_at(a, "r1") as relay,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            answers: dict[str, tuple[int, str, str, bytes]] = {}
+            for server in (a, b):
+                call = asyncio.create_task(
+                    http.post(
+                        server.url + "/api/mcp/id/r1?x=1",
+                        data=RAW_CALL,
+                        headers={"Mcp-Session-Id": "s1", "Authorization": "Bearer secret"},
+                    )
+                )
+                incoming = await relay.next_request()
+                assert incoming.frame.method == "POST"
+                assert incoming.frame.path == "/?x=1"
+                sent = {k.lower(): v for k, v in incoming.frame.headers}
+                assert sent["mcp-session-id"] == "s1"
+                assert "authorization" not in sent
+                assert not any(k.startswith("x-infero") for k in sent)
+                assert incoming.body == RAW_CALL
+                await stream_answer(relay, incoming.id)
+                resp = await call
+                answers[server.url] = (
+                    resp.status,
+                    resp.headers["Content-Type"],
+                    resp.headers["Mcp-Session-Id"],
+                    await resp.read(),
+                )
+            assert answers[a.url] == answers[b.url]
+            assert answers[b.url][3] == b"".join(EVENTS)
+
+            json_call = asyncio.create_task(http.post(b.url + "/api/mcp/id/r1", json=CALL))
+            incoming = await relay.next_request()
+            await relay.reply(incoming.id, b'{"jsonrpc":"2.0","id":7,"result":{}}')
+            resp = await json_call
+            assert resp.status == 200
+            assert await resp.read() == b'{"jsonrpc":"2.0","id":7,"result":{}}'
+
+            await a.wait_for(lambda: _sessions(a) == ["s1"])
+        # the session is kept at the relay's home only, counted once per call
+        assert _sessions(b) == []
+        row = a.relay("r1")
+        assert row is not None
+        assert row.calls_total == 3
+
+
+def _sessions(server: RunningServer) -> list[str]:
+    return [s.id for s in server.snapshot().mcp.sessions]
+
+
+async def test_get_and_delete_at_b_reach_the_relay_and_end_the_session_at_a(
+    tmp_path: Path,
+) -> None:
+    async with (
+        two_instances(tmp_path) as (_, a, b),
+        relay_at(a, "r1") as relay,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            call = asyncio.create_task(http.post(b.url + "/api/mcp/id/r1", json=CALL))
+            incoming = await relay.next_request()
+            await stream_answer(relay, incoming.id)
+            (await call).release()
+            await a.wait_for(lambda: _sessions(a) == ["s1"])
+
+            session = {"Mcp-Session-Id": "s1"}
+            listen = asyncio.create_task(http.get(b.url + "/api/mcp/id/r1", headers=session))
+            incoming = await relay.next_request()
+            assert incoming.frame.method == "GET"
+            await relay.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await relay.body(incoming.id, EVENTS[0])
+            stream = await listen
+            assert await stream.content.readuntil(b"\n\n") == EVENTS[0]
+            stream.close()  # the caller leaves B: the listening stream ends at the relay
+            await incoming.cancelled.wait()
+
+            delete = asyncio.create_task(http.delete(b.url + "/api/mcp/id/r1", headers=session))
+            incoming = await relay.next_request()
+            assert incoming.frame.method == "DELETE"
+            await relay.reply(incoming.id, b"")
+            assert (await delete).status == 200
+            await a.wait_for(lambda: _sessions(a) == [])
+
+
+async def test_a_caller_leaving_b_cancels_the_call_at_the_relay(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path) as (_, a, b),
+        relay_at(a, "r1") as relay,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            call = asyncio.create_task(http.post(b.url + "/api/mcp/id/r1", json=CALL))
+            incoming = await relay.next_request()
+            await relay.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await relay.body(incoming.id, EVENTS[0])
+            resp = await call
+            assert await resp.content.readuntil(b"\n\n") == EVENTS[0]
+            resp.close()
+            await incoming.cancelled.wait()
+            await a.wait_for(lambda: (row := a.relay("r1")) is not None and row.inflight == 0)
+
+
+async def test_b_checks_the_caller_and_keeps_the_errors_of_one_instance(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path, api_key="client-key") as (_, a, b),
+        relay_at(a, "r1", auth_sha256=token_digest("relay-token")) as relay,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            url = b.url + "/api/mcp/id/r1"
+            async with http.post(url, json=CALL) as resp:
+                assert resp.status == 401
+                assert "resource_metadata" in resp.headers["WWW-Authenticate"]
+            async with http.post(url, data=b"{", headers=_bearer("relay-token")) as resp:
+                assert resp.status == 400
+                assert (await resp.json())["error"]["data"] == {"mcp": "MCP_SCHEMA_ERROR"}
+            async with http.post(
+                b.url + "/api/mcp/id/nobody", json=CALL, headers=_bearer("client-key")
+            ) as resp:
+                assert resp.status == 503
+            call = asyncio.create_task(http.post(url, json=CALL, headers=_bearer("relay-token")))
+            incoming = await relay.next_request()
+            await relay.ws.close()  # the relay goes away before answering
+            resp = await call
+            assert resp.status == 503
+            body = await resp.json()
+            assert (body["id"], body["error"]["data"]) == (7, {"mcp": "MCP_PROVIDER_UNAVAILABLE"})
+            assert incoming.frame.method == "POST"
+
+
+def _bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+async def test_a_relay_id_is_unique_across_instances(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    async with two_instances(tmp_path) as (redis, a, b):
+        async with relay_at(a, "r1", instance="nonce-1") as first:
+            assert isinstance(first.answer, lp.Welcome)
+            async with relay_at(b, "r1", instance="nonce-2") as second:
+                assert second.answer == lp.Refused(
+                    reason="duplicate",
+                    message="another connector with CLIENT_ID=r1 is linked; "
+                    "give each connector its own CLIENT_ID",
+                )
+            assert "refused (duplicate): another connector with CLIENT_ID=r1" in caplog.text
+            # The same relay process reconnecting through B takes its id over; A lets go.
+            async with relay_at(b, "r1", instance="nonce-1") as again:
+                assert isinstance(again.answer, lp.Welcome)
+                async with asyncio.timeout(10):
+                    await first.closed.wait()
+                    await a.wait_for(lambda: getattr(a.relay("r1"), "instance", "") == "B")
+                assert b.relay("r1") is not None
+            async with asyncio.timeout(10):
+                await b.wait_for(lambda: b.relay("r1") is None)
+        async with asyncio.timeout(10):
+            await until_value(redis.url, RELAY_PREFIX + "r1", None)  # released at unlink
+        async with relay_at(a, "r1", instance="nonce-3") as third:
+            assert isinstance(third.answer, lp.Welcome)
+
+
+async def test_relay_leases_are_rewritten_after_redis_restarts_empty(tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (redis, a, b), relay_at(a, "r1", instance="n1"):
+        store = aioredis.from_url(redis.url)
+        assert await store.get(RELAY_PREFIX + "r1") == b"A\nn1"
+        await store.aclose()
+        await redis.stop()
+        await redis.start()  # empty
+        async with asyncio.timeout(10):
+            await until_value(redis.url, RELAY_PREFIX + "r1", b"A\nn1")
+        async with relay_at(b, "r1", instance="n2") as other:
+            assert isinstance(other.answer, lp.Refused)
+
+
+async def test_control_asked_at_b_reaches_the_relay_linked_to_a(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path, operator_key="op") as (_, a, b),
+        relay_at(a, "r1") as relay,
+        aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            async with http.post(b.url + "/api/mcp/relays/r1/drain") as resp:
+                assert resp.status == 202
+            assert await relay.controls.get() == lp.Control(action="drain", by="operator")
+            await relay.status(status="draining", max_concurrency=1)
+            await b.wait_for(lambda: getattr(b.relay("r1"), "status", "") == "draining")
+            async with http.post(b.url + "/api/mcp/relays/nobody/drain") as resp:
+                assert resp.status == 404
+
+
+async def test_every_instance_lists_every_relay_with_its_instance(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path) as (_, a, b),
+        relay_at(a, "r1", name="one"),
+        relay_at(b, "r2", name="two"),
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: b.relay("r1") is not None)
+            await a.wait_for(lambda: a.relay("r2") is not None)
+            for server in (a, b):
+                async with http.get(server.url + "/api/state") as resp:
+                    clients = (await resp.json())["mcp"]["clients"]
+                assert {c["id"]: (c["name"], c["instance"]) for c in clients} == {
+                    "r1": ("one", "A"),
+                    "r2": ("two", "B"),
+                }
