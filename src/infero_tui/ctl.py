@@ -127,16 +127,19 @@ def models_table(snapshot: StateSnapshot) -> str:
 
 
 def mcp_tables(snapshot: StateSnapshot) -> str:
+    several = bool(snapshot.server.instances)  # the INSTANCE column with REDIS_ADDR only
     relays = [
         [c.id, c.name, c.status, str(c.inflight), str(c.calls_total), str(c.errors_total)]
+        + ([c.instance] if several else [])
         for c in snapshot.mcp.clients
     ]
+    relay_headers = ["RELAY", "NAME", "STATUS", "INFLIGHT", "CALLS", "ERRORS"]
     sessions = [
         [s.id, s.client_id, s.method, str(s.inflight), millis(s.duration_ms, compact=True)]
         for s in snapshot.mcp.sessions
     ]
     return (
-        table(["RELAY", "NAME", "STATUS", "INFLIGHT", "CALLS", "ERRORS"], relays)
+        table(relay_headers + (["INSTANCE"] if several else []), relays)
         + "\n\n"
         + table(["SESSION", "RELAY", "METHOD", "INFLIGHT", "DURATION"], sessions)
     )

@@ -381,6 +381,16 @@ def relay_columns(ctx: TableContext) -> list[Column[McpClientInfo]]:
             "V",
             priority=4,
         ),
+        Column(
+            "instance",
+            "INSTANCE",
+            10,
+            lambda r: _plain(r.instance or "-"),
+            lambda r: r.instance,
+            "X",
+            priority=5,
+            shown=lambda: ctx.instances,  # several server instances share the fleet
+        ),
     ]
 
 

@@ -562,3 +562,28 @@ async def test_with_several_server_instances_each_connector_shows_its_instance()
         assert layout[-1] == "instance"
         header = str(app.screen.query_one("#header").render())
         assert "instance i-a of 2" in header
+
+
+async def test_with_several_server_instances_each_relay_shows_its_instance() -> None:
+    from infero.protocol.state import InstanceInfo
+
+    base = snapshots("fleet")[0]
+    server = base.server.model_copy(
+        update={"instance": "i-a", "instances": [InstanceInfo(id="i-a"), InstanceInfo(id="i-b")]}
+    )
+    clients = [c.model_copy(update={"instance": "i-b"}) for c in base.mcp.clients]
+    mcp = base.mcp.model_copy(update={"clients": clients})
+    feed = FrozenFeed.holding([base.model_copy(update={"server": server, "mcp": mcp})])
+    app = fleet_app(feed)
+    async with app.run_test(size=(160, 35)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("3")
+        layout = [column.key for column, _ in table(app, "mcp-relays").layout_columns(158)]
+        assert layout[-1] == "instance"
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        facts = app.screen.query_one("#detail-facts", Static).content
+        assert isinstance(facts, Table)
+        console = Console(width=160, file=io.StringIO(), record=True)
+        console.print(facts)
+        assert ["Instance", "i-b"] in [line.split() for line in console.export_text().splitlines()]

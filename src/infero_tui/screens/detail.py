@@ -147,18 +147,19 @@ def serving(model: ModelInfo, workers: list[WorkerInfo]) -> Table:
 
 
 def relay_facts(relay: McpClientInfo, now: datetime, calls_rate: float) -> Table:
-    return _grid(
-        [
-            ("ID", relay.id),
-            ("Status", status_text(relay.status)),
-            ("Version", relay.version or "?"),
-            ("Linked for", age(now, relay.connected_at)),
-            ("In flight", str(relay.inflight)),
-            ("Calls/s now", f"{rate(calls_rate)} (10 s avg)"),
-            ("Calls", f"{count(relay.calls_total)} (since it connected)"),
-            ("Errors", f"{count(relay.errors_total)} (since it connected)"),
-        ]
-    )
+    facts: list[tuple[str, str | Text]] = [
+        ("ID", relay.id),
+        ("Status", status_text(relay.status)),
+        ("Version", relay.version or "?"),
+        ("Linked for", age(now, relay.connected_at)),
+        ("In flight", str(relay.inflight)),
+        ("Calls/s now", f"{rate(calls_rate)} (10 s avg)"),
+        ("Calls", f"{count(relay.calls_total)} (since it connected)"),
+        ("Errors", f"{count(relay.errors_total)} (since it connected)"),
+    ]
+    if relay.instance:
+        facts.append(("Instance", relay.instance))
+    return _grid(facts)
 
 
 def methods(relay: McpClientInfo) -> Table:

@@ -47,6 +47,21 @@ def test_models_and_mcp_tables_show_queues_relays_and_sessions() -> None:
     assert "sess-7f3a" in mcp
 
 
+def test_with_several_instances_the_relay_table_names_each_relays_instance() -> None:
+    from infero.protocol.state import InstanceInfo
+
+    base = fleet()
+    server = base.server.model_copy(update={"instances": [InstanceInfo(id="A")]})
+    clients = [c.model_copy(update={"instance": "A"}) for c in base.mcp.clients]
+    snapshot = base.model_copy(
+        update={"server": server, "mcp": base.mcp.model_copy(update={"clients": clients})}
+    )
+    lines = ctl.mcp_tables(snapshot).splitlines()
+    assert lines[0].split()[-1] == "INSTANCE"
+    assert lines[1].split()[-1] == "A"
+    assert "INSTANCE" not in ctl.mcp_tables(base)
+
+
 def test_workers_resolve_by_id_then_by_unique_live_name() -> None:
     snapshot = fleet()
     assert ctl.resolve_worker(snapshot, "w-bravo").name == "bravo"
