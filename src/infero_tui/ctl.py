@@ -127,10 +127,18 @@ def models_table(snapshot: StateSnapshot) -> str:
 
 
 def mcp_tables(snapshot: StateSnapshot) -> str:
-    several = bool(snapshot.server.instances)  # the INSTANCE column with REDIS_ADDR only
+    """Relays and sessions; with several server instances, the INSTANCE of each relay."""
+    several = bool(snapshot.server.instances)
     relays = [
-        [c.id, c.name, c.status, str(c.inflight), str(c.calls_total), str(c.errors_total)]
-        + ([c.instance] if several else [])
+        [
+            c.id,
+            c.name,
+            c.status,
+            str(c.inflight),
+            str(c.calls_total),
+            str(c.errors_total),
+            *([c.instance or "-"] if several else []),
+        ]
         for c in snapshot.mcp.clients
     ]
     relay_headers = ["RELAY", "NAME", "STATUS", "INFLIGHT", "CALLS", "ERRORS"]
