@@ -297,3 +297,36 @@ async def test_every_instance_lists_every_relay_with_its_instance(tmp_path: Path
                     "r1": ("one", "A"),
                     "r2": ("two", "B"),
                 }
+
+
+async def test_without_redis_an_instance_links_and_serves_its_own_relays(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async with two_instances(tmp_path) as (redis, a, _), aiohttp.ClientSession() as http:
+        await redis.stop()
+        async with asyncio.timeout(15):
+            await a.wait_for(lambda: federated(a).membership.degraded)
+            async with relay_at(a, "r9") as relay:
+                assert isinstance(relay.answer, lp.Welcome)
+                call = asyncio.create_task(
+                    http.post(a.url + "/api/mcp/id/r9", data=RAW_CALL, headers=ACCEPT)
+                )
+                incoming = await relay.next_request()
+                await relay.reply(incoming.id, b'{"jsonrpc":"2.0","id":7,"result":{}}')
+                resp = await call
+                assert resp.status == 200
+                resp.release()
+        assert "mcp relay r9: Redis unreachable" in caplog.text
+
+
+async def test_the_peer_mcp_route_wants_the_peer_key(tmp_path: Path) -> None:
+    async with (
+        two_instances(tmp_path) as (_, a, _),
+        relay_at(a, "r1"),
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        for key in ("", "wrong"):
+            async with http.post(
+                a.url + "/api/peer/v1/mcp/r1", data=RAW_CALL, headers={"X-Infero-Peer-Key": key}
+            ) as resp:
+                assert resp.status == 401
