@@ -40,6 +40,9 @@ FLUSH_INTERVAL = 1.0
 CONNECTOR_RETENTION = 7 * 24 * 3600.0
 """Seconds the counters of a connector id stay in Redis after it last counted a request."""
 
+ERROR_LIMIT = 1000
+"""Characters of a connector's `last_error` stored in Redis."""
+
 _FLOATS = frozenset({"ttft_s_total", "duration_s_total"})
 _COUNTERS = tuple(f.name for f in fields(Counters))
 _PER_MODEL = (
@@ -278,7 +281,7 @@ class FleetCounters:
         args = [known, int(self.retention * 1000), secrets.token_hex(8), len(ops) // 4, *ops]
         try:
             answer = await self._script(keys=keys, args=args)
-        except BaseException:
+        except BaseException:  # failed or cancelled: keep the counts for the next flush
             self.sending.add(self.pending)
             self.sending, self.pending = Counts(), self.sending
             raise
@@ -337,7 +340,7 @@ def _operations(counts: Counts, index: dict[str, int]) -> Iterable[Any]:
         for name, counters in connector.per_model.items():
             yield from _increments(n, counters, _PER_MODEL, "/" + name)
         if connector.last_error:
-            yield from (n, "s", "last_error", connector.last_error)
+            yield from (n, "s", "last_error", connector.last_error[:ERROR_LIMIT])
 
 
 def _increments(n: int, counters: Counters, names: Iterable[str], suffix: str) -> Iterable[Any]:
