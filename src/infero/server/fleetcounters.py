@@ -25,10 +25,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from redis.exceptions import RedisError
-
 from infero.server.events import RequestFinished, RequestRejected
-from infero.server.membership import PREFIX, REDIS_TIMEOUT
+from infero.server.membership import PREFIX, REDIS_FAILURES, REDIS_TIMEOUT
 from infero.server.registry import Counters, WorkerStats
 
 logger = logging.getLogger(__name__)
@@ -307,7 +305,7 @@ class FleetCounters:
                 continue
             try:
                 await self.flush()
-            except (RedisError, OSError, TimeoutError) as failure:
+            except REDIS_FAILURES as failure:
                 logger.debug("counters not flushed to Redis (%s); kept for the next flush", failure)
 
     async def close(self) -> None:
@@ -317,7 +315,7 @@ class FleetCounters:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await self.flush()
-        except (RedisError, OSError, TimeoutError) as failure:
+        except REDIS_FAILURES as failure:
             logger.warning("counters of the last %ss not flushed (%s)", self.interval, failure)
 
 

@@ -29,10 +29,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from redis.exceptions import RedisError
-
 from infero.server.changes import ChangeFeed
-from infero.server.membership import PREFIX
+from infero.server.membership import PREFIX, REDIS_FAILURES
 from infero.server.scheduler import Queued, Scheduler
 from infero.server.shared import QueueFull, Route
 
@@ -49,7 +47,7 @@ REFRESH_IDLE = 1.0
 PURGE_GRACE = 5.0
 """Seconds beyond QUEUE_TIMEOUT + LEASE_TTL after which any entry is purged as stale."""
 
-Failure = (RedisError, OSError, TimeoutError)
+Failure = REDIS_FAILURES
 """What a Redis call raises when Redis cannot be reached or answered badly."""
 
 _JOIN = """

@@ -38,7 +38,7 @@ from urllib.parse import unquote, urlsplit
 from redis import asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 from redis.asyncio.sentinel import Sentinel
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from infero.server.changes import ChangeFeed
 
@@ -55,6 +55,9 @@ REFRESH = 1.0
 """Most seconds between two reads of the other instances' headers."""
 REDIS_TIMEOUT = 2.0
 """Seconds a Redis command or connection may take before the instance counts as degraded."""
+REDIS_FAILURES = (RedisError, RedisClusterException, OSError, TimeoutError)
+"""What a Redis call raises when Redis (or every Cluster node) cannot be reached or answer
+(`RedisClusterException`, raised when no node can be reached, is no `RedisError`)."""
 CHANGE_LOG = 1000
 """Entries the change log keeps (about: trimmed with `MAXLEN ~`); a mirror that falls further
 behind reads the peer whole."""
@@ -325,7 +328,7 @@ class Membership:
                 await self._write(renew_every)
                 await self._poll()
                 self._healthy()
-            except (RedisError, OSError, TimeoutError) as failure:
+            except REDIS_FAILURES as failure:
                 self._failed(failure)
             try:
                 async with asyncio.timeout(min(REFRESH, renew_every)):
@@ -358,7 +361,7 @@ class Membership:
                 cursor = entries[-1][0]
                 async with self._lock:
                     await self._apply(entries)
-            except (RedisError, OSError, TimeoutError):
+            except REDIS_FAILURES:
                 # The loop says `degraded`; no event tells that Redis is back: retry on a timer.
                 await asyncio.sleep(REFRESH)
 
@@ -599,7 +602,7 @@ class Membership:
                 pipe.delete(PREFIX + "connectors:" + own)
                 pipe.srem(MEMBERS, own)
                 await pipe.execute()
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:
             pass  # the keys expire by themselves
         await self.redis.aclose()
 

@@ -21,12 +21,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from aiohttp import web
-from redis.exceptions import RedisError
 
 from infero.server import errors
 from infero.server.bodies import BodyRefused, read_body
 from infero.server.exchange import is_event_stream
-from infero.server.membership import PREFIX
+from infero.server.membership import PREFIX, REDIS_FAILURES
 
 if TYPE_CHECKING:
     from infero.server.openai_api import OpenAIRelay
@@ -158,7 +157,7 @@ class RedisAffinity:
                 oldest = await self.redis.zpopmin(RESPONSE_INDEX, count - self.max_entries)
                 if oldest:
                     await self.redis.delete(*(RESPONSE_KEY + _text(i) for i, _ in oldest))
-        except (RedisError, OSError, TimeoutError) as failure:
+        except REDIS_FAILURES as failure:
             logger.warning("response %s: affinity not stored in Redis (%s)", response_id, failure)
 
     async def lookup(self, response_id: str) -> Owner | None:
@@ -166,7 +165,7 @@ class RedisAffinity:
             return await self.fallback.lookup(response_id)
         try:
             raw = await self.redis.get(RESPONSE_KEY + response_id)
-        except (RedisError, OSError, TimeoutError) as failure:
+        except REDIS_FAILURES as failure:
             logger.warning("response %s: Redis could not be asked (%s)", response_id, failure)
             return await self.fallback.lookup(response_id)
         if raw is None:
@@ -186,7 +185,7 @@ class RedisAffinity:
             pipe.delete(RESPONSE_KEY + response_id)
             pipe.zrem(RESPONSE_INDEX, response_id)
             await pipe.execute()
-        except (RedisError, OSError, TimeoutError) as failure:
+        except REDIS_FAILURES as failure:
             logger.warning("response %s: Redis could not forget it (%s)", response_id, failure)
 
 

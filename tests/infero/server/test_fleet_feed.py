@@ -7,6 +7,7 @@ instance B's `/api/state/stream` (docs/scale-out.md, docs/state.md).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from contextlib import AsyncExitStack
 from dataclasses import replace
@@ -27,7 +28,14 @@ from infero.server.membership import (
     PeerMirror,
 )
 from support.connector import ScriptedConnector, scripted_connector
-from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.fleet import (
+    STARTUP,
+    federated,
+    instance,
+    redis_cluster,
+    redis_server,
+    server_process,
+)
 from support.statestream import StateView
 
 X1 = ConnectorSummary("x1", "X1", ("m",), 4, 0, "idle", 1.0)
@@ -208,3 +216,39 @@ async def test_a_killed_instance_s_rows_leave_b_s_stream_when_its_lease_expires(
             snap = await view.until(lambda s: not s.workers)  # within the 3 s lease
             assert snap.server.instances is not None
             assert [i.id for i in snap.server.instances] == ["B"]
+
+
+async def test_every_cluster_node_gone_leaves_each_instance_degraded_on_its_own_links(
+    tmp_path: Path,
+) -> None:
+    """redis-py's Cluster client raises `RedisClusterException` (no `RedisError`) when no node
+    answers: every upkeep loop (membership, counters, queue) survives it; `degraded`."""
+    async with (
+        redis_cluster(tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1"),
+    ):
+        peers = federated(b).membership.peers
+        await b.wait_for(lambda: "A" in peers and len(peers["A"].connectors) == 1)
+        upkeep = [t for t in asyncio.all_tasks() if t.get_name() == "shared-state"]
+        assert len(upkeep) == 2
+        port = int(redis_addr.rpartition(":")[2])
+        first = aioredis.Redis(host="127.0.0.1", port=port)
+        nodes: Any = await first.execute_command("CLUSTER", "NODES")  # type: ignore[no-untyped-call]
+        await first.aclose()
+        for line in _text(nodes).splitlines():
+            node = aioredis.Redis(
+                host="127.0.0.1", port=int(line.split()[1].split("@")[0].split(":")[1])
+            )
+            with contextlib.suppress(aioredis.ConnectionError):
+                await node.shutdown(nosave=True)
+            await node.aclose()
+        await b.wait_for(lambda: federated(b).membership.degraded)
+        await b.wait_for(lambda: "A" not in peers)  # its lease may have expired meanwhile
+        assert a.status("w1") == "idle"
+        assert not any(t.done() for t in upkeep), "an instance's upkeep task ended"
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
