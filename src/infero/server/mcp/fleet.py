@@ -26,14 +26,19 @@ from dataclasses import dataclass
 from typing import Any
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from infero.protocol import link as lp
 from infero.protocol.state import McpState
 from infero.server.exchange import Exchange
 from infero.server.link import ConnectorLink, duplicate_refusal
 from infero.server.mcp.relays import Relay, RelayGauges, RelayRegistry, client_status
-from infero.server.membership import PREFIX, REDIS_TIMEOUT, Lease, RelaySummary
+from infero.server.membership import (
+    PREFIX,
+    REDIS_FAILURES,
+    REDIS_TIMEOUT,
+    Lease,
+    RelaySummary,
+)
 from infero.server.peer import PeerClient
 
 logger = logging.getLogger(__name__)
@@ -137,7 +142,7 @@ class FederatedRelays:
                     holder = await self._claim(keys=keys, args=args)
                 except RedisConnectionError:  # a pooled connection Redis closed (it restarted)
                     holder = await self._claim(keys=keys, args=args)
-        except (RedisError, OSError, TimeoutError) as failure:
+        except REDIS_FAILURES as failure:
             logger.warning(
                 "mcp relay %s: Redis unreachable (%s), id checked on this instance only",
                 relay_id,
@@ -167,7 +172,7 @@ class FederatedRelays:
             task.add_done_callback(self._tasks.discard)
 
     async def _give_back(self, relay_id: str, value: str) -> None:
-        with contextlib.suppress(RedisError, OSError, TimeoutError):
+        with contextlib.suppress(*REDIS_FAILURES):
             async with asyncio.timeout(REDIS_TIMEOUT):
                 await self._release(keys=[RELAY_PREFIX + relay_id], args=[value])
 
@@ -216,7 +221,7 @@ class FederatedRelays:
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 lost = await self._renew(keys=keys, args=[int(self.ttl * 1000), *held.values()])
-        except (RedisError, OSError, TimeoutError):
+        except REDIS_FAILURES:
             return  # membership reports the instance degraded; retried on the next round
         for key in lost:
             relay_id = (key.decode() if isinstance(key, bytes) else str(key))[len(RELAY_PREFIX) :]
