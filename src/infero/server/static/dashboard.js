@@ -3,6 +3,7 @@
 // a snapshot, then deltas keyed by id, applied to maps of rows; the page is drawn at most once
 // per animation frame from the latest state, and long tables render only the rows in view.
 // Everything goes in with DOM APIs (textContent, never HTML strings: names come from connectors).
+// With several server instances (REDIS_ADDR) it lists them and shows each row's instance.
 (() => {
   const STREAM_URL = "api/state/stream";
   const KEY_STORAGE = "infero.apiKey";
@@ -17,6 +18,7 @@
   let retryTimer = 0;
   let lastEventId = "";
   let snapshots = 0;
+  let filterText = ""; // lower case; rows of the filterable tables must contain it
 
   // ---- the state the page holds ----------------------------------------------------------
 
@@ -27,6 +29,7 @@
     models: new Map(),
     clients: new Map(),
     sessions: new Map(),
+    instances: new Map(), // from server.instances: this instance first, as the server sends them
     clockOffset: 0, // server clock minus ours, from the latest event (ms)
   };
 
@@ -42,8 +45,17 @@
     for (const row of rows || []) map.set(key(row), row);
   }
 
+  function setServer(server) {
+    state.server = server;
+    fillMap(state.instances, server.instances, (i) => i.id);
+    TABLE_OF.instances.changed = true;
+  }
+
+  // Instance columns appear only when the fleet has several instances.
+  const several = () => state.instances.size > 1;
+
   function applySnapshot(doc) {
-    state.server = doc.server;
+    setServer(doc.server);
     state.summary = doc.workers_summary;
     fillMap(state.workers, doc.workers, KINDS[0][2]);
     fillMap(state.models, doc.models, KINDS[1][2]);
@@ -55,7 +67,7 @@
 
   function applyDelta(delta) {
     if (!state.server) return;
-    if (delta.server) state.server = delta.server;
+    if (delta.server) setServer(delta.server);
     if (delta.workers_summary) state.summary = delta.workers_summary;
     state.server = { ...state.server, now: delta.now };
     setClock(delta.now);
@@ -143,11 +155,15 @@
     constructor(id, name, columns, options) {
       this.table = $(id);
       this.name = name;
-      this.columns = columns;
+      this.all = columns; // a column with `shown` is drawn only while shown() is true
+      this.columns = columns.filter((c) => !c.shown || c.shown());
       this.key = options.key;
       this.empty = options.empty;
+      this.text = options.text || null; // what the filter searches (lower case); none: no filter
+      this.decorate = options.decorate || null; // (tr, row) => void, for row attributes
       this.sortable = Boolean(options.sortable);
       this.sortKey = options.sortKey || null;
+      this.defaultSort = this.sortKey;
       this.sortDir = 1;
       this.order = options.order || null;
       this.changed = true;
@@ -164,7 +180,7 @@
       this.emptyRow = null;
       for (const spacer of [this.top, this.bottom]) {
         const cell = el("td", "");
-        cell.colSpan = columns.length;
+        cell.colSpan = this.columns.length;
         spacer.append(cell);
       }
       this.scroller.addEventListener("scroll", schedule, { passive: true });
@@ -210,8 +226,32 @@
       }
     }
 
+    // Columns that come and go (the instance of each row): rebuilt only when the set changes.
+    refreshColumns() {
+      const visible = this.all.filter((c) => !c.shown || c.shown());
+      if (visible.length === this.columns.length && visible.every((c, i) => c === this.columns[i])) {
+        return;
+      }
+      this.columns = visible;
+      if (!visible.some((c) => c.key === this.sortKey)) {
+        this.sortKey = this.defaultSort;
+        this.sortDir = 1;
+      }
+      this.top.cells[0].colSpan = visible.length;
+      this.bottom.cells[0].colSpan = visible.length;
+      this.emptyRow = null;
+      this.shown = new Map(); // every row is rebuilt with the new cells
+      this.changed = true;
+      this.head();
+      this.marks();
+    }
+
     resort() {
-      const rows = [...state[this.name].values()];
+      let rows = [...state[this.name].values()];
+      if (this.text && filterText) {
+        const textOf = this.text;
+        rows = rows.filter((row) => textOf(row).includes(filterText));
+      }
       const column = this.columns.find((c) => c.key === this.sortKey);
       if (column && column.sort) {
         const dir = this.sortDir;
@@ -234,6 +274,7 @@
     }
 
     draw() {
+      this.refreshColumns();
       if (this.changed) {
         this.resort();
         this.changed = false;
@@ -241,10 +282,14 @@
       const total = this.rows.length;
       if (total === 0) {
         if (!this.emptyRow) {
-          const cell = el("td", "empty", this.empty);
+          const cell = el("td", "empty");
           cell.colSpan = this.columns.length;
           this.emptyRow = el("tr", "", cell);
         }
+        const filtered = this.text && filterText && state[this.name].size;
+        const message = filtered ? "No row matches the filter." : this.empty;
+        const cell = this.emptyRow.cells[0];
+        if (cell.textContent !== message) cell.textContent = message;
         this.shown.clear();
         this.body.replaceChildren(this.emptyRow);
         return;
@@ -264,6 +309,7 @@
         }
         this.columns.forEach((column, c) => put(tr.cells[c], column.cell(row)));
         if (row.status !== undefined) tr.dataset.status = row.status;
+        if (this.decorate) this.decorate(tr, row);
         next.set(key, tr);
         wanted.push(tr);
       }
@@ -295,6 +341,13 @@
         }),
       },
       { key: "status", label: "Status", sort: (w) => w.status, cell: (w) => status(w.status, w.draining) },
+      {
+        key: "instance",
+        label: "Instance",
+        shown: several,
+        sort: (w) => w.instance || "",
+        cell: (w) => text(w.instance || "–"),
+      },
       {
         key: "load",
         label: "In flight",
@@ -344,7 +397,16 @@
       },
       { key: "version", label: "Version", sort: (w) => w.version, cell: (w) => text(w.version) },
     ],
-    { key: (w) => w.id, empty: "No connectors.", sortable: true, sortKey: "name" },
+    {
+      key: (w) => w.id,
+      empty: "No connectors.",
+      sortable: true,
+      sortKey: "name",
+      text: (w) =>
+        [w.name, w.id, w.status, w.instance || "", w.version, ...(w.models_supported || [])]
+          .join("\n")
+          .toLowerCase(),
+    },
   );
 
   const MODELS = new Table(
@@ -371,6 +433,13 @@
     { key: (m) => m.name, empty: "No models.", order: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) },
   );
 
+  // Relay rows carry their instance only from servers that share MCP relays across instances.
+  function relayInstances() {
+    if (!several()) return false;
+    for (const relay of state.clients.values()) return relay.instance !== undefined;
+    return false;
+  }
+
   const CLIENTS = new Table(
     "mcp-clients",
     "clients",
@@ -378,12 +447,17 @@
       { key: "name", label: "Name", cell: (c) => text(c.name || c.id) },
       { key: "id", label: "Id", cell: (c) => text(c.id) },
       { key: "status", label: "Status", cell: (c) => status(c.status, false) },
+      { key: "instance", label: "Instance", shown: relayInstances, cell: (c) => text(c.instance || "–") },
       { key: "inflight", label: "In flight", numeric: true, cell: (c) => num(int(c.inflight)) },
       { key: "calls", label: "Calls", numeric: true, cell: (c) => num(int(c.calls_total)) },
       { key: "errors", label: "Errors", numeric: true, cell: (c) => num(int(c.errors_total)) },
       { key: "version", label: "Version", cell: (c) => text(c.version) },
     ],
-    { key: (c) => c.id, empty: "No MCP relays." },
+    {
+      key: (c) => c.id,
+      empty: "No MCP relays.",
+      text: (c) => [c.name, c.id, c.status, c.instance || "", c.version].join("\n").toLowerCase(),
+    },
   );
 
   const SESSIONS = new Table(
@@ -405,8 +479,42 @@
     { key: (s) => `${s.client_id}/${s.id}`, empty: "No MCP sessions." },
   );
 
-  const TABLES = [WORKERS, MODELS, CLIENTS, SESSIONS];
-  const TABLE_OF = { workers: WORKERS, models: MODELS, clients: CLIENTS, sessions: SESSIONS };
+  const isSelf = (i) => i.id === state.server.instance;
+  const INSTANCES = new Table(
+    "instances",
+    "instances",
+    [
+      { key: "id", label: "Instance", cell: (i) => ({ text: i.id, cls: "name", small: isSelf(i) ? "this page" : "" }) },
+      { key: "address", label: "Address", cell: (i) => text(i.address || "–") },
+      { key: "version", label: "Version", cell: (i) => text(i.version || "–") },
+      {
+        key: "up",
+        label: "Up",
+        numeric: true,
+        cell: (i) => ({
+          text: i.started_at ? duration(ageSeconds(i.started_at)) : "–",
+          cls: "num",
+          title: i.started_at ? `since ${i.started_at}` : "",
+        }),
+      },
+      { key: "links", label: "Links", numeric: true, cell: (i) => num(int(i.links)) },
+      { key: "inflight", label: "In flight", numeric: true, cell: (i) => num(int(i.inflight)) },
+    ],
+    {
+      key: (i) => i.id,
+      empty: "No instances.",
+      decorate: (tr, i) => tr.toggleAttribute("data-self", isSelf(i)),
+    },
+  );
+
+  const TABLES = [INSTANCES, WORKERS, MODELS, CLIENTS, SESSIONS];
+  const TABLE_OF = {
+    instances: INSTANCES,
+    workers: WORKERS,
+    models: MODELS,
+    clients: CLIENTS,
+    sessions: SESSIONS,
+  };
 
   // ---- drawing: once per animation frame, from the latest state ----------------------------
 
@@ -426,6 +534,10 @@
     const started = Date.parse(server.started_at);
     const uptime = Number.isNaN(started) ? server.uptime_s : (serverNow() - started) / 1000;
     $("uptime").textContent = `up ${duration(uptime)}`;
+    const degraded = Boolean(server.degraded);
+    $("degraded").hidden = !degraded;
+    $("degraded-note").hidden = !degraded;
+    $("fleet").hidden = state.instances.size === 0;
     $("summary").textContent =
       `${int(summary.connected)} connected: ${int(summary.working)} busy, ` +
       `${int(summary.idle)} idle, ${int(summary.draining)} draining, ` +
@@ -445,6 +557,33 @@
 
   // Ages move with the clock, not with events: redraw the visible rows once a second.
   setInterval(schedule, 1000);
+
+  // ---- the filter: connectors and relays whose name, id, status, instance, version (or a
+  // model of a connector) contain the text; `/` goes to it, Escape clears it.
+
+  const filterBox = $("filter");
+
+  function setFilter(value) {
+    const next = value.trim().toLowerCase();
+    if (next === filterText) return;
+    filterText = next;
+    for (const table of TABLES) if (table.text) table.changed = true;
+    schedule();
+  }
+
+  filterBox.addEventListener("input", () => setFilter(filterBox.value));
+  filterBox.addEventListener("keydown", (event) => {
+    if (event.key !== "Escape") return;
+    filterBox.value = "";
+    setFilter("");
+  });
+  document.addEventListener("keydown", (event) => {
+    const target = event.target;
+    if (event.key !== "/" || event.ctrlKey || event.metaKey || event.altKey) return;
+    if (target instanceof HTMLInputElement || target instanceof HTMLTextAreaElement) return;
+    event.preventDefault();
+    filterBox.focus();
+  });
 
   // ---- the stream ------------------------------------------------------------------------
 

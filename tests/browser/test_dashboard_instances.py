@@ -1,0 +1,160 @@
+"""The `/state` dashboard of a fleet (REDIS_ADDR) in a real headless chromium.
+
+Two server instances share a real `redis-server` started by the test; a scripted connector is
+linked to each. The page on one instance lists every instance and shows each connector with
+the instance it is linked to; a connector joining the other instance arrives by a delta. With
+a single instance the page looks as it always did: no Instance column. Every wait is a bounded
+page condition.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from playwright.async_api import Locator, Page, expect
+
+from infero import __version__
+from support.connector import scripted_connector
+from support.fleet import instance, redis_server
+from support.server import running_server
+
+pytestmark = pytest.mark.browser
+
+WAIT_MS = 20_000
+"""Milliseconds for a change to reach the page (lease reads, a busy 2-core machine)."""
+AGE = re.compile(r"^\d+(s|m \d+s)$")
+"""An instance's time up, computed by the page from its `started_at`."""
+
+
+async def column(page: Page, table: str, key: str) -> int:
+    """The 1-based position of a column, read from the table's header."""
+    keys: list[str] = await page.locator(f"#{table} thead th").evaluate_all(
+        "ths => ths.map(th => th.dataset.key)"
+    )
+    return keys.index(key) + 1
+
+
+def cell(page: Page, table: str, row_id: str, position: int) -> Locator:
+    return page.locator(f'#{table} tbody tr[data-id="{row_id}"] td:nth-child({position})')
+
+
+async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_connector_is(
+    tmp_path: Path, page: Page
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "east") as east,
+        instance(redis.url, "west") as west,
+        scripted_connector(east.url, client_key="ck", id="w-1", name="able", models=["m-a"]),
+        scripted_connector(west.url, client_key="ck", id="w-2", name="baker", models=["m-b"]),
+    ):
+        await page.goto(west.url + "/state")
+        instances = page.locator("#instances tbody tr[data-id]")
+        await expect(instances).to_have_count(2, timeout=WAIT_MS)
+        await expect(page.locator("#fleet")).to_be_visible()
+        await expect(instances.nth(0)).to_have_attribute("data-id", "west")
+        await expect(instances.nth(1)).to_have_attribute("data-id", "east")
+        serving = page.locator("#instances tbody tr[data-self]")
+        await expect(serving).to_have_count(1)
+        await expect(serving).to_have_attribute("data-id", "west")
+        await expect(serving.locator("td").nth(0)).to_have_text("westthis page")
+        await expect(page.locator("#degraded")).to_be_hidden()
+
+        links = await column(page, "instances", "links")
+        await expect(cell(page, "instances", "east", 1)).to_have_text("east")
+        await expect(cell(page, "instances", "east", 2)).to_have_text(east.url)
+        await expect(cell(page, "instances", "east", 3)).to_have_text(__version__)
+        await expect(cell(page, "instances", "east", 4)).to_have_text(AGE)
+        await expect(cell(page, "instances", "east", links)).to_have_text("1", timeout=WAIT_MS)
+        await expect(cell(page, "instances", "west", links)).to_have_text("1", timeout=WAIT_MS)
+        await expect(cell(page, "instances", "east", links + 1)).to_have_text("0")
+
+        rows = page.locator("#workers tbody tr[data-id]")
+        await expect(rows).to_have_count(2, timeout=WAIT_MS)
+        where = await column(page, "workers", "instance")
+        await expect(cell(page, "workers", "w-1", where)).to_have_text("east")
+        await expect(cell(page, "workers", "w-2", where)).to_have_text("west")
+
+        conn = page.locator("#conn")
+        await expect(conn).to_have_attribute("data-snapshots", "1")
+        async with scripted_connector(east.url, client_key="ck", id="w-3", name="charlie"):
+            await expect(cell(page, "workers", "w-3", where)).to_have_text("east", timeout=WAIT_MS)
+            await expect(cell(page, "instances", "east", links)).to_have_text("2", timeout=WAIT_MS)
+            assert await conn.get_attribute("data-snapshots") == "1", "it came as a delta"
+
+            header = page.locator('#workers th[data-key="instance"]')
+            await header.locator("button").click()
+            await expect(header).to_have_attribute("aria-sort", "ascending")
+            await expect(rows.nth(0)).to_have_attribute("data-id", "w-1")
+            await expect(rows.nth(1)).to_have_attribute("data-id", "w-3")
+            await expect(rows.nth(2)).to_have_attribute("data-id", "w-2")
+            await header.locator("button").click()
+            await expect(header).to_have_attribute("aria-sort", "descending")
+            await expect(rows.nth(0)).to_have_attribute("data-id", "w-2")
+
+            await page.fill("#filter", "EAST")
+            await expect(rows).to_have_count(2)
+            await expect(page.locator('#workers tbody tr[data-id="w-2"]')).to_have_count(0)
+            await page.fill("#filter", "nowhere")
+            await expect(page.locator("#workers td.empty")).to_have_text(
+                "No row matches the filter."
+            )
+            await page.locator("#filter").press("Escape")
+            await expect(rows).to_have_count(3)
+
+
+async def test_a_single_instance_shows_no_instance_column_until_a_second_one_joins(
+    tmp_path: Path, page: Page
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "solo") as solo,
+        scripted_connector(solo.url, client_key="ck", id="w-1", name="able"),
+    ):
+        await page.goto(solo.url + "/state")
+        await expect(page.locator('#workers tbody tr[data-id="w-1"]')).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        await expect(page.locator("#instances tbody tr[data-self]")).to_have_attribute(
+            "data-id", "solo"
+        )
+        await expect(page.locator('#workers th[data-key="instance"]')).to_have_count(0)
+        await expect(page.locator('#workers tbody tr[data-id="w-1"] td')).to_have_count(10)
+
+        async with instance(redis.url, "other"):
+            await expect(page.locator('#workers th[data-key="instance"]')).to_have_count(
+                1, timeout=WAIT_MS
+            )
+            await expect(page.locator('#workers tbody tr[data-id="w-1"] td')).to_have_count(11)
+        await expect(page.locator('#workers th[data-key="instance"]')).to_have_count(
+            0, timeout=WAIT_MS
+        )
+
+
+async def test_without_redis_the_page_has_no_instances_panel_nor_column(page: Page) -> None:
+    async with (
+        running_server() as server,
+        scripted_connector(server.url, id="w-1", name="able"),
+    ):
+        await page.goto(server.url + "/state")
+        await expect(page.locator('#workers tbody tr[data-id="w-1"]')).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        await expect(page.locator("#fleet")).to_be_hidden()
+        await expect(page.locator("#degraded")).to_be_hidden()
+        await expect(page.locator('#workers th[data-key="instance"]')).to_have_count(0)
+
+
+async def test_the_page_says_degraded_when_redis_is_gone(tmp_path: Path, page: Page) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "solo") as solo,
+    ):
+        await page.goto(solo.url + "/state")
+        await expect(page.locator("#instances tbody tr[data-id]")).to_have_count(1, timeout=WAIT_MS)
+        await expect(page.locator("#degraded")).to_be_hidden()
+        await redis.stop()
+        await expect(page.locator("#degraded")).to_be_visible(timeout=WAIT_MS)
+        await expect(page.locator("#degraded-note")).to_be_visible()
