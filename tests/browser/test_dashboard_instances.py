@@ -1,10 +1,10 @@
 """The `/state` dashboard of a fleet (REDIS_ADDR) in a real headless chromium.
 
 Two server instances share a real `redis-server` started by the test; a scripted connector is
-linked to each. The page on one instance lists every instance and shows each connector with
-the instance it is linked to; a connector joining the other instance arrives by a delta. With
-a single instance the page looks as it always did: no Instance column. Every wait is a bounded
-page condition.
+linked to each (and an MCP relay to one). The page on one instance lists every instance and
+shows each connector and relay with the instance it is linked to; a connector joining the
+other instance arrives by a delta. With a single instance the page looks as it always did: no
+Instance column. Every wait is a bounded page condition.
 """
 
 from __future__ import annotations
@@ -49,6 +49,9 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
         instance(redis.url, "west") as west,
         scripted_connector(east.url, client_key="ck", id="w-1", name="able", models=["m-a"]),
         scripted_connector(west.url, client_key="ck", id="w-2", name="baker", models=["m-b"]),
+        scripted_connector(
+            east.url, path="/api/mcp/connect", kind="mcp", client_key="ck", id="r-1", name="tools"
+        ),
     ):
         await page.goto(west.url + "/state")
         instances = page.locator("#instances tbody tr[data-id]")
@@ -67,7 +70,7 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
         await expect(cell(page, "instances", "east", 2)).to_have_text(east.url)
         await expect(cell(page, "instances", "east", 3)).to_have_text(__version__)
         await expect(cell(page, "instances", "east", 4)).to_have_text(AGE)
-        await expect(cell(page, "instances", "east", links)).to_have_text("1", timeout=WAIT_MS)
+        await expect(cell(page, "instances", "east", links)).to_have_text("2", timeout=WAIT_MS)
         await expect(cell(page, "instances", "west", links)).to_have_text("1", timeout=WAIT_MS)
         await expect(cell(page, "instances", "east", links + 1)).to_have_text("0")
 
@@ -77,11 +80,14 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
         await expect(cell(page, "workers", "w-1", where)).to_have_text("east")
         await expect(cell(page, "workers", "w-2", where)).to_have_text("west")
 
+        relay = await column(page, "mcp-clients", "instance")
+        await expect(cell(page, "mcp-clients", "r-1", relay)).to_have_text("east", timeout=WAIT_MS)
+
         conn = page.locator("#conn")
         await expect(conn).to_have_attribute("data-snapshots", "1")
         async with scripted_connector(east.url, client_key="ck", id="w-3", name="charlie"):
             await expect(cell(page, "workers", "w-3", where)).to_have_text("east", timeout=WAIT_MS)
-            await expect(cell(page, "instances", "east", links)).to_have_text("2", timeout=WAIT_MS)
+            await expect(cell(page, "instances", "east", links)).to_have_text("3", timeout=WAIT_MS)
             assert await conn.get_attribute("data-snapshots") == "1", "it came as a delta"
 
             header = page.locator('#workers th[data-key="instance"]')
@@ -97,6 +103,12 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
             await page.fill("#filter", "EAST")
             await expect(rows).to_have_count(2)
             await expect(page.locator('#workers tbody tr[data-id="w-2"]')).to_have_count(0)
+            await expect(page.locator("#mcp-clients tbody tr[data-id]")).to_have_count(1)
+            await page.fill("#filter", "west")
+            await expect(rows).to_have_count(1)
+            await expect(page.locator("#mcp-clients td.empty")).to_have_text(
+                "No row matches the filter."
+            )
             await page.fill("#filter", "nowhere")
             await expect(page.locator("#workers td.empty")).to_have_text(
                 "No row matches the filter."
