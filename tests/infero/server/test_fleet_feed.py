@@ -27,6 +27,8 @@ from infero.server.membership import (
     Lease,
     PeerMirror,
 )
+from infero.server.state import PUBLISHER
+from infero.server.statefeed import Scope
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
@@ -252,3 +254,42 @@ async def test_every_cluster_node_gone_leaves_each_instance_degraded_on_its_own_
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+async def test_with_a_thousand_remote_connectors_one_change_publishes_one_row(
+    tmp_path: Path,
+) -> None:
+    """A peer with 1,000 connectors (written in the storage format): one logged change is one
+    row in B's next batch, with no whole read of the peer."""
+    async with redis_server(tmp_path) as redis, instance(redis.url, "B") as b:
+        store = aioredis.from_url(redis.url)
+        conns = {
+            f"x{i}": replace(X1, id=f"x{i}", models=("m", f"m{i % 10}"), connected_at=1.0 + i)
+            for i in range(1000)
+        }
+        mapping: dict[Any, Any] = {"c:" + key: c.dump() for key, c in conns.items()}
+        await store.hset(PREFIX + "connectors:ghost", mapping={**mapping, "gen": "g", "seq": "0"})
+        await store.set(PREFIX + "instance:ghost", GHOST.dump(), px=60_000)
+        await store.sadd(MEMBERS, "ghost")
+        membership = federated(b).membership
+        peers = membership.peers
+        await b.wait_for(lambda: "ghost" in peers and len(peers["ghost"].connectors) == 1000)
+        publisher = b.app[PUBLISHER]
+        publisher.refresh()
+        reads = membership.whole_reads
+        busy = replace(conns["x5"], inflight=1, status="busy")
+        await store.hset(PREFIX + "connectors:ghost", mapping={"c:x5": busy.dump(), "seq": "1"})
+        seen = membership.version
+        entry: dict[Any, Any] = {"i": "ghost", "g": "g", "n": "1", "u": f"[{busy.dump()}]"}
+        await store.xadd(CHANGES, {**entry, "r": "[]"})
+        await b.wait_for(lambda: membership.version != seen)
+        publisher.collect()
+        batch = publisher.publish()
+        assert batch is not None
+        assert {kind: [row.key for row in rows] for kind, rows in batch.upsert.items()} == {
+            "workers": ["x5"]
+        }
+        assert not batch.remove
+        assert len(publisher.delta_event(batch, Scope())) < 2000
+        assert membership.whole_reads == reads
+        await store.aclose()
