@@ -371,7 +371,7 @@ def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> St
     The publisher reads `shared.rows` and runs as long as the app does.
     """
     changes = shared.changes
-    publisher = StatePublisher(shared.rows)
+    publisher = StatePublisher(shared.rows, changes=changes)
     stall = app[keys.SETTINGS].stall_timeout
 
     async def state(request: web.Request) -> web.Response:

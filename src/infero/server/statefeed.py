@@ -194,9 +194,15 @@ class StatePublisher:
         ring: int = RING,
         ring_bytes: int = RING_BYTES,
         viewer_buffer: int = VIEWER_BUFFER_BYTES,
+        changes: ChangeFeed | None = None,
     ) -> None:
+        """With `changes` (the feed every change of the source bumps), `refresh` scans the
+        source only when the feed moved since the last scan."""
         self.source = source
         self.clock = clock
+        self._changes = changes
+        self._collected = -1
+        """Version of `changes` at the last `collect`."""
         self.epoch = secrets.token_hex(4)
         """Prefix of event ids: ids of another server process never resume here."""
         self.last_id = 0
@@ -220,6 +226,8 @@ class StatePublisher:
 
     def collect(self) -> None:
         """Compare the source with the published rows; changed rows join the pending batch."""
+        if self._changes is not None:
+            self._collected = self._changes.version
         pending = self._pending
         scan = self.source.scan()
         source = self.source
@@ -292,8 +300,12 @@ class StatePublisher:
             self._ring_size -= ring.popleft().size
 
     def refresh(self) -> None:
-        """Collect and publish now (a new viewer sees the present)."""
-        self.collect()
+        """Collect and publish now (a new viewer sees the present). Without a change since the
+        last scan there is nothing to collect: viewers connecting together (a dashboard
+        reloaded by many operators, consoles reconnecting after a restart) cost one scan of
+        the fleet and one full document between them, not one each."""
+        if self._changes is None or self._changes.version != self._collected:
+            self.collect()
         self.publish()
 
     async def run(self, changes: ChangeFeed, *, settle: float, spacing: float) -> None:

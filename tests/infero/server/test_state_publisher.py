@@ -8,6 +8,7 @@ from typing import Any
 
 from infero.protocol.delta import StateDelta, apply_delta
 from infero.protocol.state import ServerInfo, StateSnapshot, WorkerInfo, WorkersSummary
+from infero.server.changes import ChangeFeed
 from infero.server.statefeed import Built, Kind, Offer, Scan, Scope, StatePublisher, Viewer
 
 T0 = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -18,6 +19,7 @@ class Rows:
 
     def __init__(self) -> None:
         self.workers: dict[str, WorkerInfo] = {}
+        self.scans = 0
 
     def put(self, wid: str, status: str = "idle", inflight: int = 0) -> None:
         self.workers[wid] = WorkerInfo.model_validate(
@@ -32,6 +34,8 @@ class Rows:
         )
 
     def scan(self) -> Scan:
+        self.scans += 1
+
         def offer(w: WorkerInfo) -> Offer:
             mark: Hashable = w.model_dump_json()
             return (w.id, mark, w)
@@ -182,3 +186,19 @@ def test_full_mode_viewers_get_only_the_latest_document() -> None:
     name, _, data = events[0]
     assert name == "message"
     assert len(StateSnapshot.model_validate_json(data).workers) == 5
+
+
+def test_viewers_connecting_together_cost_one_scan_until_the_fleet_changes() -> None:
+    rows, changes = Rows(), ChangeFeed()
+    rows.put("w1")
+    publisher = StatePublisher(rows, clock=Clock(), changes=changes)
+    first = [publisher.attach(Scope(), "delta") for _ in range(20)]
+    assert rows.scans == 1
+    snapshots = {_events(publisher.next_event(v))[0][2] for v in first}
+    assert len(snapshots) == 1  # one document, the same bytes for all of them
+    rows.put("w2")
+    changes.bump()
+    late = publisher.attach(Scope(), "delta")
+    assert rows.scans == 2
+    (event,) = _events(publisher.next_event(late))
+    assert [w.id for w in StateSnapshot.model_validate_json(event[2]).workers] == ["w1", "w2"]
