@@ -3,14 +3,20 @@
 1,000 idle links, 20 `/api/state/stream` viewers, connectors joining and leaving, and steady
 small chat requests, in phases that add one load at a time. Each phase reports the event-loop
 lag seen by a `/healthz` probe, the relay's requests/s, the bytes each viewer receives per
-second and the server's CPU use.
+second and the server's CPU use. With `INFERO_BENCH_STALLS=FILE PYTHONPATH=bench/stall_probe`
+the server also records its event-loop stalls and GC pauses (`bench/stall_probe`), and a
+table splits them by phase: on a shared machine the `/healthz` lag mixes the server's own
+long stretches with the time the machine did not run it, the stall table tells them apart.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from bench import procs
@@ -29,6 +35,11 @@ ROUNDS = 4
 of CPU use on the shared machine hits both alike."""
 OPEN_TIMEOUT = 120.0
 """Seconds the viewers get to receive their first documents (1,000 rows, loaded machine)."""
+STALLS_ENV = "INFERO_BENCH_STALLS"
+"""Where the server's stall probe writes (see bench/stall_probe); unset: no stall table."""
+BUSY = 0.8
+"""A stall during which the server's main thread ran for this share of it was the server's
+own work (a long synchronous stretch); otherwise the machine did not run the server."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,11 +93,12 @@ async def _window(
             concurrency=p.view_concurrency, duration=seconds,
         )  # fmt: skip
         jobs.append(stack.run(job))
-    before, started = stack.server.cpu_seconds(), time.monotonic()
+    before, started, wall = stack.server.cpu_seconds(), time.monotonic(), time.time()
     results = await asyncio.gather(*jobs)
     out: dict[str, Any] = {
         "cpu_s": stack.server.cpu_seconds() - before,
         "elapsed_s": time.monotonic() - started,
+        "span": (wall, time.time()),
         "probe_ms": results[0]["probe_ms"],
     }
     if phase.viewers:
@@ -107,6 +119,7 @@ def _figures(phase: Phase, windows: list[dict[str, Any]]) -> dict[str, Any]:
     cpu_s = sum(w["cpu_s"] for w in windows)
     out: dict[str, Any] = {
         "windows": len(windows),
+        "spans": [w["span"] for w in windows],
         "server_cpu": cpu_s / elapsed,
         "probe_ms": summarize([x for w in windows for x in w["probe_ms"]]),
     }
@@ -229,6 +242,49 @@ def sections(raw: Raw, p: Preset) -> list[Section]:
     return [table, targets]
 
 
+def stall_section(raw: Raw, doc: dict[str, Any]) -> Section:
+    """The probe's stalls and GC pauses (`doc`, see bench/stall_probe) split by phase."""
+    table = Section(
+        "views_stalls",
+        "Server event-loop stalls over 10 ms and cyclic-GC pauses, by phase",
+        [
+            "stalls",
+            "server busy",
+            "longest ms",
+            "most CPU in one ms",
+            "GC pauses",
+            "GC CPU max ms",
+        ],
+    )
+    for phase in PHASES:
+        spans = raw[phase.key]["spans"]
+
+        def inside(at: float, spans: list[tuple[float, float]] = spans) -> bool:
+            return any(start <= at <= end for start, end in spans)
+
+        stalls = [s for s in doc["stalls"] if inside(s["at"])]
+        busy = [s for s in stalls if s["cpu_ms"] >= BUSY * s["lag_ms"]]
+        pauses = [g for g in doc["gc"] if inside(g[0])]
+        cells = [
+            count(len(stalls)),
+            count(len(busy)),
+            ms(max((s["lag_ms"] for s in stalls), default=None)),
+            ms(max((s["cpu_ms"] for s in stalls), default=None)),
+            count(len(pauses)),
+            ms(max((g[3] for g in pauses), default=None)),
+        ]
+        table.rows.append(Row(phase.key, cells, label=phase.label))
+    table.note = (
+        "a stall: the event loop ran a callback posted by the probe more than 10 ms late; "
+        f"server busy: its main thread used at least {BUSY:.0%} of the stall in CPU (its own "
+        "long stretch), otherwise the machine mostly did not run it; most CPU in one: the "
+        "longest the main thread ran during a single stall (the server's own longest "
+        "stretch, whatever the machine's load); GC pauses: cyclic collections of generation "
+        "1 or 2, or of generation 0 using over 2 ms of CPU"
+    )
+    return table
+
+
 async def measure_views(stack: Stack, p: Preset) -> tuple[list[Section], Raw]:
     """Hold the idle links, open the viewers and the probe, run every phase."""
     viewers = await _start_viewers(stack, "viewers")
@@ -246,4 +302,10 @@ async def measure_views(stack: Stack, p: Preset) -> tuple[list[Section], Raw]:
             await probe.stop()
     finally:
         await viewers.stop()
-    return sections(raw, p), raw
+    out = sections(raw, p)
+    stalls = os.environ.get(STALLS_ENV)
+    if stalls:
+        text = await asyncio.to_thread(Path(stalls).read_text, encoding="utf-8")
+        raw["stalls"] = json.loads(text)
+        out.append(stall_section(raw, raw["stalls"]))
+    return out, raw

@@ -6,6 +6,7 @@ No figure is judged here (a benchmark is not a test); only that every row is pro
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -70,19 +71,30 @@ def test_smoke_run_through_infero_reports_every_row_and_the_overhead_header(
 
 
 def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
-    """Idle links, viewers, probe, churn and requests all start, work and stop."""
+    """Idle links, viewers, probe, churn and requests all start, work and stop; the server's
+    stall probe (bench/stall_probe) records and the stall table has every phase."""
+    stalls = tmp_path / "stalls.json"
+    env = {
+        **os.environ,
+        "INFERO_BENCH_STALLS": str(stalls),
+        "PYTHONPATH": str(ROOT / "bench" / "stall_probe"),
+    }
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--views", "--smoke", "--out", str(tmp_path)],
+        [sys.executable, "-m", "bench", "--views", "--smoke", "--out", str(tmp_path / "out")],
         cwd=ROOT,
+        env=env,
         capture_output=True,
         text=True,
         timeout=180,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-4000:]
-    (report,) = tmp_path.glob("*/report.json")
+    (report,) = tmp_path.glob("out/*/report.json")
     doc = json.loads(report.read_text(encoding="utf-8"))
     rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
+    assert rows["views_stalls"] == rows["views"]
+    assert set(doc["raw"]["stalls"]) == {"stalls", "gc", "frozen"}
+    assert doc["raw"]["stalls"]["frozen"] > 0  # the server's own process: it froze its heap
     assert rows["views"] == {
         "idle",
         "traffic",
