@@ -209,6 +209,7 @@ class FleetCounters:
         """Counts of this instance not sent yet."""
         self.version = ""
         self._read_ids: tuple[str, ...] = ()
+        self._failing = False
         self._script = redis.register_script(_SCRIPT)
 
     # ---- Listener -------------------------------------------------------------------------
@@ -268,7 +269,7 @@ class FleetCounters:
     async def flush(self) -> None:
         """Send what was counted and read the totals when they changed (one command).
 
-        Raises RedisError, OSError or TimeoutError; the counts then wait for the next flush.
+        Raises one of REDIS_FAILURES; the counts then wait for the next flush.
         """
         self.sending, self.pending = self.pending, Counts()
         ids = tuple(sorted(set(self.listed()) | set(self.sending.connectors)))
@@ -306,7 +307,11 @@ class FleetCounters:
             try:
                 await self.flush()
             except REDIS_FAILURES as failure:
-                logger.debug("counters not flushed to Redis (%s); kept for the next flush", failure)
+                if not self._failing:  # once per run of failures
+                    logger.warning("counters not flushed to Redis (%s); kept for later", failure)
+                self._failing = True
+            else:
+                self._failing = False
 
     async def close(self) -> None:
         """A last flush at shutdown (best effort, bounded by REDIS_TIMEOUT)."""

@@ -19,7 +19,14 @@ from infero.protocol.state import ModelInfo, WorkerInfo
 from infero.server.events import Outcome, RequestFinished
 from infero.server.fleetcounters import CONNECTOR_KEY, FLEET_KEY, FleetCounters
 from support.connector import ScriptedConnector, scripted_connector
-from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.fleet import (
+    STARTUP,
+    federated,
+    instance,
+    redis_cluster,
+    redis_server,
+    server_process,
+)
 from support.server import RunningServer
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
@@ -261,3 +268,18 @@ async def test_a_killed_server_process_loses_only_its_unflushed_counts(tmp_path:
                     await b.wait_for(lambda n=served_before: served(b, n + 2))
                     a.proc.kill()  # kill -9: what A flushed stays
                     await a.proc.wait()
+
+
+async def test_the_counters_work_on_a_redis_cluster(tmp_path: Path) -> None:
+    async with (
+        redis_cluster(tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        answering(conn),
+    ):
+        async with asyncio.timeout(30):
+            await b.wait_for(lambda: b.status("w1") == "idle")
+            await ask(b)
+            for server in (a, b):
+                await server.wait_for(lambda s=server: served(s, 1))
