@@ -11,7 +11,8 @@ Keys (every one with the `{infero}` hash tag: one Cluster slot):
   (the generation, new whenever the hash is written whole) and `seq` (its last change); same TTL.
 * `{infero}:changes`: the change log, a stream trimmed to about CHANGE_LOG entries; an entry
   names an instance, its `gen` and `seq`, and carries the summaries that changed and the ids
-  that left (or says `f`: read the whole hash).
+  that left (at most ENTRY_MAX connectors an entry; a new generation's entry says `f`: read
+  the whole hash).
 
 An instance writes only the connectors whose summary changed (coalesced: at most
 `1 / MIN_SPACING` times a second) and renews its keys every third of the TTL. Every instance
@@ -62,7 +63,7 @@ CHANGE_LOG = 1000
 """Entries the change log keeps (about: trimmed with `MAXLEN ~`); a mirror that falls further
 behind reads the peer whole."""
 ENTRY_MAX = 64
-"""Connectors one entry carries; a larger change says `f` (read the whole hash) instead."""
+"""Connectors one entry carries; a larger change is logged as several entries."""
 TAIL_BLOCK = 1.0
 """Most seconds one read of the change log blocks."""
 TAIL_COUNT = 256
@@ -392,20 +393,17 @@ class Membership:
         hash_key = PREFIX + "connectors:" + lease.id
         pipe = self.redis.pipeline(transaction=False)
         pipe.pexpire(hash_key, ttl_ms)  # first: False when Redis lost the hash
-        seq = self._seq + 1 if changed or removed else self._seq
+        seq = self._seq
         if changed or removed:
             if removed:
                 pipe.hdel(hash_key, *("c:" + i for i in removed))
-            mapping = {"c:" + c.id: c.dump() for c in changed}
-            mapping["seq"] = str(seq)
-            pipe.hset(hash_key, mapping=mapping)
-            entry = {"i": lease.id, "g": self._gen, "n": str(seq)}
-            if len(changed) + len(removed) > ENTRY_MAX:
-                entry["f"] = "1"
-            else:
-                entry["u"] = "[" + ",".join(mapping["c:" + c.id] for c in changed) + "]"
-                entry["r"] = json.dumps(removed)
-            pipe.xadd(CHANGES, entry, maxlen=CHANGE_LOG, approximate=True)
+            dumps = [c.dump() for c in changed]
+            entries = _chunks(lease.id, self._gen, seq, dumps, removed)
+            seq += len(entries)
+            mapping = {"c:" + c.id: text for c, text in zip(changed, dumps, strict=True)}
+            pipe.hset(hash_key, mapping={**mapping, "seq": str(seq)})
+            for entry in entries:
+                pipe.xadd(CHANGES, entry, maxlen=CHANGE_LOG, approximate=True)
         pipe.set(self.key, header, px=ttl_ms)  # no SADD: see `_write_whole` and `_poll`
         results = await pipe.execute()
         if not results[0]:
@@ -605,6 +603,28 @@ class Membership:
         except REDIS_FAILURES:
             pass  # the keys expire by themselves
         await self.redis.aclose()
+
+
+def _chunks(
+    instance_id: str, gen: str, seq: int, upserts: list[str], removed: list[str]
+) -> list[dict[str, str]]:
+    """Change-log entries for one write: at most ENTRY_MAX connectors each, numbered from
+    `seq + 1`."""
+    items: list[tuple[str, str]] = [("u", text) for text in upserts]
+    items.extend(("r", json.dumps(i)) for i in removed)
+    entries: list[dict[str, str]] = []
+    for start in range(0, len(items), ENTRY_MAX):
+        part = items[start : start + ENTRY_MAX]
+        entries.append(
+            {
+                "i": instance_id,
+                "g": gen,
+                "n": str(seq + 1 + len(entries)),
+                "u": "[" + ",".join(text for kind, text in part if kind == "u") + "]",
+                "r": "[" + ",".join(text for kind, text in part if kind == "r") + "]",
+            }
+        )
+    return entries
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+from collections.abc import Callable
 from contextlib import AsyncExitStack
 from dataclasses import replace
 from pathlib import Path
@@ -19,12 +20,15 @@ from redis import asyncio as aioredis
 
 from infero.protocol.delta import StateDelta
 from infero.protocol.state import StateSnapshot
+from infero.server.changes import ChangeFeed
 from infero.server.membership import (
     CHANGES,
+    ENTRY_MAX,
     MEMBERS,
     PREFIX,
     ConnectorSummary,
     Lease,
+    Membership,
     PeerMirror,
 )
 from infero.server.state import PUBLISHER
@@ -293,3 +297,52 @@ async def test_with_a_thousand_remote_connectors_one_change_publishes_one_row(
         assert len(publisher.delta_event(batch, Scope())) < 2000
         assert membership.whole_reads == reads
         await store.aclose()
+
+
+async def test_a_change_of_many_connectors_is_logged_in_entries_of_at_most_entry_max(
+    tmp_path: Path,
+) -> None:
+    """Two memberships on a real Redis: 150 connectors changing at once reach the other one
+    through the change log (3 entries), without reading the peer whole."""
+    fleet = {"a": {f"x{i}": replace(X1, id=f"x{i}") for i in range(150)}}
+
+    def describe(name: str) -> Callable[[], Lease]:
+        own = replace(GHOST, id=name)
+        return lambda: replace(own, connectors=tuple(fleet.get(name, {}).values()))
+
+    async with redis_server(tmp_path) as redis:
+        feeds = {name: ChangeFeed() for name in ("a", "b")}
+        members = {
+            name: Membership(
+                redis=aioredis.from_url(redis.url),
+                ttl=3.0,
+                describe=describe(name),
+                changes=feeds[name],
+            )
+            for name in ("a", "b")
+        }
+        b = members["b"]
+        tasks = [asyncio.create_task(m.run()) for m in members.values()]
+        try:
+            async with asyncio.timeout(20):
+                await feeds["b"].wait_for(
+                    lambda: "a" in b.peers and len(b.peers["a"].connectors) == 150
+                )
+                reads = b.whole_reads
+                fleet["a"] = {key: replace(c, status="draining") for key, c in fleet["a"].items()}
+                feeds["a"].bump()
+                await feeds["b"].wait_for(
+                    lambda: all(c.status == "draining" for c in b.peers["a"].connectors)
+                )
+            assert b.whole_reads == reads
+            store = aioredis.from_url(redis.url)
+            log: Any = await store.xrevrange(CHANGES, count=3)
+            await store.aclose()
+            sizes = [len(json.loads(fields[b"u"])) for _, fields in log]
+            assert sorted(sizes) == [22, ENTRY_MAX, ENTRY_MAX]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for m in members.values():
+                await m.leave()
