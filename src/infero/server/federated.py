@@ -40,7 +40,6 @@ from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.fleet import FederatedRelays
 from infero.server.membership import ConnectorSummary, Lease, Membership, RelaySummary
 from infero.server.peer import PeerClient, PeerRoute, Reservations
-from infero.server.registry import alias_key
 from infero.server.settings import ServerSettings
 from infero.server.shared import (
     Action,
@@ -530,18 +529,12 @@ class FederatedState:
 
     def remote(self, model: str, target: str | None) -> list[tuple[Lease, ConnectorSummary]]:
         """Remote connectors advertising `model` exactly, else by alias (`target`: only it)."""
-        exact: list[tuple[Lease, ConnectorSummary]] = []
-        alias: list[tuple[Lease, ConnectorSummary]] = []
-        key = alias_key(model)
-        for lease in self.membership.peers.values():
-            for c in lease.connectors:
-                if target is not None and c.id != target:
-                    continue
-                if model in c.models:
-                    exact.append((lease, c))
-                elif key is not None and any(alias_key(m) == key for m in c.models):
-                    alias.append((lease, c))
-        return exact or alias
+        peers = self.membership.peers
+        return [
+            (peers[instance], c)
+            for instance, c in self.membership.index.find(model, target)
+            if instance in peers
+        ]
 
     def load(self, c: ConnectorSummary) -> float:
         """Busy fraction of a remote connector (1 or more: full)."""

@@ -42,6 +42,7 @@ from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisClusterException, RedisError
 
 from infero.server.changes import ChangeFeed
+from infero.server.registry import alias_key
 
 logger = logging.getLogger(__name__)
 
@@ -197,6 +198,56 @@ def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
 
 
+class RemoteIndex:
+    """The other instances' connectors by advertised model and by alias key, kept up to date
+    per change (a membership listener), so routing looks up candidates instead of walking the
+    fleet."""
+
+    def __init__(self) -> None:
+        self.by_model: dict[str, dict[tuple[str, str], ConnectorSummary]] = {}
+        self.by_alias: dict[str, dict[tuple[str, str], ConnectorSummary]] = {}
+
+    def __call__(
+        self, instance: str, before: ConnectorSummary | None, after: ConnectorSummary | None
+    ) -> None:
+        if before is not None:
+            key = (instance, before.id)
+            for index, names in self._keys(before):
+                for name in names:
+                    holders = index.get(name)
+                    if holders is not None:
+                        holders.pop(key, None)
+                        if not holders:
+                            del index[name]
+        if after is not None:
+            key = (instance, after.id)
+            for index, names in self._keys(after):
+                for name in names:
+                    index.setdefault(name, {})[key] = after
+
+    def _keys(
+        self, c: ConnectorSummary
+    ) -> tuple[tuple[dict[str, dict[tuple[str, str], ConnectorSummary]], set[str]], ...]:
+        aliases = {k for k in map(alias_key, c.models) if k is not None}
+        return (self.by_model, set(c.models)), (self.by_alias, aliases)
+
+    def find(self, model: str, target: str | None) -> list[tuple[str, ConnectorSummary]]:
+        """(instance, connector) advertising `model` exactly, else by alias (`target`: only it)."""
+        exact = self._pick(self.by_model.get(model), target)
+        if exact:
+            return exact
+        key = alias_key(model)
+        return self._pick(self.by_alias.get(key), target) if key is not None else []
+
+    @staticmethod
+    def _pick(
+        found: dict[tuple[str, str], ConnectorSummary] | None, target: str | None
+    ) -> list[tuple[str, ConnectorSummary]]:
+        if not found:
+            return []
+        return [(i, c) for (i, cid), c in found.items() if target is None or cid == target]
+
+
 class PeerMirror:
     """What this instance knows of one other instance; fed headers, log entries and whole reads.
 
@@ -291,7 +342,9 @@ class Membership:
         connectors)."""
         self.degraded = False
         """The last Redis exchange failed."""
-        self.listeners: list[Listener] = []
+        self.index = RemoteIndex()
+        """The other instances' connectors by model and alias."""
+        self.listeners: list[Listener] = [self.index]
         """Told of every connector of a peer that changed (appeared, changed, left)."""
         self.whole_reads = 0
         """Peers' hashes read whole so far (the costly path; a figure for tests and benches)."""

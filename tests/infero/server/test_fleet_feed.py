@@ -30,6 +30,7 @@ from infero.server.membership import (
     Lease,
     Membership,
     PeerMirror,
+    RemoteIndex,
 )
 from infero.server.state import PUBLISHER
 from infero.server.statefeed import Scope
@@ -346,3 +347,22 @@ async def test_a_change_of_many_connectors_is_logged_in_entries_of_at_most_entry
             await asyncio.gather(*tasks, return_exceptions=True)
             for m in members.values():
                 await m.leave()
+
+
+def test_the_remote_index_finds_exact_models_then_aliases_and_follows_changes() -> None:
+    index = RemoteIndex()
+    q4 = replace(X1, id="q", models=("llama3:8b-q4",))
+    exact = replace(X1, id="e", models=("llama3:8b", "m"))
+    index("A", None, q4)
+    index("B", None, exact)
+    assert index.find("llama3:8b", None) == [("B", exact)]
+    assert index.find("llama3:8b", "q") == [("A", q4)], "no exact one is q: by alias"
+    assert index.find("llama3:8b-q8", None) == [("A", q4), ("B", exact)]
+    assert index.find("other", None) == []
+    moved = replace(exact, models=("m",))
+    index("B", exact, moved)
+    assert index.find("llama3:8b", None) == [("A", q4)]
+    index("A", q4, None)
+    assert index.find("llama3:8b", None) == []
+    assert index.by_alias == {}
+    assert index.find("m", None) == [("B", moved)]
