@@ -7,6 +7,7 @@ instance B, which forwards each exchange to A over the peer channel.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +16,15 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from redis import asyncio as aioredis
 
 from infero.protocol import link as lp
 from infero.server.mcp.access import token_digest
 from infero.server.mcp.fleet import RELAY_PREFIX
+from infero.server.membership import MEMBERS, PREFIX, Lease, RelaySummary
 from support.connector import ScriptedConnector, scripted_connector
-from support.fleet import federated, instance, redis_server
+from support.fleet import federated, free_port, instance, redis_cluster, redis_server
 from support.server import RunningServer
 
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "t"}}
@@ -330,3 +333,89 @@ async def test_the_peer_mcp_route_wants_the_peer_key(tmp_path: Path) -> None:
                 a.url + "/api/peer/v1/mcp/r1", data=RAW_CALL, headers={"X-Infero-Peer-Key": key}
             ) as resp:
                 assert resp.status == 401
+
+
+PARTIAL = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress"'
+
+
+@asynccontextmanager
+async def breaking_home() -> AsyncIterator[str]:
+    """An instance whose MCP answers break off in the middle of an SSE event; yields its URL."""
+
+    async def serve(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        await response.write(PARTIAL)
+        assert request.transport is not None
+        request.transport.close()  # gone, as a killed process
+        return response
+
+    app = web.Application()
+    app.router.add_post("/api/peer/v1/mcp/{id}", serve)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+async def announce(redis_url: str, instance_id: str, address: str, relay_id: str) -> None:
+    """Publish an instance lease (no connectors) listing one relay, as a home would."""
+    relay = RelaySummary(relay_id, relay_id, "0", "idle", 0, 0.0, "")
+    lease = Lease(instance_id, address, "0", 0.0, 1, 0, relays=(relay,))
+    store = aioredis.from_url(redis_url)
+    try:
+        await store.set(PREFIX + "instance:" + instance_id, lease.dump(), px=60_000)
+        await store.sadd(MEMBERS, instance_id)
+    finally:
+        await store.aclose()
+
+
+async def test_a_home_breaking_off_or_unreachable_gives_the_errors_of_a_lost_relay(
+    tmp_path: Path,
+) -> None:
+    async with (
+        two_instances(tmp_path) as (redis, _, b),
+        breaking_home() as home,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        await announce(redis.url, "broken", home, "rb")
+        await announce(redis.url, "ghost", f"http://127.0.0.1:{free_port()}", "rg")
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "rb") and sees_relay(b, "rg"))
+            async with http.post(b.url + "/api/mcp/id/rb", data=RAW_CALL) as resp:
+                assert resp.status == 200
+                body = await resp.read()
+            assert body.startswith(PARTIAL + b"\nevent: infero-discarded\n\n")
+            error = json.loads(body.split(b"data: ")[-1])
+            assert error["id"] == 7
+            assert error["error"]["data"] == {"mcp": "MCP_PROVIDER_UNAVAILABLE"}
+            async with http.post(b.url + "/api/mcp/id/rg", data=RAW_CALL) as resp:
+                assert resp.status == 503
+                assert resp.headers["Retry-After"] == "5"
+                answer = await resp.json()
+            assert answer["id"] == 7
+            assert answer["error"]["data"] == {"mcp": "MCP_PROVIDER_UNAVAILABLE"}
+
+
+async def test_relay_ids_are_leased_on_a_redis_cluster_too(tmp_path: Path) -> None:
+    async with (
+        redis_cluster(tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        relay_at(a, "r1", instance="n1") as first,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        assert isinstance(first.answer, lp.Welcome)
+        async with relay_at(b, "r1", instance="n2") as second:
+            assert isinstance(second.answer, lp.Refused)
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees_relay(b, "r1"))
+            call = asyncio.create_task(http.post(b.url + "/api/mcp/id/r1", data=RAW_CALL))
+            incoming = await first.next_request()
+            await first.reply(incoming.id, b'{"jsonrpc":"2.0","id":7,"result":{}}')
+            resp = await call
+            assert resp.status == 200
+            resp.release()
