@@ -101,11 +101,14 @@ async def _wait_listed(url: str, connected: int) -> None:
 
 
 async def _redis_meters(client: Any) -> dict[str, int]:
+    """Redis' totals so far: commands, network bytes in and out, and calls per command."""
     stats = await client.info("stats")
+    calls = await client.info("commandstats")
     return {
         "commands": int(stats["total_commands_processed"]),
         "in": int(stats["total_net_input_bytes"]),
         "out": int(stats["total_net_output_bytes"]),
+        **{k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in calls.items()},
     }
 
 
@@ -130,7 +133,7 @@ async def _window(
     out: dict[str, Any] = {
         "cpu": {role: (cpu_after[role] - cpu[role]) / elapsed for role in ("a", "b", "redis")},
         "probe_ms": summarize(results[0]["probe_ms"]),
-        "redis_per_s": {k: (after[k] - meters[k]) / elapsed for k in meters},
+        "redis_per_s": {k: (after[k] - meters.get(k, 0)) / elapsed for k in after},
     }
     if phase.viewers:
         seen = results[1]
@@ -215,10 +218,17 @@ def sections(raw: Raw, p: Preset) -> list[Section]:
             )
         )
     views_cpu = raw["churn"]["cpu"]["b"] - raw["churn_alone"]["cpu"]["b"]
+    busiest = sorted(
+        ((rate, name) for name, rate in raw["churn"]["redis_per_s"].items()
+         if name not in ("commands", "in", "out", "info")),
+        reverse=True,
+    )[:4]  # fmt: skip
     table.note = (
         f"churn: {p.view_churn_per_s:g} connectors join and {p.view_churn_per_s:g} leave A per "
         f"second; CPU in % of one core; B's CPU for the views under churn (churn minus churn "
-        f"without viewers): {_pct(views_cpu)} %; Redis bytes include one INFO reply per window"
+        f"without viewers): {_pct(views_cpu)} %; Redis bytes include two INFO replies per "
+        "window; busiest Redis commands under churn: "
+        + ", ".join(f"{name} {rate:,.0f}/s" for rate, name in busiest)
     )
     return [table]
 
