@@ -208,7 +208,7 @@ class FederatedControl:
             return verdict
         for lease in state.membership.peers.values():
             homed = lease.relays if kind == "mcp" else lease.connectors
-            if any(c.id == connector_id for c in homed):
+            if any(c.id == connector_id for c in homed):  # an operator's action: a walk is fine
                 answer = await state.client.steer(lease.address, kind, connector_id, action, by)
                 return answer or "not_linked"
         return "not_linked"
@@ -290,9 +290,12 @@ class FederatedRows:
                 )
         else:
             workers.extend(self._workers.values())  # re-marked when their counters change
-        relays = list(scan.offers["mcp_clients"])
-        for lease in state.membership.peers.values():
-            relays.extend((r.id, (lease.id, r), (lease.id, r)) for r in lease.relays)
+        relays = scan.offers["mcp_clients"]
+        elsewhere = state.relays.elsewhere()
+        if elsewhere:
+            relays = relays + [
+                (i, (lease.id, r), (lease.id, r)) for i, (lease, r) in elsewhere.items()
+            ]
         summary = scan.summary
         counts = self._status
         summary = summary.model_copy(
@@ -492,6 +495,7 @@ class FederatedState:
             instance_id=self.instance_id,
             ttl=settings.lease_ttl,
             peers=lambda: self.membership.peers.values(),
+            version=lambda: self.membership.header_version,
             client=self.client,
         )
         self.sent: dict[str, int] = {}

@@ -107,6 +107,7 @@ class FederatedRelays:
         instance_id: str,
         ttl: float,
         peers: Callable[[], Iterable[Lease]],
+        version: Callable[[], int],
         client: PeerClient,
     ) -> None:
         self.local = local
@@ -115,6 +116,10 @@ class FederatedRelays:
         self.ttl = ttl
         self.peers = peers
         """The other instances' live leases."""
+        self.version = version
+        """Changes whenever a lease of another instance (or the set of them) changes."""
+        self._index: dict[str, tuple[Lease, RelaySummary]] = {}
+        self._indexed: int | None = None
         self.client = client
         self._held: dict[str, str] = {}
         """Lease values of the ids this instance claimed, by relay id."""
@@ -178,13 +183,22 @@ class FederatedRelays:
 
     # ---- the fleet's relays --------------------------------------------------------------
 
+    def elsewhere(self) -> dict[str, tuple[Lease, RelaySummary]]:
+        """The relays of the other instances by id, with their home's lease (an index rebuilt
+        only when a lease changed)."""
+        version = self.version()
+        if version != self._indexed:
+            self._index = {r.id: (lease, r) for lease in self.peers() for r in lease.relays}
+            self._indexed = version
+        return self._index
+
     def remote(self, relay_id: str) -> RemoteRelay | None:
         """The relay with this id linked to another instance, if a live lease lists it."""
-        for lease in self.peers():
-            for r in lease.relays:
-                if r.id == relay_id:
-                    return RemoteRelay(r.id, lease.id, lease.address, r.auth_digest, self.client)
-        return None
+        found = self.elsewhere().get(relay_id)
+        if found is None:
+            return None
+        lease, r = found
+        return RemoteRelay(r.id, lease.id, lease.address, r.auth_digest, self.client)
 
     def summaries(self) -> tuple[RelaySummary, ...]:
         """This instance's relays, for its lease."""
