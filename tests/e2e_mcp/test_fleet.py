@@ -196,3 +196,34 @@ async def test_duplicate_ids_are_refused_across_instances_and_control_works_from
             async with http.post(b.url + f"/api/mcp/relays/{RELAY}/undrain") as resp:
                 assert resp.status == 202
             await b.wait_for(lambda: status_at(b) == ("idle", "A"))
+
+
+async def test_a_client_pinned_to_2026_07_28_works_across_instances(
+    tmp_path: Path, stateful_url: str, connect: Any
+) -> None:
+    seen: list[float] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append(progress)
+
+    options = {"client_key": CLIENT_KEY, "api_key": API_KEY}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+        relay_process(a, stateful_url),
+        balancer(a, b) as (lb_url, robin),
+    ):
+        async with asyncio.timeout(STARTUP):
+            await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "A"))
+        async with asyncio.timeout(60):
+            async with connect(f"{lb_url}/api/mcp/id/{RELAY}", mode="2026-07-28") as client:
+                assert client.protocol_version == "2026-07-28"
+                counted = await client.call_tool(
+                    "count_up", {"steps": 2}, progress_callback=on_progress
+                )
+                assert counted.content[0].text == "counted to 2"
+                assert seen == [1, 2]
+                resource = await client.read_resource("pref://theme")
+                assert resource.contents[0].text == "dark"
+        assert {backend for m, backend in robin.seen if m == "POST"} == {a.url, b.url}
