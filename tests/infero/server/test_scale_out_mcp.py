@@ -7,6 +7,7 @@ instance B, which forwards each exchange to A over the peer channel.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator
@@ -419,3 +420,16 @@ async def test_relay_ids_are_leased_on_a_redis_cluster_too(tmp_path: Path) -> No
             resp = await call
             assert resp.status == 200
             resp.release()
+
+
+async def test_an_instance_shutting_down_releases_its_relay_ids(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as redis, contextlib.AsyncExitStack() as relays:
+        async with instance(redis.url, "A") as a:
+            await relays.enter_async_context(relay_at(a, "r1"))
+            await relays.enter_async_context(relay_at(a, "r2"))
+            store = aioredis.from_url(redis.url)
+            assert await store.exists(RELAY_PREFIX + "r1", RELAY_PREFIX + "r2") == 2
+        try:
+            assert await store.exists(RELAY_PREFIX + "r1", RELAY_PREFIX + "r2") == 0
+        finally:
+            await store.aclose()

@@ -250,12 +250,11 @@ class FederatedRelays:
                 await relay.link.close(1000, "replaced")
 
     async def close(self) -> None:
-        """Release every id lease (at shutdown; best effort: they expire anyway)."""
-        if self._tasks:
-            await asyncio.gather(*self._tasks, return_exceptions=True)
+        """Release every id lease (at shutdown, all at once, within REDIS_TIMEOUT; best effort:
+        they expire anyway)."""
         held, self._held = self._held, {}
-        for relay_id, value in held.items():
-            await self._give_back(relay_id, value)
+        releases = (self._give_back(relay_id, value) for relay_id, value in held.items())
+        await asyncio.gather(*self._tasks, *releases, return_exceptions=True)
 
     # ---- RelayTable: this instance's relays ----------------------------------------------
 
