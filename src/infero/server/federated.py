@@ -500,6 +500,8 @@ class FederatedState:
         )
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""
+        self._summaries: dict[str, tuple[tuple[Any, ...], ConnectorSummary]] = {}
+        """The last summary of each local connector, with the fields it was built from."""
         self.queue = FleetQueue(
             redis=redis,
             instance_id=self.instance_id,
@@ -603,27 +605,37 @@ class FederatedState:
         self.queue.woken(model, hint)
 
     def describe(self) -> Lease:
-        """This instance's lease as of now."""
+        """This instance's lease as of now (an unchanged connector keeps its summary object, so
+        the membership tells changed ones apart by identity first)."""
         connectors: list[ConnectorSummary] = []
         inflight = 0
+        held, fresh = self._summaries, {}
         for w in self.local.fleet.workers.values():
             if not w.live:
                 continue
             inflight += w.inflight
-            connectors.append(
-                ConnectorSummary(
+            status = w.status
+            late = w.link is not None and w.link.late
+            # What may change while the link lives (a new link is a new connected_at).
+            key = (w.models, w.capacity, w.inflight, status, late, w.connected_at, w.name)
+            known = held.get(w.id)
+            if known is None or known[0] != key:
+                summary = ConnectorSummary(
                     id=w.id,
                     name=w.name,
                     models=tuple(sorted(w.models)),
                     capacity=w.capacity,
                     inflight=w.inflight,
-                    status=w.status,
+                    status=status,
                     connected_at=w.connected_at,
                     version=w.version,
                     backend=w.backend,
-                    late=w.link is not None and w.link.late,
+                    late=late,
                 )
-            )
+                known = (key, summary)
+            fresh[w.id] = known
+            connectors.append(known[1])
+        self._summaries = fresh
         return Lease(
             id=self.instance_id,
             address=self.address,

@@ -436,7 +436,7 @@ class Membership:
             await self._write_whole(current, header)
             return
         published = self._published
-        changed = [c for i, c in current.items() if published.get(i) != c]
+        changed = [c for i, c in current.items() if (old := published.get(i)) is not c and old != c]
         removed = [i for i in published if i not in current]
         now = self.clock()
         renew = now - self._renewed >= renew_every
