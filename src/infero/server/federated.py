@@ -293,8 +293,11 @@ class FederatedRows:
         relays = scan.offers["mcp_clients"]
         elsewhere = state.relays.elsewhere()
         if elsewhere:
+            here = state.local.relays.relays  # a relay that moved here: listed once, as ours
             relays = relays + [
-                (i, (lease.id, r), (lease.id, r)) for i, (lease, r) in elsewhere.items()
+                (i, (lease.id, r), (lease.id, r))
+                for i, (lease, r) in elsewhere.items()
+                if i not in here
             ]
         summary = scan.summary
         counts = self._status

@@ -433,3 +433,21 @@ async def test_an_instance_shutting_down_releases_its_relay_ids(tmp_path: Path) 
             assert await store.exists(RELAY_PREFIX + "r1", RELAY_PREFIX + "r2") == 0
         finally:
             await store.aclose()
+
+
+async def test_a_relay_that_moved_is_listed_once_where_it_is_linked_now(tmp_path: Path) -> None:
+    async with two_instances(tmp_path) as (redis, a, b), aiohttp.ClientSession() as http:
+        # The relay's old home died a moment ago: its lease still lists the relay.
+        await announce(redis.url, "old", f"http://127.0.0.1:{free_port()}", "r1")
+        async with asyncio.timeout(15):
+            await a.wait_for(lambda: federated(a).membership.peers.get("old") is not None)
+            await b.wait_for(lambda: federated(b).membership.peers.get("old") is not None)
+            async with relay_at(b, "r1"):
+                await a.wait_for(lambda: getattr(a.relay("r1"), "instance", "") == "B")
+                for server in (a, b):
+                    async with http.get(server.url + "/api/state") as resp:
+                        clients = (await resp.json())["mcp"]["clients"]
+                    assert [(c["id"], c["instance"]) for c in clients] == [("r1", "B")]
+                remote = federated(a).relays.remote("r1")
+                assert remote is not None
+                assert remote.instance == "B"

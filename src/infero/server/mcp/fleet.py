@@ -185,11 +185,17 @@ class FederatedRelays:
 
     def elsewhere(self) -> dict[str, tuple[Lease, RelaySummary]]:
         """The relays of the other instances by id, with their home's lease (an index rebuilt
-        only when a lease changed)."""
+        only when a lease changed). A relay listed twice (it moved; its old home's lease has not
+        expired yet) is taken from the lease with its newer link."""
         version = self.version()
         if version != self._indexed:
-            self._index = {r.id: (lease, r) for lease in self.peers() for r in lease.relays}
-            self._indexed = version
+            index: dict[str, tuple[Lease, RelaySummary]] = {}
+            for lease in self.peers():
+                for r in lease.relays:
+                    known = index.get(r.id)
+                    if known is None or known[1].connected_at < r.connected_at:
+                        index[r.id] = (lease, r)  # a relay that moved: its newer link
+            self._index, self._indexed = index, version
         return self._index
 
     def remote(self, relay_id: str) -> RemoteRelay | None:
