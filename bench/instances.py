@@ -29,7 +29,7 @@ SETTLE = 1.0
 """Seconds between a Redis-commands run and its idle window (membership's read period), so
 the lease writes the load caused are not counted as idle."""
 ROLES = ("a", "b", "connector", "redis", "backend", "loadgen")
-"""The processes of the CPU table, in its column order."""
+"""The processes of the CPU table, in its column order (`Fleet.children` roles)."""
 PATH = "/chat/completions"
 
 
@@ -117,7 +117,8 @@ CPU_LABELS = {
 
 def cpu(raw: Raw, p: Preset) -> Section:
     """CPU time of every process per request, through A and through B, from the runs above."""
-    section = Section("fleet_cpu", "CPU per request (us)", list(ROLES))
+    columns = ["A", "B", "connector", "redis", "backend", "loadgen"]
+    section = Section("fleet_cpu", "CPU per request (us)", columns)
     c = p.fleet_concurrency
     keys = [
         ("nonstream_16", CPU_LABELS["nonstream_16"]),
@@ -221,7 +222,9 @@ async def redis_commands(fleet: Fleet, p: Preset, raw: Raw) -> Section:
         row.measured = f"{per_request:.3f} per request"
         row.met = per_request > -0.05
     section.rows.append(row)
-    section.note = "commands under load, all instances: " + (
-        ", ".join(f"{name} {calls}" for name, calls in totals.most_common()) or "none"
+    section.note = (
+        "commands under load, both runs, all instances (INFO commandstats, which also counts "
+        "the commands a Lua script runs): "
+        + (", ".join(f"{name} {calls}" for name, calls in totals.most_common()) or "none")
     )
     return section
