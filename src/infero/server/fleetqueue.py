@@ -322,9 +322,10 @@ class FleetQueue:
     async def attempt(self, ticket: FleetTicket, hint: str | None) -> Route | None:
         """Take a slot for `ticket` if it heads the fleet queue and one is free."""
         seats = self.seats
-        if not seats.room(ticket, hint):
-            return None
         model = ticket.model
+        waiters = self.local.get(model)
+        if not waiters or waiters[0] is not ticket or not seats.room(ticket, hint):
+            return None  # an earlier waiter of this instance goes first, or nothing is free
         try:
             head, score = await self._head(
                 keys=[queue_key(model), SEQUENCE, QUEUES], args=[ticket.member, model]
@@ -333,8 +334,7 @@ class FleetQueue:
             seq = int(float(score))
         except Failure as failure:
             self.failed(failure)
-            waiters = self.local.get(model)
-            head, seq = (ticket.member if waiters and waiters[0] is ticket else ""), ticket.seq
+            head, seq = ticket.member, ticket.seq  # it heads this instance's waiters
         if seq != ticket.seq:
             ticket.seq = seq  # it rejoined at the tail
             self.local[model].sort(key=_seq)
