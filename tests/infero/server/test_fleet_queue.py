@@ -9,7 +9,7 @@ import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import cast
@@ -19,7 +19,9 @@ import openai
 import pytest
 from aiohttp import web
 from openai.types.chat import ChatCompletion
+from redis import asyncio as aioredis
 
+from infero.server.fleetqueue import queue_key
 from infero.server.peer import Reservations
 from infero.server.shared import Route
 from infero.worker.runtime import Connector
@@ -161,6 +163,11 @@ def remote_inflight(server: RunningServer, connector_id: str) -> int:
             if c.id == connector_id:
                 return c.inflight
     return -1
+
+
+def waiting_at(server: RunningServer) -> list[str]:
+    """The instance of each waiter for `m`, in fleet order, as this instance mirrors them."""
+    return [e.instance for e in federated(server).queue.mirror.get("m", ())]
 
 
 def depth(server: RunningServer) -> int:
@@ -429,3 +436,41 @@ async def test_a_reserved_slot_not_claimed_in_time_is_freed() -> None:
     assert claimed is not None
     assert reservations.claim(claimed) is slot
     assert reservations.claim(claimed) is None  # once
+
+
+async def test_an_instance_shutting_down_takes_its_waiters_out_of_the_queue(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        AsyncExitStack() as stack,
+    ):
+        b = await stack.enter_async_context(instance(redis.url, "B"))
+        at_b = await stack.enter_async_context(client_of(b))
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            busy = asyncio.create_task(chat(at_a, "r0"))
+            held = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
+            leaving = asyncio.create_task(chat(at_b, "r1"))
+            await all_see((a, b), 1)
+            queued = asyncio.create_task(chat(at_a, "r2"))
+            await all_see((a, b), 2)
+            await stack.aclose()  # B stops: its waiter leaves the queue at once
+            with pytest.raises(openai.APIError):
+                await leaving
+            await a.wait_for(
+                lambda: [e.instance for e in federated(a).queue.mirror.get("m", ())] == ["A"]
+            )
+            store = aioredis.from_url(redis.url)
+            assert await store.zcard(queue_key("m")) == 1
+            await store.aclose()
+            await conn.reply(held.id, ANSWER)
+            await busy
+            incoming = await conn.next_request()
+            assert json.loads(incoming.body)["messages"][0]["content"] == "r2"
+            await conn.reply(incoming.id, ANSWER)
+            await queued
