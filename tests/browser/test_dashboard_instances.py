@@ -15,10 +15,13 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Locator, Page, expect
 
+from browser.test_dashboard_deltas_browser import LONGTASKS, TWO_FRAMES, MainThreadTrace
 from infero import __version__
+from infero.protocol import link as lp
+from infero.server.registry import Worker, WorkerStats
 from support.connector import scripted_connector
-from support.fleet import instance, redis_server
-from support.server import running_server
+from support.fleet import federated, instance, redis_server
+from support.server import RunningServer, running_server
 
 pytestmark = pytest.mark.browser
 
@@ -170,3 +173,63 @@ async def test_the_page_says_degraded_when_redis_is_gone(tmp_path: Path, page: P
         await redis.stop()
         await expect(page.locator("#degraded")).to_be_visible(timeout=WAIT_MS)
         await expect(page.locator("#degraded-note")).to_be_visible()
+
+
+def _register(server: RunningServer, n: int) -> Worker:
+    """A connector row of `server` with no link behind it (only the view is measured)."""
+    hello = lp.Hello(id=f"idle-{n:04d}", name=f"idle {n}", models=["m"], max_concurrency=4)
+    worker = Worker(hello, None, WorkerStats())
+    federated(server).local.fleet.register(worker)
+    return worker
+
+
+async def test_a_fleet_of_1000_rows_updates_sorts_and_filters_without_a_50_ms_task(
+    tmp_path: Path, page: Page
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "east"),
+        instance(redis.url, "west") as west,
+    ):
+        changes = federated(west).local.changes
+        workers = [_register(west, n) for n in range(1000)]
+        changes.bump()
+        await page.add_init_script(LONGTASKS)
+        await page.goto(west.url + "/state")
+        summary = page.locator("#summary")
+        await expect(summary).to_contain_text("1,000 connected", timeout=WAIT_MS)
+        await expect(page.locator('#workers th[data-key="instance"]')).to_have_count(
+            1, timeout=WAIT_MS
+        )
+        rows = page.locator("#workers tbody tr[data-id]")
+        assert await rows.count() < 100, "only the rows in view are in the DOM"
+        await page.evaluate("window.__longtasks = []")
+        trace = MainThreadTrace(await page.context.new_cdp_session(page))
+        await trace.start()
+
+        for round_ in range(1, 6):
+            for worker in workers[round_ * 50 : round_ * 50 + 50]:
+                worker.inflight = 1
+            workers.append(_register(west, 1000 + round_))
+            changes.bump()
+            await expect(summary).to_contain_text(f"{1000 + round_:,} connected", timeout=WAIT_MS)
+            await expect(summary).to_contain_text("50 busy", timeout=WAIT_MS)
+            for worker in workers[round_ * 50 : round_ * 50 + 50]:
+                worker.inflight = 0
+        header = page.locator('#workers th[data-key="instance"]')
+        await header.locator("button").click()
+        await expect(header).to_have_attribute("aria-sort", "ascending")
+        await page.locator("#filter").press_sequentially("idle 99")
+        await expect(rows).to_have_count(11)  # idle 99 and idle 990 to idle 999
+        await page.locator("#filter").press("Escape")
+        await page.locator("#workers").evaluate("t => { t.parentElement.scrollTop = 15000; }")
+        await expect(rows.first).not_to_have_attribute("data-id", "idle-0000", timeout=WAIT_MS)
+        await page.evaluate(TWO_FRAMES)  # the observer reports tasks after they end
+
+        longtasks = await page.evaluate("window.__longtasks")
+        cpu = await trace.task_cpu_ms()
+        assert cpu, "the trace holds the main thread's tasks"
+        assert max(cpu) < 50, (
+            f"a main-thread task used {max(cpu):.0f} ms of CPU; "
+            f"long tasks seen by PerformanceObserver (wall ms): {longtasks}"
+        )
