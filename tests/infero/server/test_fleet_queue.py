@@ -27,7 +27,14 @@ from infero.server.shared import Route
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
 from support.connector import scripted_connector
-from support.fleet import STARTUP, federated, instance, redis_server, server_process
+from support.fleet import (
+    STARTUP,
+    federated,
+    instance,
+    redis_cluster,
+    redis_server,
+    server_process,
+)
 from support.server import RunningServer
 from support.statestream import StateView
 
@@ -474,3 +481,30 @@ async def test_an_instance_shutting_down_takes_its_waiters_out_of_the_queue(
             assert json.loads(incoming.body)["messages"][0]["content"] == "r2"
             await conn.reply(incoming.id, ANSWER)
             await queued
+
+
+async def test_the_fleet_queue_works_on_a_redis_cluster(tmp_path: Path) -> None:
+    async with (
+        redis_cluster(tmp_path) as redis_addr,
+        instance(redis_addr, "A") as a,
+        instance(redis_addr, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            busy = asyncio.create_task(chat(at_a, "r0"))
+            held = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
+            waiting = asyncio.create_task(chat(at_b, "r1"))
+            await all_see((a, b), 1)  # joined by script, read by pipeline, on the cluster
+            assert waiting_at(a) == ["B"]
+            await conn.reply(held.id, ANSWER)
+            await busy
+            incoming = await conn.next_request()
+            assert json.loads(incoming.body)["messages"][0]["content"] == "r1"
+            await conn.reply(incoming.id, ANSWER)
+            await waiting
+            await all_see((a, b), 0)
+            assert not federated(a).queue.degraded
