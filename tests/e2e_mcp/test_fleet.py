@@ -21,8 +21,10 @@ from typing import Any
 import aiohttp
 import mcp_types as types
 from aiohttp import web
+from redis import asyncio as aioredis
 
-from support.fleet import instance, redis_server
+from infero.server.mcp.fleet import RELAY_PREFIX
+from support.fleet import instance, redis_server, server_process
 from support.server import RunningServer
 
 CLIENT_KEY = "relay-secret"
@@ -96,16 +98,18 @@ async def balancer(*servers: RunningServer) -> AsyncIterator[tuple[str, RoundRob
 
 @asynccontextmanager
 async def relay_process(
-    server: RunningServer, provider_url: str, *, complaints: bool = False
+    server: RunningServer | str, provider_url: str, *, complaints: bool = False, **extra: str
 ) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A real `infero mcp` process linked to `server` (killed if still running at exit);
-    `complaints`: its stderr is a pipe for the test to read."""
+    """A real `infero mcp` process linked to `server` (or a SERVER_URL; killed if still running
+    at exit); `complaints`: its stderr is a pipe for the test to read."""
+    url = server if isinstance(server, str) else link_url(server.url)
     env = {
         **os.environ,
-        "SERVER_URL": server.url.replace("http", "ws", 1) + "/api/mcp/connect",
+        "SERVER_URL": url,
         "CLIENT_KEY": CLIENT_KEY,
         "CLIENT_ID": RELAY,
         "PROVIDER_URL": provider_url,
+        **extra,
     }
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
@@ -121,6 +125,11 @@ async def relay_process(
         if proc.returncode is None:
             proc.kill()
         await proc.communicate()
+
+
+def link_url(base: str) -> str:
+    """The relays' WebSocket URL of a server at `base`."""
+    return base.replace("http", "ws", 1) + "/api/mcp/connect"
 
 
 def status_at(server: RunningServer, relay_id: str = RELAY) -> tuple[str, str] | None:
@@ -227,3 +236,45 @@ async def test_a_client_pinned_to_2026_07_28_works_across_instances(
                 resource = await client.read_resource("pref://theme")
                 assert resource.contents[0].text == "dark"
         assert {backend for m, backend in robin.seen if m == "POST"} == {a.url, b.url}
+
+
+async def test_a_relay_whose_home_is_killed_moves_to_b_and_keeps_its_id(
+    tmp_path: Path, stateful_url: str, connect: Any
+) -> None:
+    env = {"CLIENT_KEY": CLIENT_KEY, "API_KEY": API_KEY}
+    async with (
+        redis_server(tmp_path) as redis,
+        server_process(redis.url, "A", **env) as a,
+        instance(redis.url, "B", client_key=CLIENT_KEY, api_key=API_KEY) as b,
+    ):
+        async with aiohttp.ClientSession() as http, asyncio.timeout(STARTUP):
+            while True:  # the process needs a moment to listen
+                try:
+                    async with http.get(a.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            break
+                except aiohttp.ClientConnectionError:
+                    await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+        urls = f"{link_url(a.url)},{link_url(b.url)}"
+        async with relay_process(urls, stateful_url, RECONNECT="true"):
+            async with asyncio.timeout(STARTUP):
+                await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "A"))
+            url = f"{b.url}/api/mcp/id/{RELAY}"
+            async with asyncio.timeout(30), connect(url) as client:
+                assert (await client.call_tool("recall", {})).content[0].text == ""
+            store = aioredis.from_url(redis.url)
+            try:
+                held = await store.get(RELAY_PREFIX + RELAY)
+                assert isinstance(held, bytes)
+                assert held.startswith(b"A\n")
+                a.proc.kill()  # the relay's home dies without releasing the relay's id
+                await a.proc.wait()
+                async with asyncio.timeout(STARTUP):  # the relay reconnects, B takes its id
+                    await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "B"))
+                # the same relay process (same nonce) holds its id, now at B
+                assert await store.get(RELAY_PREFIX + RELAY) == b"B\n" + held.split(b"\n")[1]
+            finally:
+                await store.aclose()
+            async with asyncio.timeout(30), connect(url) as client:
+                color = await client.call_tool("favorite/color", {})
+                assert color.content[0].text == "blue with a hint of green"
