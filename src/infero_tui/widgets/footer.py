@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from textual.app import ComposeResult
 from textual.screen import Screen
 from textual.widgets import Footer
 
@@ -27,22 +26,16 @@ class KeyFooter(Footer):
     """
 
     _shown: Shown | None = None
-
-    def compose(self) -> ComposeResult:
-        self._shown = shown_keys(self.screen) if self._bindings_ready else None
-        return super().compose()
+    """The keys of the last composition asked for."""
 
     def bindings_changed(self, screen: Screen[object]) -> None:
-        if (
-            self._shown is not None
-            and screen.app.app_focus
-            and self.is_attached
-            and screen is self.screen
-            and shown_keys(screen) == self._shown
-        ):
-            enabled = {key: active.enabled for key, active in screen.active_bindings.items()}
-            for footer_key in self.query("FooterKey"):  # the class is not public: by CSS type
-                key = getattr(footer_key, "key", "")
-                footer_key.set_class(not enabled.get(key, True), "-disabled")
-            return
+        if screen is self.screen and self.is_attached and screen.app.app_focus:
+            shown = shown_keys(screen)
+            if shown == self._shown:
+                enabled = {key: active.enabled for key, active in screen.active_bindings.items()}
+                for footer_key in self.query("FooterKey"):  # the class is not public: by CSS type
+                    key = getattr(footer_key, "key", "")
+                    footer_key.set_class(not enabled.get(key, True), "-disabled")
+                return
+            self._shown = shown
         super().bindings_changed(screen)
