@@ -4,8 +4,9 @@ The rule: a request is counted once, fleet-wide, by the instance whose connector
 (its home); the instance that relayed it there counts it only as relayed (`request_relayed`,
 a per-instance Prometheus counter). Each instance adds what it counted to Redis every
 `FLUSH_INTERVAL`: one `EVALSHA` of a Lua script applies every increment (HINCRBY,
-HINCRBYFLOAT, HSET of a connector's `last_error`) and answers the fleet's totals only when they
-changed since this instance last read them. So Redis sees at most one command per instance and
+HINCRBYFLOAT, HSET of a connector's `last_error`) and answers, only when something changed
+since this instance last read, the models' totals and the listed connectors whose counters
+changed (each connector hash keeps the version of its last change in `_v`). So Redis sees at most one command per instance and
 interval, whatever the number of requests or chunks. What an instance shows is the last totals
 read plus what it counted since (`pending`), so its own requests appear at once, and the
 figures never go back (except when Redis restarted empty, see docs/scale-out.md).
@@ -53,8 +54,8 @@ _PER_MODEL = (
 """A connector's counters per model (`per_model` of its `/api/state` row)."""
 
 _SCRIPT = """
-local n = tonumber(ARGV[4])
-local a = 5
+local n = tonumber(ARGV[5])
+local a = 6
 local touched = {}
 for i = 1, n do
   local key = KEYS[tonumber(ARGV[a])]
@@ -69,25 +70,38 @@ for i = 1, n do
   touched[key] = true
   a = a + 4
 end
-for key in pairs(touched) do
-  if key ~= KEYS[1] then redis.call('PEXPIRE', key, ARGV[2]) end
-end
-redis.call('HSETNX', KEYS[1], 'e', ARGV[3])
+redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
+local epoch = redis.call('HGET', KEYS[1], 'e')
 local v
 if n > 0 then
   v = redis.call('HINCRBY', KEYS[1], 'v', 1)
+  for key in pairs(touched) do
+    if key ~= KEYS[1] then
+      redis.call('HSET', key, '_v', v)
+      redis.call('PEXPIRE', key, ARGV[3])
+    end
+  end
 else
-  v = redis.call('HGET', KEYS[1], 'v') or '0'
+  v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 end
-local version = redis.call('HGET', KEYS[1], 'e') .. ':' .. tostring(v)
-if version == ARGV[1] then return {version} end
-local out = {version}
-for i = 1, #KEYS do out[#out + 1] = redis.call('HGETALL', KEYS[i]) end
+local same = epoch == ARGV[1]
+if same and tostring(v) == ARGV[2] then return {epoch, v} end
+local out = {epoch, v, redis.call('HGETALL', KEYS[1])}
+for i = 2, #KEYS do
+  local since = -1
+  if same then since = tonumber(ARGV[a + i - 2]) end
+  local changed = tonumber(redis.call('HGET', KEYS[i], '_v') or '0')
+  if changed > since then out[#out + 1] = redis.call('HGETALL', KEYS[i]) else out[#out + 1] = 0 end
+end
 return out
 """
-"""KEYS: the fleet hash, then connector hashes. ARGV: the version last read (`""` reads
-anyway), retention in ms, a fresh epoch, the number of operations, then for each operation
-the index of its key in KEYS, `i`/`f`/`s`, the field and the value."""
+"""KEYS: the fleet hash, then connector hashes. ARGV: the epoch and version last read (the
+version `""` reads anyway), retention in ms, a fresh epoch, the number of operations, then for
+each operation the index of its key in KEYS, `i`/`f`/`s`, the field and the value, then for
+each connector key the version its counters were read at (-1: never). The answer: the epoch,
+the version, and when they differ from those last read, the fleet hash and each connector hash
+that changed since it was read (0 for the others). Each connector hash keeps in `_v` the
+version of its last change."""
 
 
 @dataclass(slots=True)
@@ -207,8 +221,12 @@ class FleetCounters:
         """Counts of the flush in progress (shown until the read that includes them)."""
         self.pending = Counts()
         """Counts of this instance not sent yet."""
-        self.version = ""
-        self._read_ids: tuple[str, ...] = ()
+        self.epoch = ""
+        """Names the data set in Redis (a new one after Redis restarted empty)."""
+        self.version = 0
+        """The fleet's counters as last read are those of this version (of `epoch`)."""
+        self._covered: set[str] = set()
+        """Connector ids whose counters were read as of `version`."""
         self._failing = False
         self._script = redis.register_script(_SCRIPT)
 
@@ -267,7 +285,7 @@ class FleetCounters:
     # ---- Redis ----------------------------------------------------------------------------
 
     async def flush(self) -> None:
-        """Send what was counted and read the totals when they changed (one command).
+        """Send what was counted and read what changed since the last read (one command).
 
         Raises one of REDIS_FAILURES; the counts then wait for the next flush.
         """
@@ -276,26 +294,36 @@ class FleetCounters:
         keys = [FLEET_KEY, *(CONNECTOR_KEY + i for i in ids)]
         index = {connector_id: n for n, connector_id in enumerate(ids, start=2)}
         ops = list(_operations(self.sending, index))
-        known = self.version if ids == self._read_ids else ""
-        args = [known, int(self.retention * 1000), secrets.token_hex(8), len(ops) // 4, *ops]
+        covered = self._covered
+        since = [self.version if i in covered else -1 for i in ids]
+        shortcut = str(self.version) if all(i in covered for i in ids) else ""
+        fresh = secrets.token_hex(8)
+        args = [self.epoch, shortcut, int(self.retention * 1000), fresh, len(ops) // 4]
         try:
-            answer = await self._script(keys=keys, args=args)
+            answer = await self._script(keys=keys, args=[*args, *ops, *since])
         except BaseException:  # failed or cancelled: keep the counts for the next flush
             self.sending.add(self.pending)
             self.sending, self.pending = Counts(), self.sending
             raise
-        version = _text(answer[0])
+        epoch, version = _text(answer[0]), int(answer[1])
         changed: set[str] = set()
-        if len(answer) > 1:
-            totals = _parse(answer[1], dict(zip(ids, answer[2:], strict=True)))
+        if len(answer) > 2:
+            kept = self.totals.connectors if epoch == self.epoch else {}
+            totals = Counts(models=_parse_models(answer[2]))
+            for connector_id, reply in zip(ids, answer[3:], strict=True):
+                if isinstance(reply, list):
+                    if reply:  # empty: no such key (expired, or never counted)
+                        totals.connectors[connector_id] = _parse_connector(reply)
+                elif connector_id in kept:
+                    totals.connectors[connector_id] = kept[connector_id]
             before = _requests(self.totals, self.sending)
             after = _requests(totals)
             changed = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
             self.totals = totals
-            self._read_ids = ids
+            self._covered = set(ids)
         self.sending = Counts()
-        if version != self.version or changed:
-            self.version = version
+        if (epoch, version) != (self.epoch, self.version) or changed:
+            self.epoch, self.version = epoch, version
             self.on_change(changed)
 
     async def run(self) -> None:
@@ -373,23 +401,25 @@ def _store(into: Counters, name: str, value: str) -> None:
         setattr(into, name, int(value))
 
 
-def _parse(fleet: list[Any], connectors: dict[str, list[Any]]) -> Counts:
-    """Counts from the hashes read (unknown fields are skipped)."""
-    counts = Counts()
-    for key, value in _pairs(fleet):
+def _parse_models(flat: list[Any]) -> dict[str, Counters]:
+    """Counters by model from the fleet hash (other fields skipped)."""
+    models: dict[str, Counters] = {}
+    for key, value in _pairs(flat):
         name, _, model = key.partition("/")
         if model:
-            _store(_counters(counts.models, model), name, value)
-    for connector_id, flat in connectors.items():
-        if not flat:
-            continue
-        connector = counts.connectors[connector_id] = ConnectorCounts()
-        for key, value in _pairs(flat):
-            name, _, model = key.partition("/")
-            if model:
-                _store(_counters(connector.per_model, model), name, value)
-            elif name == "last_error":
-                connector.last_error = value
-            else:
-                _store(connector.total, name, value)
-    return counts
+            _store(_counters(models, model), name, value)
+    return models
+
+
+def _parse_connector(flat: list[Any]) -> ConnectorCounts:
+    """A connector's counters from its hash (unknown fields, `_v` among them, skipped)."""
+    connector = ConnectorCounts()
+    for key, value in _pairs(flat):
+        name, _, model = key.partition("/")
+        if model:
+            _store(_counters(connector.per_model, model), name, value)
+        elif name == "last_error":
+            connector.last_error = value
+        else:
+            _store(connector.total, name, value)
+    return connector
