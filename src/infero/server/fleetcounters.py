@@ -6,10 +6,11 @@ a per-instance Prometheus counter). Each instance adds what it counted to Redis 
 `FLUSH_INTERVAL`: one `EVALSHA` of a Lua script applies every increment (HINCRBY,
 HINCRBYFLOAT, HSET of a connector's `last_error`) and answers, only when something changed
 since this instance last read, the models' totals and the listed connectors whose counters
-changed (each connector hash keeps the version of its last change in `_v`). So Redis sees at most one command per instance and
-interval, whatever the number of requests or chunks. What an instance shows is the last totals
-read plus what it counted since (`pending`), so its own requests appear at once, and the
-figures never go back (except when Redis restarted empty, see docs/scale-out.md).
+changed (each connector hash keeps the version of its last change in `_v`). So Redis sees at
+most one command per instance and interval, whatever the number of requests or chunks. What
+an instance shows is the last totals read plus what it counted since (`pending`), so its own
+requests appear at once, and the figures never go back (except when Redis restarted empty,
+see docs/scale-out.md).
 
 Keys (every one in the `{infero}` slot): `{infero}:counters` (per model, `<counter>/<model>`,
 plus the version `v` and the epoch `e` of the data set) and one
