@@ -451,3 +451,30 @@ async def test_a_relay_that_moved_is_listed_once_where_it_is_linked_now(tmp_path
                 remote = federated(a).relays.remote("r1")
                 assert remote is not None
                 assert remote.instance == "B"
+
+
+async def test_one_id_taken_twice_while_redis_was_down_is_kept_by_one_instance(
+    tmp_path: Path,
+) -> None:
+    async with two_instances(tmp_path) as (redis, a, b):
+        await redis.stop()
+        async with asyncio.timeout(15):
+            await a.wait_for(lambda: federated(a).membership.degraded)
+            await b.wait_for(lambda: federated(b).membership.degraded)
+        async with (
+            relay_at(a, "r1", instance="n1") as first,
+            relay_at(b, "r1", instance="n2") as second,
+        ):
+            assert isinstance(first.answer, lp.Welcome)
+            assert isinstance(second.answer, lp.Welcome)  # each instance checked only its own
+            await redis.start()  # empty: the first instance to renew keeps the id
+            async with asyncio.timeout(15):
+                closed = [asyncio.ensure_future(r.closed.wait()) for r in (first, second)]
+                done, pending = await asyncio.wait(closed, return_when=asyncio.FIRST_COMPLETED)
+                for waiter in pending:
+                    waiter.cancel()
+            loser = first if closed[0] in done else second
+            keeper, home = (second, b) if loser is first else (first, a)
+            assert len(done) == 1
+            assert not keeper.closed.is_set()
+            await home.wait_for(lambda: home.relay("r1") is not None)
