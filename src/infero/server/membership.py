@@ -362,6 +362,8 @@ class Membership:
         self._own_bumps = 0
         """Bumps of `changes` made here (a view change is not a local change)."""
         self._seen_local = -1
+        self._recheck_place = False
+        """A mirror missed entries: the tail checks that its place is not past the log's end."""
 
     @property
     def key(self) -> str:
@@ -403,9 +405,14 @@ class Membership:
         cursor: bytes | str | None = None
         while True:
             try:
-                if cursor is None:
+                if cursor is None or self._recheck_place:
+                    self._recheck_place = False
                     last = await self.redis.xrevrange(CHANGES, count=1)
-                    cursor = last[0][0] if last else "0-0"
+                    newest = last[0][0] if last else "0-0"
+                    if cursor is None:
+                        cursor = newest
+                    elif _stream_id(newest) < _stream_id(cursor):
+                        cursor = "0-0"  # a log restarted below our place: read it all once
                 reply = await self.redis.xread(
                     {CHANGES: cursor}, count=TAIL_COUNT, block=int(TAIL_BLOCK * 1000)
                 )
@@ -523,8 +530,11 @@ class Membership:
             mirror = self._header_read(instance_id, lease)
             if gen is None:  # a lease carrying its connectors (no hash, no change log)
                 self._changed(instance_id, mirror.load("", 0, {c.id: c for c in lease.connectors}))
-            elif mirror.gen != _text(gen) or mirror.missed(int(seq)):
+            elif mirror.gen != _text(gen):
                 whole.append(instance_id)
+            elif mirror.missed(int(seq)):
+                whole.append(instance_id)
+                self._recheck_place = True  # trimmed, or the log restarted below our place
         if expired:
             await self.redis.srem(MEMBERS, *expired)
         for instance_id in whole:
@@ -678,6 +688,11 @@ def _chunks(
             }
         )
     return entries
+
+
+def _stream_id(value: bytes | str) -> tuple[int, int]:
+    milliseconds, _, sequence = _text(value).partition("-")
+    return int(milliseconds), int(sequence or 0)
 
 
 def _entries(reply: Any) -> list[tuple[Any, dict[bytes, bytes]]]:
