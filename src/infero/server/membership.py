@@ -532,7 +532,7 @@ class Membership:
                 self._changed(instance_id, mirror.load("", 0, {c.id: c for c in lease.connectors}))
             elif mirror.gen != _text(gen):
                 whole.append(instance_id)
-            elif mirror.missed(int(seq)):
+            elif mirror.missed(int(seq or 0)):
                 whole.append(instance_id)
                 self._recheck_place = True  # trimmed, or the log restarted below our place
         if expired:
@@ -575,7 +575,8 @@ class Membership:
                                    instance_id)  # fmt: skip
                     continue
                 connectors[summary.id] = summary
-        self._changed(instance_id, mirror.load(raw[b"gen"].decode(), int(raw[b"seq"]), connectors))
+        seq = int(raw.get(b"seq") or 0)
+        self._changed(instance_id, mirror.load(raw[b"gen"].decode(), seq, connectors))
 
     async def _apply(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         """Apply change-log entries in order (hold the lock); read peers whole when needed."""
