@@ -143,8 +143,9 @@ class Lease:
 
     @classmethod
     def load(cls, raw: bytes | str) -> Lease:
-        """Parse a stored lease (raises ValueError, KeyError or TypeError when malformed)."""
-        doc: dict[str, Any] = json.loads(raw)
+        """Parse a stored lease (raises ValueError, KeyError or TypeError when malformed);
+        fields this version does not know are ignored (a newer peer)."""
+        doc: dict[str, Any] = {k: v for k, v in json.loads(raw).items() if k in _LEASE_FIELDS}
         connectors = tuple(ConnectorSummary.load(c) for c in doc["connectors"])
         relays = tuple(
             RelaySummary(**{k: v for k, v in r.items() if k in _RELAY_FIELDS})
@@ -155,6 +156,7 @@ class Lease:
 
 _SUMMARY_FIELDS = frozenset(f.name for f in fields(ConnectorSummary))
 _RELAY_FIELDS = frozenset(f.name for f in fields(RelaySummary))
+_LEASE_FIELDS = frozenset(f.name for f in fields(Lease))
 
 
 def connect(url: str) -> Any:

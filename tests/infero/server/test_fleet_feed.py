@@ -401,3 +401,10 @@ async def test_a_change_log_restarted_below_the_reader_s_place_is_read_from_its_
         # (one more whole read if the second change came before that).
         assert membership.whole_reads - reads <= 2
         await store.aclose()
+
+
+def test_a_lease_or_summary_from_a_newer_peer_is_read_without_its_new_fields() -> None:
+    doc = json.loads(replace(GHOST, connectors=(X1,)).dump())
+    doc["zone"] = "eu"
+    doc["connectors"][0]["gpu"] = "h100"
+    assert Lease.load(json.dumps(doc)) == replace(GHOST, connectors=(X1,))
