@@ -110,7 +110,9 @@ class ChurningFeed(FrozenFeed):
 async def measure(churn: bool) -> dict[str, list[float]]:
     feed = ChurningFeed([])
     feed.churn = churn
-    config = ConsoleConfig(refresh_interval=None, animation_level="none", cursor_blink=False)
+    config = ConsoleConfig(
+        refresh_interval=None, animation_level="none", cursor_blink=False, settle_heap=True
+    )
     app = make_app(fleet=feed, config=config)
     out: dict[str, list[float]] = {}
     async with app.run_test(size=(120, 35)) as pilot:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import sys
 from collections.abc import Callable
@@ -385,6 +386,24 @@ async def test_without_an_operator_key_actions_are_greyed_and_refused() -> None:
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
         assert feed.calls == []
+
+
+@pytest.mark.parametrize("settle", [True, False])
+async def test_the_heap_is_settled_once_after_the_first_state_is_drawn_when_asked(
+    settle: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settled: list[int] = []
+    monkeypatch.setattr("infero_tui.screens.main.settle_heap", lambda: settled.append(1))
+    series = snapshots("fleet_series")
+    feed = FrozenFeed([(series, "hold")])
+    config = dataclasses.replace(ConsoleConfig.frozen(), settle_heap=settle)
+    app = fleet_app(feed, config)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        await until(pilot, lambda: screen.snapshot is series[-1])
+        screen.draw()  # a second drawing
+        assert screen.draws == 2
+        assert settled == ([1] if settle else [])
 
 
 async def test_only_the_newest_snapshot_is_drawn_when_many_arrive_at_once() -> None:

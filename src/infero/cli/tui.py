@@ -178,7 +178,8 @@ def tui(
             typer.echo(f"infero tui: {exc}", err=True)
             raise typer.Exit(2) from None
     local = _local_context(worker, config, token_file, log_dir, unit=unit) if worker else None
-    make_app(fleet=fleet, local=local, config=ConsoleConfig(read_only=read_only)).run()
+    console = ConsoleConfig(read_only=read_only, settle_heap=True)
+    make_app(fleet=fleet, local=local, config=console).run()
 
 
 def register(app: typer.Typer) -> None:

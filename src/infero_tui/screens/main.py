@@ -24,6 +24,7 @@ from textual.widgets import Input, TabbedContent, TabPane
 from textual.worker import Worker, WorkerState
 
 from infero.common.backoff import Backoff
+from infero.common.process import settle_heap
 from infero.protocol.state import McpClientInfo, StateSnapshot, WorkerInfo
 from infero_tui.client import ACTIONS, Action, AuthRefused, ClientError, NotFound
 from infero_tui.cmdline import COMMANDS, CommandError, parse, resolve
@@ -314,6 +315,8 @@ class MainScreen(Screen[None]):
             return
         self._last_draw = time.monotonic()
         self.draws += 1
+        if self.draws == 1 and self.config.settle_heap:
+            settle_heap()
         self.snapshot = snapshot
         if self.connection is not None:
             self.connection.received(self.clock())
