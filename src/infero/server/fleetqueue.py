@@ -340,7 +340,7 @@ class FleetQueue:
             self.local[model].sort(key=_seq)
             self._remirror(model)
         if head != ticket.member:
-            await self._pass_on(model, head)
+            self._pass_on(model, head)
             return None
         return await seats.take(ticket, hint)
 
@@ -397,17 +397,16 @@ class FleetQueue:
             self.failed(failure)
             return
         if found:
-            head = found[0]
-            await self._pass_on(model, head.decode() if isinstance(head, bytes) else str(head))
+            self._pass_on(model, _text(found[0]))
 
-    async def _pass_on(self, model: str, head: str) -> None:
+    def _pass_on(self, model: str, head: str) -> None:
         """`head` heads the queue, not our waiter: wake its instance if we have room for it."""
         instance = _instance_of(head)
         if not instance or instance == self.instance_id:
             return
         hint = self.seats.local_room(model)
-        if hint is not None:
-            await self.seats.wake(instance, model, hint)
+        if hint is not None:  # in the background: an unreachable peer holds up nobody here
+            self._spawn(self.seats.wake(instance, model, hint))
 
     # ---- the mirror ----------------------------------------------------------------------
 
