@@ -396,6 +396,8 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
             await redis.stop()
             await b.wait_for(lambda: federated(b).queue.degraded)
             assert "new waiters use this instance's own queue" in caplog.text
+            await b.wait_for(lambda: federated(b).membership.degraded)
+            assert "Redis is unreachable" in caplog.text
             busy = asyncio.create_task(chat(at_b, "r0"))
             held = await conn.next_request()
             waiting = asyncio.create_task(chat(at_b, "r1"))
@@ -405,7 +407,6 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
             incoming = await conn.next_request()
             await conn.reply(incoming.id, ANSWER)
             await asyncio.gather(busy, waiting)
-            assert "Redis is unreachable" in caplog.text
 
             await redis.start()
             await b.wait_for(lambda: not federated(b).queue_degraded())
