@@ -37,6 +37,8 @@ OPEN_TIMEOUT = 120.0
 """Seconds the viewers get to receive their first documents (1,000 rows, loaded machine)."""
 STALLS_ENV = "INFERO_BENCH_STALLS"
 """Where the server's stall probe writes (see bench/stall_probe); unset: no stall table."""
+STALLS_TIMEOUT = 30.0
+"""Seconds to wait for the probe's next write of its file (every 5 s) after the last phase."""
 BUSY = 0.8
 """A stall during which the server's main thread ran for this share of it was the server's
 own work (a long synchronous stretch); otherwise the machine did not run the server."""
@@ -285,6 +287,25 @@ def stall_section(raw: Raw, doc: dict[str, Any]) -> Section:
     return table
 
 
+def _written_since(path: Path, since: float) -> bool:
+    try:
+        return path.stat().st_mtime >= since
+    except FileNotFoundError:
+        return False
+
+
+async def _read_stalls(path: Path, since: float) -> dict[str, Any]:
+    """The probe's file once it was rewritten after `since` (the server is still running)."""
+    deadline = time.monotonic() + STALLS_TIMEOUT
+    while not _written_since(path, since):
+        if time.monotonic() > deadline:
+            raise BenchError(f"no stall probe output in {path} (PYTHONPATH=bench/stall_probe?)")
+        await asyncio.sleep(0.1)  # the probe writes on a timer, there is nothing to wait on
+    text = await asyncio.to_thread(path.read_text, encoding="utf-8")
+    doc: dict[str, Any] = json.loads(text)
+    return doc
+
+
 async def measure_views(stack: Stack, p: Preset) -> tuple[list[Section], Raw]:
     """Hold the idle links, open the viewers and the probe, run every phase."""
     viewers = await _start_viewers(stack, "viewers")
@@ -305,7 +326,7 @@ async def measure_views(stack: Stack, p: Preset) -> tuple[list[Section], Raw]:
     out = sections(raw, p)
     stalls = os.environ.get(STALLS_ENV)
     if stalls:
-        text = await asyncio.to_thread(Path(stalls).read_text, encoding="utf-8")
-        raw["stalls"] = json.loads(text)
+        last = max(end for phase in PHASES for _, end in raw[phase.key]["spans"])
+        raw["stalls"] = await _read_stalls(Path(stalls), last)
         out.append(stall_section(raw, raw["stalls"]))
     return out, raw

@@ -72,7 +72,9 @@ if OUT and _is_server():
 
     def _dump() -> None:
         doc = {"stalls": _stalls, "gc": _gc, "frozen": gc.get_freeze_count()}
-        Path(OUT).write_text(json.dumps(doc), encoding="utf-8")
+        partial = Path(OUT + ".partial")
+        partial.write_text(json.dumps(doc), encoding="utf-8")
+        partial.replace(OUT)  # a reader never sees half a file
 
     def _mark(ran: list[float]) -> None:
         ran.append(time.monotonic())
