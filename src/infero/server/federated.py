@@ -528,7 +528,6 @@ class FederatedState:
         self.rows = FederatedRows(self)
         self.counters = FleetCounters(
             redis,
-            listed=self._listed,
             on_change=self._recounted,
             degraded=lambda: self.membership.degraded,
         )
@@ -557,13 +556,6 @@ class FederatedState:
     def _peer_finished(self, route: PeerRoute, done: RequestFinished) -> None:
         self.unsend(route.connector_id)
         self.local.events.request_relayed(done)  # counted by the instance that served it
-
-    def _listed(self) -> list[str]:
-        """Connector ids whose counters `/api/state` shows here (this instance's, the others')."""
-        ids = list(self.local.fleet.workers)
-        for lease in self.membership.peers.values():
-            ids.extend(c.id for c in lease.connectors)
-        return ids
 
     def _recounted(self, connector_ids: set[str]) -> None:
         self.rows.recounted(connector_ids)

@@ -5,17 +5,23 @@ The rule: a request is counted once, fleet-wide, by the instance whose connector
 a per-instance Prometheus counter). Each instance adds what it counted to Redis every
 `FLUSH_INTERVAL`: one `EVALSHA` of a Lua script applies every increment (HINCRBY,
 HINCRBYFLOAT, HSET of a connector's `last_error`) and answers, only when something changed
-since this instance last read, the models' totals and the listed connectors whose counters
-changed (each connector hash keeps the version of its last change in `_v`). So Redis sees at
-most one command per instance and interval, whatever the number of requests or chunks. What
+since this instance last read, the models' totals and the connectors whose counters changed
+since (a sorted set scores each connector hash with the version of its last change). So Redis
+sees at most one command per instance and interval, whatever the number of requests or
+chunks, and its size is that of what changed: an idle flush names no connector and reads
+nothing, one that counted requests names the connectors that served them. An instance reads
+every connector's counters once (at start, and after Redis restarted empty), then only the
+changes. What
 an instance shows is the last totals read plus what it counted since (`pending`), so its own
 requests appear at once, and the figures never go back (except when Redis restarted empty,
 see docs/scale-out.md).
 
 Keys (every one in the `{infero}` slot): `{infero}:counters` (per model, `<counter>/<model>`,
-plus the version `v` and the epoch `e` of the data set) and one
-`{infero}:counters:connector:<id>` per connector id (its totals, `last_error`, and
-`<counter>/<model>`), which expires `CONNECTOR_RETENTION` after it last counted a request.
+plus the version `v` and the epoch `e` of the data set), one `{infero}:counters:connector:<id>`
+per connector id (its totals, `last_error`, and `<counter>/<model>`), which expires
+`CONNECTOR_RETENTION` after it last counted a request, and `{infero}:counters:changed` (a
+sorted set: each connector hash, scored with the version of its last change; a full read drops
+the hashes that expired).
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ logger = logging.getLogger(__name__)
 
 FLEET_KEY = PREFIX + "counters"
 CONNECTOR_KEY = PREFIX + "counters:connector:"
+CHANGED_KEY = PREFIX + "counters:changed"
 FLUSH_INTERVAL = 1.0
 """Seconds between two flushes: what an instance killed with kill -9 may lose at most."""
 CONNECTOR_RETENTION = 7 * 24 * 3600.0
@@ -78,8 +85,8 @@ if n > 0 then
   v = redis.call('HINCRBY', KEYS[1], 'v', 1)
   for key in pairs(touched) do
     if key ~= KEYS[1] then
-      redis.call('HSET', key, '_v', v)
       redis.call('PEXPIRE', key, ARGV[3])
+      redis.call('ZADD', KEYS[2], v, key)
     end
   end
 else
@@ -88,21 +95,27 @@ end
 local same = epoch == ARGV[1]
 if same and tostring(v) == ARGV[2] then return {epoch, v} end
 local out = {epoch, v, redis.call('HGETALL', KEYS[1])}
-for i = 2, #KEYS do
-  local since = -1
-  if same then since = tonumber(ARGV[a + i - 2]) end
-  local changed = tonumber(redis.call('HGET', KEYS[i], '_v') or '0')
-  if changed > since then out[#out + 1] = redis.call('HGETALL', KEYS[i]) else out[#out + 1] = 0 end
+local changed
+if same then
+  changed = redis.call('ZRANGEBYSCORE', KEYS[2], '(' .. ARGV[2], '+inf')
+else
+  changed = redis.call('ZRANGE', KEYS[2], 0, -1)
+end
+for _, key in ipairs(changed) do
+  local counts = redis.call('HGETALL', key)
+  if #counts == 0 then redis.call('ZREM', KEYS[2], key) end
+  out[#out + 1] = key
+  out[#out + 1] = counts
 end
 return out
 """
-"""KEYS: the fleet hash, then connector hashes. ARGV: the epoch and version last read (the
-version `""` reads anyway), retention in ms, a fresh epoch, the number of operations, then for
-each operation the index of its key in KEYS, `i`/`f`/`s`, the field and the value, then for
-each connector key the version its counters were read at (-1: never). The answer: the epoch,
-the version, and when they differ from those last read, the fleet hash and each connector hash
-that changed since it was read (0 for the others). Each connector hash keeps in `_v` the
-version of its last change."""
+"""KEYS: the fleet hash, the change set, then the connector hashes this flush adds to. ARGV:
+the epoch and version last read, retention in ms, a fresh epoch, the number of operations,
+then for each operation the index of its key in KEYS, `i`/`f`/`s`, the field and the value.
+The change set scores each connector hash with the version of its last change. The answer:
+the epoch, the version, and when they differ from those last read, the fleet hash and each
+connector hash (name, fields) that changed since that version (every one in the change set
+when the epoch differs: a full read, which also forgets hashes that expired)."""
 
 
 @dataclass(slots=True)
@@ -200,15 +213,12 @@ class FleetCounters:
         self,
         redis: Any,
         *,
-        listed: Callable[[], Iterable[str]],
         on_change: Callable[[set[str]], None] = lambda ids: None,
         degraded: Callable[[], bool] = lambda: False,
         interval: float = FLUSH_INTERVAL,
         retention: float = CONNECTOR_RETENTION,
     ) -> None:
         self.redis = redis
-        self.listed = listed
-        """Connector ids whose counters this instance shows (read back from Redis)."""
         self.on_change = on_change
         """Called when a read brought other totals, with the connector ids whose number of
         requests changed."""
@@ -226,8 +236,6 @@ class FleetCounters:
         """Names the data set in Redis (a new one after Redis restarted empty)."""
         self.version = 0
         """The fleet's counters as last read are those of this version (of `epoch`)."""
-        self._covered: set[str] = set()
-        """Connector ids whose counters were read as of `version`."""
         self._failing = False
         self._script = redis.register_script(_SCRIPT)
 
@@ -269,11 +277,7 @@ class FleetCounters:
 
     def requests_of_connector(self, connector_id: str) -> int:
         """Requests counted for a connector id (a row's fingerprint)."""
-        return sum(
-            c.connectors[connector_id].total.requests_total
-            for c in (self.totals, self.sending, self.pending)
-            if connector_id in c.connectors
-        )
+        return _requests(connector_id, self.totals, self.sending, self.pending)
 
     def models(self) -> dict[str, Counters]:
         """The fleet's counters of every model counted."""
@@ -291,17 +295,14 @@ class FleetCounters:
         Raises one of REDIS_FAILURES; the counts then wait for the next flush.
         """
         self.sending, self.pending = self.pending, Counts()
-        ids = tuple(sorted(set(self.listed()) | set(self.sending.connectors)))
-        keys = [FLEET_KEY, *(CONNECTOR_KEY + i for i in ids)]
-        index = {connector_id: n for n, connector_id in enumerate(ids, start=2)}
+        ids = sorted(self.sending.connectors)
+        keys = [FLEET_KEY, CHANGED_KEY, *(CONNECTOR_KEY + i for i in ids)]
+        index = {connector_id: n for n, connector_id in enumerate(ids, start=3)}
         ops = list(_operations(self.sending, index))
-        covered = self._covered
-        since = [self.version if i in covered else -1 for i in ids]
-        shortcut = str(self.version) if all(i in covered for i in ids) else ""
         fresh = secrets.token_hex(8)
-        args = [self.epoch, shortcut, int(self.retention * 1000), fresh, len(ops) // 4]
+        args = [self.epoch, self.version, int(self.retention * 1000), fresh, len(ops) // 4]
         try:
-            answer = await self._script(keys=keys, args=[*args, *ops, *since])
+            answer = await self._script(keys=keys, args=[*args, *ops])
         except BaseException:  # failed or cancelled: keep the counts for the next flush
             self.sending.add(self.pending)
             self.sending, self.pending = Counts(), self.sending
@@ -309,19 +310,23 @@ class FleetCounters:
         epoch, version = _text(answer[0]), int(answer[1])
         changed: set[str] = set()
         if len(answer) > 2:
-            kept = self.totals.connectors if epoch == self.epoch else {}
-            totals = Counts(models=_parse_models(answer[2]))
-            for connector_id, reply in zip(ids, answer[3:], strict=True):
-                if isinstance(reply, list):
-                    if reply:  # empty: no such key (expired, or never counted)
-                        totals.connectors[connector_id] = _parse_connector(reply)
-                elif connector_id in kept:
-                    totals.connectors[connector_id] = kept[connector_id]
-            before = _requests(self.totals, self.sending)
-            after = _requests(totals)
-            changed = {i for i in before.keys() | after.keys() if before.get(i) != after.get(i)}
+            full = epoch != self.epoch  # every connector hash was read
+            connectors = {} if full else dict(self.totals.connectors)
+            read = set(self.sending.connectors)
+            for key, reply in zip(answer[3::2], answer[4::2], strict=True):
+                connector_id = _text(key).removeprefix(CONNECTOR_KEY)
+                read.add(connector_id)
+                if reply:
+                    connectors[connector_id] = _parse_connector(reply)
+                else:  # expired
+                    connectors.pop(connector_id, None)
+            if full:
+                read |= self.totals.connectors.keys()
+            totals = Counts(models=_parse_models(answer[2]), connectors=connectors)
+            changed = {
+                i for i in read if _requests(i, self.totals, self.sending) != _requests(i, totals)
+            }
             self.totals = totals
-            self._covered = set(ids)
         self.sending = Counts()
         if (epoch, version) != (self.epoch, self.version) or changed:
             self.epoch, self.version = epoch, version
@@ -353,13 +358,13 @@ class FleetCounters:
             logger.warning("counters of the last %ss not flushed (%s)", self.interval, failure)
 
 
-def _requests(*parts: Counts) -> dict[str, int]:
-    """Requests counted per connector id in `parts`."""
-    found: dict[str, int] = {}
-    for part in parts:
-        for connector_id, counts in part.connectors.items():
-            found[connector_id] = found.get(connector_id, 0) + counts.total.requests_total
-    return found
+def _requests(connector_id: str, *parts: Counts) -> int:
+    """Requests counted for a connector id in `parts`."""
+    return sum(
+        p.connectors[connector_id].total.requests_total
+        for p in parts
+        if connector_id in p.connectors
+    )
 
 
 def _operations(counts: Counts, index: dict[str, int]) -> Iterable[Any]:

@@ -9,6 +9,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import openai
@@ -161,8 +162,8 @@ async def test_a_flush_is_one_command_however_many_requests_it_carries(tmp_path:
         redis = aioredis.from_url(server.url)
         other = aioredis.from_url(server.url)
         try:
-            mine = FleetCounters(redis, listed=lambda: ["w1", "w2"])
-            theirs = FleetCounters(other, listed=lambda: ["w1", "w2"])
+            mine = FleetCounters(redis)
+            theirs = FleetCounters(other)
             await redis.config_resetstat()
             for n in range(100):
                 mine.request_finished(_finished("w1", "m", n))
@@ -200,11 +201,66 @@ async def test_a_flush_is_one_command_however_many_requests_it_carries(tmp_path:
             await other.aclose()
 
 
+async def test_an_idle_flush_names_no_connector_and_a_change_reads_back_only_its_own(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        other = aioredis.from_url(server.url)
+        try:
+            recounted: list[set[str]] = []
+            mine = FleetCounters(redis, on_change=recounted.append)
+            theirs = FleetCounters(other)
+            for n in range(1000):
+                theirs.request_finished(_finished(f"w{n}", "m", 1))
+            await theirs.flush()
+            await mine.flush()  # the first read: every connector
+            assert mine.requests_of_model("m") == 1000
+            assert recounted.pop() == {f"w{n}" for n in range(1000)}
+            sent: list[list[Any]] = []
+            script = mine._script
+
+            async def recorded(*, keys: list[Any], args: list[Any]) -> Any:
+                sent.append([*keys, *args])
+                return await script(keys=keys, args=args)
+
+            mine._script = recorded
+            await redis.config_resetstat()
+            before = (await redis.info("stats"))["total_net_input_bytes"]
+            for _ in range(3):  # idle: nothing counted anywhere
+                await mine.flush()
+            received = (await redis.info("stats"))["total_net_input_bytes"] - before
+            stats = await redis.info("commandstats")
+            assert stats["cmdstat_evalsha"]["calls"] == 3
+            assert "cmdstat_hgetall" not in stats
+            assert "cmdstat_zrangebyscore" not in stats
+            assert not any(CONNECTOR_KEY in str(arg) for call in sent for arg in call)
+            assert received < 1000  # 1000 connector names alone are over 30 KB
+            assert recounted == []
+            theirs.request_finished(_finished("w7", "m", 2))  # one connector changes
+            await theirs.flush()
+            await redis.config_resetstat()
+            await mine.flush()
+            stats = await redis.info("commandstats")
+            assert stats["cmdstat_hgetall"]["calls"] == 2  # the models, and w7
+            assert recounted == [{"w7"}]
+            assert mine.requests_of_connector("w7") == 2
+            assert mine.requests_of_connector("w8") == 1
+            assert mine.requests_of_model("m") == 1001
+            mine.request_finished(_finished("w9", "m", 1))  # its own change names only w9
+            await mine.flush()
+            assert [arg for arg in sent[-1] if CONNECTOR_KEY in str(arg)] == [CONNECTOR_KEY + "w9"]
+            assert mine.requests_of_connector("w9") == 2
+        finally:
+            await redis.aclose()
+            await other.aclose()
+
+
 async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path: Path) -> None:
     async with redis_server(tmp_path) as server:
         redis = aioredis.from_url(server.url)
         try:
-            counters = FleetCounters(redis, listed=lambda: ["w1"])
+            counters = FleetCounters(redis)
             counters.request_finished(_finished("w1", "m", 1))
             await server.stop()
             with contextlib.suppress(OSError, aioredis.ConnectionError):
