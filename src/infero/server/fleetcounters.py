@@ -11,10 +11,9 @@ sees at most one command per instance and interval, whatever the number of reque
 chunks, and its size is that of what changed: an idle flush names no connector and reads
 nothing, one that counted requests names the connectors that served them. An instance reads
 every connector's counters once (at start, and after Redis restarted empty), then only the
-changes. What
-an instance shows is the last totals read plus what it counted since (`pending`), so its own
-requests appear at once, and the figures never go back (except when Redis restarted empty,
-see docs/scale-out.md).
+changes. What an instance shows is the last totals read plus what it counted since
+(`pending`), so its own requests appear at once, and the figures never go back (except when
+Redis restarted empty, see docs/scale-out.md).
 
 Keys (every one in the `{infero}` slot): `{infero}:counters` (per model, `<counter>/<model>`,
 plus the version `v` and the epoch `e` of the data set), one `{infero}:counters:connector:<id>`
