@@ -56,7 +56,9 @@ async def fleet_of_one() -> AsyncIterator[Fleet]:
     try:
         async with (
             running_server(client_key="ck", api_key="ak", operator_key="ok", queue_max=0) as server,
-            httpx.AsyncClient(headers={"Authorization": "Bearer ak"}, timeout=5) as http,
+            # A held chat gets no byte until the test releases it, which may be after a whole
+            # console session on a loaded machine: the read timeout must outlast that.
+            httpx.AsyncClient(headers={"Authorization": "Bearer ak"}, timeout=30) as http,
         ):
             settings = WorkerSettings.model_validate(
                 {
