@@ -87,15 +87,21 @@ async def test_cancelling_a_slow_tool_stops_it_on_the_provider(
 ) -> None:
     async with make_stack({"api_key": API_KEY}, **provider) as s, connect(s.url) as client:
         before = int(text(await client.call_tool("cancellations", {})))
+        started = asyncio.Event()
+
+        async def running(progress: float, total: float | None, message: str | None) -> None:
+            started.set()  # the provider runs the tool: a cancellation now reaches a known call
+
         async with anyio.create_task_group() as tg:
-            tg.start_soon(client.call_tool, "wait_forever", {})
-            async with asyncio.timeout(5):
+            tg.start_soon(lambda: client.call_tool("wait_forever", {}, progress_callback=running))
+            async with asyncio.timeout(20):
+                await started.wait()
                 await s.server.wait_for(lambda: calling(s))
             tg.cancel_scope.cancel()
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             while int(text(await client.call_tool("cancellations", {}))) == before:
                 pass  # each check is a real round trip to the provider
-        async with asyncio.timeout(5):
+        async with asyncio.timeout(20):
             await s.server.wait_for(lambda: s.registry.relays[s.relay.relay_id].inflight == 0)
 
 
