@@ -502,8 +502,11 @@ class Membership:
     async def _poll(self) -> None:
         """Read the others' headers: who lives, their figures, whether a mirror is behind."""
         ids = sorted(_text(i) for i in await self.redis.smembers(MEMBERS))
-        if self._id and self._id not in ids:  # dropped by a peer that saw our lease expire
-            await self.redis.sadd(MEMBERS, self._id)
+        if self._id and self._id not in ids:
+            # Dropped by a peer that saw our lease expire, or Redis restarted empty: the whole
+            # lease again, header and SADD together (a bare SADD would list a member without a
+            # header until the next renewal, and a peer polling meanwhile drops it again).
+            await self._write_whole(self._published, self._header)
         others = [i for i in ids if i != self._id]
         for gone in self._mirrors.keys() - set(others):
             self._drop(gone)
