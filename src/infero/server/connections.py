@@ -82,8 +82,12 @@ class _GuardedHandler(RequestHandler):
             if self._head_timer is not None:
                 self._head_timer.cancel()
                 self._head_timer = None
-        elif self._head_timer is None and not self._request_in_progress:
-            self._arm_head()  # the first bytes of the next head
+        elif self._head_timer is None and not self._request_in_progress and not self._messages:
+            # The first bytes of the next head. (Body bytes that arrive before the handler
+            # started, `_messages` still holding their request, must not arm it: the timer would
+            # close the connection HEADER_TIMEOUT later, idle on keep-alive, possibly just as the
+            # client sends its next request on it.)
+            self._arm_head()
 
     def _arm_head(self) -> None:
         self._head_count = self._request_count

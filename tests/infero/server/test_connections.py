@@ -6,11 +6,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from infero.server import metrics
+from infero.server.connections import _GuardedHandler, _GuardedServer
 from support.connector import scripted_connector
 from support.server import RunningServer, running_server
 
@@ -107,3 +110,45 @@ async def test_malformed_requests_log_one_warning_line_without_traceback(
     lines = [r.getMessage().split(":")[0] for r in warnings]
     assert lines == ["malformed HTTP request from 127.0.0.1"]
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+class _Watched(_GuardedServer):
+    """The guarded server, telling when a connection was made."""
+
+    made: asyncio.Event
+
+    def connection_made(self, handler: Any, transport: asyncio.Transport) -> None:
+        super().connection_made(handler, transport)
+        self.made.set()
+
+
+async def test_body_bytes_arriving_before_the_handler_starts_arm_no_header_timer() -> None:
+    async def ok(_: web.BaseRequest) -> web.Response:
+        return web.Response(text="ok")
+
+    server = _Watched(ok)
+    server.header_timeout = 0.2
+    server.made = asyncio.Event()
+    listener = await asyncio.get_running_loop().create_server(server, "127.0.0.1", 0)
+    port = listener.sockets[0].getsockname()[1]
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        async with asyncio.timeout(10):
+            await server.made.wait()
+        handler = server.connections[0]
+        assert isinstance(handler, _GuardedHandler)
+        body = b'{"model": "m"}'
+        # Head and body in two reads before the request task ran (as on a loaded machine).
+        handler.data_received(
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(body)
+        )
+        handler.data_received(body)
+        assert handler._head_timer is None  # the request is complete: no head is pending
+        async with asyncio.timeout(10):
+            head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 ")
+        assert handler._head_timer is None  # idle on keep-alive: KEEPALIVE_TIMEOUT governs
+    finally:
+        writer.close()
+        listener.close()
+        await server.shutdown(1.0)
