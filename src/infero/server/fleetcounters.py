@@ -19,8 +19,8 @@ Keys (every one in the `{infero}` slot): `{infero}:counters` (per model, `<count
 plus the version `v` and the epoch `e` of the data set), one `{infero}:counters:connector:<id>`
 per connector id (its totals, `last_error`, and `<counter>/<model>`), which expires
 `CONNECTOR_RETENTION` after it last counted a request, and `{infero}:counters:changed` (a
-sorted set: each connector hash, scored with the version of its last change; a full read drops
-the hashes that expired).
+sorted set: each connector hash, scored with the version of its last change; the hashes that
+expired leave it as flushes go by, oldest first).
 """
 
 from __future__ import annotations
@@ -88,6 +88,11 @@ if n > 0 then
       redis.call('ZADD', KEYS[2], v, key)
     end
   end
+  for _ = 1, 10 do
+    local oldest = redis.call('ZRANGE', KEYS[2], 0, 0)[1]
+    if oldest == nil or redis.call('EXISTS', oldest) == 1 then break end
+    redis.call('ZREM', KEYS[2], oldest)
+  end
 else
   v = tonumber(redis.call('HGET', KEYS[1], 'v') or '0')
 end
@@ -111,7 +116,8 @@ return out
 """KEYS: the fleet hash, the change set, then the connector hashes this flush adds to. ARGV:
 the epoch and version last read, retention in ms, a fresh epoch, the number of operations,
 then for each operation the index of its key in KEYS, `i`/`f`/`s`, the field and the value.
-The change set scores each connector hash with the version of its last change. The answer:
+The change set scores each connector hash with the version of its last change; a flush that
+adds something forgets up to 10 expired hashes there, oldest first. The answer:
 the epoch, the version, and when they differ from those last read, the fleet hash and each
 connector hash (name, fields) that changed since that version (every one in the change set
 when the epoch differs: a full read, which also forgets hashes that expired)."""

@@ -18,7 +18,7 @@ from redis import asyncio as aioredis
 from infero.protocol import link as lp
 from infero.protocol.state import ModelInfo, WorkerInfo
 from infero.server.events import Outcome, RequestFinished
-from infero.server.fleetcounters import CONNECTOR_KEY, FLEET_KEY, FleetCounters
+from infero.server.fleetcounters import CHANGED_KEY, CONNECTOR_KEY, FLEET_KEY, FleetCounters
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
@@ -254,6 +254,26 @@ async def test_an_idle_flush_names_no_connector_and_a_change_reads_back_only_its
         finally:
             await redis.aclose()
             await other.aclose()
+
+
+async def test_connectors_whose_counters_expired_leave_the_change_set(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        redis = aioredis.from_url(server.url)
+        try:
+            counters = FleetCounters(redis)
+            for worker_id in ("w1", "w2"):
+                counters.request_finished(_finished(worker_id, "m", 1))
+            await counters.flush()
+            assert await redis.zcard(CHANGED_KEY) == 2
+            await redis.delete(CONNECTOR_KEY + "w1")  # as when its retention ran out
+            counters.request_finished(_finished("w3", "m", 1))
+            await counters.flush()
+            assert await redis.zrange(CHANGED_KEY, 0, -1) == [
+                (CONNECTOR_KEY + "w2").encode(),
+                (CONNECTOR_KEY + "w3").encode(),
+            ]
+        finally:
+            await redis.aclose()
 
 
 async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path: Path) -> None:
