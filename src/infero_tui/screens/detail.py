@@ -273,7 +273,7 @@ class DetailScreen(Screen[None]):
                 return
             head = Text(f"Worker {printable(worker.name or worker.id)}  ")
             head.append_text(status_text(worker.status))
-            title.update(head)
+            title.update(head, layout=False)  # one line, fixed height
             activity = rates.worker(worker.id)
             live = self.source.ctx.live_heartbeats
             facts.update(worker_facts(worker, now, activity.tokens.rate(), live))
@@ -300,14 +300,14 @@ class DetailScreen(Screen[None]):
                 return
             head = Text(f"MCP relay {printable(relay.name or relay.id)}  ")
             head.append_text(status_text(relay.status))
-            title.update(head)
+            title.update(head, layout=False)  # one line, fixed height
             calls = rates.relays.get(relay.id)
             calls_rate = calls.rate() if calls else 0.0
             facts.update(relay_facts(relay, now, calls_rate))
             graph_a.show(calls.series() if calls else [], calls_rate)
             table.update(methods(relay))
             errors.update(_errors(self.source.errors.of(f"relay:{relay.id}"), now))
-        self.query_one("#detail-keys", Static).update(self._keys())
+        self.query_one("#detail-keys", Static).update(self._keys(), layout=False)  # one line
 
     def _keys(self) -> Text:
         """The keys of this view (a footer costs a recompose on every switch); actions that

@@ -72,4 +72,5 @@ class FleetHeader(Static):
                 second.append(f" · {rate(requests)} req/s · {rate(tokens)} tok/s ({WINDOW_S} s)")
         elif connection is not None:
             second.append("waiting for the first state…", style="dim")
-        self.update(Text("\n").join([top, second]))
+        # a fixed height: no layout of the whole screen for every state
+        self.update(Text("\n").join([top, second]), layout=False)

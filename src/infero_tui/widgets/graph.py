@@ -45,7 +45,7 @@ class Graph(Vertical):
         else:
             now = f"now {current:.0f}" if self.gauge else f"{rate(current)} ({WINDOW_S} s avg)"
             label.append(f"  {now} · max {top:.1f} · {SPAN_S} s, 1 bar = 1 s", style="dim")
-        self.query_one(Static).update(label)
+        self.query_one(Static).update(label, layout=False)  # one line, fixed height
         spark = self.query_one(Sparkline)
         spark.display = top > 0
         spark.data = series

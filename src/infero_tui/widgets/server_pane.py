@@ -53,7 +53,8 @@ class ServerPane(VerticalScroll):
             Text(f"gone {summary.gone} · models {len(snapshot.models)}"),
         )
         table.add_row(Text("totals since the server started", style="dim"), Text(""), Text(""))
-        self.query_one("#server-totals", Static).update(table)
+        # a hidden tab needs no layout now: showing it lays it out with this content
+        self.query_one("#server-totals", Static).update(table, layout=self.is_on_screen)
         fleet = rates.fleet
         self.query_one("#graph-requests", Graph).show(
             fleet.requests.series(), fleet.requests.rate()
