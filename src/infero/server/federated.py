@@ -528,6 +528,7 @@ class FederatedState:
         self.rows = FederatedRows(self)
         self.counters = FleetCounters(
             redis,
+            instance_id=self.instance_id,
             on_change=self._recounted,
             degraded=lambda: self.membership.degraded,
         )

@@ -20,7 +20,9 @@ plus the version `v` and the epoch `e` of the data set), one `{infero}:counters:
 per connector id (its totals, `last_error`, and `<counter>/<model>`), which expires
 `CONNECTOR_RETENTION` after it last counted a request, and `{infero}:counters:changed` (a
 sorted set: each connector hash, scored with the version of its last change; the hashes that
-expired leave it as flushes go by, oldest first).
+expired leave it as flushes go by, oldest first), and one `{infero}:counters:flushed:<instance
+id>` per instance: the last flush applied (`<writer>:<sequence number>`, the writer a random id
+of the process), so a flush sent again after its answer was lost is not counted twice.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ logger = logging.getLogger(__name__)
 FLEET_KEY = PREFIX + "counters"
 CONNECTOR_KEY = PREFIX + "counters:connector:"
 CHANGED_KEY = PREFIX + "counters:changed"
+FLUSHED_KEY = PREFIX + "counters:flushed:"
 FLUSH_INTERVAL = 1.0
 """Seconds between two flushes: what an instance killed with kill -9 may lose at most."""
 CONNECTOR_RETENTION = 7 * 24 * 3600.0
@@ -61,26 +64,37 @@ _PER_MODEL = (
 """A connector's counters per model (`per_model` of its `/api/state` row)."""
 
 _SCRIPT = """
-local n = tonumber(ARGV[5])
-local a = 6
-local touched = {}
-for i = 1, n do
-  local key = KEYS[tonumber(ARGV[a])]
-  local op = ARGV[a + 1]
-  if op == 'i' then
-    redis.call('HINCRBY', key, ARGV[a + 2], ARGV[a + 3])
-  elseif op == 'f' then
-    redis.call('HINCRBYFLOAT', key, ARGV[a + 2], ARGV[a + 3])
-  else
-    redis.call('HSET', key, ARGV[a + 2], ARGV[a + 3])
+local n = tonumber(ARGV[7])
+local apply = n > 0
+if apply then
+  local last = redis.call('GET', KEYS[3])
+  if last then
+    local writer, seq = string.match(last, '^(%x+):(%d+)$')
+    if writer == ARGV[5] and tonumber(seq) >= tonumber(ARGV[6]) then apply = false end
   end
-  touched[key] = true
-  a = a + 4
+end
+local touched = {}
+if apply then
+  local a = 8
+  for i = 1, n do
+    local key = KEYS[tonumber(ARGV[a])]
+    local op = ARGV[a + 1]
+    if op == 'i' then
+      redis.call('HINCRBY', key, ARGV[a + 2], ARGV[a + 3])
+    elseif op == 'f' then
+      redis.call('HINCRBYFLOAT', key, ARGV[a + 2], ARGV[a + 3])
+    else
+      redis.call('HSET', key, ARGV[a + 2], ARGV[a + 3])
+    end
+    touched[key] = true
+    a = a + 4
+  end
+  redis.call('SET', KEYS[3], ARGV[5] .. ':' .. ARGV[6], 'PX', ARGV[3])
 end
 redis.call('HSETNX', KEYS[1], 'e', ARGV[4])
 local epoch = redis.call('HGET', KEYS[1], 'e')
 local v
-if n > 0 then
+if apply then
   v = redis.call('HINCRBY', KEYS[1], 'v', 1)
   for key in pairs(touched) do
     if key ~= KEYS[1] then
@@ -113,10 +127,13 @@ for _, key in ipairs(changed) do
 end
 return out
 """
-"""KEYS: the fleet hash, the change set, then the connector hashes this flush adds to. ARGV:
-the epoch and version last read, retention in ms, a fresh epoch, the number of operations,
+"""KEYS: the fleet hash, the change set, the instance's last applied flush, then the connector
+hashes this flush adds to. ARGV: the epoch and version last read, retention in ms, a fresh
+epoch, the writer (this process) and the flush's sequence number, the number of operations,
 then for each operation the index of its key in KEYS, `i`/`f`/`s`, the field and the value.
-The change set scores each connector hash with the version of its last change; a flush that
+The operations are applied once: a flush whose writer and sequence number (or a later one)
+were already applied (its answer was lost and it was sent again) only reads. The change set
+scores each connector hash with the version of its last change; a flush that
 adds something forgets up to 10 expired hashes there, oldest first. The answer:
 the epoch, the version, and when they differ from those last read, the fleet hash and each
 connector hash (name, fields) that changed since that version (every one in the change set
@@ -218,6 +235,7 @@ class FleetCounters:
         self,
         redis: Any,
         *,
+        instance_id: str,
         on_change: Callable[[set[str]], None] = lambda ids: None,
         degraded: Callable[[], bool] = lambda: False,
         interval: float = FLUSH_INTERVAL,
@@ -234,13 +252,19 @@ class FleetCounters:
         self.totals = Counts()
         """The fleet's totals as last read from Redis."""
         self.sending = Counts()
-        """Counts of the flush in progress (shown until the read that includes them)."""
+        """Counts of the flush in progress or not answered (shown until the read that includes
+        them; sent again as they are, under the same sequence number, until answered)."""
         self.pending = Counts()
         """Counts of this instance not sent yet."""
         self.epoch = ""
         """Names the data set in Redis (a new one after Redis restarted empty)."""
         self.version = 0
         """The fleet's counters as last read are those of this version (of `epoch`)."""
+        self.flushed_key = FLUSHED_KEY + instance_id
+        self.writer = secrets.token_hex(8)
+        """This process, in the flushes' (writer, sequence number)."""
+        self.seq = 0
+        """The sequence number of the last flush that carried counts."""
         self._failing = False
         self._script = redis.register_script(_SCRIPT)
 
@@ -297,21 +321,23 @@ class FleetCounters:
     async def flush(self) -> None:
         """Send what was counted and read what changed since the last read (one command).
 
-        Raises one of REDIS_FAILURES; the counts then wait for the next flush.
+        Each flush that carries counts has a sequence number; one that failed (or whose answer
+        was lost) is sent again as it was, and Redis applies it once. Raises one of
+        REDIS_FAILURES; the counts then wait for the next flush (what was counted since, for the
+        one after).
         """
-        self.sending, self.pending = self.pending, Counts()
+        if not self.sending:  # else the last flush was not answered: the same one again
+            self.sending, self.pending = self.pending, Counts()
+            if self.sending:
+                self.seq += 1
         ids = sorted(self.sending.connectors)
-        keys = [FLEET_KEY, CHANGED_KEY, *(CONNECTOR_KEY + i for i in ids)]
-        index = {connector_id: n for n, connector_id in enumerate(ids, start=3)}
+        keys = [FLEET_KEY, CHANGED_KEY, self.flushed_key, *(CONNECTOR_KEY + i for i in ids)]
+        index = {connector_id: n for n, connector_id in enumerate(ids, start=4)}
         ops = list(_operations(self.sending, index))
         fresh = secrets.token_hex(8)
-        args = [self.epoch, self.version, int(self.retention * 1000), fresh, len(ops) // 4]
-        try:
-            answer = await self._script(keys=keys, args=[*args, *ops])
-        except BaseException:  # failed or cancelled: keep the counts for the next flush
-            self.sending.add(self.pending)
-            self.sending, self.pending = Counts(), self.sending
-            raise
+        retention = int(self.retention * 1000)
+        args = [self.epoch, self.version, retention, fresh, self.writer, self.seq, len(ops) // 4]
+        answer = await self._script(keys=keys, args=[*args, *ops])
         epoch, version = _text(answer[0]), int(answer[1])
         changed: set[str] = set()
         if len(answer) > 2:
@@ -353,12 +379,14 @@ class FleetCounters:
                 self._failing = False
 
     async def close(self) -> None:
-        """A last flush at shutdown (best effort, bounded by REDIS_TIMEOUT)."""
-        if not self.pending or self.degraded():
+        """The last flushes at shutdown (best effort, bounded by REDIS_TIMEOUT): a flush not
+        answered yet, then what was counted since."""
+        if self.degraded():
             return
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
-                await self.flush()
+                while self.pending or self.sending:
+                    await self.flush()
         except REDIS_FAILURES as failure:
             logger.warning("counters of the last %ss not flushed (%s)", self.interval, failure)
 

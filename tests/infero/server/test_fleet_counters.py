@@ -19,6 +19,7 @@ from infero.protocol import link as lp
 from infero.protocol.state import ModelInfo, WorkerInfo
 from infero.server.events import Outcome, RequestFinished
 from infero.server.fleetcounters import CHANGED_KEY, CONNECTOR_KEY, FLEET_KEY, FleetCounters
+from infero.server.membership import REDIS_FAILURES
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
@@ -162,8 +163,8 @@ async def test_a_flush_is_one_command_however_many_requests_it_carries(tmp_path:
         redis = aioredis.from_url(server.url)
         other = aioredis.from_url(server.url)
         try:
-            mine = FleetCounters(redis)
-            theirs = FleetCounters(other)
+            mine = FleetCounters(redis, instance_id="A")
+            theirs = FleetCounters(other, instance_id="B")
             await redis.config_resetstat()
             for n in range(100):
                 mine.request_finished(_finished("w1", "m", n))
@@ -209,8 +210,8 @@ async def test_an_idle_flush_names_no_connector_and_a_change_reads_back_only_its
         other = aioredis.from_url(server.url)
         try:
             recounted: list[set[str]] = []
-            mine = FleetCounters(redis, on_change=recounted.append)
-            theirs = FleetCounters(other)
+            mine = FleetCounters(redis, instance_id="A", on_change=recounted.append)
+            theirs = FleetCounters(other, instance_id="B")
             for n in range(1000):
                 theirs.request_finished(_finished(f"w{n}", "m", 1))
             await theirs.flush()
@@ -260,7 +261,7 @@ async def test_connectors_whose_counters_expired_leave_the_change_set(tmp_path: 
     async with redis_server(tmp_path) as server:
         redis = aioredis.from_url(server.url)
         try:
-            counters = FleetCounters(redis)
+            counters = FleetCounters(redis, instance_id="A")
             for worker_id in ("w1", "w2"):
                 counters.request_finished(_finished(worker_id, "m", 1))
             await counters.flush()
@@ -280,7 +281,7 @@ async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path:
     async with redis_server(tmp_path) as server:
         redis = aioredis.from_url(server.url)
         try:
-            counters = FleetCounters(redis)
+            counters = FleetCounters(redis, instance_id="A")
             counters.request_finished(_finished("w1", "m", 1))
             await server.stop()
             with contextlib.suppress(OSError, aioredis.ConnectionError):
@@ -288,12 +289,100 @@ async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path:
             counters.request_finished(_finished("w1", "m", 2))
             assert counters.requests_of_model("m") == 2  # shown, not sent
             await server.start()  # empty
-            await counters.flush()
+            await counters.flush()  # the failed flush again, as it was
+            assert counters.requests_of_model("m") == 2
+            assert await redis.hget(FLEET_KEY, "requests_total/m") == b"1"
+            await counters.flush()  # then what was counted since
             assert counters.requests_of_model("m") == 2
             assert counters.pending.models == counters.sending.models == {}
             assert await redis.hget(FLEET_KEY, "requests_total/m") == b"2"
         finally:
             await redis.aclose()
+
+
+class ReplyDropper:
+    """A TCP proxy to Redis that, once armed, swallows the next reply and closes that
+    connection (the command ran at Redis; its client sees the connection lost)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.armed = False
+        self.dropped = 0
+        self.server: asyncio.Server | None = None
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def start(self) -> None:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
+        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.port)
+
+        async def upstream() -> None:
+            while data := await client_r.read(65536):
+                redis_w.write(data)
+                await redis_w.drain()
+
+        async def downstream() -> None:
+            while data := await redis_r.read(65536):
+                if self.armed:
+                    self.armed = False
+                    self.dropped += 1
+                    return
+                client_w.write(data)
+                await client_w.drain()
+
+        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
+        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        for writer in (client_w, redis_w):
+            writer.close()
+            with contextlib.suppress(OSError):
+                await writer.wait_closed()
+
+
+async def test_a_flush_whose_answer_was_lost_is_counted_once(tmp_path: Path) -> None:
+    async with redis_server(tmp_path) as server:
+        proxy = ReplyDropper(server.port)
+        await proxy.start()
+        redis = aioredis.from_url(server.url)
+        through = aioredis.from_url(proxy.url)
+        try:
+            counters = FleetCounters(through, instance_id="A")
+            await counters.flush()  # the script is loaded, the connection open
+            counters.request_finished(_finished("w1", "m", 1))
+            proxy.armed = True
+            # The script runs at Redis, its answer is lost: redis-py sends it again on a new
+            # connection (or the flush fails, and the next one sends it again).
+            with contextlib.suppress(*REDIS_FAILURES):
+                await counters.flush()
+            await counters.flush()
+            assert proxy.dropped == 1
+            assert await redis.hget(FLEET_KEY, "requests_total/m") == b"1"
+            assert await redis.hget(CONNECTOR_KEY + "w1", "requests_total") == b"1"
+            assert counters.requests_of_model("m") == 1
+            counters.request_finished(_finished("w1", "m", 2))  # the next flush counts again
+            await counters.flush()
+            assert await redis.hget(FLEET_KEY, "requests_total/m") == b"2"
+            assert counters.requests_of_model("m") == 2
+            restarted = FleetCounters(redis, instance_id="A")  # a new process, same instance
+            restarted.request_finished(_finished("w1", "m", 3))
+            await restarted.flush()
+            assert await redis.hget(FLEET_KEY, "requests_total/m") == b"3"
+        finally:
+            await through.aclose()
+            await redis.aclose()
+            await proxy.close()
 
 
 def _finished(
