@@ -28,7 +28,7 @@ class InstanceInfo(_Model):
     version: str = ""
     started_at: datetime | None = None
     links: int = 0
-    """Connector links this instance holds."""
+    """Links this instance holds: LLM connectors and MCP relays."""
     inflight: int = 0
 
 

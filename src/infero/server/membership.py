@@ -132,6 +132,7 @@ class Lease:
     version: str
     started_at: float
     links: int
+    """Links the instance holds: LLM connectors and MCP relays."""
     inflight: int
     connectors: tuple[ConnectorSummary, ...] = field(default=())
     relays: tuple[RelaySummary, ...] = field(default=())

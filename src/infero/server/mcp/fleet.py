@@ -279,28 +279,9 @@ class FederatedRelays:
     def call_failed(self, relay: Relay, error: str) -> None:
         self.local.call_failed(relay, error)
 
-    async def open_exchange(
-        self,
-        relay: Relay,
-        *,
-        method: str,
-        path: str,
-        headers: lp.Headers,
-        body: bytes | bytearray,
-        stream: bool,
-        model: str,
-        request_id: str,
-    ) -> Exchange:
-        return await self.local.open_exchange(
-            relay,
-            method=method,
-            path=path,
-            headers=headers,
-            body=body,
-            stream=stream,
-            model=model,
-            request_id=request_id,
-        )
+    async def open_exchange(self, relay: Relay, **request: Any) -> Exchange:
+        """The exchange as this instance's table opens it (`RelayTable.open_exchange`)."""
+        return await self.local.open_exchange(relay, **request)
 
     def forget(self, relay: Relay, exchange: Exchange) -> None:
         self.local.forget(relay, exchange)
