@@ -23,9 +23,12 @@ import mcp_types as types
 from aiohttp import web
 from redis import asyncio as aioredis
 
+from infero.protocol.delta import EVENT_DELTA, StateDelta
+from infero.protocol.state import StateSnapshot
 from infero.server.mcp.fleet import RELAY_PREFIX
-from support.fleet import instance, redis_server, server_process
+from support.fleet import federated, instance, redis_server, server_process
 from support.server import RunningServer
+from support.statestream import StateView
 
 CLIENT_KEY = "relay-secret"
 API_KEY = "client-key-1"
@@ -172,10 +175,76 @@ async def test_one_session_alternates_instances_to_a_relay_linked_to_a(
         assert ("GET", b.url) in robin.seen
         assert ("DELETE", b.url) in robin.seen
         assert b"notifications/tools/list_changed" in robin.get_bytes
-        assert b.snapshot().mcp.sessions == []  # kept once, at the relay's home
+        await b.wait_for(lambda: b.snapshot().mcp.sessions == [])  # ended at B too
         row = a.relay(RELAY)
         assert row is not None
         assert row.functions["tools/call"] >= 3
+
+
+def sessions_of(snapshot: StateSnapshot) -> dict[str, tuple[str, str, int]]:
+    """Session id -> (relay, instance, in flight) as a state document lists them."""
+    return {s.id: (s.client_id, s.instance, s.inflight) for s in snapshot.mcp.sessions}
+
+
+def tool_calls(snapshot: StateSnapshot) -> int:
+    """The relay's `tools/call` count as a state document shows it."""
+    row = next((c for c in snapshot.mcp.clients if c.id == RELAY), None)
+    return row.functions.get("tools/call", 0) if row is not None else 0
+
+
+async def test_sessions_and_method_counts_at_a_reach_b_s_state_and_stream_as_deltas(
+    tmp_path: Path, stateful_url: str, connect: Any
+) -> None:
+    options = {"client_key": CLIENT_KEY, "api_key": API_KEY}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+        relay_process(a, stateful_url),
+        aiohttp.ClientSession(headers={"Authorization": f"Bearer {API_KEY}"}) as http,
+    ):
+        async with asyncio.timeout(STARTUP):
+            await b.shared.changes.wait_for(lambda: status_at(b) == ("idle", "A"))
+        reads = federated(b).membership.whole_reads
+        async with asyncio.timeout(60), http.get(b.url + "/api/state/stream") as resp:
+            view = StateView(resp)
+            await view.until(lambda s: status_at_view(s) == ("idle", "A"))
+            seen = len(view.events)
+            async with connect(f"{a.url}/api/mcp/id/{RELAY}") as client:  # straight to A
+                await client.call_tool("remember", {"value": "x"})
+                await client.call_tool("recall", {})
+                [session] = a.snapshot().mcp.sessions
+                assert session.instance == "A"
+                listed = await view.until(
+                    lambda s: session.id in sessions_of(s) and tool_calls(s) >= 2
+                )
+                assert sessions_of(listed)[session.id] == (RELAY, "A", 0)
+                document = b.snapshot()  # the full document says the same
+                assert sessions_of(document)[session.id] == (RELAY, "A", 0)
+                assert tool_calls(document) >= 2
+                row = b.relay(RELAY)
+                assert row is not None
+                assert row.sessions_unlisted == 0
+                assert row.functions["initialize"] == 1
+            ended = await view.until(lambda s: s.mcp.sessions == [])  # the SDK's DELETE at A
+        events = view.events[seen:]
+        assert all(e.name == EVENT_DELTA for e in events), "deltas only, no resync"
+        deltas = [StateDelta.model_validate_json(e.data) for e in events]
+        upserted = {key for d in deltas if d.mcp_sessions for key in _keys(d.mcp_sessions.upsert)}
+        removed = {key for d in deltas if d.mcp_sessions for key in d.mcp_sessions.remove}
+        assert upserted == removed == {f"{RELAY}/{session.id}"}
+        assert ended.mcp.clients[0].instance == "A"
+        assert federated(b).membership.whole_reads == reads, "carried by the change log"
+
+
+def status_at_view(snapshot: StateSnapshot) -> tuple[str, str] | None:
+    """(status, instance) of the relay in a state stream viewer's document."""
+    row = next((c for c in snapshot.mcp.clients if c.id == RELAY), None)
+    return (row.status, row.instance) if row is not None else None
+
+
+def _keys(sessions: Any) -> list[str]:
+    return [f"{s.client_id}/{s.id}" for s in sessions]
 
 
 async def test_duplicate_ids_are_refused_across_instances_and_control_works_from_b(

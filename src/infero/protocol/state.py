@@ -164,6 +164,9 @@ class McpClientInfo(_Model):
     last_error_at: datetime | None = None
     instance: str = ""
     """The server instance the relay is linked to ('' without REDIS_ADDR)."""
+    sessions_unlisted: int = 0
+    """Live sessions of the relay missing from `sessions` (a relay of another instance with
+    more than its home shares: docs/scale-out.md)."""
 
 
 class McpSessionInfo(_Model):
@@ -177,6 +180,8 @@ class McpSessionInfo(_Model):
     method: str = ""
     """Method of the most recent call."""
     duration_ms: int = 0
+    instance: str = ""
+    """The server instance its relay is linked to ('' without REDIS_ADDR)."""
 
 
 class McpState(_Model):

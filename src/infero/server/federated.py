@@ -24,6 +24,7 @@ from infero.common.buildinfo import BUILD
 from infero.protocol.state import (
     InstanceInfo,
     McpClientInfo,
+    McpSessionInfo,
     McpStatus,
     ModelInfo,
     ServerInfo,
@@ -38,7 +39,14 @@ from infero.server.fleetqueue import Failure as FleetQueueFailure
 from infero.server.fleetqueue import FleetQueue, FleetTicket, QueueView
 from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.fleet import FederatedRelays
-from infero.server.membership import ConnectorSummary, Lease, Membership, RelaySummary
+from infero.server.membership import (
+    ConnectorSummary,
+    Lease,
+    Membership,
+    RelayDetail,
+    RelaySummary,
+    SessionSummary,
+)
 from infero.server.peer import PeerClient, PeerRoute, Reservations
 from infero.server.settings import ServerSettings
 from infero.server.shared import (
@@ -235,6 +243,10 @@ class FederatedRows:
         self._figures = (0, 0, 0, 0)
         """The other instances' requests in flight, and the fleet's completed, failed and
         cancelled requests, as of the last scan."""
+        self._mcp: dict[str, tuple[Offer, list[Offer]]] = {}
+        """Offers of the relays linked to other instances and of their sessions, by relay id."""
+        self._mcp_versions: tuple[int, int] | None = None
+        """The membership's header and details versions `_mcp` was built from."""
         state.membership.listeners.append(self._changed)
 
     def _changed(
@@ -290,15 +302,15 @@ class FederatedRows:
                 )
         else:
             workers.extend(self._workers.values())  # re-marked when their counters change
-        relays = scan.offers["mcp_clients"]
-        elsewhere = state.relays.elsewhere()
-        if elsewhere:
+        relays, sessions = scan.offers["mcp_clients"], scan.offers["mcp_sessions"]
+        remote = self._remote_mcp()
+        if remote:
             here = state.local.relays.relays  # a relay that moved here: listed once, as ours
-            relays = relays + [
-                (i, (lease.id, r), (lease.id, r))
-                for i, (lease, r) in elsewhere.items()
-                if i not in here
-            ]
+            relays, sessions = list(relays), list(sessions)
+            for relay_id, (relay, its_sessions) in remote.items():
+                if relay_id not in here:
+                    relays.append(relay)
+                    sessions.extend(its_sessions)
         summary = scan.summary
         counts = self._status
         summary = summary.model_copy(
@@ -323,10 +335,35 @@ class FederatedRows:
                 "workers": workers,
                 "models": self._model_offers(scan),
                 "mcp_clients": relays,
+                "mcp_sessions": sessions,
             },
             server_mark=(scan.server_mark, state.membership.header_version, self._figures),
             summary=summary,
         )
+
+    def _remote_mcp(self) -> dict[str, tuple[Offer, list[Offer]]]:
+        """Offers of the other instances' relays and their sessions (rebuilt when a header or
+        a relay's details changed)."""
+        membership = self._state.membership
+        versions = (membership.header_version, membership.details_version)
+        if versions != self._mcp_versions:
+            offers: dict[str, tuple[Offer, list[Offer]]] = {}
+            for relay_id, (lease, r) in self._state.relays.elsewhere().items():
+                detail = membership.relay_detail(lease.id, relay_id) or RelayDetail(relay_id)
+                relay: Offer = (
+                    relay_id,
+                    (lease.id, r, detail.functions, detail.unlisted),
+                    (lease.id, r, detail),
+                )
+                offers[relay_id] = (
+                    relay,
+                    [
+                        (f"{relay_id}/{s.id}", (lease.id, s), _RemoteSession(lease.id, relay_id, s))
+                        for s in detail.sessions
+                    ],
+                )
+            self._mcp, self._mcp_versions = offers, versions
+        return self._mcp
 
     def _model_offers(self, scan: Scan) -> list[Offer]:
         """Model rows counting the other instances' connectors too."""
@@ -355,13 +392,15 @@ class FederatedRows:
         if isinstance(what, _ModelRow):
             return self._model(kind, what)
         if kind == "mcp_clients" and isinstance(what, tuple):
-            instance, relay = what
-            return Built(_remote_relay(instance, relay), (0, relay.connected_at))
+            instance, relay, detail = what
+            return Built(_remote_relay(instance, relay, detail), (0, relay.connected_at))
+        if isinstance(what, _RemoteSession):
+            return Built(_remote_session(what), (0, what.session.started_at))
         built = state.local.rows.row(kind, what)
         if kind == "workers" and isinstance(built.model, WorkerInfo):
             info = built.model.model_copy(update={"instance": state.instance_id})
             return built._replace(model=self._counted(info))
-        if kind == "mcp_clients":
+        if kind in ("mcp_clients", "mcp_sessions"):
             return built._replace(
                 model=built.model.model_copy(update={"instance": state.instance_id})
             )
@@ -421,6 +460,15 @@ class _RemoteWorker:
 
 
 @dataclass(frozen=True, slots=True)
+class _RemoteSession:
+    """An MCP session row of a relay linked to another instance."""
+
+    instance: str
+    relay_id: str
+    session: SessionSummary
+
+
+@dataclass(frozen=True, slots=True)
 class _ModelRow:
     """A model row: this instance's part (None when only other instances serve it), and
     (connectors, ready connectors) of the other instances."""
@@ -441,7 +489,7 @@ def _instance(lease: Lease) -> InstanceInfo:
     )
 
 
-def _remote_relay(instance: str, r: RelaySummary) -> McpClientInfo:
+def _remote_relay(instance: str, r: RelaySummary, detail: RelayDetail) -> McpClientInfo:
     status: McpStatus = r.status  # type: ignore[assignment]  # written by a peer's registry
     return McpClientInfo(
         id=r.id,
@@ -452,9 +500,25 @@ def _remote_relay(instance: str, r: RelaySummary) -> McpClientInfo:
         version=r.version,
         calls_total=r.calls_total,
         errors_total=r.errors_total,
+        functions=dict(detail.functions),
         last_error=r.last_error,
         last_error_at=_dt(r.last_error_at) if r.last_error_at is not None else None,
         instance=instance,
+        sessions_unlisted=detail.unlisted,
+    )
+
+
+def _remote_session(row: _RemoteSession) -> McpSessionInfo:
+    s = row.session
+    return McpSessionInfo(
+        id=s.id,
+        client_id=row.relay_id,
+        started_at=_dt(s.started_at),
+        last_activity=_dt(s.last_activity),
+        inflight=s.inflight,
+        method=s.method,
+        duration_ms=int((time.time() - s.started_at) * 1000),
+        instance=row.instance,
     )
 
 
@@ -489,7 +553,11 @@ class FederatedState:
         self.started = time.time()
         self.client = PeerClient(settings.peer_key)
         self.membership = Membership(
-            redis=redis, ttl=settings.lease_ttl, describe=self.describe, changes=local.changes
+            redis=redis,
+            ttl=settings.lease_ttl,
+            describe=self.describe,
+            changes=local.changes,
+            details=lambda: self.relays.details(),
         )
         self.membership.listeners.append(self._peer_changed)
         self.relays = FederatedRelays(

@@ -7,15 +7,19 @@ Keys (every one with the `{infero}` hash tag: one Cluster slot):
   when its poll finds it missing; not at every renewal.
 * `{infero}:instance:<id>`: the instance's header, its `Lease` without connectors, with a TTL
   of LEASE_TTL: the liveness truth.
-* `{infero}:connectors:<id>`: a hash, `c:<connector id>` -> `ConnectorSummary` JSON, plus `gen`
-  (the generation, new whenever the hash is written whole) and `seq` (its last change); same TTL.
+* `{infero}:connectors:<id>`: a hash, `c:<connector id>` -> `ConnectorSummary` JSON and
+  `m:<relay id>` -> `RelayDetail` JSON (an MCP relay's sessions and per-method counts), plus
+  `gen` (the generation, new whenever the hash is written whole) and `seq` (its last change);
+  same TTL.
 * `{infero}:changes`: the change log, a stream trimmed to about CHANGE_LOG entries; an entry
   names an instance, its `gen` and `seq`, and carries the summaries that changed and the ids
-  that left (at most ENTRY_MAX connectors an entry; a new generation's entry says `f`: read
-  the whole hash).
+  that left (`u`, `r`: at most ENTRY_MAX connectors an entry; `mu`, `mr`: relay details, at
+  most RELAYS_PER_ENTRY an entry; a new generation's entry says `f`: read the whole hash).
 
 An instance writes only the connectors whose summary changed (coalesced: at most
-`1 / MIN_SPACING` times a second) and renews its keys every third of the TTL. Every instance
+`1 / MIN_SPACING` times a second), the relay details that changed at most every
+DETAIL_SPACING seconds (at once when a relay comes or goes), and renews its keys every third
+of the TTL. Every instance
 tails the change log (a blocking XREAD, at most TAIL_BLOCK s) into its mirrors of the others,
 and reads their small headers every REFRESH s. A peer's hash is read whole only when the peer
 appears, when its generation changed, or when its mirror missed an entry. Nothing here runs
@@ -69,6 +73,10 @@ TAIL_BLOCK = 1.0
 """Most seconds one read of the change log blocks."""
 TAIL_COUNT = 256
 """Most entries one read of the change log returns."""
+DETAIL_SPACING = 1.0
+"""Least seconds between two writes of relay details (sessions change with every MCP message)."""
+RELAYS_PER_ENTRY = 4
+"""Relay details one entry carries (each is bounded: `mcp/fleet.py`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,6 +132,45 @@ class RelaySummary:
 
 
 @dataclass(frozen=True, slots=True)
+class SessionSummary:
+    """One MCP session (`Mcp-Session-Id`) of a relay, as the relay's home shares it."""
+
+    id: str
+    started_at: float
+    last_activity: float
+    inflight: int = 0
+    method: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class RelayDetail:
+    """An MCP relay's sessions and per-method counts, as its home shares them (bounded by the
+    home: `mcp/fleet.py`); written in the hash and the change log, not in the header."""
+
+    id: str
+    functions: tuple[tuple[str, int], ...] = ()
+    """(JSON-RPC method, messages), sorted by method."""
+    sessions: tuple[SessionSummary, ...] = ()
+    unlisted: int = 0
+    """Live sessions of the relay not in `sessions` (beyond the bound)."""
+
+    def dump(self) -> str:
+        """The JSON stored in the change log and the instance's hash."""
+        return json.dumps(asdict(self), separators=(",", ":"))
+
+    @classmethod
+    def load(cls, doc: dict[str, Any]) -> RelayDetail:
+        """From parsed JSON; fields this version does not know are ignored (a newer peer)."""
+        known = {k: v for k, v in doc.items() if k in _DETAIL_FIELDS}
+        sessions = tuple(
+            SessionSummary(**{k: v for k, v in s.items() if k in _SESSION_FIELDS})
+            for s in doc.get("sessions", ())
+        )
+        functions = tuple((str(name), int(n)) for name, n in doc.get("functions", ()))
+        return cls(**{**known, "functions": functions, "sessions": sessions})
+
+
+@dataclass(frozen=True, slots=True)
 class Lease:
     """What an instance publishes about itself."""
 
@@ -158,6 +205,8 @@ class Lease:
 _SUMMARY_FIELDS = frozenset(f.name for f in fields(ConnectorSummary))
 _RELAY_FIELDS = frozenset(f.name for f in fields(RelaySummary))
 _LEASE_FIELDS = frozenset(f.name for f in fields(Lease))
+_DETAIL_FIELDS = frozenset(f.name for f in fields(RelayDetail))
+_SESSION_FIELDS = frozenset(f.name for f in fields(SessionSummary))
 
 
 def connect(url: str) -> Any:
@@ -258,7 +307,16 @@ class PeerMirror:
     read whole (`apply` returns None).
     """
 
-    __slots__ = ("connectors", "expect", "gen", "header", "lease", "seq")
+    __slots__ = (
+        "connectors",
+        "details",
+        "details_stamp",
+        "expect",
+        "gen",
+        "header",
+        "lease",
+        "seq",
+    )
 
     def __init__(self, header: Lease) -> None:
         self.header = header
@@ -271,6 +329,10 @@ class PeerMirror:
         """The peer's `seq` at the previous read of its header: held by now, or an entry was
         missed."""
         self.connectors: dict[str, ConnectorSummary] = {}
+        self.details: dict[str, RelayDetail] = {}
+        """The peer's MCP relays' sessions and per-method counts, by relay id."""
+        self.details_stamp = 0
+        """Bumped whenever `details` changes."""
         self.lease = header
         """`header` with the connectors (what `Membership.peers` shows)."""
 
@@ -284,7 +346,14 @@ class PeerMirror:
             return None
         upsert = [ConnectorSummary.load(doc) for doc in json.loads(fields[b"u"])]
         removed = [str(i) for i in json.loads(fields[b"r"])]
+        details = [RelayDetail.load(doc) for doc in json.loads(fields.get(b"mu", b"[]"))]
+        gone = [str(i) for i in json.loads(fields.get(b"mr", b"[]"))]
         self.seq = seq
+        if details or gone:
+            self.details_stamp += 1
+            self.details.update((d.id, d) for d in details)
+            for relay_id in gone:
+                self.details.pop(relay_id, None)
         changes: list[Change] = []
         for summary in upsert:
             old = self.connectors.get(summary.id)
@@ -297,9 +366,19 @@ class PeerMirror:
                 changes.append((old, None))
         return changes
 
-    def load(self, gen: str, seq: int, connectors: dict[str, ConnectorSummary]) -> list[Change]:
-        """The peer's hash read whole: the connectors that differ from what the mirror held."""
+    def load(
+        self,
+        gen: str,
+        seq: int,
+        connectors: dict[str, ConnectorSummary],
+        details: dict[str, RelayDetail] | None = None,
+    ) -> list[Change]:
+        """The peer's hash read whole: the connectors that differ from what the mirror held
+        (and its relay details, when it has a hash)."""
         self.gen, self.seq, self.expect = gen, seq, None
+        if details is not None and details != self.details:
+            self.details = details
+            self.details_stamp += 1
         old = self.connectors
         self.connectors = connectors
         changes: list[Change] = [(c, None) for i, c in old.items() if i not in connectors]
@@ -324,12 +403,16 @@ class Membership:
         ttl: float,
         describe: Callable[[], Lease],
         changes: ChangeFeed,
+        details: Callable[[], dict[str, RelayDetail]] = dict,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.redis = redis
         self.ttl = ttl
         self.describe = describe
         """This instance's lease as of now (built from the local registry)."""
+        self.details = details
+        """This instance's MCP relays' sessions and per-method counts as of now, by relay id
+        (built at most every DETAIL_SPACING seconds, and when a relay comes or goes)."""
         self.changes = changes
         """The local change feed: what makes the lease worth rewriting; bumped when the view of
         the others changes."""
@@ -343,6 +426,8 @@ class Membership:
         self.header_version = 0
         """Bumped whenever the instances, their headers or `degraded` change (not their
         connectors)."""
+        self.details_version = 0
+        """Bumped whenever the relay details of a peer change."""
         self.degraded = False
         """The last Redis exchange failed."""
         self.index = RemoteIndex()
@@ -360,6 +445,9 @@ class Membership:
         """Generation of this instance's hash ("": write it whole next)."""
         self._seq = 0
         self._published: dict[str, ConnectorSummary] = {}
+        self._details: dict[str, RelayDetail] = {}
+        """This instance's relay details as last written."""
+        self._details_at = -DETAIL_SPACING
         self._header = ""
         self._renewed = -ttl
         self._own_bumps = 0
@@ -367,6 +455,11 @@ class Membership:
         self._seen_local = -1
         self._recheck_place = False
         """A mirror missed entries: the tail checks that its place is not past the log's end."""
+
+    def relay_detail(self, instance_id: str, relay_id: str) -> RelayDetail | None:
+        """The sessions and per-method counts of a relay linked to another instance."""
+        mirror = self._mirrors.get(instance_id)
+        return mirror.details.get(relay_id) if mirror is not None else None
 
     @property
     def key(self) -> str:
@@ -442,28 +535,38 @@ class Membership:
             self._notify()
         current = {c.id: c for c in lease.connectors}
         header = own.dump()
+        now = self.clock()
+        details = self._details
+        if now - self._details_at >= DETAIL_SPACING or {r.id for r in own.relays} != details.keys():
+            details, self._details_at = self.details(), now
         if not self._gen:
-            await self._write_whole(current, header)
+            await self._write_whole(current, header, details)
             return
         published = self._published
         changed = [c for i, c in current.items() if (old := published.get(i)) is not c and old != c]
         removed = [i for i in published if i not in current]
-        now = self.clock()
+        shared = self._details
+        detailed = [d for i, d in details.items() if shared.get(i) != d]
+        undetailed = [i for i in shared if i not in details]
         renew = now - self._renewed >= renew_every
-        if not (changed or removed or renew or header != self._header):
+        if not (changed or removed or detailed or undetailed or renew or header != self._header):
             return
         ttl_ms = int(self.ttl * 1000)
         hash_key = PREFIX + "connectors:" + lease.id
         pipe = self.redis.pipeline(transaction=False)
         pipe.pexpire(hash_key, ttl_ms)  # first: False when Redis lost the hash
         seq = self._seq
-        if changed or removed:
-            if removed:
-                pipe.hdel(hash_key, *("c:" + i for i in removed))
+        if changed or removed or detailed or undetailed:
+            if removed or undetailed:
+                pipe.hdel(hash_key, *("c:" + i for i in removed), *("m:" + i for i in undetailed))
             dumps = [c.dump() for c in changed]
-            entries = _chunks(lease.id, self._gen, seq, dumps, removed)
+            detail_dumps = [d.dump() for d in detailed]
+            entries = _chunks(lease.id, self._gen, seq, dumps, removed, detail_dumps, undetailed)
             seq += len(entries)
             mapping = {"c:" + c.id: text for c, text in zip(changed, dumps, strict=True)}
+            mapping.update(
+                ("m:" + d.id, text) for d, text in zip(detailed, detail_dumps, strict=True)
+            )
             pipe.hset(hash_key, mapping={**mapping, "seq": str(seq)})
             for entry in entries:
                 pipe.xadd(CHANGES, entry, maxlen=CHANGE_LOG, approximate=True)
@@ -471,18 +574,22 @@ class Membership:
         results = await pipe.execute()
         if not results[0]:
             logger.warning("this instance's connectors are missing in Redis: writing them again")
-            await self._write_whole(current, header)
+            await self._write_whole(current, header, details)
             return
         self._published, self._seq, self._header = current, seq, header
+        self._details = details
         if renew:
             self._renewed = now
 
-    async def _write_whole(self, current: dict[str, ConnectorSummary], header: str) -> None:
+    async def _write_whole(
+        self, current: dict[str, ConnectorSummary], header: str, details: dict[str, RelayDetail]
+    ) -> None:
         """A new generation: the whole hash, an `f` entry, the header and the membership."""
         gen = secrets.token_hex(6)
         ttl_ms = int(self.ttl * 1000)
         hash_key = PREFIX + "connectors:" + self._id
         mapping = {"c:" + c.id: c.dump() for c in current.values()}
+        mapping.update(("m:" + d.id, d.dump()) for d in details.values())
         mapping.update(gen=gen, seq="0")
         pipe = self.redis.pipeline(transaction=False)
         pipe.delete(hash_key)
@@ -496,6 +603,7 @@ class Membership:
         pipe.sadd(MEMBERS, self._id)
         await pipe.execute()
         self._gen, self._seq, self._published, self._header = gen, 0, current, header
+        self._details = details
         self._renewed = self.clock()
 
     # ---- reading the others --------------------------------------------------------------
@@ -507,7 +615,7 @@ class Membership:
             # Dropped by a peer that saw our lease expire, or Redis restarted empty: the whole
             # lease again, header and SADD together (a bare SADD would list a member without a
             # header until the next renewal, and a peer polling meanwhile drops it again).
-            await self._write_whole(self._published, self._header)
+            await self._write_whole(self._published, self._header, self._details)
         others = [i for i in ids if i != self._id]
         for gone in self._mirrors.keys() - set(others):
             self._drop(gone)
@@ -572,17 +680,26 @@ class Membership:
         if self._mirrors.get(instance_id) is not mirror or b"gen" not in raw:
             return  # it left meanwhile, or its hash expired (its header follows)
         connectors: dict[str, ConnectorSummary] = {}
+        details: dict[str, RelayDetail] = {}
         for name, value in raw.items():
-            if name.startswith(b"c:"):
-                try:
+            if not name.startswith((b"c:", b"m:")):
+                continue
+            try:
+                if name.startswith(b"c:"):
                     summary = ConnectorSummary.load(json.loads(value))
-                except (ValueError, KeyError, TypeError):
-                    logger.warning("instance %s published a connector this version cannot read",
-                                   instance_id)  # fmt: skip
-                    continue
-                connectors[summary.id] = summary
+                    connectors[summary.id] = summary
+                else:
+                    detail = RelayDetail.load(json.loads(value))
+                    details[detail.id] = detail
+            except (ValueError, KeyError, TypeError):
+                what = "connector" if name.startswith(b"c:") else "relay"
+                logger.warning(
+                    "instance %s published a %s this version cannot read", instance_id, what
+                )
         seq = int(raw.get(b"seq") or 0)
-        self._changed(instance_id, mirror.load(raw[b"gen"].decode(), seq, connectors))
+        stamp = mirror.details_stamp
+        changes = mirror.load(raw[b"gen"].decode(), seq, connectors, details)
+        self._changed(instance_id, changes, mirror.details_stamp != stamp)
 
     async def _apply(self, entries: list[tuple[Any, dict[bytes, bytes]]]) -> None:
         """Apply change-log entries in order (hold the lock); read peers whole when needed."""
@@ -592,6 +709,7 @@ class Membership:
             mirror = self._mirrors.get(instance_id)
             if mirror is None or instance_id in whole:
                 continue  # a peer not seen yet is read whole once its header is read
+            stamp = mirror.details_stamp
             try:
                 changes = mirror.apply(entry[b"g"].decode(), int(entry[b"n"]), entry)
             except (ValueError, KeyError, TypeError):
@@ -599,14 +717,19 @@ class Membership:
             if changes is None:
                 whole.add(instance_id)
             else:
-                self._changed(instance_id, changes)
+                self._changed(instance_id, changes, mirror.details_stamp != stamp)
         for instance_id in whole:
             await self._read_whole(instance_id)
 
     # ---- the view ------------------------------------------------------------------------
 
-    def _changed(self, instance_id: str, changes: list[Change]) -> None:
-        """Connectors of a peer changed: rebuild its lease and tell the listeners."""
+    def _changed(self, instance_id: str, changes: list[Change], details: bool = False) -> None:
+        """Connectors of a peer changed: rebuild its lease and tell the listeners (`details`:
+        its relay details changed)."""
+        if details:
+            self.details_version += 1
+            if not changes:
+                self._view_changed()
         if not changes:
             return
         mirror = self._mirrors[instance_id]
@@ -623,6 +746,7 @@ class Membership:
         self.peers.pop(instance_id, None)
         if mirror is None:
             return
+        self.details_version += 1
         for summary in mirror.connectors.values():
             for listener in self.listeners:
                 listener(instance_id, summary, None)
@@ -676,24 +800,34 @@ class Membership:
 
 
 def _chunks(
-    instance_id: str, gen: str, seq: int, upserts: list[str], removed: list[str]
+    instance_id: str,
+    gen: str,
+    seq: int,
+    upserts: list[str],
+    removed: list[str],
+    details: list[str],
+    undetailed: list[str],
 ) -> list[dict[str, str]]:
-    """Change-log entries for one write: at most ENTRY_MAX connectors each, numbered from
-    `seq + 1`."""
+    """Change-log entries for one write, numbered from `seq + 1`: at most ENTRY_MAX connectors
+    each (`u`, `r`, always present), then relay details, at most RELAYS_PER_ENTRY each (`mu`,
+    `mr`, present when there are some: an older reader ignores them)."""
     items: list[tuple[str, str]] = [("u", text) for text in upserts]
     items.extend(("r", json.dumps(i)) for i in removed)
+    parts = [items[start : start + ENTRY_MAX] for start in range(0, len(items), ENTRY_MAX)]
+    relays: list[tuple[str, str]] = [("mu", text) for text in details]
+    relays.extend(("mr", json.dumps(i)) for i in undetailed)
+    parts.extend(
+        relays[start : start + RELAYS_PER_ENTRY]
+        for start in range(0, len(relays), RELAYS_PER_ENTRY)
+    )
     entries: list[dict[str, str]] = []
-    for start in range(0, len(items), ENTRY_MAX):
-        part = items[start : start + ENTRY_MAX]
-        entries.append(
-            {
-                "i": instance_id,
-                "g": gen,
-                "n": str(seq + 1 + len(entries)),
-                "u": "[" + ",".join(text for kind, text in part if kind == "u") + "]",
-                "r": "[" + ",".join(text for kind, text in part if kind == "r") + "]",
-            }
-        )
+    for part in parts:
+        entry = {"i": instance_id, "g": gen, "n": str(seq + 1 + len(entries))}
+        for kind in ("u", "r", "mu", "mr"):
+            texts = [text for k, text in part if k == kind]
+            if texts or kind in ("u", "r"):
+                entry[kind] = "[" + ",".join(texts) + "]"
+        entries.append(entry)
     return entries
 
 

@@ -23,14 +23,19 @@ from infero.protocol.state import StateSnapshot
 from infero.server.changes import ChangeFeed
 from infero.server.membership import (
     CHANGES,
+    DETAIL_SPACING,
     ENTRY_MAX,
     MEMBERS,
     PREFIX,
+    RELAYS_PER_ENTRY,
     ConnectorSummary,
     Lease,
     Membership,
     PeerMirror,
+    RelayDetail,
+    RelaySummary,
     RemoteIndex,
+    SessionSummary,
 )
 from infero.server.state import PUBLISHER
 from infero.server.statefeed import Scope
@@ -408,3 +413,96 @@ def test_a_lease_or_summary_from_a_newer_peer_is_read_without_its_new_fields() -
     doc["zone"] = "eu"
     doc["connectors"][0]["gpu"] = "h100"
     assert Lease.load(json.dumps(doc)) == replace(GHOST, connectors=(X1,))
+
+
+def _detail(relay_id: str, calls: int) -> RelayDetail:
+    return RelayDetail(
+        relay_id, (("tools/call", calls),), (SessionSummary("s1", 1.0, 2.0, 0, "tools/call"),)
+    )
+
+
+def test_a_mirror_follows_relay_details_and_reads_entries_without_them() -> None:
+    mirror = PeerMirror(GHOST)
+    mirror.load("g", 1, {}, {"r1": _detail("r1", 1)})
+    stamp = mirror.details_stamp
+    older = _entry("g", 2, [X1], [])  # as a version without relay details writes it
+    assert mirror.apply("g", 2, older) == [(None, X1)]
+    assert mirror.details_stamp == stamp
+    entry = {**_entry("g", 3, [], []), b"mu": f"[{_detail('r2', 5).dump()}]".encode()}
+    assert mirror.apply("g", 3, {**entry, b"mr": b'["r1"]'}) == []
+    assert mirror.details == {"r2": _detail("r2", 5)}
+    assert mirror.details_stamp == stamp + 1
+
+
+async def test_relay_details_are_written_at_a_bounded_rate_through_the_change_log(
+    tmp_path: Path,
+) -> None:
+    """Two memberships on a real Redis: A's relay details change at every look, yet A builds
+    and writes them once per DETAIL_SPACING of its clock (at once when a relay comes or goes),
+    in entries of at most RELAYS_PER_ENTRY details, and B follows them without whole reads."""
+    relays = [RelaySummary(f"r{i}", f"r{i}", "1", "idle", 0, 1.0, "") for i in range(10)]
+    connector = [X1]
+    looks: list[float] = []
+    now = [100.0]
+
+    def describe_a() -> Lease:
+        return replace(GHOST, id="a", connectors=tuple(connector), relays=tuple(relays))
+
+    def details() -> dict[str, RelayDetail]:
+        looks.append(now[0])
+        return {r.id: _detail(r.id, len(looks)) for r in relays}
+
+    async with redis_server(tmp_path) as redis:
+        feeds = {name: ChangeFeed() for name in ("a", "b")}
+        a = Membership(
+            redis=aioredis.from_url(redis.url),
+            ttl=30.0,
+            describe=describe_a,
+            changes=feeds["a"],
+            details=details,
+            clock=lambda: now[0],
+        )
+        b = Membership(
+            redis=aioredis.from_url(redis.url),
+            ttl=30.0,
+            describe=lambda: replace(GHOST, id="b"),
+            changes=feeds["b"],
+        )
+        tasks = [asyncio.create_task(m.run()) for m in (a, b)]
+
+        def calls_at_b(relay_id: str) -> int | None:
+            detail = b.relay_detail("a", relay_id)
+            return dict(detail.functions)["tools/call"] if detail is not None else None
+
+        try:
+            async with asyncio.timeout(20):
+                await feeds["b"].wait_for(lambda: calls_at_b("r9") == 1)
+                reads = b.whole_reads
+                for status in ("busy", "idle", "draining"):  # local changes, written at once
+                    connector[0] = replace(X1, status=status)
+                    feeds["a"].bump()
+                    await feeds["b"].wait_for(
+                        lambda: b.peers["a"].connectors[0].status == status  # noqa: B023
+                    )
+                assert len(looks) == 1, "not due yet: details were not built again"
+                now[0] += DETAIL_SPACING
+                feeds["a"].bump()
+                await feeds["b"].wait_for(lambda: calls_at_b("r9") == 2)
+                assert all(calls_at_b(r.id) == 2 for r in relays)
+                store = aioredis.from_url(redis.url)
+                log: Any = await store.xrevrange(CHANGES, count=3)
+                sizes = sorted(len(json.loads(fields[b"mu"])) for _, fields in log)
+                assert sizes == [2, RELAYS_PER_ENTRY, RELAYS_PER_ENTRY]
+                relays.pop()  # a relay left: its details go at once, not when due
+                feeds["a"].bump()
+                await feeds["b"].wait_for(lambda: calls_at_b("r9") is None)
+                assert len(looks) == 3
+                assert await store.hget(PREFIX + "connectors:a", "m:r9") is None
+                await store.aclose()
+            assert b.whole_reads == reads
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            for m in (a, b):
+                await m.leave()

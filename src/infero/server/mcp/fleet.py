@@ -11,6 +11,11 @@ and the broker's `RelayTable`:
   shutdown. An instance that finds its lease taken over closes its own link of that id.
 * **Relays linked elsewhere.** `remote(id)` finds a relay in the other instances' leases (the
   `relays` summaries); the broker forwards the caller's exchange there (`forward.py`).
+* **Sessions and per-method counts.** `details()` is what this instance shares of each relay
+  through the change log (`membership.py`), bounded: the SHARED_SESSIONS most recently active
+  sessions (the rest counted), the SHARED_FUNCTIONS most used methods (the rest under `other`),
+  names and ids of at most SHARED_TEXT characters (a longer session id is counted, not listed;
+  a longer method name counts under `other`).
 
 Redis unreachable: ids are checked on this instance only, and leases are written when Redis
 answers again (a relay that lost its id then is closed). See docs/scale-out.md.
@@ -31,19 +36,28 @@ from infero.protocol import link as lp
 from infero.protocol.state import McpState
 from infero.server.exchange import Exchange
 from infero.server.link import ConnectorLink, duplicate_refusal
-from infero.server.mcp.relays import Relay, RelayGauges, RelayRegistry, client_status
+from infero.server.mcp.relays import Relay, RelayGauges, RelayRegistry, Session, client_status
 from infero.server.membership import (
     PREFIX,
     REDIS_FAILURES,
     REDIS_TIMEOUT,
     Lease,
+    RelayDetail,
     RelaySummary,
+    SessionSummary,
 )
 from infero.server.peer import PeerClient
 
 logger = logging.getLogger(__name__)
 
 RELAY_PREFIX = PREFIX + "relay:"
+
+SHARED_SESSIONS = 100
+"""Sessions of one relay shared with the other instances (the most recently active)."""
+SHARED_FUNCTIONS = 64
+"""Method names of one relay whose counts are shared (the most used; the rest under `other`)."""
+SHARED_TEXT = 200
+"""Longest session id or method name shared."""
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -226,6 +240,18 @@ class FederatedRelays:
             if not r.link.closed
         )
 
+    def details(self) -> dict[str, RelayDetail]:
+        """This instance's relays' sessions and per-method counts, bounded, for the others (the
+        relays of `summaries`)."""
+        sessions: dict[str, list[Session]] = {}
+        for (relay_id, _), session in self.local.sessions.items():
+            sessions.setdefault(relay_id, []).append(session)  # least recently active first
+        return {
+            r.id: _detail(r, sessions.get(r.id, []))
+            for r in self.local.relays.values()
+            if not r.link.closed
+        }
+
     async def run(self) -> None:
         """Renew this instance's id leases every third of LEASE_TTL, until cancelled."""
         while True:
@@ -302,3 +328,30 @@ class FederatedRelays:
 
     def links(self) -> list[ConnectorLink]:
         return self.local.links()
+
+
+def _detail(relay: Relay, sessions: list[Session]) -> RelayDetail:
+    """What the other instances are told of a relay's sessions (`sessions`: least recently
+    active first) and per-method counts."""
+    shown = [s for s in sessions if len(s.id) <= SHARED_TEXT][-SHARED_SESSIONS:]
+    functions = relay.functions
+    named = [(m, n) for m, n in functions.most_common() if len(m) <= SHARED_TEXT]
+    kept = dict(named[:SHARED_FUNCTIONS])
+    rest = functions.total() - sum(kept.values())
+    if rest:
+        kept["other"] = kept.get("other", 0) + rest
+    return RelayDetail(
+        id=relay.id,
+        functions=tuple(sorted(kept.items())),
+        sessions=tuple(
+            SessionSummary(
+                id=s.id,
+                started_at=s.started_at.timestamp(),
+                last_activity=s.last_activity.timestamp(),
+                inflight=s.inflight,
+                method=s.method[:SHARED_TEXT],
+            )
+            for s in reversed(shown)
+        ),
+        unlisted=len(sessions) - len(shown),
+    )

@@ -8,12 +8,20 @@ from typing import cast
 import pytest
 from aiohttp import web
 from prometheus_client import CollectorRegistry
+from redis import asyncio as aioredis
 
 from infero.common.liveness import Liveness
 from infero.protocol import link as lp
 from infero.server.linkserver import Link
+from infero.server.mcp.fleet import (
+    SHARED_FUNCTIONS,
+    SHARED_SESSIONS,
+    SHARED_TEXT,
+    FederatedRelays,
+)
 from infero.server.mcp.metrics import McpMetrics
 from infero.server.mcp.relays import MAX_SESSIONS_PER_RELAY, RelayRegistry
+from infero.server.peer import PeerClient
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -217,3 +225,41 @@ def test_a_session_with_recent_traffic_outlives_older_silent_ones() -> None:
     clock.now = T0 + timedelta(minutes=70)
     assert relays.gauges().sessions == 1
     assert [s.id for s in relays.state().sessions] == ["a"]
+
+
+def test_what_other_instances_are_told_of_a_relay_is_bounded() -> None:
+    """Sessions: the most recently active SHARED_SESSIONS, the rest counted; methods: the most
+    used SHARED_FUNCTIONS, the rest under `other`; overlong ids and names not shared."""
+    clock = Clock()
+    registry = RelayRegistry(now=clock)
+    attach(registry, lp.Hello(kind="mcp", id="r1"))
+    relay = registry.relays["r1"]
+    for i in range(SHARED_SESSIONS + 20):
+        clock.now = T0 + timedelta(seconds=i)
+        registry.session_seen(relay, f"s{i}", "tools/call")
+    registry.session_seen(relay, "x" * (SHARED_TEXT + 1), "initialize")
+    for i in range(SHARED_FUNCTIONS + 10):
+        for _ in range(i + 1):
+            relay.count(f"m{i:03}")
+    relay.count("y" * (SHARED_TEXT + 1))
+    tables = FederatedRelays(
+        registry,
+        redis=aioredis.Redis(),  # never called: `details` reads the registry only
+        instance_id="A",
+        ttl=3.0,
+        peers=list,
+        version=lambda: 0,
+        client=cast(PeerClient, None),
+    )
+    detail = tables.details()["r1"]
+    assert detail.id == "r1"
+    assert [s.id for s in detail.sessions] == [
+        f"s{i}" for i in reversed(range(20, SHARED_SESSIONS + 20))
+    ], "the most recently active first"
+    assert detail.unlisted == 21, "20 older ones and the overlong id"
+    functions = dict(detail.functions)
+    assert len(functions) == SHARED_FUNCTIONS + 1
+    assert functions["m073"] == 74, "the most used are kept"
+    assert "m009" not in functions
+    assert functions["other"] == sum(range(1, 11)) + 1, "the 10 least used and the long name"
+    assert sum(functions.values()) == relay.functions.total()
