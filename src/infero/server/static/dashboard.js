@@ -11,7 +11,7 @@
   const STATUSES = new Set(["connecting", "idle", "busy", "draining", "not_ready", "gone", "active"]);
   const SERVER_STATES = new Set(["ready", "not_ready", "draining"]);
   const ROW_HEIGHT = 30; // px; the CSS gives every body row this height
-  const OVERSCAN = 10; // rows drawn above and below the visible ones
+  const OVERSCAN = 5; // rows drawn above and below the visible ones
 
   const $ = (id) => document.getElementById(id);
   let attempt = 0;
@@ -121,7 +121,8 @@
     return node;
   }
 
-  // A cell is described by a small object; `put` updates a <td> only where it differs.
+  // A cell is described by a small object; `put` patches a <td> only where it differs: its
+  // text, dot, note and gauge are kept and changed in place, so an update touches few nodes.
   const text = (value) => ({ text: String(value) });
   const num = (value) => ({ text: String(value), cls: "num" });
 
@@ -130,23 +131,56 @@
     return { text: label, cls: "status", dot: statusClass(value) };
   }
 
-  function put(td, cell) {
-    const sig = `${cell.cls || ""}\u0000${cell.dot || ""}\u0000${cell.title || ""}\u0000${
-      cell.small || ""}\u0000${cell.meter || ""}\u0000${cell.text}`;
-    if (td.sig === sig) return;
-    td.sig = sig;
-    td.className = cell.cls || "";
-    td.title = cell.title || "";
-    const parts = [];
-    if (cell.dot) parts.push(el("span", `dot ${cell.dot}`));
-    parts.push(cell.text);
-    if (cell.small) parts.push(el("small", "", cell.small));
+  const gaugeWidth = (meter) => `${Math.round((100 * Math.min(meter[0], meter[1])) / meter[1])}%`;
+
+  // The nodes of a cell's content: [dot] text [small] [gauge > fill].
+  function build(td, cell) {
+    const parts = { text: document.createTextNode(cell.text), dot: null, small: null, fill: null };
+    const nodes = [parts.text];
+    if (cell.dot) nodes.unshift((parts.dot = el("span", `dot ${cell.dot}`)));
+    if (cell.small) nodes.push((parts.small = el("small", "", cell.small)));
     if (cell.meter) {
-      const fill = el("span", "fill");
-      fill.style.width = `${Math.round((100 * Math.min(cell.meter[0], cell.meter[1])) / cell.meter[1])}%`;
-      parts.push(el("span", "gauge", fill));
+      parts.fill = el("span", "fill");
+      parts.fill.style.width = gaugeWidth(cell.meter);
+      nodes.push(el("span", "gauge", parts.fill));
     }
-    td.replaceChildren(...parts);
+    td.replaceChildren(...nodes);
+    td.parts = parts;
+  }
+
+  function put(td, cell) {
+    const old = td.cell;
+    td.cell = cell;
+    const cls = cell.cls || "";
+    const title = cell.title || "";
+    if (td.className !== cls) td.className = cls;
+    if (td.title !== title) td.title = title;
+    if (
+      !old ||
+      !old.dot !== !cell.dot ||
+      !old.small !== !cell.small ||
+      !old.meter !== !cell.meter
+    ) {
+      build(td, cell);
+      return;
+    }
+    const parts = td.parts;
+    if (old.text !== cell.text) parts.text.data = cell.text;
+    if (cell.dot && old.dot !== cell.dot) parts.dot.className = `dot ${cell.dot}`;
+    if (cell.small && old.small !== cell.small) parts.small.textContent = cell.small;
+    if (cell.meter) {
+      const width = gaugeWidth(cell.meter);
+      if (parts.fill.style.width !== width) parts.fill.style.width = width;
+    }
+  }
+
+  // Writes that change nothing are skipped: each one may cost the page a style or layout pass.
+  function setText(node, value) {
+    if (node.textContent !== value) node.textContent = value;
+  }
+
+  function setHidden(node, hidden) {
+    if (node.hidden !== hidden) node.hidden = hidden;
   }
 
   // ---- tables: rows by key, sorted, only the visible window in the DOM ----------------------
@@ -168,8 +202,9 @@
       this.order = options.order || null;
       this.changed = true;
       this.rows = [];
-      this.view = 0;
-      this.scrollTop = 0;
+      this.scrollTop = 0; // read on scroll events, so a draw never asks for a layout
+      this.view = 0; // px of rows the scroller can show (its max-height), read on resize
+      this.heights = [-1, -1]; // of the spacers, as last set
       this.shown = new Map(); // key -> <tr> in the DOM
       this.body = this.table.tBodies[0];
       this.scroller = this.table.parentElement;
@@ -183,9 +218,23 @@
         cell.colSpan = this.columns.length;
         spacer.append(cell);
       }
-      this.scroller.addEventListener("scroll", schedule, { passive: true });
+      this.scroller.addEventListener(
+        "scroll",
+        () => {
+          this.scrollTop = this.scroller.scrollTop;
+          schedule();
+        },
+        { passive: true },
+      );
       this.head();
       this.marks();
+      this.measure();
+    }
+
+    // Reads style only (no layout): called at start and on resize, never while drawing.
+    measure() {
+      const most = parseFloat(getComputedStyle(this.scroller).maxHeight);
+      this.view = Number.isFinite(most) ? Math.min(most, window.innerHeight) : window.innerHeight;
     }
 
     head() {
@@ -268,11 +317,6 @@
       }
     }
 
-    measure() {
-      this.view = Math.max(this.scroller.clientHeight, window.innerHeight);
-      this.scrollTop = this.scroller.scrollTop;
-    }
-
     draw() {
       this.refreshColumns();
       if (this.changed) {
@@ -298,6 +342,7 @@
       const last = Math.min(total, first + Math.ceil(this.view / ROW_HEIGHT) + 2 * OVERSCAN);
       const wanted = [];
       const next = new Map();
+      const columns = this.columns;
       for (let i = first; i < last; i++) {
         const row = this.rows[i];
         const key = this.key(row);
@@ -305,22 +350,82 @@
         if (!tr) {
           tr = el("tr", "");
           tr.dataset.id = key;
-          for (let c = 0; c < this.columns.length; c++) tr.append(document.createElement("td"));
+          for (let c = 0; c < columns.length; c++) tr.append(document.createElement("td"));
+          tr.row = null;
+          tr.drawn = 0;
         }
-        this.columns.forEach((column, c) => put(tr.cells[c], column.cell(row)));
-        if (row.status !== undefined) tr.dataset.status = row.status;
-        if (this.decorate) this.decorate(tr, row);
+        // A row object is replaced by each upsert: the same object drawn in this second has
+        // nothing new to show (ages move once a second).
+        if (tr.row !== row || tr.drawn !== clock) {
+          tr.row = row;
+          tr.drawn = clock;
+          const cells = tr.cells;
+          for (let c = 0; c < columns.length; c++) put(cells[c], columns[c].cell(row));
+          if (row.status !== undefined && tr.dataset.status !== row.status) {
+            tr.dataset.status = row.status;
+          }
+          if (this.decorate) this.decorate(tr, row);
+        }
         next.set(key, tr);
         wanted.push(tr);
       }
       this.shown = next;
-      this.top.style.height = `${first * ROW_HEIGHT}px`;
-      this.bottom.style.height = `${(total - last) * ROW_HEIGHT}px`;
-      const children = this.body.children;
-      let same = children.length === wanted.length + 2 && children[0] === this.top;
-      for (let i = 0; same && i < wanted.length; i++) same = children[i + 1] === wanted[i];
-      if (!same) this.body.replaceChildren(this.top, ...wanted, this.bottom);
+      this.spacers(first * ROW_HEIGHT, (total - last) * ROW_HEIGHT);
+      this.place(wanted);
     }
+
+    spacers(top, bottom) {
+      if (this.heights[0] !== top) this.top.style.height = `${top}px`;
+      if (this.heights[1] !== bottom) this.bottom.style.height = `${bottom}px`;
+      this.heights = [top, bottom];
+    }
+
+    // Puts `wanted` between the spacers with as few moves as possible: the longest run of rows
+    // already in the right order stays, the others are inserted or moved around it (a moved or
+    // re-inserted row costs its style and layout; the ones left alone cost nothing).
+    place(wanted) {
+      const body = this.body;
+      if (body.firstChild !== this.top || body.lastChild !== this.bottom) {
+        body.replaceChildren(this.top, ...wanted, this.bottom);
+        return;
+      }
+      const index = new Map(wanted.map((tr, i) => [tr, i]));
+      const present = [];
+      for (let tr = this.top.nextSibling; tr !== this.bottom; ) {
+        const after = tr.nextSibling;
+        if (index.has(tr)) present.push(tr);
+        else tr.remove();
+        tr = after;
+      }
+      const stays = longestIncreasing(present, (tr) => index.get(tr));
+      let ref = this.bottom;
+      for (let i = wanted.length - 1; i >= 0; i--) {
+        const tr = wanted[i];
+        if (!stays.has(tr) && tr.nextSibling !== ref) body.insertBefore(tr, ref);
+        ref = tr;
+      }
+    }
+  }
+
+  // The items of `items` forming a longest run whose `rank` increases (patience sorting).
+  function longestIncreasing(items, rank) {
+    const tails = []; // tails[k]: index in items of the smallest tail of a run of length k + 1
+    const back = new Array(items.length);
+    for (let i = 0; i < items.length; i++) {
+      const r = rank(items[i]);
+      let lo = 0;
+      let hi = tails.length;
+      while (lo < hi) {
+        const mid = (lo + hi) >> 1;
+        if (rank(items[tails[mid]]) < r) lo = mid + 1;
+        else hi = mid;
+      }
+      back[i] = lo > 0 ? tails[lo - 1] : -1;
+      tails[lo] = i;
+    }
+    const run = new Set();
+    for (let i = tails.length ? tails[tails.length - 1] : -1; i >= 0; i = back[i]) run.add(items[i]);
+    return run;
   }
 
   // ---- the tables --------------------------------------------------------------------------
@@ -519,6 +624,7 @@
   // ---- drawing: once per animation frame, from the latest state ----------------------------
 
   let frame = 0;
+  let clock = 0; // seconds since the page started: ages are redrawn when it moves
 
   function schedule() {
     if (!frame) frame = requestAnimationFrame(draw);
@@ -527,36 +633,46 @@
   function drawServer() {
     const server = state.server;
     const summary = state.summary || {};
-    $("version").textContent = server.version;
+    setText($("version"), server.version);
     const badge = $("server-state");
-    badge.textContent = server.state;
-    badge.className = SERVER_STATES.has(server.state) ? `badge ${server.state}` : "badge";
+    setText(badge, server.state);
+    const badgeClass = SERVER_STATES.has(server.state) ? `badge ${server.state}` : "badge";
+    if (badge.className !== badgeClass) badge.className = badgeClass;
     const started = Date.parse(server.started_at);
     const uptime = Number.isNaN(started) ? server.uptime_s : (serverNow() - started) / 1000;
-    $("uptime").textContent = `up ${duration(uptime)}`;
+    setText($("uptime"), `up ${duration(uptime)}`);
     const degraded = Boolean(server.degraded);
-    $("degraded").hidden = !degraded;
-    $("degraded-note").hidden = !degraded;
-    $("fleet").hidden = state.instances.size === 0;
-    $("summary").textContent =
+    setHidden($("degraded"), !degraded);
+    setHidden($("degraded-note"), !degraded);
+    setHidden($("fleet"), state.instances.size === 0);
+    setText(
+      $("summary"),
       `${int(summary.connected)} connected: ${int(summary.working)} busy, ` +
-      `${int(summary.idle)} idle, ${int(summary.draining)} draining, ` +
-      `${int(summary.not_ready)} not ready; ${int(summary.gone)} gone. ` +
-      `Requests: ${int(server.jobs_inflight_total)} in flight, ` +
-      `${int(server.scheduler_queue_len)} queued, ${int(server.jobs_completed_total)} completed, ` +
-      `${int(server.jobs_failed_total)} failed. MCP relays: ${int(state.clients.size)}.`;
+        `${int(summary.idle)} idle, ${int(summary.draining)} draining, ` +
+        `${int(summary.not_ready)} not ready; ${int(summary.gone)} gone. ` +
+        `Requests: ${int(server.jobs_inflight_total)} in flight, ` +
+        `${int(server.scheduler_queue_len)} queued, ${int(server.jobs_completed_total)} completed, ` +
+        `${int(server.jobs_failed_total)} failed. MCP relays: ${int(state.clients.size)}.`,
+    );
   }
 
+  // Draws only: nothing here reads the layout, so a frame costs one style and layout pass.
   function draw() {
     frame = 0;
     if (!state.server) return;
-    for (const table of TABLES) table.measure(); // every read before any write: one layout
     drawServer();
     for (const table of TABLES) table.draw();
   }
 
   // Ages move with the clock, not with events: redraw the visible rows once a second.
-  setInterval(schedule, 1000);
+  setInterval(() => {
+    clock += 1;
+    schedule();
+  }, 1000);
+  window.addEventListener("resize", () => {
+    for (const table of TABLES) table.measure();
+    schedule();
+  });
 
   // ---- the filter: connectors and relays whose name, id, status, instance, version (or a
   // model of a connector) contain the text; `/` goes to it, Escape clears it.
@@ -589,10 +705,11 @@
 
   function setConnection(connState, message) {
     const conn = $("conn");
-    conn.dataset.state = connState;
-    conn.dataset.lastEventId = lastEventId;
-    conn.dataset.snapshots = String(snapshots);
-    conn.textContent = message;
+    const data = conn.dataset;
+    if (data.state !== connState) data.state = connState;
+    if (data.lastEventId !== lastEventId) data.lastEventId = lastEventId;
+    if (data.snapshots !== String(snapshots)) data.snapshots = String(snapshots);
+    setText(conn, message);
   }
 
   async function readEvents(body, onEvent) {
