@@ -35,8 +35,8 @@ from infero.server.changes import ChangeFeed
 from infero.server.embedded import EmbeddedState, LocalRoute
 from infero.server.events import RequestFinished
 from infero.server.fleetcounters import FleetCounters
+from infero.server.fleetqueue import RACE_WINDOW, FleetQueue, FleetTicket, QueueView
 from infero.server.fleetqueue import Failure as FleetQueueFailure
-from infero.server.fleetqueue import FleetQueue, FleetTicket, QueueView
 from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.fleet import FederatedRelays
 from infero.server.membership import (
@@ -48,6 +48,7 @@ from infero.server.membership import (
     SessionSummary,
 )
 from infero.server.peer import PeerClient, PeerRoute, Reservations
+from infero.server.registry import Worker
 from infero.server.settings import ServerSettings
 from infero.server.shared import (
     Action,
@@ -114,6 +115,14 @@ class FederatedDispatcher:
             return None  # fleet FIFO: a newcomer never overtakes (as mirrored, no Redis command)
         local = state.local.dispatcher
         route = await local.acquire_now(model, exclude, target)
+        if (
+            isinstance(route, LocalRoute)
+            and not degraded
+            and state.contested(route.worker)
+            and await state.queue.waiting_now(model)  # a waiter joined elsewhere meanwhile?
+        ):
+            state.local.scheduler.release(route.worker)  # offered to the fleet's head
+            return None
         if route is not None or self._local_only:
             return route
         remote = [
@@ -643,6 +652,14 @@ class FederatedState:
     def queue_degraded(self) -> bool:
         """New waiters use this instance's own queue (Redis unreachable)."""
         return self.membership.degraded or self.queue.degraded
+
+    def contested(self, worker: Worker) -> bool:
+        """A newcomer taking a slot of `worker` may overtake a waiter that joined at another
+        instance since this one last read the queues: the connector had no free slot, or was
+        not linked, a moment ago (RACE_WINDOW)."""
+        if self.local.scheduler.clock() - worker.full_at < RACE_WINDOW:
+            return True
+        return time.time() - worker.connected_at < RACE_WINDOW
 
     def _alive(self) -> set[str] | None:
         if self.membership.degraded:

@@ -46,6 +46,12 @@ REFRESH_IDLE = 1.0
 """Seconds between two reads of the queues otherwise (one SMEMBERS)."""
 PURGE_GRACE = 5.0
 """Seconds beyond QUEUE_TIMEOUT + LEASE_TTL after which any entry is purged as stale."""
+RACE_WINDOW = 5.0
+"""Seconds after a connector last had no free slot (or linked) during which a newcomer that
+takes one of its slots first asks Redis whether anyone waits: a waiter may have joined at
+another instance (seeing it full) since this instance last read the queues. Longer than a read
+of the queues (REFRESH_IDLE) plus the time the other instances take to see the connector's
+room (membership: a coalesced write, then the change log or a header read)."""
 
 Failure = REDIS_FAILURES
 """What a Redis call raises when Redis cannot be reached or answered badly."""
@@ -281,6 +287,27 @@ class FleetQueue:
         """Whether anyone in the fleet waits for `model` (as mirrored: no Redis command)."""
         return bool(self.mirror.get(model))
 
+    async def waiting_now(self, model: str) -> bool:
+        """Whether anyone in the fleet waits for `model`, asked of Redis (one ZRANGE); the
+        answer is mirrored at once. For a newcomer that may race a waiter who joined at another
+        instance since the last read of the queues (False when Redis cannot answer)."""
+        try:
+            pairs = await self.redis.zrange(queue_key(model), 0, -1, withscores=True)
+        except Failure as failure:
+            self.failed(failure)
+            return False
+        wall, mono, alive = self.wall(), self.clock(), self.alive()
+        kept = []
+        for raw, score in pairs:
+            entry = _entry(_text(raw), score, wall, mono)
+            if entry is None or entry.instance == self.instance_id:
+                continue  # not ours to mirror (this instance's waiters are merged at once)
+            if not self._stale(entry, wall, alive):
+                kept.append(entry)
+        if kept:
+            self._set_others({**self.others, model: tuple(kept)})
+        return self.waiting(model)
+
     async def enqueue(
         self, model: str, exclude: frozenset[str], target: str | None, *, local_only: bool
     ) -> FleetTicket:
@@ -442,7 +469,6 @@ class FleetQueue:
                 read = await pipe.execute()
         wall, mono = self.wall(), self.clock()
         alive = self.alive()
-        stale_after = self.queue_timeout + self.lease_ttl + PURGE_GRACE
         own = {t.member for waiters in self.local.values() for t in waiters}
         others: dict[str, tuple[Entry, ...]] = {}
         for model, pairs in zip(models, read, strict=True):
@@ -455,11 +481,7 @@ class FleetQueue:
                 elif entry.instance == self.instance_id:
                     if entry.member not in own:
                         stale.append(entry.member)
-                elif wall - entry.joined > stale_after or (
-                    alive is not None
-                    and entry.instance not in alive
-                    and wall - entry.joined > self.lease_ttl
-                ):
+                elif self._stale(entry, wall, alive):
                     stale.append(entry.member)
                 else:
                     kept.append(entry)
@@ -469,6 +491,13 @@ class FleetQueue:
                 others[model] = tuple(kept)
         self._set_others(others)
         self.view_changed()
+
+    def _stale(self, entry: Entry, wall: float, alive: set[str] | None) -> bool:
+        """Another instance's entry is too old, or its instance's lease is gone."""
+        age = wall - entry.joined
+        if age > self.queue_timeout + self.lease_ttl + PURGE_GRACE:
+            return True
+        return alive is not None and entry.instance not in alive and age > self.lease_ttl
 
     def _set_others(self, others: dict[str, tuple[Entry, ...]]) -> None:
         if others == self.others:

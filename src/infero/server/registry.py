@@ -6,6 +6,7 @@ See docs/routing.md.
 
 from __future__ import annotations
 
+import math
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -90,6 +91,7 @@ class Worker:
         "capacity",
         "connected_at",
         "disconnected_at",
+        "full_at",
         "id",
         "inflight",
         "link",
@@ -113,6 +115,8 @@ class Worker:
         self.link = link
         self.stats = stats
         self.inflight = 0
+        self.full_at = -math.inf
+        """When it last had no free slot (the scheduler's clock)."""
         self.connected_at = time.time()
         self.disconnected_at: float | None = None
         self.models: frozenset[str] = frozenset()

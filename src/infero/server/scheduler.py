@@ -84,6 +84,8 @@ class Scheduler:
                 best, best_load = worker, load
         if best is not None:
             best.inflight += 1
+            if best.inflight >= best.capacity:
+                best.full_at = self.clock()
             self.fleet.changes.bump()
         return best
 
@@ -97,6 +99,8 @@ class Scheduler:
 
     def release(self, worker: Worker) -> None:
         """A request on `worker` ended: free its slot and serve the queues."""
+        if worker.inflight >= worker.capacity:
+            worker.full_at = self.clock()
         worker.inflight -= 1
         self.fleet.changes.bump()
         self.dispatch()

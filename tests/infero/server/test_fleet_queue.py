@@ -21,6 +21,7 @@ from aiohttp import web
 from openai.types.chat import ChatCompletion
 from redis import asyncio as aioredis
 
+from infero.server import fleetqueue
 from infero.server.fleetqueue import queue_key
 from infero.server.peer import Reservations
 from infero.server.shared import Route
@@ -260,6 +261,51 @@ async def test_requests_at_three_instances_are_served_in_fleet_arrival_order(
         assert backend.most_running == 1
         assert r4.positions == sorted(set(r4.positions), reverse=True)
         assert b'"content": "r4"' in r4.body
+
+
+async def test_a_newcomer_never_overtakes_a_waiter_that_joined_elsewhere_a_moment_ago(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # B reads the queues only once (at start): it cannot know r1 joined at A from its mirror.
+    monkeypatch.setattr(fleetqueue, "REFRESH_IDLE", 3600.0)
+    monkeypatch.setattr(fleetqueue, "REFRESH_BUSY", 3600.0)
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(b.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await a.wait_for(lambda: a.shared.dispatcher.known("m", None))
+            busy = asyncio.create_task(chat(at_b, "r0"))
+            held = await conn.next_request()
+            await a.wait_for(lambda: remote_inflight(a, "w1") == 1)  # A queues r1 itself
+            at_a_queue = federated(a).queue
+            # A's waiter stays put until the test lets it try (no race with the newcomer).
+            monkeypatch.setattr(at_a_queue, "view_changed", lambda: None)
+            monkeypatch.setattr(at_a_queue, "woken", lambda model, hint: None)
+            waiting = asyncio.create_task(chat(at_a, "r1"))
+            await a.wait_for(lambda: depth(a) == 1)
+            assert depth(b) == 0
+            await conn.reply(held.id, ANSWER)
+            await busy  # w1 has a free slot again, at B
+            newcomer = asyncio.create_task(chat(at_b, "r2"))
+            arrival = asyncio.create_task(conn.next_request())
+            queued = asyncio.create_task(b.wait_for(lambda: waiting_at(b) == ["A", "B"]))
+            await asyncio.wait({arrival, queued}, return_when=asyncio.FIRST_COMPLETED)
+            assert not arrival.done(), "the newcomer at B overtook the waiter at A"
+            await queued
+            monkeypatch.undo()
+            federated(b).queue.capacity()  # B offers w1's slot to the head: A's waiter
+            for label in ("r1", "r2"):
+                incoming = await arrival
+                assert json.loads(incoming.body)["messages"][0]["content"] == label
+                await conn.reply(incoming.id, ANSWER)
+                arrival = asyncio.create_task(conn.next_request())
+            arrival.cancel()
+            assert (await waiting).id == (await newcomer).id == "x"
 
 
 async def test_queue_max_counts_every_instances_waiters(tmp_path: Path) -> None:
