@@ -110,7 +110,7 @@ class RelayTable(Protocol):
         """The relay with this id linked to this instance."""
         ...
 
-    def remote(self, relay_id: str) -> RemoteRelay | None:
+    async def locate(self, relay_id: str) -> RemoteRelay | None:
         """The relay with this id linked to another instance of the fleet (REDIS_ADDR)."""
         ...
 

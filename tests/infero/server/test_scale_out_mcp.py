@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -30,6 +30,7 @@ from support.server import RunningServer
 
 CALL = {"jsonrpc": "2.0", "id": 7, "method": "tools/call", "params": {"name": "t"}}
 RAW_CALL = b'{"jsonrpc": "2.0",  "id": 7, "method": "tools/call", "params": {"name": "t"}}'
+RESULT = b'{"jsonrpc":"2.0","id":7,"result":{}}'
 ACCEPT = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 EVENTS = (
     b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress",'
@@ -39,16 +40,31 @@ EVENTS = (
 
 
 async def until_value(url: str, key: str, wanted: bytes | None) -> None:
-    """Return once `key` holds `wanted` (None: absent), woken by keyspace notifications."""
+    """Return once `key` holds `wanted` (None: absent)."""
+    await until_key(url, key, lambda value: value == wanted)
+
+
+async def until_key(url: str, key: str, check: Callable[[Any], bool]) -> None:
+    """Return once `check(value of key)` holds, woken by keyspace notifications."""
     store = aioredis.from_url(url)
     try:
         await store.config_set("notify-keyspace-events", "Kg$x")
         async with store.pubsub() as events:
             await events.subscribe(f"__keyspace@0__:{key}")
-            while await store.get(key) != wanted:
+            while not check(await store.get(key)):
                 await events.get_message(timeout=None)  # any event on the key: look again
     finally:
         await store.aclose()
+
+
+async def answered(
+    http: aiohttp.ClientSession, url: str, relay: ScriptedConnector, **request: Any
+) -> aiohttp.ClientResponse:
+    """POST a call to `url`; the relay answers it with RESULT."""
+    call = asyncio.create_task(http.post(url, **request))
+    incoming = await relay.next_request()
+    await relay.reply(incoming.id, RESULT)
+    return await call
 
 
 def sees_relay(server: RunningServer, relay_id: str) -> bool:
@@ -127,15 +143,46 @@ async def test_b_forwards_calls_to_a_relay_linked_to_a_byte_for_byte(tmp_path: P
             assert await resp.read() == b'{"jsonrpc":"2.0","id":7,"result":{}}'
 
             await a.wait_for(lambda: _sessions(a) == ["s1"])
-        # the session is kept at the relay's home only, counted once per call
-        assert _sessions(b) == []
-        row = a.relay("r1")
+            await b.wait_for(lambda: _sessions(b) == ["s1"])  # A shares it through Redis
+        assert b.snapshot().mcp.sessions[0].instance == "A"
+        row = a.relay("r1")  # counted once per call, at the relay's home
         assert row is not None
         assert row.calls_total == 3
 
 
 def _sessions(server: RunningServer) -> list[str]:
     return [s.id for s in server.snapshot().mcp.sessions]
+
+
+def lists_relay(relay_id: str) -> Callable[[bytes | None], bool]:
+    """Whether a header read from Redis lists the relay."""
+    return lambda raw: raw is not None and any(r.id == relay_id for r in Lease.load(raw).relays)
+
+
+async def test_a_relay_linked_a_moment_ago_is_reached_before_b_reads_a_s_header(
+    tmp_path: Path,
+) -> None:
+    """B's view of the other instances does not list the relay yet (as in the second before
+    its next read of A's header): B finds it in Redis, by its id lease and A's header."""
+    async with (
+        two_instances(tmp_path) as (redis, a, b),
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        tables = federated(b).relays
+        tables.peers, tables.version = tuple, lambda: -1  # B has read no header of A yet
+        secret = {"Authorization": "Bearer secret"}
+        async with asyncio.timeout(15):
+            async with relay_at(a, "r1", auth_sha256=token_digest("secret")) as relay:
+                await until_key(redis.url, PREFIX + "instance:A", lists_relay("r1"))
+                assert tables.remote("r1") is None
+                url = b.url + "/api/mcp/id/r1"
+                resp = await answered(http, url, relay, json=CALL, headers=secret)
+                assert resp.status == 200
+                assert await resp.read() == RESULT
+                denied = await http.post(b.url + "/api/mcp/id/r1", json=CALL)
+                assert denied.status == 401, "the caller is checked with the digest read"
+            unknown = await http.post(b.url + "/api/mcp/id/r2", json=CALL, headers=secret)
+            assert unknown.status == 503
 
 
 async def test_get_and_delete_at_b_reach_the_relay_and_end_the_session_at_a(
@@ -312,12 +359,8 @@ async def test_without_redis_an_instance_links_and_serves_its_own_relays(
             await a.wait_for(lambda: federated(a).membership.degraded)
             async with relay_at(a, "r9") as relay:
                 assert isinstance(relay.answer, lp.Welcome)
-                call = asyncio.create_task(
-                    http.post(a.url + "/api/mcp/id/r9", data=RAW_CALL, headers=ACCEPT)
-                )
-                incoming = await relay.next_request()
-                await relay.reply(incoming.id, b'{"jsonrpc":"2.0","id":7,"result":{}}')
-                resp = await call
+                url = a.url + "/api/mcp/id/r9"
+                resp = await answered(http, url, relay, data=RAW_CALL, headers=ACCEPT)
                 assert resp.status == 200
                 resp.release()
         assert "mcp relay r9: Redis unreachable" in caplog.text

@@ -242,7 +242,7 @@ class Broker:
         token = bearer_token(request)
         relay = self.relays.lookup(relay_id)
         if relay is None:
-            remote = None if from_peer else self.relays.remote(relay_id)
+            remote = None if from_peer else await self.relays.locate(relay_id)
             if remote is not None:
                 return await self._remote(request, remote, token)
             if not from_peer and not may_learn_relays(token, self.keyring):

@@ -10,7 +10,10 @@ and the broker's `RelayTable`:
   of LEASE_TTL (re-written when Redis lost them), released when the link closes and at
   shutdown. An instance that finds its lease taken over closes its own link of that id.
 * **Relays linked elsewhere.** `remote(id)` finds a relay in the other instances' leases (the
-  `relays` summaries); the broker forwards the caller's exchange there (`forward.py`).
+  `relays` summaries); the broker forwards the caller's exchange there (`forward.py`). A relay
+  linked a moment ago, not yet in those leases as this instance last read them, is found by
+  `locate(id)` in Redis: its id lease names its home, whose header describes it (two `GET`s,
+  only for an id the leases read do not list).
 * **Sessions and per-method counts.** `details()` is what this instance shares of each relay
   through the change log (`membership.py`), bounded: the SHARED_SESSIONS most recently active
   sessions (the rest counted), the SHARED_FUNCTIONS most used methods (the rest under `other`),
@@ -36,7 +39,14 @@ from infero.protocol import link as lp
 from infero.protocol.state import McpState
 from infero.server.exchange import Exchange
 from infero.server.link import ConnectorLink, duplicate_refusal
-from infero.server.mcp.relays import Relay, RelayGauges, RelayRegistry, Session, client_status
+from infero.server.mcp.relays import (
+    VALID_ID,
+    Relay,
+    RelayGauges,
+    RelayRegistry,
+    Session,
+    client_status,
+)
 from infero.server.membership import (
     PREFIX,
     REDIS_FAILURES,
@@ -219,6 +229,27 @@ class FederatedRelays:
             return None
         lease, r = found
         return RemoteRelay(r.id, lease.id, lease.address, r.auth_digest, self.client)
+
+    async def locate(self, relay_id: str) -> RemoteRelay | None:
+        """`remote`, else (a relay linked a moment ago) its home's lease read from Redis once:
+        the id's holder, then the holder's header (None when Redis cannot tell)."""
+        found = self.remote(relay_id)
+        if found is not None or not VALID_ID.match(relay_id):
+            return found
+        try:
+            async with asyncio.timeout(REDIS_TIMEOUT):
+                held = await self.redis.get(RELAY_PREFIX + relay_id)
+                holder = held.partition(b"\n")[0].decode() if held else self.instance_id
+                if holder == self.instance_id:
+                    return None
+                raw = await self.redis.get(PREFIX + "instance:" + holder)
+            lease = Lease.load(raw) if raw is not None else None
+        except (*REDIS_FAILURES, ValueError, KeyError, TypeError):
+            return None
+        relay = next((r for r in lease.relays if r.id == relay_id), None) if lease else None
+        if lease is None or relay is None:
+            return None  # its home has not written its header since: not reachable yet
+        return RemoteRelay(relay.id, lease.id, lease.address, relay.auth_digest, self.client)
 
     def summaries(self) -> tuple[RelaySummary, ...]:
         """This instance's relays, for its lease."""

@@ -173,7 +173,7 @@ class RelayRegistry:
 
     # ---- calls and sessions ----------------------------------------------------------------
 
-    def remote(self, relay_id: str) -> RemoteRelay | None:
+    async def locate(self, relay_id: str) -> RemoteRelay | None:
         """No other instance on one instance."""
         return None
 
