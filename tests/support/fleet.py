@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from aiohttp import web
 from redis import asyncio as aioredis
 
@@ -42,6 +43,8 @@ class RedisProcess:
     port: int
     folder: Path
     cluster: bool = False
+    options: tuple[str, ...] = ()
+    """More `redis-server` arguments (`--replicaof HOST PORT`)."""
     proc: asyncio.subprocess.Process | None = None
 
     @property
@@ -67,6 +70,7 @@ class RedisProcess:
                 if self.cluster
                 else ()
             ),
+            *self.options,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.DEVNULL,
         )
@@ -139,6 +143,21 @@ class ServerProcess:
     url: str
     proc: asyncio.subprocess.Process
 
+    @property
+    def ws_url(self) -> str:
+        """Where connectors link."""
+        return "ws" + self.url.removeprefix("http") + "/api/workers/connect"
+
+    async def started(self) -> None:
+        """Return once it answers `/healthz` (bound it with a timeout)."""
+        async with aiohttp.ClientSession() as http:
+            while True:  # the process needs a moment to listen
+                with contextlib.suppress(aiohttp.ClientConnectionError):
+                    async with http.get(self.url + "/healthz") as resp:
+                        if resp.status == 200:
+                            return
+                await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+
 
 @asynccontextmanager
 async def server_process(
@@ -203,37 +222,6 @@ async def connector_process(
 
 
 @asynccontextmanager
-async def sentinel_for(master: RedisProcess, folder: Path) -> AsyncIterator[str]:
-    """A real Sentinel (`redis-server --sentinel`) watching `master` as `mymaster`; yields
-    the `redis+sentinel://` REDIS_ADDR."""
-    port = free_port()
-    config = folder / "sentinel.conf"
-    config.write_text(
-        f"port {port}\nbind 127.0.0.1\nsentinel monitor mymaster 127.0.0.1 {master.port} 1\n"
-    )
-    proc = await asyncio.create_subprocess_exec(
-        "redis-server",
-        str(config),
-        "--sentinel",
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    client = aioredis.Redis(host="127.0.0.1", port=port)
-    try:
-        async with asyncio.timeout(STARTUP):
-            while True:
-                with contextlib.suppress(OSError, aioredis.ConnectionError):
-                    if await client.sentinel_get_master_addr_by_name("mymaster"):
-                        break
-                await asyncio.sleep(0.05)  # polling a port with a bound: no event to wait on
-        yield f"redis+sentinel://127.0.0.1:{port}/mymaster"
-    finally:
-        await client.aclose()
-        proc.kill()
-        await proc.wait()
-
-
-@asynccontextmanager
 async def redis_cluster(folder: Path) -> AsyncIterator[str]:
     """A real 3-node Redis Cluster (no replicas); yields the `redis+cluster://` REDIS_ADDR."""
     nodes: list[RedisProcess] = []
@@ -277,3 +265,27 @@ async def _cluster_ok(node: RedisProcess) -> None:
             await asyncio.sleep(0.05)  # polling Redis with a bound: no event to wait on
     finally:
         await client.aclose()
+
+
+def sees(server: RunningServer, connector_id: str) -> bool:
+    """The instance lists a connector of another instance."""
+    return any(
+        c.id == connector_id
+        for lease in federated(server).membership.peers.values()
+        for c in lease.connectors
+    )
+
+
+def remote_inflight(server: RunningServer, connector_id: str) -> int:
+    """Requests in flight on a connector of another instance, as this instance sees it (-1:
+    not seen)."""
+    for lease in federated(server).membership.peers.values():
+        for c in lease.connectors:
+            if c.id == connector_id:
+                return c.inflight
+    return -1
+
+
+def queue_depth(server: RunningServer, model: str = "m") -> int:
+    """Waiters for `model` in the fleet queue, as this instance mirrors it."""
+    return len(federated(server).queue.mirror.get(model, ()))

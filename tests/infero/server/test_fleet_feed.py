@@ -209,13 +209,7 @@ async def test_a_killed_instance_s_rows_leave_b_s_stream_when_its_lease_expires(
         aiohttp.ClientSession() as http,
     ):
         async with asyncio.timeout(STARTUP):
-            while True:  # the process needs a moment to listen
-                try:
-                    async with http.get(a.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+            await a.started()
         async with (
             scripted_connector(a.url, client_key="ck", id="w1"),
             asyncio.timeout(20),

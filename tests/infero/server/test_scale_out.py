@@ -26,9 +26,10 @@ from support.fleet import (
     instance,
     redis_cluster,
     redis_server,
-    sentinel_for,
+    sees,
     server_process,
 )
+from support.redis_ha import sentinel_for
 from support.server import RunningServer, settings
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
@@ -40,15 +41,6 @@ EVENTS = (
     b"data: [DONE]\n\n",
 )
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def sees(server: RunningServer, connector_id: str) -> bool:
-    """The instance lists a connector of another instance."""
-    return any(
-        c.id == connector_id
-        for lease in federated(server).membership.peers.values()
-        for c in lease.connectors
-    )
 
 
 def client_of(server: RunningServer) -> openai.AsyncOpenAI:
@@ -197,14 +189,8 @@ async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Pat
         server_process(redis.url, "A") as a,
         instance(redis.url, "B") as b,
     ):
-        async with aiohttp.ClientSession() as http, asyncio.timeout(STARTUP):
-            while True:  # the process needs a moment to listen
-                try:
-                    async with http.get(a.url + "/healthz") as resp:
-                        if resp.status == 200:
-                            break
-                except aiohttp.ClientConnectionError:
-                    await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
+        async with asyncio.timeout(STARTUP):
+            await a.started()
         async with scripted_connector(a.url, client_key="ck", id="w1") as conn:
             async with asyncio.timeout(10):
                 await b.wait_for(lambda: sees(b, "w1"))
