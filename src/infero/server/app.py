@@ -125,6 +125,7 @@ def create_app(
             relay=home,
             steer=embedded.control.steer,
             door=federated,
+            max_body=settings.max_body_bytes,
         )
 
     endpoint = LinkEndpoint(

@@ -629,7 +629,7 @@ class FederatedState:
     def peer_route(self, lease: Lease, c: ConnectorSummary, reservation: str = "") -> PeerRoute:
         """A route to a remote connector, counted until it finishes."""
         self.sent[c.id] = self.sent.get(c.id, 0) + 1
-        return PeerRoute(self.client, lease.address, c.id, self._peer_finished, reservation)
+        return PeerRoute(self.client.link(lease.address), c.id, self._peer_finished, reservation)
 
     def _peer_finished(self, route: PeerRoute, done: RequestFinished) -> None:
         self.unsend(route.connector_id)

@@ -164,9 +164,9 @@ class Link:
             return False
         if transport.is_closing() or self.ws.closed:
             raise ConnectionResetError("connector link closed")
-        data = _ws_frame(_OP_TEXT, lp.encode(frame).encode())
+        data = ws_frame(OP_TEXT, lp.encode(frame).encode())
         if body:
-            data += _ws_frame(_OP_BINARY, lp.pack_body(lp.REQUEST_BODY, frame.id, body))
+            data += ws_frame(OP_BINARY, lp.pack_body(lp.REQUEST_BODY, frame.id, body))
         transport.write(data)
         return True
 
@@ -437,11 +437,11 @@ class LinkEndpoint:
             await asyncio.sleep(max(wait, 0.001))
 
 
-_OP_TEXT = 0x1
-_OP_BINARY = 0x2
+OP_TEXT = 0x1
+OP_BINARY = 0x2
 
 
-def _ws_frame(opcode: int, payload: bytes) -> bytes:
+def ws_frame(opcode: int, payload: bytes) -> bytes:
     """One final, unmasked WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
     size = len(payload)
     if size < 126:

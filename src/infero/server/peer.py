@@ -1,29 +1,29 @@
 """The instances' internal channel: a request for a connector linked to another instance.
 
-`PeerRoute` sends the request over HTTP to the connector's home instance (the client's
-method, `POST` or for stored responses `GET`/`DELETE`, to
-`{INSTANCE_ADDR}/api/peer/v1/relay/<path>`, key in `X-Infero-Peer-Key`) and feeds an
-`Exchange` from the streamed answer, byte for byte, with flow control. The home admits it with
-its own scheduler, so `max_concurrency` stays exact. The head of the fleet-wide queue
-(fleetqueue.py) first reserves a slot at the home (`/queue/reserve`), then sends its request
-with the reservation, ahead of anyone else; a home with room wakes the head's instance
-(`/queue/wake`). Closing the peer request
-cancels the request at the home, which cancels it at the connector. An error of the home before
-any byte (connector gone, draining, all failed, home unreachable) is retryable: the caller tries
-another connector. See docs/protocol.md ("Peer channel") and docs/scale-out.md.
+`PeerRoute` sends the request on the peer link to the connector's home instance
+(peerlink.py: one WebSocket per peer, each request a stream with flow control) and the home
+serves it (peerhome.py, `setup` below) with its own scheduler, so `max_concurrency` stays
+exact; the answer streams back byte for byte into an `Exchange`. The head of the fleet-wide
+queue (fleetqueue.py) first reserves a slot at the home (`/queue/reserve`), then sends its
+request with the reservation, ahead of anyone else; a home with room wakes the head's instance
+(`/queue/wake`); operators' actions on a remote connector go to its home (`/control/...`):
+all three are small streams on the same link. Cancelling the exchange cancels the request at
+the home, which cancels it at the connector. An error of the home before any byte (connector
+gone, draining, all failed, home unreachable) is retryable: the caller tries another
+connector. MCP calls are forwarded over HTTP (mcp/forward.py). See docs/protocol.md
+("Peer channel") and docs/scale-out.md.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, get_args
 
 import aiohttp
 from aiohttp import web
@@ -32,35 +32,31 @@ from infero.protocol import link as lp
 from infero.server.events import RequestFinished
 from infero.server.exchange import Exchange, ExchangeFailed
 from infero.server.openai_api import TARGET_HEADER, OpenAIRelay
+from infero.server.peerhome import HomeEndpoint, PeerStream
+from infero.server.peerlink import CONNECT_TIMEOUT, ERROR_HEADER, LINK_PATH, PeerLink
 from infero.server.shared import Action, Dispatcher, Kind, Route, Ticket, Verdict
 
 logger = logging.getLogger(__name__)
 
 PEER_PREFIX = "/api/peer/v1"
-KEY_HEADER = "X-Infero-Peer-Key"
-MODEL_HEADER = "X-Infero-Model"
-STREAM_HEADER = "X-Infero-Stream"
 RESERVATION_HEADER = "X-Infero-Reservation"
 """A slot reserved at the home for this request (the head of the fleet-wide queue)."""
-ERROR_HEADER = "X-Infero-Peer-Error"
-"""Set by the home on its own error answers (not a backend's): the error code."""
-WINDOW = 1024 * 1024
-"""Bytes of a peer answer read ahead of the client."""
-CONNECT_TIMEOUT = 5.0
-RETRYABLE = frozenset(
-    {"upstream_error", "not_found", "model_not_found", "draining", "reservation_expired"}
-)
-"""Home error codes after which another connector is tried (nothing reached a backend)."""
 RESERVE_TTL = 5.0
 """Seconds a slot reserved for a fleet queue's head waits for its request, then is freed."""
+CALL_TIMEOUT = CONNECT_TIMEOUT * 2
+"""Longest wait for the answer of a reserve, wake or control stream."""
+PEER_HOME = web.AppKey("peer_home", HomeEndpoint)
+"""The links other instances dialed to this one (closed at shutdown)."""
 
 
 class PeerClient:
-    """One pooled HTTP client for every peer instance (opened lazily, closed at shutdown)."""
+    """This instance's links to its peers (each dialed on first use), and one pooled HTTP
+    client for the MCP calls forwarded to them; all closed at shutdown."""
 
     def __init__(self, peer_key: str) -> None:
         self.peer_key = peer_key
         self._session: aiohttp.ClientSession | None = None
+        self.links: dict[str, PeerLink] = {}
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -74,104 +70,68 @@ class PeerClient:
             )
         return self._session
 
+    def link(self, address: str) -> PeerLink:
+        """The link to the instance at `address`."""
+        link = self.links.get(address)
+        if link is None:
+            link = self.links[address] = PeerLink(lambda: self.session, address, self.peer_key)
+        return link
+
     async def steer(
         self, address: str, kind: Kind, connector_id: str, action: Action, by: str
     ) -> Verdict | None:
         """Ask the home instance to steer its connector; None when it cannot be reached."""
-        url = f"{address}{PEER_PREFIX}/control/{kind}/{connector_id}/{action}"
-        try:
-            async with asyncio.timeout(CONNECT_TIMEOUT * 2):
-                async with self.session.post(
-                    url, json={"by": by}, headers={KEY_HEADER: self.peer_key}
-                ) as answer:
-                    if answer.status != 200:
-                        return None
-                    verdict: Verdict = (await answer.json())["verdict"]
-                    return verdict
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError):
-            return None
+        doc = await self._call(address, f"/control/{kind}/{connector_id}/{action}", {"by": by})
+        verdict = doc.get("verdict") if doc is not None else None
+        for known in get_args(Verdict):
+            if verdict == known:
+                return known  # type: ignore[no-any-return]  # one of Verdict's literals
+        return None
 
     async def reserve(self, address: str, model: str, connector_id: str) -> str | None:
         """Reserve a slot of a connector at its home; the reservation token, or None."""
-        doc = await self._post(
-            f"{address}{PEER_PREFIX}/queue/reserve", {"model": model, "connector": connector_id}
+        doc = await self._call(
+            address, "/queue/reserve", {"model": model, "connector": connector_id}
         )
         token = doc.get("token") if doc is not None else None
         return token if isinstance(token, str) and token else None
 
     async def wake(self, address: str, model: str, hint: str) -> None:
         """Tell an instance that its waiter heads `model`'s queue and `hint` has room."""
-        await self._post(f"{address}{PEER_PREFIX}/queue/wake", {"model": model, "hint": hint})
+        await self._call(address, "/queue/wake", {"model": model, "hint": hint})
 
-    async def _post(self, url: str, doc: dict[str, str]) -> dict[str, object] | None:
-        """POST a small JSON document to a peer; its JSON answer (None when unreachable)."""
+    async def _call(self, address: str, path: str, doc: dict[str, str]) -> dict[str, object] | None:
+        """A small JSON stream to a peer; its JSON answer (None when unreachable)."""
         try:
-            async with asyncio.timeout(CONNECT_TIMEOUT * 2):
-                async with self.session.post(
-                    url, json=doc, headers={KEY_HEADER: self.peer_key}
-                ) as answer:
-                    if answer.status != 200:
-                        return {}
-                    found = await answer.json()
-                    return found if isinstance(found, dict) else {}
-        except (aiohttp.ClientError, OSError, TimeoutError, ValueError):
+            return await self.link(address).call(path, doc, CALL_TIMEOUT)
+        except (ExchangeFailed, TimeoutError):
             return None
 
     async def close(self) -> None:
-        """Close the pooled connections."""
+        """Close the links and the pooled connections."""
+        await asyncio.gather(*(link.close() for link in self.links.values()))
         if self._session is not None:
             await self._session.close()
-
-
-class _Sender:
-    """The exchange's way back: credit frees read-ahead, cancel stops the peer request."""
-
-    __slots__ = ("credit", "route", "unread")
-
-    def __init__(self, route: PeerRoute) -> None:
-        self.route = route
-        self.unread = 0
-        self.credit = asyncio.Event()
-
-    async def send(self, frame: lp.Cancel | lp.Credit) -> None:
-        if isinstance(frame, lp.Credit):
-            self.unread -= frame.bytes
-            self.credit.set()
-        else:
-            self.route.stop()
 
 
 class PeerRoute:
     """A request for a connector linked to another instance."""
 
-    __slots__ = (
-        "_exchange",
-        "_pump",
-        "_sender",
-        "address",
-        "client",
-        "connector_id",
-        "on_finish",
-        "reservation",
-    )
+    __slots__ = ("_exchange", "connector_id", "link", "on_finish", "reservation")
 
     def __init__(
         self,
-        client: PeerClient,
-        address: str,
+        link: PeerLink,
         connector_id: str,
         on_finish: Callable[[PeerRoute, RequestFinished], None],
         reservation: str = "",
     ) -> None:
-        self.client = client
-        self.address = address
+        self.link = link
         self.connector_id = connector_id
         self.on_finish = on_finish
         self.reservation = reservation
         """A slot the home reserved for this request (empty: the home admits it as usual)."""
-        self._pump: asyncio.Task[None] | None = None
         self._exchange: Exchange | None = None
-        self._sender = _Sender(self)
 
     async def open_exchange(
         self,
@@ -184,62 +144,25 @@ class PeerRoute:
         model: str,
         request_id: str,
     ) -> Exchange:
-        exchange = self._exchange = Exchange(self._sender, 0, WINDOW)
-        sent = [*headers, (KEY_HEADER, self.client.peer_key), (MODEL_HEADER, model)]
-        sent += [(TARGET_HEADER, self.connector_id), (STREAM_HEADER, "1" if stream else "0")]
-        if request_id:
-            sent.append(("X-Request-Id", request_id))
+        sent = [*headers, (TARGET_HEADER, self.connector_id)]
         if self.reservation:
             sent.append((RESERVATION_HEADER, self.reservation))
-        url = f"{self.address}{PEER_PREFIX}/relay{path}"
-        self._pump = asyncio.create_task(
-            self._run(exchange, method, url, sent, bytes(body)), name="peer-exchange"
+        self._exchange = await self.link.open_exchange(
+            method=method,
+            path="/relay" + path,
+            headers=sent,
+            body=body,
+            stream=stream,
+            model=model,
+            request_id=request_id,
         )
-        return exchange
-
-    async def _run(
-        self, exchange: Exchange, method: str, url: str, headers: lp.Headers, body: bytes
-    ) -> None:
-        try:
-            async with self.client.session.request(
-                method, url, data=body, headers=headers
-            ) as answer:
-                code = answer.headers.get(ERROR_HEADER)
-                if code is not None and code in RETRYABLE:
-                    text = (await answer.read()).decode("utf-8", "replace")
-                    exchange.on_failed(ExchangeFailed(code, _message(text), retryable=True))
-                    return
-                kept = [(k, v) for k, v in answer.headers.items() if not _own(k)]
-                exchange.on_head(lp.Head(id=0, status=answer.status, headers=kept))
-                await self._copy(exchange, answer.content)
-        except (aiohttp.ClientError, OSError) as failure:
-            exchange.on_lost(f"instance at {self.address} unreachable or gone: {failure}")
-            return
-        exchange.on_end(lp.End(id=0))
-
-    async def _copy(self, exchange: Exchange, content: aiohttp.StreamReader) -> None:
-        sender = self._sender
-        while True:
-            chunk = await content.read(WINDOW // 4)
-            if not chunk:
-                return
-            while sender.unread + len(chunk) > WINDOW:
-                sender.credit.clear()
-                await sender.credit.wait()
-            sender.unread += len(chunk)
-            exchange.on_body(memoryview(chunk))
-
-    def stop(self) -> None:
-        """Close the peer request (the home cancels its request at the connector)."""
-        if self._pump is not None and not self._pump.done():
-            self._pump.cancel()
+        return self._exchange
 
     async def finish(self, done: RequestFinished) -> None:
-        if self._exchange is not None:
-            await self._exchange.cancel()  # stops its wait timer (and the pump if running)
-        self.stop()
-        if self._pump is not None:
-            await asyncio.gather(self._pump, return_exceptions=True)
+        exchange = self._exchange
+        if exchange is not None:
+            await exchange.cancel()  # stops its wait timer (and the request at the home if open)
+            self.link.forget(exchange)
         self.on_finish(self, done)
 
 
@@ -335,23 +258,6 @@ class _Reserved:
         return self._route
 
 
-def _own(header: str) -> bool:
-    low = header.lower()
-    return low.startswith("x-infero-") or low in ("content-length", "transfer-encoding")
-
-
-def _message(text: str) -> str:
-    with contextlib.suppress(ValueError, AttributeError, TypeError):
-        return str(json.loads(text)["error"]["message"])
-    return text[:500]
-
-
-def authorized(request: web.Request, peer_key: str) -> bool:
-    """Whether the request carries the peer key (constant-time compare)."""
-    given = request.headers.get(KEY_HEADER, "")
-    return bool(peer_key) and hmac.compare_digest(given.encode(), peer_key.encode())
-
-
 def setup(
     app: web.Application,
     *,
@@ -359,28 +265,27 @@ def setup(
     relay: OpenAIRelay,
     steer: Callable[[Kind, str, Action, str], Awaitable[Verdict]],
     door: FleetDoor,
+    max_body: int,
 ) -> None:
-    """Mount the home side: relay to a local connector, control of a local connector, and
-    the fleet queue's reservations and wake messages.
+    """Mount the home side of the peer link: streams relayed to a local connector
+    (`/relay/<path>`), control of a local connector (`/control/<kind>/<id>/<action>`), and
+    the fleet queue's reservations and wake messages (`/queue/reserve`, `/queue/wake`).
 
     `relay` routes over this instance's own connectors only (never back to a peer).
     """
 
-    async def relay_handler(request: web.Request) -> web.StreamResponse:
-        if not authorized(request, peer_key):
-            return web.json_response({"error": {"message": "bad peer key"}}, status=401)
+    async def relay_stream(stream: PeerStream, tail: str) -> web.StreamResponse:
         started = time.perf_counter()
-        model = request.headers.get(MODEL_HEADER, "")
-        target = request.headers.get(TARGET_HEADER) or None
+        frame = stream.frame
+        model = frame.model
+        target = stream.headers.get(TARGET_HEADER) or None
         if not relay.dispatcher.known(model, target):
             return _peer_error(404, "not_found", f"connector {target!r} is not linked here")
         if relay.lifecycle.draining:
             return _peer_error(503, "draining", "this instance is draining")
-        tail = request.rel_url.raw_path_qs.removeprefix(PEER_PREFIX + "/relay")
-        local = request.clone(rel_url="/api/v1" + tail)  # the path the relay forwards
-        body = await local.read()
+        request = stream.request("/api/v1" + tail)  # the path the relay forwards
         reserved: _Reserved | None = None
-        token = request.headers.get(RESERVATION_HEADER)
+        token = stream.headers.get(RESERVATION_HEADER)
         if token is not None:
             route = door.reservations.claim(token)
             if route is None:
@@ -388,10 +293,10 @@ def setup(
             reserved = _Reserved(route, relay.dispatcher)
         try:
             response = await relay.forward(
-                local,
-                body,
+                request,
+                stream.body,
                 model=model,
-                stream=request.headers.get(STREAM_HEADER) == "1",
+                stream=frame.stream,
                 target=target,
                 started=started,
                 dispatcher=reserved,
@@ -404,47 +309,42 @@ def setup(
             _mark(response)
         return response
 
-    async def reserve_handler(request: web.Request) -> web.Response:
-        if not authorized(request, peer_key):
-            return web.json_response({"error": {"message": "bad peer key"}}, status=401)
-        doc = await _small_json(request)
-        token = None
-        if not relay.lifecycle.draining:
-            token = door.reservations.reserve(doc.get("model", ""), doc.get("connector", ""))
-        return web.json_response({"token": token})
+    async def serve(stream: PeerStream) -> web.StreamResponse:
+        path = stream.frame.path
+        if path.startswith("/relay/"):
+            return await relay_stream(stream, path.removeprefix("/relay"))
+        doc = _small_json(stream.body)
+        if path == "/queue/reserve":
+            token = None
+            if not relay.lifecycle.draining:
+                token = door.reservations.reserve(doc.get("model", ""), doc.get("connector", ""))
+            return web.json_response({"token": token})
+        if path == "/queue/wake":
+            door.woken(doc.get("model", ""), doc.get("hint") or None)
+            return web.json_response({})
+        parts = path.split("/")  # /control/<kind>/<id>/<action>
+        if len(parts) == 5 and parts[1] == "control" and parts[2] in ("llm", "mcp"):
+            kind: Kind = "mcp" if parts[2] == "mcp" else "llm"
+            for action in get_args(Action):
+                if parts[4] == action:
+                    verdict = await steer(kind, parts[3], action, doc.get("by", ""))
+                    return web.json_response({"verdict": verdict})
+        return web.json_response({"error": {"message": f"no peer route {path}"}}, status=404)
 
-    async def wake_handler(request: web.Request) -> web.Response:
-        if not authorized(request, peer_key):
-            return web.json_response({"error": {"message": "bad peer key"}}, status=401)
-        doc = await _small_json(request)
-        door.woken(doc.get("model", ""), doc.get("hint") or None)
-        return web.json_response({})
-
-    async def control_handler(request: web.Request) -> web.Response:
-        if not authorized(request, peer_key):
-            return web.json_response({"error": {"message": "bad peer key"}}, status=401)
-        info = request.match_info
-        doc = await request.json()
-        kind: Kind = "mcp" if info["kind"] == "mcp" else "llm"
-        action: Action = info["action"]  # type: ignore[assignment]  # the route admits only actions
-        verdict = await steer(kind, info["id"], action, str(doc.get("by", "")))
-        return web.json_response({"verdict": verdict})
-
-    for method in ("POST", "GET", "DELETE"):  # GET/DELETE: stored responses (Responses API)
-        app.router.add_route(method, PEER_PREFIX + "/relay/{tail:.+}", relay_handler)
-    app.router.add_post(PEER_PREFIX + "/queue/reserve", reserve_handler)
-    app.router.add_post(PEER_PREFIX + "/queue/wake", wake_handler)
-    app.router.add_post(
-        PEER_PREFIX + "/control/{kind:llm|mcp}/{id}/{action:drain|undrain|shutdown}",
-        control_handler,
-    )
+    endpoint = app[PEER_HOME] = HomeEndpoint(peer_key=peer_key, handler=serve, max_body=max_body)
+    app.router.add_get(LINK_PATH, endpoint.handle)
+    app.on_shutdown.append(_close_links)
 
 
-async def _small_json(request: web.Request) -> dict[str, str]:
+async def _close_links(app: web.Application) -> None:
+    await app[PEER_HOME].close()
+
+
+def _small_json(body: bytes | bytearray) -> dict[str, str]:
     """The string fields of a small JSON object body (anything else is ignored)."""
     try:
-        doc = await request.json()
-    except ValueError:
+        doc = json.loads(body)
+    except (ValueError, RecursionError):
         return {}
     if not isinstance(doc, dict):
         return {}

@@ -18,6 +18,7 @@ from infero.common.settings import ConfigError
 from infero.protocol import link as lp
 from infero.server.app import create_app
 from infero.server.membership import MEMBERS, PREFIX, ConnectorSummary, Lease
+from infero.server.peerlink import KEY_HEADER
 from support.connector import scripted_connector
 from support.fleet import (
     STARTUP,
@@ -291,12 +292,9 @@ async def test_the_peer_routes_want_the_peer_key(tmp_path: Path) -> None:
         aiohttp.ClientSession() as http,
     ):
         for key in ("", "wrong"):
-            async with http.post(
-                a.url + "/api/peer/v1/relay/chat/completions",
-                json={"model": "m"},
-                headers={"X-Infero-Peer-Key": key},
-            ) as resp:
-                assert resp.status == 401
+            with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
+                await http.ws_connect(a.url + "/api/peer/v1/link", headers={KEY_HEADER: key})
+            assert refused.value.status == 401
 
 
 async def test_instances_find_redis_through_a_sentinel(tmp_path: Path) -> None:

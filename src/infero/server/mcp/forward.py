@@ -22,7 +22,9 @@ from infero.protocol import mcp as pm
 from infero.server.exchange import is_event_stream, response_headers
 from infero.server.mcp.fleet import RemoteRelay
 from infero.server.middleware import REQUEST_ID, REQUEST_ID_KEY
-from infero.server.peer import KEY_HEADER, PEER_PREFIX, authorized
+from infero.server.peer import PEER_PREFIX
+from infero.server.peerhome import authorized
+from infero.server.peerlink import KEY_HEADER
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,397 @@
+"""The home side of the peer link: streams other instances open here, served in process.
+
+`HomeEndpoint.handle` is the WebSocket endpoint (`GET /api/peer/v1/link`, peer key checked in
+constant time at the upgrade). Each Request frame, once its body arrived, is served by
+`serve` (peer.py) as an aiohttp request of this instance that never crossed HTTP: the
+`PeerStream` is that request's writer and transport, so the handler's answer leaves as Head,
+body and End frames (a small answer in one write), each stream within its flow-control
+window (`WINDOW` bytes not yet credited by the asking instance). Cancel cancels the handler
+(which cancels the request at the connector); the link closing cancels every stream. At most
+`MAX_STREAMS` streams per link, request bodies up to MAX_BODY_BYTES. See docs/protocol.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.streams import EMPTY_PAYLOAD
+from multidict import CIMultiDict, CIMultiDictProxy
+from pydantic import ValidationError
+from yarl import URL
+
+from infero.protocol import link as lp
+from infero.server.linkserver import (
+    CLOSE_GOING_AWAY,
+    INLINE_BODY,
+    OP_BINARY,
+    OP_TEXT,
+    RawTransport,
+    ws_frame,
+)
+from infero.server.middleware import REQUEST_ID_KEY
+from infero.server.peerlink import HEARTBEAT, KEY_HEADER, MAX_STREAMS, WINDOW
+
+logger = logging.getLogger(__name__)
+
+Frames = list[tuple[int, bytes]]
+"""WebSocket frames to send: (opcode, payload)."""
+
+
+def authorized(request: web.Request, peer_key: str) -> bool:
+    """Whether the request carries the peer key (constant-time compare)."""
+    given = request.headers.get(KEY_HEADER, "")
+    return bool(peer_key) and hmac.compare_digest(given.encode(), peer_key.encode())
+
+
+class PeerStream(AbstractStreamWriter):
+    """One stream of a peer link: the request it carries, and the writer, transport and
+    protocol of the in-process aiohttp request that serves it."""
+
+    ssl_context = None
+    sockname = None
+
+    def __init__(self, link: HomeLink, frame: lp.Request) -> None:
+        self.link = link
+        self.frame = frame
+        self.id = frame.id
+        self.peername = link.peername
+        self.body = bytearray()
+        self.headers: CIMultiDictProxy[str] = CIMultiDictProxy(CIMultiDict(frame.headers))
+        self.task: asyncio.Task[None] | None = None
+        self._head: lp.Head | None = None
+        """Written by the handler, not sent yet (it leaves with the first body bytes)."""
+        self._unread = 0
+        """Body bytes sent and not yet credited by the asking instance."""
+        self._waiter: asyncio.Future[None] | None = None
+        self.ended = False
+        """End (or an error End) was sent, or the asking instance cancelled the stream."""
+
+    # ---- the request -----------------------------------------------------------------------
+
+    def request(self, path: str) -> web.Request:
+        """An aiohttp request for `path` (with query) whose answer goes back on this stream."""
+        frame = self.frame
+        url = URL(path, encoded=True)
+        message = RawRequestMessage(
+            frame.method, path, HttpVersion11, self.headers, (), False, None, False, False, url
+        )
+        task = asyncio.current_task()
+        assert task is not None
+        # web.Request reads `ssl_context`, `peername`, `sockname` and `transport` of its
+        # protocol: the stream has them (a RequestHandler would need a TCP connection).
+        request = web.Request(
+            message,
+            EMPTY_PAYLOAD,
+            self,  # type: ignore[arg-type]
+            self,
+            task,
+            asyncio.get_running_loop(),
+        )
+        if frame.request_id:
+            request[REQUEST_ID_KEY] = frame.request_id
+        return request
+
+    @property
+    def transport(self) -> Any:
+        """The request's transport: this stream (`abort`/`close` end it with an error)."""
+        return self
+
+    def is_closing(self) -> bool:
+        return self.ended or self.link.closing()
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        return self.peername if name == "peername" else default
+
+    def abort(self) -> None:
+        """The handler gave up on the answer: the asking instance gets an error End."""
+        self._fail("backend_error", "the home instance broke off the answer")
+
+    def close(self) -> None:
+        self.abort()
+
+    # ---- fed by the link reader ------------------------------------------------------------
+
+    def feed(self, payload: memoryview) -> bool:
+        """Request body bytes; True once the body is complete (False also when too long)."""
+        self.body += payload
+        return len(self.body) >= self.frame.body_len
+
+    def credit(self, size: int) -> None:
+        self._unread -= size
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def cancel(self) -> None:
+        """The asking instance gave up the stream (it reads nothing more of it)."""
+        self.ended = True
+        self._wake()
+        if self.task is not None:
+            self.task.cancel()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _fail(self, code: str, message: str) -> None:
+        if self.ended:
+            return
+        self.ended = True
+        self._wake()
+        end = lp.End(id=self.id, error=lp.LinkError(code=code, message=message))
+        with contextlib.suppress(ConnectionError):
+            self.link.put_now([(OP_TEXT, lp.encode(end).encode())])
+
+    # ---- AbstractStreamWriter --------------------------------------------------------------
+
+    async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
+        status = int(status_line.split(" ", 2)[1])
+        self._head = lp.Head(id=self.id, status=status, headers=list(headers.items()))
+
+    def send_headers(self) -> None:
+        head = self._head
+        if head is not None and not self.ended:
+            self._head = None
+            with contextlib.suppress(ConnectionError):
+                self.link.put_now([(OP_TEXT, lp.encode(head).encode())])
+
+    async def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        await self._send(chunk, end=False)
+
+    async def write_eof(self, chunk: bytes | bytearray | memoryview = b"") -> None:
+        if not self.ended:
+            await self._send(chunk, end=True)
+
+    async def drain(self) -> None:
+        return
+
+    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
+        return
+
+    def enable_chunking(self) -> None:
+        return
+
+    async def _send(self, chunk: bytes | bytearray | memoryview, *, end: bool) -> None:
+        if self.ended:
+            raise ConnectionResetError("peer stream closed")
+        frames: Frames = []
+        head = self._head
+        if head is not None:
+            self._head = None
+            frames.append((OP_TEXT, lp.encode(head).encode()))
+        view = memoryview(chunk)
+        size = len(view)
+        self.output_size += size
+        pos = 0
+        while pos < size:
+            room = WINDOW - self._unread
+            if room <= 0:
+                await self.link.put(frames)
+                frames = []
+                await self._credit()
+                continue
+            piece = view[pos : pos + min(room, lp.BODY_CHUNK)]
+            frames.append((OP_BINARY, lp.pack_body(lp.RESPONSE_BODY, self.id, piece)))
+            self._unread += len(piece)
+            pos += len(piece)
+        if end:
+            self.ended = True
+            frames.append((OP_TEXT, lp.encode(lp.End(id=self.id)).encode()))
+        if frames:
+            await self.link.put(frames)
+
+    async def _credit(self) -> None:
+        waiter = self._waiter = asyncio.get_running_loop().create_future()
+        try:
+            await waiter
+        finally:
+            self._waiter = None
+        if self.ended:
+            raise ConnectionResetError("peer stream closed")
+
+    # ---- serving ---------------------------------------------------------------------------
+
+    async def serve(self, handler: Callable[[PeerStream], Awaitable[web.StreamResponse]]) -> None:
+        """Run the handler and send its whole answer (then End)."""
+        try:
+            response = await handler(self)
+            if not response.prepared:
+                await response.prepare(self.request(self.frame.path))
+            await response.write_eof()
+        except ConnectionResetError:
+            pass  # the stream was aborted or the link closed: nothing more to send
+        except Exception:
+            logger.exception("peer stream %s (%s): the handler failed", self.id, self.frame.path)
+            self._fail("invalid", "the home instance failed to serve the request")
+        finally:
+            self.link.done(self)
+
+
+class HomeLink:
+    """One link another instance dialed to this one."""
+
+    def __init__(
+        self,
+        ws: web.WebSocketResponse,
+        request: web.Request,
+        handler: Callable[[PeerStream], Awaitable[web.StreamResponse]],
+        *,
+        max_streams: int,
+        max_body: int,
+    ) -> None:
+        self.ws = ws
+        transport = request.transport
+        self.transport = transport if isinstance(transport, RawTransport) else None
+        self.peername = request.remote
+        self.handler = handler
+        self.max_streams = max_streams
+        self.max_body = max_body
+        self.streams: dict[int, PeerStream] = {}
+
+    def closing(self) -> bool:
+        transport = self.transport
+        return self.ws.closed or transport is None or transport.is_closing()
+
+    def put_now(self, frames: Frames) -> None:
+        """Write small frames at once (raises ConnectionResetError when the link is gone)."""
+        if self.closing():
+            raise ConnectionResetError("peer link closed")
+        assert self.transport is not None
+        self.transport.write(b"".join(ws_frame(op, payload) for op, payload in frames))
+
+    async def put(self, frames: Frames) -> None:
+        """Write frames: in one write when small and the link has no backlog, else through
+        aiohttp's writer and its flow control."""
+        transport = self.transport
+        if self.closing() or transport is None:
+            raise ConnectionResetError("peer link closed")
+        if not transport.get_write_buffer_size() and sum(len(p) for _, p in frames) <= INLINE_BODY:
+            transport.write(b"".join(ws_frame(op, payload) for op, payload in frames))
+            return
+        for op, payload in frames:
+            if op == OP_TEXT:
+                await self.ws.send_str(payload.decode())
+            else:
+                await self.ws.send_bytes(payload)
+
+    def done(self, stream: PeerStream) -> None:
+        if self.streams.get(stream.id) is stream:
+            del self.streams[stream.id]
+
+    def _refuse(self, stream_id: int, code: str, message: str) -> None:
+        end = lp.End(id=stream_id, error=lp.LinkError(code=code, message=message))
+        with contextlib.suppress(ConnectionError):
+            self.put_now([(OP_TEXT, lp.encode(end).encode())])
+
+    def _open(self, frame: lp.Request) -> None:
+        if frame.id in self.streams:
+            logger.warning("peer link from %s: stream %s opened twice", self.peername, frame.id)
+            return
+        if len(self.streams) >= self.max_streams:
+            self._refuse(frame.id, "busy", f"{self.max_streams} streams open on this link")
+            return
+        if frame.body_len > self.max_body:
+            self._refuse(frame.id, "invalid", "request body over MAX_BODY_BYTES")
+            return
+        stream = self.streams[frame.id] = PeerStream(self, frame)
+        if not frame.body_len:
+            self._start(stream)
+
+    def _start(self, stream: PeerStream) -> None:
+        stream.task = asyncio.create_task(stream.serve(self.handler), name="peer-stream")
+
+    async def run(self) -> None:
+        """Read frames until the link closes; then cancel the streams still served."""
+        streams = self.streams
+        decode = lp.SERVER_FRAMES.validate_json
+        try:
+            async for msg in self.ws:
+                if msg.type == WSMsgType.BINARY:
+                    try:
+                        kind, sid, payload = lp.unpack_body(msg.data)
+                    except lp.BadFrame as exc:
+                        logger.warning("peer link from %s: %s", self.peername, exc)
+                        continue
+                    stream = streams.get(sid)
+                    if kind != lp.REQUEST_BODY or stream is None or stream.task is not None:
+                        continue
+                    if stream.feed(payload):
+                        if len(stream.body) == stream.frame.body_len:
+                            self._start(stream)
+                        else:
+                            del streams[sid]
+                            self._refuse(sid, "invalid", "request body longer than announced")
+                    continue
+                if msg.type != WSMsgType.TEXT:
+                    break
+                try:
+                    frame = decode(msg.data)
+                except ValidationError as exc:
+                    logger.warning("peer link from %s: bad frame ignored: %s", self.peername, exc)
+                    continue
+                if isinstance(frame, lp.Request):
+                    self._open(frame)
+                elif isinstance(frame, lp.Credit):
+                    if (stream := streams.get(frame.id)) is not None:
+                        stream.credit(frame.bytes)
+                elif isinstance(frame, lp.Cancel) and (stream := streams.pop(frame.id, None)):
+                    stream.cancel()
+        finally:
+            left = list(streams.values())
+            streams.clear()
+            for stream in left:
+                stream.cancel()
+            tasks = [s.task for s in left if s.task is not None]
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+class HomeEndpoint:
+    """`GET /api/peer/v1/link`: the links other instances dialed to this one."""
+
+    def __init__(
+        self,
+        *,
+        peer_key: str,
+        handler: Callable[[PeerStream], Awaitable[web.StreamResponse]],
+        max_body: int,
+        max_streams: int = MAX_STREAMS,
+    ) -> None:
+        self.peer_key = peer_key
+        self.handler = handler
+        self.max_body = max_body
+        self.max_streams = max_streams
+        self.links: set[HomeLink] = set()
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        if not authorized(request, self.peer_key):
+            return web.json_response({"error": {"message": "bad peer key"}}, status=401)
+        ws = web.WebSocketResponse(max_msg_size=lp.MAX_FRAME, compress=False, heartbeat=HEARTBEAT)
+        await ws.prepare(request)
+        link = HomeLink(
+            ws, request, self.handler, max_streams=self.max_streams, max_body=self.max_body
+        )
+        self.links.add(link)
+        logger.info("peer link from %s open", link.peername)
+        try:
+            await link.run()
+        finally:
+            self.links.discard(link)
+            if not ws.closed:
+                await ws.close()
+            logger.info("peer link from %s closed", link.peername)
+        return ws
+
+    async def close(self) -> None:
+        """Server shutdown: close every link (the asking instances fail their streams)."""
+        closing = [link.ws.close(code=CLOSE_GOING_AWAY, message=b"shutdown") for link in self.links]
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(*closing)

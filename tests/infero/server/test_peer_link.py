@@ -1,0 +1,82 @@
+"""The peer link: one persistent WebSocket per peer pair, each relayed request a stream."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import aiohttp
+
+from infero.protocol import link as lp
+from infero.server.peer import PEER_HOME
+from support.connector import scripted_connector
+from support.fleet import federated, instance, redis_server
+from support.server import RunningServer
+
+MESSAGES = [{"role": "user", "content": "hi"}]
+BODY = {"model": "m", "messages": MESSAGES}
+
+
+def sees(server: RunningServer, connector_id: str) -> bool:
+    peers = federated(server).membership.peers.values()
+    return any(c.id == connector_id for lease in peers for c in lease.connectors)
+
+
+async def test_requests_to_a_peer_share_one_link_and_large_answers_cross_whole(
+    tmp_path: Path,
+) -> None:
+    big = os.urandom(3 * lp.DEFAULT_WINDOW + 12345)  # several windows: credit must flow
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            for _ in range(3):
+                call = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=BODY))
+                incoming = await conn.next_request()
+                assert incoming.frame.path == "/chat/completions"
+                await conn.head(incoming.id, 200, [("Content-Type", "application/octet-stream")])
+                await conn.body_with_credit(incoming.id, big)
+                await conn.end(incoming.id)
+                async with await call as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == big
+            link = federated(b).client.links[a.url]
+            assert link.dials == 1
+            assert not link.exchanges  # every stream was forgotten once finished
+
+
+async def test_a_link_the_home_closed_is_dialed_again_and_fails_its_streams(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            body = {**BODY, "stream": True}
+            call = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=body))
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(incoming.id, b"data: {}\n\n")
+            resp = await call
+            assert await resp.content.readuntil(b"\n\n") == b"data: {}\n\n"
+            await a.app[PEER_HOME].close()  # what A's shutdown does to the links dialed to it
+            rest = await resp.read()  # the open stream ends with an error event, no hang
+            assert b"upstream_error" in rest, rest
+            await incoming.cancelled.wait()  # A cancelled it at the connector
+            call = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=BODY))
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, b'{"id": "x"}')
+            async with await call as resp:
+                assert resp.status == 200
+            assert federated(b).client.links[a.url].dials == 2
