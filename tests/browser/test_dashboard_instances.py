@@ -15,7 +15,12 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Locator, Page, expect
 
-from browser.test_dashboard_deltas_browser import LONGTASKS, TWO_FRAMES, MainThreadTrace
+from browser.test_dashboard_deltas_browser import (
+    LONGTASKS,
+    TWO_FRAMES,
+    MainThreadTrace,
+    warm_up_playwright,
+)
 from infero import __version__
 from infero.protocol import link as lp
 from infero.server.registry import Worker, WorkerStats
@@ -203,6 +208,7 @@ async def test_a_fleet_of_1000_rows_updates_sorts_and_filters_without_a_50_ms_ta
         )
         rows = page.locator("#workers tbody tr[data-id]")
         assert await rows.count() < 100, "only the rows in view are in the DOM"
+        await warm_up_playwright(page)
         await page.evaluate("window.__longtasks = []")
         trace = MainThreadTrace(await page.context.new_cdp_session(page))
         await trace.start()

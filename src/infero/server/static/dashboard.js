@@ -338,8 +338,7 @@
         this.body.replaceChildren(this.emptyRow);
         return;
       }
-      const first = Math.max(0, Math.floor(this.scrollTop / ROW_HEIGHT) - OVERSCAN);
-      const last = Math.min(total, first + Math.ceil(this.view / ROW_HEIGHT) + 2 * OVERSCAN);
+      const [first, last] = this.range(total);
       const wanted = [];
       const next = new Map();
       const columns = this.columns;
@@ -372,6 +371,21 @@
       this.shown = next;
       this.spacers(first * ROW_HEIGHT, (total - last) * ROW_HEIGHT);
       this.place(wanted);
+    }
+
+    // The rows to draw: those in view and OVERSCAN more on each side. When that would build
+    // more new rows than the view holds (a sort, a filter, a jump), only the rows in view are
+    // drawn, and those around them in the next frame: no frame builds much more than a view.
+    range(total) {
+      const inView = Math.ceil(this.view / ROW_HEIGHT);
+      const top = Math.max(0, Math.min(Math.floor(this.scrollTop / ROW_HEIGHT), total - inView));
+      const first = Math.max(0, top - OVERSCAN);
+      const last = Math.min(total, top + inView + OVERSCAN);
+      let fresh = 0;
+      for (let i = first; i < last; i++) if (!this.shown.has(this.key(this.rows[i]))) fresh += 1;
+      if (fresh <= inView) return [first, last];
+      schedule();
+      return [top, Math.min(total, top + inView)];
     }
 
     spacers(top, bottom) {
