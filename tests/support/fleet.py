@@ -9,7 +9,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,13 +46,31 @@ class RedisProcess:
     options: tuple[str, ...] = ()
     """More `redis-server` arguments (`--replicaof HOST PORT`)."""
     proc: asyncio.subprocess.Process | None = None
+    _hold: socket.socket | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}" + ("" if self.cluster else "/0")
 
+    def _reserve(self) -> None:
+        """Hold the port from the first start to `close`: bound, not listening (connections
+        are refused while Redis is stopped), so that no other socket of this busy machine takes
+        it between a `stop` and a restart (redis-server would then fail to bind and exit).
+        redis-server binds and listens beside it: both set SO_REUSEADDR."""
+        if self._hold is not None:
+            return
+        hold = socket.socket()
+        hold.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            hold.bind(("127.0.0.1", self.port))
+        except OSError:
+            hold.close()
+            raise
+        self._hold = hold
+
     async def start(self) -> None:
         """Start it and wait until it answers PING."""
+        self._reserve()
         self.proc = await asyncio.create_subprocess_exec(
             "redis-server",
             "--port",
@@ -81,26 +99,35 @@ class RedisProcess:
                     with contextlib.suppress(OSError, aioredis.ConnectionError):
                         if await client.ping():
                             return
+                    if self.proc.returncode is not None:
+                        raise AssertionError(f"redis-server on port {self.port} exited at start")
                     await asyncio.sleep(0.05)  # polling a port with a bound: no event to wait on
         finally:
             await client.aclose()
 
     async def stop(self) -> None:
-        """kill -9 (its data is gone: no persistence)."""
+        """kill -9 (its data is gone: no persistence); the port stays reserved for a restart."""
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+
+    async def close(self) -> None:
+        """Stop it for good and free its port."""
+        await self.stop()
+        if self._hold is not None:
+            self._hold.close()
+            self._hold = None
 
 
 @asynccontextmanager
 async def redis_server(folder: Path) -> AsyncIterator[RedisProcess]:
     """A fresh, empty Redis for one test."""
     server = RedisProcess(free_port(), folder)
-    await server.start()
     try:
+        await server.start()
         yield server
     finally:
-        await server.stop()
+        await server.close()
 
 
 @asynccontextmanager
@@ -250,7 +277,7 @@ async def redis_cluster(folder: Path) -> AsyncIterator[str]:
         yield f"redis+cluster://127.0.0.1:{nodes[0].port}"
     finally:
         for node in nodes:
-            await node.stop()
+            await node.close()
 
 
 async def _cluster_ok(node: RedisProcess) -> None:

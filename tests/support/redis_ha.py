@@ -158,7 +158,7 @@ async def sentinel_group(folder: Path, sentinels: int = 3) -> AsyncIterator[Sent
     async with contextlib.AsyncExitStack() as stack:
         for node in (master, replica):
             node.folder.mkdir()
-            stack.push_async_callback(node.stop)
+            stack.push_async_callback(node.close)
             await node.start()
         async with asyncio.timeout(STARTUP):
             await _until(lambda: _synced(replica.port))
