@@ -9,9 +9,11 @@ Instance column. Every wait is a bounded page condition.
 
 from __future__ import annotations
 
+import asyncio
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 from playwright.async_api import Locator, Page, expect
 
@@ -123,6 +125,56 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
             )
             await page.locator("#filter").press("Escape")
             await expect(rows).to_have_count(3)
+
+
+def _busy_elsewhere(server: RunningServer, connector_id: str) -> bool:
+    """The instance sees a connector of another instance with no free slot."""
+    peers = federated(server).membership.peers.values()
+    return any(c.id == connector_id and c.inflight >= 1 for p in peers for c in p.connectors)
+
+
+async def test_the_models_table_says_at_which_instance_each_waiter_is(
+    tmp_path: Path, page: Page
+) -> None:
+    chat = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "east") as east,
+        instance(redis.url, "west") as west,
+        scripted_connector(east.url, client_key="ck", id="w-1", models=["m"]) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        calls: list[asyncio.Task[aiohttp.ClientResponse]] = []
+
+        def call(server: RunningServer) -> None:
+            url = server.url + "/api/v1/chat/completions"
+            calls.append(asyncio.create_task(http.post(url, json=chat)))
+
+        try:
+            async with asyncio.timeout(WAIT_MS / 1000):
+                await page.goto(west.url + "/state")
+                call(east)
+                held = await conn.next_request()
+                await west.wait_for(lambda: _busy_elsewhere(west, "w-1"))
+                call(west)
+                await west.wait_for(lambda: west.queue_len("m") == 1)
+                call(east)
+                await west.wait_for(lambda: west.queue_len("m") == 2)
+            waiting = cell(page, "models", "m", await column(page, "models", "waiting"))
+            await expect(waiting).to_have_text("1 west, 2 east", timeout=WAIT_MS)
+            await expect(waiting).to_have_attribute("title", "1 west, 2 east")  # all 20 listed
+            await conn.reply(held.id, b"{}")  # the head is served: a delta moves east's up
+            await expect(waiting).to_have_text("1 east", timeout=WAIT_MS)
+            async with asyncio.timeout(WAIT_MS / 1000):
+                for _ in range(2):
+                    await conn.reply((await conn.next_request()).id, b"{}")
+            await expect(waiting).to_have_text("\N{EN DASH}", timeout=WAIT_MS)
+        finally:
+            for task in calls:
+                task.cancel()
+            for result in await asyncio.gather(*calls, return_exceptions=True):
+                if isinstance(result, aiohttp.ClientResponse):
+                    result.release()
 
 
 async def test_a_single_instance_shows_no_instance_column_until_a_second_one_joins(

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import re
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from rich.console import Console
 
 from infero.common.settings import ConfigError
-from infero.protocol.state import StateSnapshot
+from infero.protocol.state import ModelInfo, StateSnapshot, WaiterInfo
 from infero_tui import settings_file
 from infero_tui.format import age, count, duration, ellipsis, middle_ellipsis, millis
 from infero_tui.frozen import load_snapshots
 from infero_tui.local import LogFollower, tail_lines
 from infero_tui.process import ConnectorProcess
 from infero_tui.rates import SPAN_S, Counter, RateTracker
+from infero_tui.screens.detail import model_facts
 from infero_tui.widgets.status_style import status_word
 
 DATA = Path(__file__).resolve().parents[1] / "data"
@@ -178,3 +182,18 @@ async def test_connector_process_starts_and_stops_with_sigterm() -> None:
     assert code != 0
     assert not process.running
     assert await process.stop() is None
+
+
+def test_a_models_detail_names_the_instance_of_its_first_waiters() -> None:
+    since = datetime(2026, 12, 2, tzinfo=UTC)
+    waiters = [
+        WaiterInfo(position=n, queued_since=since, instance=i) for n, i in enumerate("ABAAB", 1)
+    ]
+    fleet = ModelInfo(name="m", queue_len=30, waiters=[*waiters, *waiters], waiters_more=20)
+    console = Console(width=200, record=True)
+    console.print(model_facts(fleet, RateTracker()))
+    assert re.search(r"Waiting at +1 A, 2 B, 3 A, 4 A, 5 B, \+25 more", console.export_text())
+    alone = [w.model_copy(update={"instance": ""}) for w in waiters]
+    console = Console(width=200, record=True)
+    console.print(model_facts(ModelInfo(name="m", queue_len=5, waiters=alone), RateTracker()))
+    assert "Waiting at" not in console.export_text()  # one instance: the queue says it all

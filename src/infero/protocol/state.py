@@ -71,6 +71,17 @@ class WorkersSummary(_Model):
     gone: int = 0
 
 
+class WaiterInfo(_Model):
+    """One request waiting in a model's queue (`ModelInfo.waiters`)."""
+
+    position: int
+    """1-based place in the queue (in the fleet's queue with REDIS_ADDR)."""
+    queued_since: datetime
+    """When it joined the queue."""
+    instance: str = ""
+    """The instance its client called (REDIS_ADDR set; empty when the state is embedded)."""
+
+
 class ModelInfo(_Model):
     """One model id, aggregated over the connectors that serve it."""
 
@@ -83,6 +94,10 @@ class ModelInfo(_Model):
     oldest_wait_ms: int = 0
     queued_since: datetime | None = None
     """When the oldest waiting request joined the queue (`oldest_wait_ms` is its age)."""
+    waiters: list[WaiterInfo] = Field(default_factory=list)
+    """The first waiters of the queue in order (at most 20: `waiters_more` counts the rest)."""
+    waiters_more: int = 0
+    """Waiters in the queue beyond those listed."""
     requests_total: int = 0
     success_total: int = 0
     error_total: int = 0

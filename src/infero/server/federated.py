@@ -596,6 +596,7 @@ class FederatedState:
         local.scheduler.after_dispatch = self.queue.capacity
         self.queue_view = QueueView(self.queue, local.scheduler)
         local.rows.scheduler = self.queue_view
+        local.rows.instance = self.instance_id
         self.reservations = Reservations(self._reserve, self._free)
         """Slots of local connectors reserved for heads of the queue at other instances."""
         self.dispatcher = FederatedDispatcher(self)

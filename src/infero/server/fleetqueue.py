@@ -264,6 +264,9 @@ class FleetQueue:
         """Ids of the live instances (None while membership cannot tell: Redis unreachable)."""
         self.clock = clock
         self.wall = wall
+        self._offset = clock() - wall()
+        """Monotonic minus Unix time, taken once: a mirrored entry's `enqueued_at` stays the
+        same from one read to the next (its row in `/api/state` changes only when it does)."""
         self.seats: Seats = _NoSeats()
         """Set by the owner before the first request."""
         self.local: dict[str, list[FleetTicket]] = {}
@@ -296,10 +299,10 @@ class FleetQueue:
         except Failure as failure:
             self.failed(failure)
             return False
-        wall, mono, alive = self.wall(), self.clock(), self.alive()
+        wall, alive = self.wall(), self.alive()
         kept = []
         for raw, score in pairs:
-            entry = _entry(_text(raw), score, wall, mono)
+            entry = _entry(_text(raw), score, self._offset)
             if entry is None or entry.instance == self.instance_id:
                 continue  # not ours to mirror (this instance's waiters are merged at once)
             if not self._stale(entry, wall, alive):
@@ -467,7 +470,7 @@ class FleetQueue:
                 for model in models:
                     pipe.zrange(queue_key(model), 0, -1, withscores=True)
                 read = await pipe.execute()
-        wall, mono = self.wall(), self.clock()
+        wall = self.wall()
         alive = self.alive()
         own = {t.member for waiters in self.local.values() for t in waiters}
         others: dict[str, tuple[Entry, ...]] = {}
@@ -475,7 +478,7 @@ class FleetQueue:
             kept: list[Entry] = []
             stale: list[str] = []
             for raw, score in pairs:
-                entry = _entry(_text(raw), score, wall, mono)
+                entry = _entry(_text(raw), score, self._offset)
                 if entry is None:
                     stale.append(_text(raw))
                 elif entry.instance == self.instance_id:
@@ -620,8 +623,8 @@ def _instance_of(member: str) -> str:
     return member.rsplit("/", 2)[0] if member.count("/") >= 2 else ""
 
 
-def _entry(member: str, score: float, wall: float, mono: float) -> Entry | None:
-    """Parse a member; None when it is not one of ours."""
+def _entry(member: str, score: float, offset: float) -> Entry | None:
+    """Parse a member (`offset`: monotonic minus Unix time); None when it is not one of ours."""
     instance = _instance_of(member)
     try:
         joined = int(member.rpartition("/")[2]) / 1000
@@ -629,4 +632,4 @@ def _entry(member: str, score: float, wall: float, mono: float) -> Entry | None:
         return None
     if not instance:
         return None
-    return Entry(member, int(score), instance, joined, mono - (wall - joined))
+    return Entry(member, int(score), instance, joined, joined + offset)

@@ -24,6 +24,11 @@ class Queued(Protocol):
         """When it joined (the scheduler's monotonic clock)."""
         ...
 
+    @property
+    def instance(self) -> str:
+        """The instance its client called ('' for this one)."""
+        ...
+
 
 class QueueView(Protocol):
     """The queues `/api/state` shows: this scheduler's, or a fleet's (see fleetqueue.py)."""
@@ -51,6 +56,11 @@ class Waiter:
         self.future: asyncio.Future[Worker] = asyncio.get_running_loop().create_future()
         self.moved = asyncio.Event()
         """Set when the queue ahead of this waiter shrank (its position changed)."""
+
+    @property
+    def instance(self) -> str:
+        """This instance's own queue: ''."""
+        return ""
 
 
 class Scheduler:

@@ -26,6 +26,7 @@ from infero.protocol.state import (
     ServerInfo,
     ServerState,
     StateSnapshot,
+    WaiterInfo,
     WorkerInfo,
     WorkersSummary,
 )
@@ -46,6 +47,8 @@ SPACING = 0.5
 KEEPALIVE = 5.0
 """Comment line when nothing was sent for this long (seconds); nothing else is periodic."""
 MAX_CONNECTING_LISTED = 20
+WAITERS_LISTED = 20
+"""Waiters a model's row lists (`waiters`); `waiters_more` counts the rest."""
 """Links in their handshake listed at most (they are not authenticated yet)."""
 
 
@@ -84,7 +87,12 @@ class StateBuilder:
         self.scheduler = scheduler
         self.lifecycle = lifecycle
         self.mcp = mcp
+        self.instance = ""
+        """The id shown for waiters of this instance's own queue (set in a fleet)."""
         self.started = time.time()
+        self._offset = self.started - time.monotonic()
+        """Unix minus monotonic time, taken once: a waiter's `queued_since` stays the same
+        from one build of its row to the next."""
         self._figures: tuple[ServerState, int, int, int, int, int] = ("not_ready", 0, 0, 0, 0, 0)
 
     def scan(self) -> Scan:
@@ -218,7 +226,9 @@ class StateBuilder:
             workers,
             ready,
             len(queue) if queue else 0,
-            queue[0].enqueued_at if queue else None,
+            tuple((q.instance, q.enqueued_at) for q in islice(queue, WAITERS_LISTED))
+            if queue
+            else (),
             counters.requests_total if counters else 0,
         )
         return (name, mark, (name, workers, ready))
@@ -258,6 +268,14 @@ class StateBuilder:
         c = self.fleet.model_totals.get(name) or Counters()
         queue_len = self.scheduler.queue_len(name)
         wait_s = self.scheduler.oldest_wait_s(name)
+        waiters = [
+            WaiterInfo(
+                position=n,
+                queued_since=_dt(q.enqueued_at + self._offset),
+                instance=q.instance or self.instance,
+            )
+            for n, q in enumerate(islice(self.scheduler.queues.get(name, ()), WAITERS_LISTED), 1)
+        ]
         return ModelInfo(
             name=name,
             workers=workers,
@@ -265,6 +283,8 @@ class StateBuilder:
             queue_len=queue_len,
             oldest_wait_ms=int(wait_s * 1000),
             queued_since=_dt(now - wait_s) if queue_len else None,
+            waiters=waiters,
+            waiters_more=max(0, queue_len - len(waiters)),
             **model_counters(c),
         )
 

@@ -42,6 +42,10 @@ class DetailSource(Protocol):
     def redraw_header(self) -> None: ...
 
 
+WAITERS_SHOWN = 5
+"""Waiters of a model whose instance the detail names."""
+
+
 def _grid(rows: list[tuple[str, Text | str]]) -> Table:
     """Label/value pairs in two columns of pairs."""
     table = Table.grid(padding=(0, 2))
@@ -127,8 +131,20 @@ def model_facts(model: ModelInfo, rates: RateTracker) -> Table:
             ("Avg TTFT", f"{millis(model.avg_ttft_ms)} (lifetime avg)"),
             ("Avg duration", f"{millis(model.avg_duration_ms)} (lifetime avg)"),
             ("Avg tokens/s", f"{rate(model.avg_tokens_per_second)} (lifetime avg)"),
+            *_waiters(model),
         ]
     )
+
+
+def _waiters(model: ModelInfo) -> list[tuple[str, str]]:
+    """Where each waiter is, in queue order, when a fleet lists them with their instance."""
+    if not any(w.instance for w in model.waiters):
+        return []
+    shown = model.waiters[:WAITERS_SHOWN]
+    places = ", ".join(f"{w.position} {w.instance}" for w in shown)
+    rest = model.waiters_more + len(model.waiters) - len(shown)
+    more = f", +{rest} more" if rest else ""
+    return [("Waiting at", places + more)]
 
 
 def serving(model: ModelInfo, workers: list[WorkerInfo]) -> Table:

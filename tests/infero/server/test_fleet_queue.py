@@ -231,6 +231,8 @@ async def test_requests_at_three_instances_are_served_in_fleet_arrival_order(
             await c.wait_for(lambda: c.shared.dispatcher.known("m", None))
             first = asyncio.create_task(chat(at_a, "r0"))
             await backend.wait_arrivals(1)
+            for server in (b, c):  # they queue their own waiters (not relayed to A's queue)
+                await server.wait_for(lambda s=server: remote_inflight(s, "w1") == 1)
             r1 = Comments(http, b.url, "r1")
             await all_see(servers, 1)
             r2 = asyncio.create_task(chat(at_c, "r2"))
@@ -245,13 +247,34 @@ async def test_requests_at_three_instances_are_served_in_fleet_arrival_order(
             for server in servers:
                 async with http.get(server.url + "/api/state") as resp:
                     state = await resp.json()
-                rows = {m["name"]: m["queue_len"] for m in state["models"]}
-                assert rows["m"] == 4, server.url
+                rows = {m["name"]: m for m in state["models"]}
+                assert rows["m"]["queue_len"] == 4, server.url
                 assert state["server"]["scheduler_queue_len"] == 4
                 assert [w["queue_len"] for w in state["workers"]] == [4]
-            for n, label in enumerate(("r0", "r1", "r2", "r3")):
-                backend.release(label)
-                await backend.wait_arrivals(n + 2)
+                waiters = rows["m"]["waiters"]  # each waiter, fleet-wide, with its instance
+                assert [(w["position"], w["instance"]) for w in waiters] == [
+                    (1, "B"),
+                    (2, "C"),
+                    (3, "A"),
+                    (4, "B"),
+                ], (server.url, waiters)
+                assert rows["m"]["waiters_more"] == 0
+                since = [w["queued_since"] for w in waiters]
+                assert since == sorted(since)
+            async with http.get(c.url + "/api/state/stream?parts=models") as stream:
+                view = StateView(stream)
+                await view.step()
+                for n, label in enumerate(("r0", "r1", "r2", "r3")):
+                    backend.release(label)
+                    await backend.wait_arrivals(n + 2)
+                    left = ["B", "C", "A", "B"][n + 1 :]
+                    snap = await view.until(
+                        lambda s, left=left: [w.instance for w in s.models[0].waiters] == left
+                    )
+                    assert [w.position for w in snap.models[0].waiters] == list(
+                        range(1, len(left) + 1)
+                    )
+                assert all(e.name == "delta" for e in view.events[1:])
             backend.release("r4")
             assert (await first).id == "r0"
             assert (await r2).id == "r2"

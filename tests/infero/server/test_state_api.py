@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 
 import aiohttp
+import pytest
 
 from infero.protocol import link as lp
 from infero.protocol.state import StateSnapshot
+from infero.server import state
 from support.connector import scripted_connector
 from support.server import running_server
 from support.statestream import StateView
@@ -125,6 +127,42 @@ async def test_queue_shows_in_the_snapshot() -> None:
             nxt = await conn.next_request()
             await conn.reply(nxt.id, b"{}")
             for call in (first, second):
+                (await call).release()
+
+
+async def test_the_first_waiters_are_listed_and_the_rest_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(state, "WAITERS_LISTED", 2)
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, max_concurrency=1) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(10):
+            calls = [asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"}))]
+            held = await conn.next_request()
+            for n in range(3):
+                calls.append(asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m"})))
+                await srv.wait_for(lambda n=n: srv.queue_len("m") == n + 1)
+            async with http.get(srv.url + "/api/state/stream") as resp:
+                view = StateView(resp)
+                snap = await view.until(lambda s: s.server.scheduler_queue_len == 3)
+                model = snap.models[0]
+                assert [(w.position, w.instance) for w in model.waiters] == [(1, ""), (2, "")]
+                assert model.waiters_more == 1
+                assert model.queued_since is not None
+                assert abs((model.waiters[0].queued_since - model.queued_since).total_seconds()) < 1
+                assert model.waiters[0].queued_since <= model.waiters[1].queued_since
+                second = model.waiters[1].queued_since
+                await conn.reply(held.id, b"{}")  # the head is served: a delta moves the others up
+                snap = await view.until(lambda s: s.models[0].waiters_more == 0)
+                assert [w.position for w in snap.models[0].waiters] == [1, 2]
+                assert snap.models[0].waiters[0].queued_since == second
+            for _ in range(3):
+                nxt = await conn.next_request()
+                await conn.reply(nxt.id, b"{}")
+            for call in calls:
                 (await call).release()
 
 

@@ -12,6 +12,7 @@
   const SERVER_STATES = new Set(["ready", "not_ready", "draining"]);
   const ROW_HEIGHT = 30; // px; the CSS gives every body row this height
   const OVERSCAN = 5; // rows drawn above and below the visible ones
+  const WAITERS_SHOWN = 5; // waiters of a model whose instance the models table names
 
   const $ = (id) => document.getElementById(id);
   let attempt = 0;
@@ -536,6 +537,12 @@
       { key: "ready", label: "Ready/connectors", numeric: true, cell: (m) => num(`${int(m.ready_workers)}/${int(m.workers)}`) },
       { key: "queue", label: "Queue", numeric: true, cell: (m) => num(int(m.queue_len)) },
       {
+        key: "waiting",
+        label: "Waiting at",
+        shown: several,
+        cell: (m) => ({ text: waitingAt(m, WAITERS_SHOWN), title: waitingAt(m, Infinity) }),
+      },
+      {
         key: "wait",
         label: "Oldest wait",
         numeric: true,
@@ -551,6 +558,16 @@
     ],
     { key: (m) => m.name, empty: "No models.", order: (a, b) => (a.name < b.name ? -1 : a.name > b.name ? 1 : 0) },
   );
+
+  // The instance of the first `most` listed waiters, in queue order ("1 east, 2 west, +3").
+  function waitingAt(m, most) {
+    const listed = m.waiters || [];
+    if (!listed.length) return "–";
+    const shown = listed.slice(0, most);
+    const places = shown.map((w) => `${int(w.position)} ${w.instance || "–"}`).join(", ");
+    const rest = (Number(m.waiters_more) || 0) + listed.length - shown.length;
+    return rest > 0 ? `${places}, +${int(rest)}` : places;
+  }
 
   // Relay rows carry their instance only from servers that share MCP relays across instances.
   function relayInstances() {
