@@ -125,7 +125,7 @@ def create_app(
             relay=home,
             steer=embedded.control.steer,
             door=federated,
-            max_body=settings.max_body_bytes,
+            max_body=max(settings.max_body_bytes, settings.broker_max_req_bytes),
         )
 
     endpoint = LinkEndpoint(

@@ -10,8 +10,8 @@ request with the reservation, ahead of anyone else; a home with room wakes the h
 all three are small streams on the same link. Cancelling the exchange cancels the request at
 the home, which cancels it at the connector. An error of the home before any byte (connector
 gone, draining, all failed, home unreachable) is retryable: the caller tries another
-connector. MCP calls are forwarded over HTTP (mcp/forward.py). See docs/protocol.md
-("Peer channel") and docs/scale-out.md.
+connector. MCP exchanges are streams on the same link too (mcp/forward.py). See
+docs/protocol.md ("Peer channel") and docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -38,7 +38,6 @@ from infero.server.shared import Action, Dispatcher, Kind, Route, Ticket, Verdic
 
 logger = logging.getLogger(__name__)
 
-PEER_PREFIX = "/api/peer/v1"
 RESERVATION_HEADER = "X-Infero-Reservation"
 """A slot reserved at the home for this request (the head of the fleet-wide queue)."""
 RESERVE_TTL = 5.0
@@ -50,8 +49,8 @@ PEER_HOME = web.AppKey("peer_home", HomeEndpoint)
 
 
 class PeerClient:
-    """This instance's links to its peers (each dialed on first use), and one pooled HTTP
-    client for the MCP calls forwarded to them; all closed at shutdown."""
+    """This instance's links to its peers (each dialed on first use, with one HTTP client
+    session); all closed at shutdown."""
 
     def __init__(self, peer_key: str) -> None:
         self.peer_key = peer_key
@@ -60,12 +59,10 @@ class PeerClient:
 
     @property
     def session(self) -> aiohttp.ClientSession:
-        """The shared session (keep-alive connections to every peer)."""
+        """The session the links are dialed with."""
         if self._session is None:
             self._session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
-                auto_decompress=False,
                 skip_auto_headers=("User-Agent",),
             )
         return self._session
@@ -322,6 +319,9 @@ def setup(
         if path == "/queue/wake":
             door.woken(doc.get("model", ""), doc.get("hint") or None)
             return web.json_response({})
+        for prefix, handler in endpoint.routes.items():
+            if path.startswith(prefix):
+                return await handler(stream)
         parts = path.split("/")  # /control/<kind>/<id>/<action>
         if len(parts) == 5 and parts[1] == "control" and parts[2] in ("llm", "mcp"):
             kind: Kind = "mcp" if parts[2] == "mcp" else "llm"

@@ -22,7 +22,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion11, RawRequestMessage
-from aiohttp.streams import EMPTY_PAYLOAD
+from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
 from multidict import CIMultiDict, CIMultiDictProxy
 from pydantic import ValidationError
 from yarl import URL
@@ -57,6 +57,15 @@ class PeerStream(AbstractStreamWriter):
 
     ssl_context = None
     sockname = None
+    _reading_paused = False
+    """The body's StreamReader reads this of its protocol, and calls the two methods below:
+    the whole body is in it already, nothing to pause or resume."""
+
+    def pause_reading(self) -> None:
+        return
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return
 
     def __init__(self, link: HomeLink, frame: lp.Request) -> None:
         self.link = link
@@ -76,8 +85,9 @@ class PeerStream(AbstractStreamWriter):
 
     # ---- the request -----------------------------------------------------------------------
 
-    def request(self, path: str) -> web.Request:
-        """An aiohttp request for `path` (with query) whose answer goes back on this stream."""
+    def request(self, path: str, *, with_body: bool = False) -> web.Request:
+        """An aiohttp request for `path` (with query) whose answer goes back on this stream;
+        `with_body`: its `content` holds the stream's body (else the handler is given it)."""
         frame = self.frame
         url = URL(path, encoded=True)
         message = RawRequestMessage(
@@ -85,16 +95,16 @@ class PeerStream(AbstractStreamWriter):
         )
         task = asyncio.current_task()
         assert task is not None
+        loop = asyncio.get_running_loop()
+        payload = EMPTY_PAYLOAD
+        if with_body:  # limit above the body's size: the reader never asks to pause
+            payload = StreamReader(self, max(len(self.body), 2**16), loop=loop)  # type: ignore[arg-type]
+            if self.body:
+                payload.feed_data(bytes(self.body))
+            payload.feed_eof()
         # web.Request reads `ssl_context`, `peername`, `sockname` and `transport` of its
         # protocol: the stream has them (a RequestHandler would need a TCP connection).
-        request = web.Request(
-            message,
-            EMPTY_PAYLOAD,
-            self,  # type: ignore[arg-type]
-            self,
-            task,
-            asyncio.get_running_loop(),
-        )
+        request = web.Request(message, payload, self, self, task, loop)  # type: ignore[arg-type]
         if frame.request_id:
             request[REQUEST_ID_KEY] = frame.request_id
         return request
@@ -370,6 +380,8 @@ class HomeEndpoint:
         self.max_body = max_body
         self.max_streams = max_streams
         self.links: set[HomeLink] = set()
+        self.routes: dict[str, Callable[[PeerStream], Awaitable[web.StreamResponse]]] = {}
+        """Handlers of stream paths by prefix, mounted by other modules (MCP: `/mcp/`)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not authorized(request, self.peer_key):

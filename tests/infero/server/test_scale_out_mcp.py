@@ -366,19 +366,6 @@ async def test_without_redis_an_instance_links_and_serves_its_own_relays(
         assert "mcp relay r9: Redis unreachable" in caplog.text
 
 
-async def test_the_peer_mcp_route_wants_the_peer_key(tmp_path: Path) -> None:
-    async with (
-        two_instances(tmp_path) as (_, a, _),
-        relay_at(a, "r1"),
-        aiohttp.ClientSession(headers=ACCEPT) as http,
-    ):
-        for key in ("", "wrong"):
-            async with http.post(
-                a.url + "/api/peer/v1/mcp/r1", data=RAW_CALL, headers={"X-Infero-Peer-Key": key}
-            ) as resp:
-                assert resp.status == 401
-
-
 PARTIAL = b'event: message\ndata: {"jsonrpc":"2.0","method":"notifications/progress"'
 
 
@@ -387,15 +374,22 @@ async def breaking_home() -> AsyncIterator[str]:
     """An instance whose MCP answers break off in the middle of an SSE event; yields its URL."""
 
     async def serve(request: web.Request) -> web.StreamResponse:
-        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-        await response.prepare(request)
-        await response.write(PARTIAL)
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        async for msg in ws:  # the peer link: answer the first stream's head and some body
+            frame = lp.SERVER_FRAMES.validate_json(msg.data)
+            assert isinstance(frame, lp.Request)
+            assert frame.path == "/mcp/rb"
+            sse = [("Content-Type", "text/event-stream")]
+            await ws.send_str(lp.encode(lp.Head(id=frame.id, status=200, headers=sse)))
+            await ws.send_bytes(lp.pack_body(lp.RESPONSE_BODY, frame.id, PARTIAL))
+            break
         assert request.transport is not None
         request.transport.close()  # gone, as a killed process
-        return response
+        return ws
 
     app = web.Application()
-    app.router.add_post("/api/peer/v1/mcp/{id}", serve)
+    app.router.add_get("/api/peer/v1/link", serve)
     runner = web.AppRunner(app)
     await runner.setup()
     await web.TCPSite(runner, "127.0.0.1", 0).start()

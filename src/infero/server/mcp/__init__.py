@@ -52,7 +52,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
     if settings.redis_addr:
-        forward.mount_home(app, broker.handle_forwarded, settings.peer_key)
+        forward.mount_home(app, broker.handle_forwarded)
     resource.mount(app)
 
     async def register_metrics(app: web.Application) -> None:

@@ -231,14 +231,15 @@ class Broker:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """Entry point for POST, GET and DELETE."""
-        return await self._serve(request, from_peer=False)
+        return await self._serve(request, request.match_info["id"], from_peer=False)
 
-    async def handle_forwarded(self, request: web.Request) -> web.StreamResponse:
+    async def handle_forwarded(self, request: web.Request, relay_id: str) -> web.StreamResponse:
         """An exchange another instance forwarded (it checked the caller's access)."""
-        return await self._serve(request, from_peer=True)
+        return await self._serve(request, relay_id, from_peer=True)
 
-    async def _serve(self, request: web.Request, *, from_peer: bool) -> web.StreamResponse:
-        relay_id = request.match_info["id"]
+    async def _serve(
+        self, request: web.Request, relay_id: str, *, from_peer: bool
+    ) -> web.StreamResponse:
         token = bearer_token(request)
         relay = self.relays.lookup(relay_id)
         if relay is None:
