@@ -186,6 +186,9 @@
 
   // ---- tables: rows by key, sorted, only the visible window in the DOM ----------------------
 
+  // What the filter searches in a row, by row object (an update replaces the object).
+  const SEARCHED = new WeakMap();
+
   class Table {
     constructor(id, name, columns, options) {
       this.table = $(id);
@@ -300,7 +303,11 @@
       let rows = [...state[this.name].values()];
       if (this.text && filterText) {
         const textOf = this.text;
-        rows = rows.filter((row) => textOf(row).includes(filterText));
+        rows = rows.filter((row) => {
+          let searched = SEARCHED.get(row);
+          if (searched === undefined) SEARCHED.set(row, (searched = textOf(row)));
+          return searched.includes(filterText);
+        });
       }
       const column = this.columns.find((c) => c.key === this.sortKey);
       if (column && column.sort) {
@@ -406,12 +413,15 @@
       }
       const index = new Map(wanted.map((tr, i) => [tr, i]));
       const present = [];
-      for (let tr = this.top.nextSibling; tr !== this.bottom; ) {
-        const after = tr.nextSibling;
-        if (index.has(tr)) present.push(tr);
-        else tr.remove();
-        tr = after;
+      const gone = [];
+      for (let tr = this.top.nextSibling; tr !== this.bottom; tr = tr.nextSibling) {
+        (index.has(tr) ? present : gone).push(tr);
       }
+      if (present.length === 0) {
+        if (gone.length || wanted.length) body.replaceChildren(this.top, ...wanted, this.bottom);
+        return;
+      }
+      for (const tr of gone) tr.remove();
       const stays = longestIncreasing(present, (tr) => index.get(tr));
       let ref = this.bottom;
       for (let i = wanted.length - 1; i >= 0; i--) {
