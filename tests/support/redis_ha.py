@@ -172,6 +172,20 @@ async def sentinel_group(folder: Path, sentinels: int = 3) -> AsyncIterator[Sent
         yield group
 
 
+async def replicate(replica: RedisProcess, master: RedisProcess | None) -> None:
+    """Make `replica` a replica of `master` and return once it is in sync (bound it with a
+    timeout); `master` None: promote it (`REPLICAOF NO ONE`)."""
+    client = _client(replica.port)
+    try:
+        if master is None:
+            await client.replicaof("NO", "ONE")
+            return
+        await client.replicaof("127.0.0.1", master.port)
+    finally:
+        await client.aclose()
+    await _until(lambda: _synced(replica.port))
+
+
 async def _synced(port: int) -> bool:
     """The replica at `port` is in sync with its master."""
     client = _client(port)
@@ -267,3 +281,53 @@ async def move_slot(
         await src.aclose()
         await dst.aclose()
     return source.port, target.port
+
+
+class MovingAddress:
+    """A TCP forwarder on loopback whose every new connection goes to the port `target` names
+    at that moment: what a DNS name or a virtual address that moves to a new primary does (an
+    open connection stays where it was)."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._server: asyncio.Server | None = None
+        self._links: set[asyncio.Task[None]] = set()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._links.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+        except OSError:
+            writer.close()
+            self._links.discard(task)
+            return
+        try:
+            await asyncio.gather(_copy(reader, up_writer), _copy(up_reader, writer))
+        finally:
+            for side in (writer, up_writer):
+                side.close()
+            self._links.discard(task)
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[MovingAddress]:
+        server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            for task in list(self._links):
+                task.cancel()
+            await asyncio.gather(*self._links, return_exceptions=True)
+            await server.wait_closed()
+
+
+async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(OSError):
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    writer.close()

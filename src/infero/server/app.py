@@ -30,9 +30,9 @@ from infero.server.events import EventBus
 from infero.server.federated import FederatedState
 from infero.server.lifecycle import Lifecycle
 from infero.server.linkserver import LinkEndpoint, shut_down_links
-from infero.server.membership import connect
 from infero.server.middleware import OriginPolicy, make_middleware, on_response_prepare
 from infero.server.openai_api import ROUTES, OpenAIRelay
+from infero.server.redisclient import connect
 from infero.server.responses_affinity import (
     STORED_ROUTES,
     AffinityTable,

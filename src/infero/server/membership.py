@@ -38,11 +38,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
-from urllib.parse import unquote, urlsplit
 
-from redis import asyncio as aioredis
-from redis.asyncio.cluster import RedisCluster
-from redis.asyncio.sentinel import Sentinel
 from redis.exceptions import RedisClusterException, RedisError
 
 from infero.server.changes import ChangeFeed
@@ -207,36 +203,6 @@ _RELAY_FIELDS = frozenset(f.name for f in fields(RelaySummary))
 _LEASE_FIELDS = frozenset(f.name for f in fields(Lease))
 _DETAIL_FIELDS = frozenset(f.name for f in fields(RelayDetail))
 _SESSION_FIELDS = frozenset(f.name for f in fields(SessionSummary))
-
-
-def connect(url: str) -> Any:
-    """A redis-py asyncio client for REDIS_ADDR.
-
-    `redis://` and `rediss://` (TLS) go to `from_url`; `redis+cluster://` (or
-    `rediss+cluster://`) to `RedisCluster`; `redis+sentinel://[:password@]h1:p1,h2:p2/service`
-    asks the Sentinels for the master of `service`.
-    """
-    options: dict[str, Any] = {
-        "socket_timeout": REDIS_TIMEOUT,
-        "socket_connect_timeout": REDIS_TIMEOUT,
-    }
-    scheme, _, rest = url.partition("://")
-    if scheme in ("redis+cluster", "rediss+cluster"):
-        return RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
-    if scheme in ("redis+sentinel", "rediss+sentinel"):
-        parts = urlsplit("redis://" + rest)
-        hosts = parts.netloc.rpartition("@")[2]
-        sentinels = [
-            (host, int(port or 26379))
-            for host, _, port in (entry.partition(":") for entry in hosts.split(","))
-        ]
-        service = parts.path.strip("/").split("/")[0] or "mymaster"
-        password = unquote(parts.password) if parts.password else None
-        sentinel = Sentinel(sentinels, **options)  # type: ignore[no-untyped-call]  # unannotated in redis-py
-        return sentinel.master_for(
-            service, password=password, ssl=scheme.startswith("rediss"), **options
-        )
-    return aioredis.from_url(url, **options)
 
 
 Change = tuple[ConnectorSummary | None, ConnectorSummary | None]

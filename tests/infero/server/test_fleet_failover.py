@@ -1,6 +1,7 @@
 """The fleet follows Redis when it changes under it: a Sentinel failover (the master killed, or
-demoted by `SENTINEL FAILOVER`) and a Cluster resharding (the `{infero}` slot moving to
-another node). Real `redis-server`, Sentinels and Cluster nodes (docs/scale-out.md)."""
+demoted by `SENTINEL FAILOVER`), a failover behind a plain address that moves to the new
+primary, and a Cluster resharding (the `{infero}` slot moving to another node). Real
+`redis-server`, Sentinels and Cluster nodes (docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -24,11 +25,12 @@ from support.fleet import (
     instance,
     queue_depth,
     redis_cluster,
+    redis_server,
     remote_inflight,
     sees,
     server_process,
 )
-from support.redis_ha import SERVICE, move_slot, sentinel_group
+from support.redis_ha import SERVICE, MovingAddress, move_slot, replicate, sentinel_group
 from support.server import RunningServer
 from support.statestream import StateView
 
@@ -247,3 +249,34 @@ async def test_the_fleet_follows_its_slot_to_another_cluster_node(tmp_path: Path
             await queue_through_the_fleet(a, b, conn, total=5)
             for server in (a, b):
                 assert not federated(server).membership.degraded
+
+
+async def test_a_master_demoted_behind_an_address_that_moves_is_left_for_the_new_one(
+    tmp_path: Path,
+) -> None:
+    """A plain `redis://` address that a failover moves to the new primary (a DNS name, a
+    virtual address): the demoted node answers writes `READONLY` on the connections still open
+    to it, which the instances then close to reach the new primary."""
+    async with (
+        redis_server(tmp_path) as first,
+        redis_server(tmp_path) as second,
+        MovingAddress(first.port).serving() as address,
+    ):
+        await replicate(second, first)
+        redis_addr = f"redis://127.0.0.1:{address.port}/0"
+        async with (
+            instance(redis_addr, "A") as a,
+            instance(redis_addr, "B") as b,
+            scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        ):
+            async with asyncio.timeout(40):
+                await b.wait_for(lambda: sees(b, "w1"))
+                await queue_through_the_fleet(a, b, conn, total=2)
+                await replicate(second, None)
+                address.target = second.port
+                await replicate(first, second)  # demoted: it refuses writes from now on
+                async with scripted_connector(b.url, client_key="ck", id="w2"):
+                    await a.wait_for(lambda: sees(a, "w2"))  # written to the new primary
+                await queue_through_the_fleet(a, b, conn, total=4)
+                for server in (a, b):
+                    assert not federated(server).membership.degraded
