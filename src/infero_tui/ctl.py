@@ -127,7 +127,8 @@ def models_table(snapshot: StateSnapshot) -> str:
 
 
 def mcp_tables(snapshot: StateSnapshot) -> str:
-    """Relays and sessions; with several server instances, the INSTANCE of each relay."""
+    """Relays and sessions; with several server instances, the INSTANCE of each relay and of
+    each session's relay."""
     several = bool(snapshot.server.instances)
     relays = [
         [
@@ -143,13 +144,21 @@ def mcp_tables(snapshot: StateSnapshot) -> str:
     ]
     relay_headers = ["RELAY", "NAME", "STATUS", "INFLIGHT", "CALLS", "ERRORS"]
     sessions = [
-        [s.id, s.client_id, s.method, str(s.inflight), millis(s.duration_ms, compact=True)]
+        [
+            s.id,
+            s.client_id,
+            s.method,
+            str(s.inflight),
+            millis(s.duration_ms, compact=True),
+            *([s.instance or "-"] if several else []),
+        ]
         for s in snapshot.mcp.sessions
     ]
+    where = ["INSTANCE"] if several else []
     return (
-        table(relay_headers + (["INSTANCE"] if several else []), relays)
+        table(relay_headers + where, relays)
         + "\n\n"
-        + table(["SESSION", "RELAY", "METHOD", "INFLIGHT", "DURATION"], sessions)
+        + table(["SESSION", "RELAY", "METHOD", "INFLIGHT", "DURATION", *where], sessions)
     )
 
 

@@ -2,9 +2,9 @@
 
 Two server instances share a real `redis-server` started by the test; a scripted connector is
 linked to each (and an MCP relay to one). The page on one instance lists every instance and
-shows each connector and relay with the instance it is linked to; a connector joining the
-other instance arrives by a delta. With a single instance the page looks as it always did: no
-Instance column. Every wait is a bounded page condition.
+shows each connector, relay and MCP session with the instance it is linked to; a connector
+joining the other instance arrives by a delta. With a single instance the page looks as it
+always did: no Instance column. Every wait is a bounded page condition.
 """
 
 from __future__ import annotations
@@ -34,6 +34,8 @@ pytestmark = pytest.mark.browser
 
 WAIT_MS = 20_000
 """Milliseconds for a change to reach the page (lease reads, a busy 2-core machine)."""
+CALL = b'{"jsonrpc":"2.0","id":1,"method":"tools/list"}'
+MCP = {"Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
 AGE = re.compile(r"^\d+(s|m \d+s)$")
 """An instance's time up, computed by the page from its `started_at`."""
 
@@ -61,7 +63,8 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
         scripted_connector(west.url, client_key="ck", id="w-2", name="baker", models=["m-b"]),
         scripted_connector(
             east.url, path="/api/mcp/connect", kind="mcp", client_key="ck", id="r-1", name="tools"
-        ),
+        ) as tools,
+        aiohttp.ClientSession() as http,
     ):
         await page.goto(west.url + "/state")
         instances = page.locator("#instances tbody tr[data-id]")
@@ -92,6 +95,17 @@ async def test_the_page_on_one_instance_shows_the_whole_fleet_and_where_each_con
 
         relay = await column(page, "mcp-clients", "instance")
         await expect(cell(page, "mcp-clients", "r-1", relay)).to_have_text("east", timeout=WAIT_MS)
+        call = asyncio.create_task(http.post(east.url + "/api/mcp/id/r-1", data=CALL, headers=MCP))
+        incoming = await tools.next_request()
+        opened = [("Content-Type", "application/json"), ("Mcp-Session-Id", "sess-1")]
+        await tools.head(incoming.id, 200, opened)
+        await tools.body(incoming.id, b'{"jsonrpc":"2.0","id":1,"result":{}}')
+        await tools.end(incoming.id)
+        (await call).release()
+        session = await column(page, "mcp-sessions", "instance")
+        await expect(cell(page, "mcp-sessions", "r-1/sess-1", session)).to_have_text(
+            "east", timeout=WAIT_MS
+        )
 
         conn = page.locator("#conn")
         await expect(conn).to_have_attribute("data-snapshots", "1")

@@ -53,12 +53,14 @@ def test_with_several_instances_the_relay_table_names_each_relays_instance() -> 
     base = fleet()
     server = base.server.model_copy(update={"instances": [InstanceInfo(id="A")]})
     clients = [c.model_copy(update={"instance": "A"}) for c in base.mcp.clients]
-    snapshot = base.model_copy(
-        update={"server": server, "mcp": base.mcp.model_copy(update={"clients": clients})}
-    )
-    lines = ctl.mcp_tables(snapshot).splitlines()
-    assert lines[0].split()[-1] == "INSTANCE"
-    assert lines[1].split()[-1] == "A"
+    sessions = [s.model_copy(update={"instance": "A"}) for s in base.mcp.sessions]
+    mcp = base.mcp.model_copy(update={"clients": clients, "sessions": sessions})
+    snapshot = base.model_copy(update={"server": server, "mcp": mcp})
+    relays, listed = ctl.mcp_tables(snapshot).split("\n\n")
+    for lines in (relays.splitlines(), listed.splitlines()):
+        assert lines[0].split()[-1] == "INSTANCE"
+        assert [line.split()[-1] for line in lines[1:]] == ["A"] * (len(lines) - 1)
+    assert len(listed.splitlines()) == 1 + len(sessions) > 1
     assert "INSTANCE" not in ctl.mcp_tables(base)
 
 

@@ -612,6 +612,7 @@
     [
       { key: "id", label: "Session", cell: (s) => text(s.id) },
       { key: "client", label: "Relay", cell: (s) => text(s.client_id) },
+      { key: "instance", label: "Instance", shown: relayInstances, cell: (s) => text(s.instance || "–") },
       { key: "method", label: "Last method", cell: (s) => text(s.method) },
       { key: "inflight", label: "In flight", numeric: true, cell: (s) => num(int(s.inflight)) },
       { key: "age", label: "Age", numeric: true, cell: (s) => num(duration(ageSeconds(s.started_at))) },
