@@ -385,15 +385,21 @@
     // more new rows than the view holds (a sort, a filter, a jump), only the rows in view are
     // drawn, and those around them in the next frame: no frame builds much more than a view.
     range(total) {
-      const inView = Math.ceil(this.view / ROW_HEIGHT);
+      const inView = Math.max(1, Math.ceil(this.view / ROW_HEIGHT));
       const top = Math.max(0, Math.min(Math.floor(this.scrollTop / ROW_HEIGHT), total - inView));
+      const end = Math.min(total, top + inView);
       const first = Math.max(0, top - OVERSCAN);
-      const last = Math.min(total, top + inView + OVERSCAN);
-      let fresh = 0;
-      for (let i = first; i < last; i++) if (!this.shown.has(this.key(this.rows[i]))) fresh += 1;
-      if (fresh <= inView) return [first, last];
+      const last = Math.min(total, end + OVERSCAN);
+      if (this.fresh(first, last) <= inView || this.fresh(top, end) === 0) return [first, last];
       schedule();
-      return [top, Math.min(total, top + inView)];
+      return [top, end];
+    }
+
+    // How many of the sorted rows from `from` to `to` have no <tr> yet.
+    fresh(from, to) {
+      let count = 0;
+      for (let i = from; i < to; i++) if (!this.shown.has(this.key(this.rows[i]))) count += 1;
+      return count;
     }
 
     spacers(top, bottom) {
