@@ -185,8 +185,8 @@ class EmbeddedState:
             fleet=self.fleet, scheduler=self.scheduler, lifecycle=lifecycle, mcp=self.relays.state
         )
 
-    def _dispatch(self) -> None:
-        self.scheduler.dispatch()
+    def _dispatch(self, worker: Worker) -> None:
+        self.scheduler.opened(worker)
 
     def local_link(self, kind: Kind, connector_id: str) -> ConnectorLink | None:
         """The live link of a connector of this instance."""

@@ -656,11 +656,9 @@ class FederatedState:
 
     def contested(self, worker: Worker) -> bool:
         """A newcomer taking a slot of `worker` may overtake a waiter that joined at another
-        instance since this one last read the queues: the connector had no free slot, or was
-        not linked, a moment ago (RACE_WINDOW)."""
-        if self.local.scheduler.clock() - worker.full_at < RACE_WINDOW:
-            return True
-        return time.time() - worker.connected_at < RACE_WINDOW
+        instance since this one last read the queues: the connector had no free slot, linked
+        or changed its status a moment ago (RACE_WINDOW)."""
+        return self.local.scheduler.clock() - worker.full_at < RACE_WINDOW
 
     def _alive(self) -> set[str] | None:
         if self.membership.degraded:

@@ -47,11 +47,11 @@ REFRESH_IDLE = 1.0
 PURGE_GRACE = 5.0
 """Seconds beyond QUEUE_TIMEOUT + LEASE_TTL after which any entry is purged as stale."""
 RACE_WINDOW = 5.0
-"""Seconds after a connector last had no free slot (or linked) during which a newcomer that
-takes one of its slots first asks Redis whether anyone waits: a waiter may have joined at
-another instance (seeing it full) since this instance last read the queues. Longer than a read
-of the queues (REFRESH_IDLE) plus the time the other instances take to see the connector's
-room (membership: a coalesced write, then the change log or a header read)."""
+"""Seconds after a connector last had no free slot (or linked, or changed its status) during
+which a newcomer that takes one of its slots first asks Redis whether anyone waits: a waiter
+may have joined at another instance (seeing it full) since this instance last read the queues.
+Longer than a read of the queues (REFRESH_IDLE) plus the time the other instances take to see
+the connector's room (membership: a coalesced write, then the change log or a header read)."""
 
 Failure = REDIS_FAILURES
 """What a Redis call raises when Redis cannot be reached or answered badly."""

@@ -116,7 +116,8 @@ class Worker:
         self.stats = stats
         self.inflight = 0
         self.full_at = -math.inf
-        """When it last had no free slot (the scheduler's clock)."""
+        """When it last had no free slot, or may have gained room unseen elsewhere: linked or
+        changed its status (the scheduler's clock)."""
         self.connected_at = time.time()
         self.disconnected_at: float | None = None
         self.models: frozenset[str] = frozenset()
@@ -188,7 +189,7 @@ class Fleet:
         *,
         gone_retention: float,
         changes: ChangeFeed,
-        on_capacity: Callable[[], None] = lambda: None,
+        on_capacity: Callable[[Worker], None] = lambda worker: None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.workers: dict[str, Worker] = {}
@@ -252,7 +253,7 @@ class Fleet:
         self._index(worker)
         self._see_models(worker.models)
         self.changes.bump()
-        self.on_capacity()
+        self.on_capacity(worker)
         return old
 
     def _holder(self, link: ConnectorLink) -> Worker | None:
@@ -276,7 +277,7 @@ class Fleet:
         if update.last_error:
             worker.stats.last_error = update.last_error
         self.changes.bump()
-        self.on_capacity()
+        self.on_capacity(worker)
 
     def detached(self, link: ConnectorLink) -> None:
         """The link closed: its worker becomes `gone` (unless a newer link replaced it)."""

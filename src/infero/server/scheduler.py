@@ -115,6 +115,12 @@ class Scheduler:
         self.fleet.changes.bump()
         self.dispatch()
 
+    def opened(self, worker: Worker) -> None:
+        """`worker` linked or changed its status: serve the queues. Its room may be new to
+        instances that saw it full or not serving (`full_at`)."""
+        worker.full_at = self.clock()
+        self.dispatch()
+
     def enqueue(
         self, model: str, exclude: frozenset[str] = frozenset(), target: str | None = None
     ) -> Waiter:

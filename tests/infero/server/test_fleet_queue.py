@@ -331,6 +331,46 @@ async def test_a_newcomer_never_overtakes_a_waiter_that_joined_elsewhere_a_momen
             assert (await waiting).id == (await newcomer).id == "x"
 
 
+async def test_a_newcomer_does_not_overtake_a_waiter_when_a_connector_becomes_ready(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(fleetqueue, "REFRESH_IDLE", 3600.0)  # A never reads B's waiter
+    monkeypatch.setattr(fleetqueue, "REFRESH_BUSY", 3600.0)
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", status="not_ready") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            at_b_queue = federated(b).queue
+            monkeypatch.setattr(at_b_queue, "view_changed", lambda: None)
+            monkeypatch.setattr(at_b_queue, "woken", lambda model, hint: None)
+            waiting = asyncio.create_task(chat(at_b, "r1"))
+            await b.wait_for(lambda: depth(b) == 1)
+            assert depth(a) == 0
+            await conn.status(max_concurrency=2, status="ready")  # never full: only its
+            await a.wait_for(lambda: a.status("w1") == "idle")  # change of status counts
+            newcomer = asyncio.create_task(chat(at_a, "r2"))
+            arrival = asyncio.create_task(conn.next_request())
+            queued = asyncio.create_task(a.wait_for(lambda: waiting_at(a) == ["B", "A"]))
+            await asyncio.wait({arrival, queued}, return_when=asyncio.FIRST_COMPLETED)
+            assert not arrival.done(), "the newcomer at A overtook the waiter at B"
+            await queued
+            monkeypatch.undo()
+            federated(a).queue.capacity()
+            for label in ("r1", "r2"):
+                incoming = await arrival
+                assert json.loads(incoming.body)["messages"][0]["content"] == label
+                await conn.reply(incoming.id, ANSWER)
+                arrival = asyncio.create_task(conn.next_request())
+            arrival.cancel()
+            assert (await waiting).id == (await newcomer).id == "x"
+
+
 async def test_queue_max_counts_every_instances_waiters(tmp_path: Path) -> None:
     async with (
         redis_server(tmp_path) as redis,

@@ -19,7 +19,7 @@ def _fleet(*workers: tuple[str, list[str], int, int]) -> tuple[Fleet, Scheduler]
     """Workers as (id, models, inflight, capacity)."""
     fleet = Fleet(gone_retention=60, changes=ChangeFeed())
     scheduler = Scheduler(fleet, queue_max=2)
-    fleet.on_capacity = scheduler.dispatch
+    fleet.on_capacity = scheduler.opened
     for wid, models, inflight, capacity in workers:
         worker = Worker(Hello(id=wid, models=models, max_concurrency=capacity), None, WorkerStats())
         worker.inflight = inflight
