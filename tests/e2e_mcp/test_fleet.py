@@ -226,6 +226,10 @@ async def test_sessions_and_method_counts_at_a_reach_b_s_state_and_stream_as_del
                 assert row is not None
                 assert row.sessions_unlisted == 0
                 assert row.functions["initialize"] == 1
+                async with http.get(b.url + "/metrics") as answer:
+                    metrics = await answer.text()
+                for gauge in ("infero_mcp_relays 1.0", "infero_mcp_sessions 1.0"):
+                    assert gauge in metrics.splitlines(), "B's gauges count A's relay"
             ended = await view.until(lambda s: s.mcp.sessions == [])  # the SDK's DELETE at A
         events = view.events[seen:]
         assert all(e.name == EVENT_DELTA for e in events), "deltas only, no resync"

@@ -577,6 +577,7 @@ class FederatedState:
             peers=lambda: self.membership.peers.values(),
             version=lambda: self.membership.header_version,
             client=self.client,
+            detail=self.membership.relay_detail,
         )
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""

@@ -18,7 +18,8 @@ and the broker's `RelayTable`:
   through the change log (`membership.py`), bounded: the SHARED_SESSIONS most recently active
   sessions (the rest counted), the SHARED_FUNCTIONS most used methods (the rest under `other`),
   names and ids of at most SHARED_TEXT characters (a longer session id is counted, not listed;
-  a longer method name counts under `other`).
+  a longer method name counts under `other`). `gauges()` counts the fleet's relays, sessions
+  and calls in flight from them and the leases.
 
 Redis unreachable: ids are checked on this instance only, and leases are written when Redis
 answers again (a relay that lost its id then is closed). See docs/scale-out.md.
@@ -133,6 +134,7 @@ class FederatedRelays:
         peers: Callable[[], Iterable[Lease]],
         version: Callable[[], int],
         client: PeerClient,
+        detail: Callable[[str, str], RelayDetail | None] = lambda instance, relay: None,
     ) -> None:
         self.local = local
         self.redis = redis
@@ -142,6 +144,8 @@ class FederatedRelays:
         """The other instances' live leases."""
         self.version = version
         """Changes whenever a lease of another instance (or the set of them) changes."""
+        self.detail = detail
+        """The sessions and counts another instance shares of its relay: (instance, relay id)."""
         self._index: dict[str, tuple[Lease, RelaySummary]] = {}
         self._indexed: int | None = None
         self.client = client
@@ -350,8 +354,20 @@ class FederatedRelays:
         self.local.session_ended(relay, session_id)
 
     def gauges(self) -> RelayGauges:
-        """This instance's relays (each instance counts its own on `/metrics`)."""
-        return self.local.gauges()
+        """The fleet's relays, live sessions and calls in flight: this instance's, plus the
+        others' as their leases and shared details say (the same on every instance)."""
+        mine = self.local.gauges()
+        relays, sessions, inflight = mine.relays, mine.sessions, mine.inflight
+        here = self.local.relays
+        for relay_id, (lease, r) in self.elsewhere().items():
+            if relay_id in here:
+                continue  # it moved here: counted once, as ours
+            relays += 1
+            inflight += r.inflight
+            detail = self.detail(lease.id, relay_id)
+            if detail is not None:
+                sessions += len(detail.sessions) + detail.unlisted
+        return RelayGauges(relays, sessions, inflight)
 
     def state(self) -> McpState:
         """This instance's relays and sessions (the others' relays: `FederatedRows`)."""
