@@ -80,3 +80,34 @@ async def test_a_link_the_home_closed_is_dialed_again_and_fails_its_streams(
             async with await call as resp:
                 assert resp.status == 200
             assert federated(b).client.links[a.url].dials == 2
+
+
+async def test_streams_beyond_a_link_s_limit_are_refused_busy_at_either_end(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        home = a.app[PEER_HOME]
+        home.max_streams = 1  # for links dialed from now on
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            url = b.url + "/api/v1/chat/completions"
+            held = asyncio.create_task(http.post(url, json=BODY))
+            first = await conn.next_request()
+            async with http.post(url, json=BODY) as resp:  # refused by A
+                assert resp.status == 502
+                assert "(busy)" in (await resp.json())["error"]["message"]
+            (link,) = home.links
+            link.max_streams = 2
+            federated(b).client.links[a.url].max_streams = 1
+            async with http.post(url, json=BODY) as resp:  # refused by B
+                assert resp.status == 502
+                assert "1 requests open to" in (await resp.json())["error"]["message"]
+            await conn.reply(first.id, b'{"id": "x"}')
+            async with await held as resp:
+                assert resp.status == 200
