@@ -245,9 +245,10 @@ async def move_slot(
 ) -> tuple[int, int]:
     """Reshard: move the slot of `key` to another master of the Cluster (`SETSLOT IMPORTING` /
     `MIGRATING`, `MIGRATE ... KEYS` one key at a time, `SETSLOT NODE`), as `redis-cli
-    --cluster reshard` does, the keys in name order. `halfway` runs once half of them moved
-    (the slot is split: a key is served where it is, after an `ASK` redirection once moved, and
-    a command on keys of both sides answers `TRYAGAIN`). Returns (source port, target port)."""
+    --cluster reshard` does, the keys in name order, to a node without the Lua scripts.
+    `halfway` runs once half of them moved (the slot is split: a key is served where it is,
+    after an `ASK` redirection once moved, and a command on keys of both sides answers
+    `TRYAGAIN`). Returns (source port, target port)."""
     first = int(cluster_url.rpartition(":")[2].split("/")[0])
     client = _client(first)
     try:
@@ -261,6 +262,7 @@ async def move_slot(
     setslot = "CLUSTER", "SETSLOT", str(slot)
     migrate = "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "REPLACE", "KEYS"
     try:
+        await dst.script_flush()  # no scripts there, as on a node just added for a resharding
         await dst.execute_command(*setslot, "IMPORTING", source.id)
         await src.execute_command(*setslot, "MIGRATING", target.id)
         keys = sorted(await src.execute_command("CLUSTER", "GETKEYSINSLOT", slot, 10_000))
