@@ -20,7 +20,9 @@ from redis.asyncio.connection import (
     SSLConnection,
     UnixDomainSocketConnection,
 )
+from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ReadOnlyError
 
@@ -63,7 +65,10 @@ def connect(url: str) -> Any:
     `redis://` and `rediss://` (TLS) go to `from_url`; `redis+cluster://` (or
     `rediss+cluster://`) to `RedisCluster`; `redis+sentinel://[:password@]h1:p1,h2:p2/service`
     asks the Sentinels for the master of `service`. A plain client leaves a node that answers
-    `READONLY` (module docstring).
+    `READONLY` (module docstring). A command whose connection fails (a connection pooled while
+    Redis was away is found closed at its first use; one closed for `READONLY`) is sent once
+    more on a new connection, at once: one stale connection is no outage. Timeouts are not
+    retried (`REDIS_TIMEOUT` stays the bound); the Cluster client retries by itself.
     """
     options: dict[str, Any] = {
         "socket_timeout": REDIS_TIMEOUT,
@@ -72,6 +77,7 @@ def connect(url: str) -> Any:
     scheme, _, rest = url.partition("://")
     if scheme in ("redis+cluster", "rediss+cluster"):
         return RedisCluster.from_url(scheme.split("+")[0] + "://" + rest, **options)
+    options["retry"] = Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,))
     if scheme in ("redis+sentinel", "rediss+sentinel"):
         parts = urlsplit("redis://" + rest)
         hosts = parts.netloc.rpartition("@")[2]
