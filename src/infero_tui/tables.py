@@ -448,4 +448,14 @@ def session_columns(ctx: TableContext) -> list[Column[McpSessionInfo]]:
             justify="right",
             priority=2,
         ),
+        Column(
+            "instance",
+            "INSTANCE",
+            10,
+            lambda s: _plain(s.instance or "-"),
+            lambda s: s.instance,
+            "X",
+            priority=3,
+            shown=lambda: ctx.instances,  # several server instances share the fleet
+        ),
     ]

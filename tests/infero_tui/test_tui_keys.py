@@ -583,7 +583,7 @@ async def test_with_several_server_instances_each_connector_shows_its_instance()
         assert "instance i-a of 2" in header
 
 
-async def test_with_several_server_instances_each_relay_shows_its_instance() -> None:
+async def test_with_several_server_instances_each_relay_and_session_shows_its_instance() -> None:
     from infero.protocol.state import InstanceInfo
 
     base = snapshots("fleet")[0]
@@ -591,14 +591,16 @@ async def test_with_several_server_instances_each_relay_shows_its_instance() -> 
         update={"instance": "i-a", "instances": [InstanceInfo(id="i-a"), InstanceInfo(id="i-b")]}
     )
     clients = [c.model_copy(update={"instance": "i-b"}) for c in base.mcp.clients]
-    mcp = base.mcp.model_copy(update={"clients": clients})
+    sessions = [s.model_copy(update={"instance": "i-b"}) for s in base.mcp.sessions]
+    mcp = base.mcp.model_copy(update={"clients": clients, "sessions": sessions})
     feed = FrozenFeed.holding([base.model_copy(update={"server": server, "mcp": mcp})])
     app = fleet_app(feed)
     async with app.run_test(size=(160, 35)) as pilot:
         await ready(pilot, feed)
         await pilot.press("3")
-        layout = [column.key for column, _ in table(app, "mcp-relays").layout_columns(158)]
-        assert layout[-1] == "instance"
+        for name in ("mcp-relays", "mcp-sessions"):
+            layout = [column.key for column, _ in table(app, name).layout_columns(158)]
+            assert layout[-1] == "instance", name
         await pilot.press("enter")
         assert isinstance(app.screen, DetailScreen)
         facts = app.screen.query_one("#detail-facts", Static).content
