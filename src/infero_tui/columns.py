@@ -29,6 +29,9 @@ class Column(Generic[T]):
     """Columns that do not fit are dropped, highest priority number first (0 = always)."""
     shown: Callable[[], bool] | None = None
     """When given, the column is shown only while this says so (e.g. with several servers)."""
+    volatile: bool = False
+    """The sort value depends on more than the row (rates, other rows' names): every row is
+    ranked again on every update. Otherwise only the rows that changed are."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,3 +43,6 @@ class Rows(Generic[T]):
     """Gone rows are dimmed, sorted last and offer no actions."""
     text: Callable[[T], str]
     """What the `/` filter searches (lower case)."""
+    context: Callable[[], object] = lambda: None
+    """What the cells read besides their row (e.g. which names are shared): when it changes,
+    the flexible column's width is measured again over every row, not only changed ones."""

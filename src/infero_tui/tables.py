@@ -87,11 +87,12 @@ def name_cell(name: str, duplicate: bool) -> Cell:
 # ---- workers ------------------------------------------------------------------------------
 
 
-def worker_rows() -> Rows[WorkerInfo]:
+def worker_rows(ctx: TableContext) -> Rows[WorkerInfo]:
     return Rows(
         key=lambda w: w.id,
         gone=lambda w: w.status == "gone",
         text=lambda w: " ".join((w.name, w.id, w.status, w.version, *w.models_supported)).lower(),
+        context=lambda: ctx.duplicate_names,  # a shared name is marked in its cell
     )
 
 
@@ -134,6 +135,7 @@ def worker_columns(ctx: TableContext) -> list[Column[WorkerInfo]]:
             "T",
             justify="right",
             priority=2,
+            volatile=True,
         ),
         Column(
             "queue",
@@ -257,6 +259,7 @@ def model_columns(ctx: TableContext) -> list[Column[ModelInfo]]:
             lambda m: ctx.rates.model(m.name).requests.rate(),
             "R",
             justify="right",
+            volatile=True,
         ),
         Column(
             "tokens",
@@ -266,6 +269,7 @@ def model_columns(ctx: TableContext) -> list[Column[ModelInfo]]:
             lambda m: ctx.rates.model(m.name).tokens.rate(),
             "T",
             justify="right",
+            volatile=True,
         ),
         Column(
             "ttft",
@@ -351,6 +355,7 @@ def relay_columns(ctx: TableContext) -> list[Column[McpClientInfo]]:
             "R",
             justify="right",
             priority=1,
+            volatile=True,
         ),
         Column(
             "errors",
@@ -401,6 +406,7 @@ def session_rows(ctx: TableContext) -> Rows[McpSessionInfo]:
         text=lambda s: " ".join(
             (s.id, s.method, ctx.relay_names.get(s.client_id, s.client_id))
         ).lower(),
+        context=lambda: ctx.relay_names,  # the relay's name is shown
     )
 
 
@@ -417,6 +423,7 @@ def session_columns(ctx: TableContext) -> list[Column[McpSessionInfo]]:
             lambda s: ctx.relay_names.get(s.client_id, s.client_id).lower(),
             "N",
             flex=True,
+            volatile=True,
         ),
         Column("method", "METHOD", 14, lambda s: _plain(s.method or "-"), lambda s: s.method, "M"),
         Column(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import sys
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -67,6 +67,58 @@ def test_the_series_spans_sixty_one_second_buckets() -> None:
         counter.add(float(second), second * 2)
     assert len(counter.series()) == SPAN_S
     assert counter.rate() == pytest.approx(2.0)
+
+
+def test_unchanged_rows_skipped_by_identity_give_the_rates_of_feeding_every_row() -> None:
+    """A state stream keeps unchanged rows as the same objects: the tracker feeds only rows
+    that are new objects, and must read exactly as if it had fed every row every time."""
+    base = snapshots("fleet")[0]
+    start = base.server.now
+    rows = list(base.workers)
+    relays = list(base.mcp.clients)
+    lazy, eager = RateTracker(), RateTracker()
+    for step in range(1, 40):
+        if step % 7 == 0:  # one connector's counters move, the others stay the same objects
+            n = step % len(rows)
+            rows[n] = rows[n].model_copy(
+                update={
+                    "processed_total": rows[n].processed_total + step,
+                    "tokens_out_total": rows[n].tokens_out_total + 40 * step,
+                }
+            )
+        if step % 11 == 0 and relays:
+            relays[0] = relays[0].model_copy(update={"calls_total": relays[0].calls_total + 3})
+        now = start + timedelta(seconds=0.4 * step)
+        state = base.model_copy(
+            update={
+                "server": base.server.model_copy(update={"now": now}),
+                "workers": list(rows),
+                "mcp": base.mcp.model_copy(update={"clients": list(relays)}),
+            }
+        )
+        lazy.add(state)
+        eager.add(  # every row a new object: every counter fed
+            state.model_copy(
+                update={
+                    "workers": [w.model_copy() for w in rows],
+                    "mcp": base.mcp.model_copy(
+                        update={"clients": [r.model_copy() for r in relays]}
+                    ),
+                }
+            )
+        )
+        if step % 5 == 0:  # reading in between must not change what is read later
+            for worker in rows:
+                assert lazy.worker(worker.id).tokens.rate() == eager.worker(worker.id).tokens.rate()
+    for worker in rows:
+        for name in ("requests", "tokens"):
+            got = getattr(lazy.worker(worker.id), name)
+            want = getattr(eager.worker(worker.id), name)
+            assert got.series() == pytest.approx(want.series())
+            assert got.rate() == pytest.approx(want.rate())
+    assert any(lazy.worker(w.id).tokens.rate() > 0 for w in rows)
+    for relay in relays:
+        assert lazy.relays[relay.id].series() == pytest.approx(eager.relays[relay.id].series())
 
 
 def test_human_formats() -> None:

@@ -177,7 +177,7 @@ class WorkersPane(ActionPane):
     def compose_tables(self) -> ComposeResult:
         yield FleetTable(
             worker_columns(self.ctx),
-            worker_rows(),
+            worker_rows(self.ctx),
             sort="name",
             empty="No workers connected yet.",
             id="workers-table",
