@@ -91,7 +91,9 @@ class Fleet:
 
 
 class ChurningFeed(FrozenFeed):
-    """A new state every 100 ms (with churn), or one state and silence."""
+    """A new state every 100 ms (with churn), or one state and silence; like the server's
+    delta stream, unchanged rows stay the same objects and heartbeat times only move with
+    their row (SEEN reads `live`)."""
 
     churn: bool = False
 
@@ -108,7 +110,7 @@ class ChurningFeed(FrozenFeed):
 
 
 async def measure(churn: bool) -> dict[str, list[float]]:
-    feed = ChurningFeed([])
+    feed = ChurningFeed([], live_heartbeats=False)
     feed.churn = churn
     config = ConsoleConfig(
         refresh_interval=None, animation_level="none", cursor_blink=False, settle_heap=True

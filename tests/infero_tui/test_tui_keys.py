@@ -101,6 +101,31 @@ async def test_the_cursor_stays_on_its_connector_when_new_state_reorders_the_row
         assert table(app).order[0] == "w-aaa"
 
 
+async def test_the_detail_view_grows_a_block_when_a_new_state_adds_lines_to_it() -> None:
+    """A new state redraws the detail without laying it out again unless a block's height
+    changes: a connector that starts serving two more models gets two more lines."""
+    first = snapshots("fleet")[0]
+    alpha = first.workers[0]
+    more = alpha.model_copy(
+        update={"models_supported": [*alpha.models_supported, "zz-extra-a", "zz-extra-b"]}
+    )
+    second = first.model_copy(update={"workers": [more, *first.workers[1:]]})
+    feed = FrozenFeed.holding([first])
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await ready(pilot, feed)
+        await pilot.press("enter")
+        detail = app.screen
+        assert isinstance(detail, DetailScreen)
+        block = detail.query_one("#detail-table", Static)
+        errors = detail.query_one("#detail-errors", Static)
+        await pilot.pause()
+        height, below = block.size.height, errors.region.y
+        screen._park(second)
+        await until(pilot, lambda: block.size.height == height + 2)
+        await until(pilot, lambda: errors.region.y == below + 2)  # what follows moved down
+
+
 async def test_enter_opens_the_detail_view_and_escape_returns() -> None:
     feed = FrozenFeed.holding(snapshots("fleet"))
     app = fleet_app(feed)
@@ -193,6 +218,32 @@ async def test_a_gone_row_offers_no_action() -> None:
         await pilot.pause()
         assert isinstance(app.screen, MainScreen)
         assert feed.calls == []
+
+
+async def test_the_filter_box_hides_the_letter_keys_in_place_and_escape_shows_them_again() -> None:
+    """While the filter box has the focus it takes the letters: the footer hides those keys
+    without being rebuilt, and shows the same widgets again when the box closes."""
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(120, 35)) as pilot:
+        screen = await ready(pilot, feed)
+        await pilot.pause()
+        footer_keys = list(screen.query("FooterKey"))
+
+        def shown() -> list[str]:
+            keys = screen.query("FooterKey")
+            return [str(getattr(k, "key", "")) for k in keys if k.display]
+
+        before = shown()
+        assert {"enter", "slash", "d", "colon"} <= set(before)
+        await pilot.press("slash", "b")
+        await until(pilot, lambda: "slash" not in shown())
+        assert "d" not in shown()
+        assert "colon" not in shown()
+        assert list(screen.query("FooterKey")) == footer_keys
+        await pilot.press("escape")
+        await until(pilot, lambda: shown() == before)
+        assert list(screen.query("FooterKey")) == footer_keys
 
 
 async def test_every_fleet_tab_has_the_same_keys_acting_on_that_tab_or_greyed_out() -> None:

@@ -20,7 +20,7 @@ class Row:
     gone: bool = False
 
 
-COLUMNS = [
+COLUMNS: list[Column[Row]] = [
     Column("id", "ID", 6, lambda r: (r.id, ""), lambda r: r.id, "I"),
     Column("name", "NAME", 8, lambda r: (r.name, ""), lambda r: r.name, "N", flex=True),
     Column("load", "LOAD", 5, lambda r: (str(r.load), ""), lambda r: r.load, "L"),

@@ -187,6 +187,15 @@ def methods(relay: McpClientInfo) -> Table:
     return table
 
 
+def set_block(block: Static, content: RenderableType) -> None:
+    """Show new content in a block of variable height; lay the screen out again only when the
+    block's height changes (a redraw per state would otherwise relayout the whole view)."""
+    width, height = block.content_size
+    block.update(content, layout=False)
+    if not width or block.get_content_height(block.size, block.app.size, width) != height:
+        block.refresh(layout=True)
+
+
 class DetailScreen(Screen[None]):
     """One entity, redrawn with every snapshot the main screen draws."""
 
@@ -292,23 +301,23 @@ class DetailScreen(Screen[None]):
             title.update(head, layout=False)  # one line, fixed height
             activity = rates.worker(worker.id)
             live = self.source.ctx.live_heartbeats
-            facts.update(worker_facts(worker, now, activity.tokens.rate(), live))
+            set_block(facts, worker_facts(worker, now, activity.tokens.rate(), live))
             graph_a.show(activity.requests.series(), activity.requests.rate())
             self.query_one("#graph-b", Graph).show(activity.tokens.series(), activity.tokens.rate())
-            table.update(per_model(worker))
-            errors.update(_errors(self.source.errors.of(f"worker:{worker.id}"), now))
+            set_block(table, per_model(worker))
+            set_block(errors, _errors(self.source.errors.of(f"worker:{worker.id}"), now))
         elif self.kind == "model":
             model = next((m for m in snapshot.models if m.name == self.key), None)
             if model is None:
                 title.update(Text(f"Model {self.key} is no longer served.", style="dim"))
                 return
-            title.update(Text(f"Model {model.name}"))
+            title.update(Text(f"Model {model.name}"), layout=False)  # one line, fixed height
             activity = rates.model(model.name)
-            facts.update(model_facts(model, rates))
+            set_block(facts, model_facts(model, rates))
             graph_a.show(activity.requests.series(), activity.requests.rate())
             self.query_one("#graph-b", Graph).show(activity.tokens.series(), activity.tokens.rate())
-            table.update(serving(model, snapshot.workers))
-            errors.update(Text(""))
+            set_block(table, serving(model, snapshot.workers))
+            set_block(errors, Text(""))
         else:
             relay = next((r for r in snapshot.mcp.clients if r.id == self.key), None)
             if relay is None:
@@ -319,10 +328,10 @@ class DetailScreen(Screen[None]):
             title.update(head, layout=False)  # one line, fixed height
             calls = rates.relays.get(relay.id)
             calls_rate = calls.rate() if calls else 0.0
-            facts.update(relay_facts(relay, now, calls_rate))
+            set_block(facts, relay_facts(relay, now, calls_rate))
             graph_a.show(calls.series() if calls else [], calls_rate)
-            table.update(methods(relay))
-            errors.update(_errors(self.source.errors.of(f"relay:{relay.id}"), now))
+            set_block(table, methods(relay))
+            set_block(errors, _errors(self.source.errors.of(f"relay:{relay.id}"), now))
         self.query_one("#detail-keys", Static).update(self._keys(), layout=False)  # one line
 
     def _keys(self) -> Text:
