@@ -15,11 +15,6 @@ Kind = Literal["worker", "model", "relay"]
 
 
 @dataclass
-class SnapshotReady(Message):
-    """A newer `/api/state` is waiting; the screen draws only the latest one."""
-
-
-@dataclass
 class FeedLost(Message):
     """The state stream failed; the console shows why and reconnects."""
 

@@ -126,6 +126,26 @@ async def test_the_detail_view_grows_a_block_when_a_new_state_adds_lines_to_it()
         await until(pilot, lambda: errors.region.y == below + 2)  # what follows moved down
 
 
+async def test_the_tables_under_a_detail_view_show_the_newest_state_when_it_closes() -> None:
+    """States that arrive while a detail view covers the tables are drawn in the detail view
+    at once and in the tables when it closes (not underneath it meanwhile)."""
+    first = snapshots("fleet")[0]
+    newcomer = first.workers[0].model_copy(update={"id": "w-aaa", "name": "aaa"})
+    second = first.model_copy(update={"workers": [newcomer, *first.workers]})
+    feed = FrozenFeed.holding([first])
+    app = fleet_app(feed)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await ready(pilot, feed)
+        await pilot.press("enter")
+        assert isinstance(app.screen, DetailScreen)
+        screen._park(second)
+        await until(pilot, lambda: screen.snapshot is second)
+        assert "w-aaa" not in screen.query_one("#workers-table", FleetTable).order
+        await pilot.press("escape")
+        await until(pilot, lambda: table(app).order[0] == "w-aaa")
+        assert table(app).selected == "w-alpha"
+
+
 async def test_enter_opens_the_detail_view_and_escape_returns() -> None:
     feed = FrozenFeed.holding(snapshots("fleet"))
     app = fleet_app(feed)

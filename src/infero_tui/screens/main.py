@@ -2,7 +2,9 @@
 
 Snapshots are drawn at a bounded rate and only the latest one: the stream worker parks each
 snapshot in one slot and asks for a draw only when none is pending, so a console that falls
-behind skips stale states instead of queueing them.
+behind skips stale states instead of queueing them. Draws and the header's timer run in the
+app's message loop, not this screen's: while a detail view covers this screen, a message
+handled here would make Textual repaint the whole detail view.
 """
 
 from __future__ import annotations
@@ -43,7 +45,6 @@ from infero_tui.messages import (
     Kind,
     LocalLost,
     LocalStatusReceived,
-    SnapshotReady,
 )
 from infero_tui.rates import RateTracker
 from infero_tui.screens.api_key import ApiKeyScreen
@@ -172,6 +173,8 @@ class MainScreen(Screen[None]):
         self._last_draw = 0.0
         self.draws = 0
         """Snapshots drawn (fewer than received when they come faster than the redraw rate)."""
+        self._tabs_stale = False
+        """A snapshot was drawn while a detail view hid the tabs."""
 
     # ---- layout ---------------------------------------------------------------------------
 
@@ -209,7 +212,7 @@ class MainScreen(Screen[None]):
         if self.local is not None:
             self.poll_local()
         if self.config.refresh_interval:
-            self.set_interval(self.config.refresh_interval, self.redraw_header)
+            self.app.set_interval(self.config.refresh_interval, self.redraw_header)
 
     # ---- modes ----------------------------------------------------------------------------
 
@@ -262,12 +265,14 @@ class MainScreen(Screen[None]):
 
     def _park(self, snapshot: StateSnapshot) -> None:
         """Count its rates, keep it as the newest; ask for one draw if none is pending."""
+        if self.connection is not None:  # now, not when drawn: a loss reported after it wins
+            self.connection.received(self.clock())
         self.rates.add(snapshot)  # counters need every snapshot; drawing only the latest
         self.errors.add(snapshot)
         self._latest = snapshot
         if not self._draw_pending:
             self._draw_pending = True
-            self.post_message(SnapshotReady())
+            self.app.call_later(self._snapshot_ready)
 
     @work(exclusive=True, group="local", exit_on_error=False)
     async def poll_local(self) -> None:
@@ -299,11 +304,10 @@ class MainScreen(Screen[None]):
 
     # ---- drawing --------------------------------------------------------------------------
 
-    @on(SnapshotReady)
     def _snapshot_ready(self) -> None:
         wait = self.config.min_redraw_interval - (time.monotonic() - self._last_draw)
         if wait > 0:
-            self.set_timer(wait, self.draw)
+            self.app.set_timer(wait, self.draw)
         else:
             self.draw()
 
@@ -311,27 +315,42 @@ class MainScreen(Screen[None]):
         """Draw the newest parked snapshot everywhere it shows."""
         self._draw_pending = False
         snapshot = self._latest
-        if snapshot is None:
+        if snapshot is None or not self.app.is_running:  # an app timer may fire while it exits
             return
         self._last_draw = time.monotonic()
         self.draws += 1
         if self.draws == 1 and self.config.settle_heap:
             settle_heap()
         self.snapshot = snapshot
-        if self.connection is not None:
-            self.connection.received(self.clock())
         ctx = self.ctx
         ctx.now = snapshot.server.now
         ctx.instances = bool(snapshot.server.instances)
         ctx.note(snapshot.workers, snapshot.mcp.clients)
-        self.query_one(WorkersPane).show(snapshot.workers)
-        self.query_one(ModelsPane).show(snapshot.models)
-        self.query_one(McpPane).show(snapshot.mcp.clients, snapshot.mcp.sessions)
-        self.query_one(ServerPane).show(snapshot, self.rates)
+        if self.covered():
+            self._tabs_stale = True
+        else:
+            self._draw_tabs(snapshot)
         for screen in self.app.screen_stack:
             if isinstance(screen, DetailScreen):
                 screen.redraw()
         self.redraw_header()
+
+    def _draw_tabs(self, snapshot: StateSnapshot) -> None:
+        self._tabs_stale = False
+        self.query_one(WorkersPane).show(snapshot.workers)
+        self.query_one(ModelsPane).show(snapshot.models)
+        self.query_one(McpPane).show(snapshot.mcp.clients, snapshot.mcp.sessions)
+        self.query_one(ServerPane).show(snapshot, self.rates)
+
+    def covered(self) -> bool:
+        """Whether a detail view hides this screen: its tabs then wait for it to close (Textual
+        repaints the screen on top wherever the one below it changes)."""
+        return any(isinstance(screen, DetailScreen) for screen in self.app.screen_stack)
+
+    def on_screen_resume(self) -> None:
+        if self._tabs_stale and self.snapshot is not None:
+            self._draw_tabs(self.snapshot)
+            self.redraw_header()
 
     @on(FeedLost)
     def _lost(self, message: FeedLost) -> None:
@@ -375,12 +394,15 @@ class MainScreen(Screen[None]):
 
     def redraw_header(self) -> None:
         """Redraw the headers (the refresh timer calls this so ages and retries count)."""
+        if not self.app.is_running:
+            return
         local = ""
         if self.fleet is None:
             status = self.query_one(LocalPane).status if self.local else None
             local = f"local connector: {status_word(status.state) if status else 'unreachable'}"
+        covered = self.covered()
         for screen in self.app.screen_stack:
-            if isinstance(screen, MainScreen | DetailScreen):
+            if isinstance(screen, DetailScreen) or (isinstance(screen, MainScreen) and not covered):
                 for header in screen.query(FleetHeader):
                     header.show(
                         self.snapshot,
