@@ -294,7 +294,9 @@ class DetailScreen(Screen[None]):
         if self.kind == "worker":
             worker = next((w for w in snapshot.workers if w.id == self.key), None)
             if worker is None:
-                title.update(Text(f"Worker {self.key} is no longer in the fleet.", style="dim"))
+                title.update(
+                    Text(f"Worker {self.key} is no longer in the fleet.", style="dim"), layout=False
+                )
                 return
             head = Text(f"Worker {printable(worker.name or worker.id)}  ")
             head.append_text(status_text(worker.status))
@@ -309,7 +311,9 @@ class DetailScreen(Screen[None]):
         elif self.kind == "model":
             model = next((m for m in snapshot.models if m.name == self.key), None)
             if model is None:
-                title.update(Text(f"Model {self.key} is no longer served.", style="dim"))
+                title.update(
+                    Text(f"Model {self.key} is no longer served.", style="dim"), layout=False
+                )
                 return
             title.update(Text(f"Model {model.name}"), layout=False)  # one line, fixed height
             activity = rates.model(model.name)
@@ -321,7 +325,9 @@ class DetailScreen(Screen[None]):
         else:
             relay = next((r for r in snapshot.mcp.clients if r.id == self.key), None)
             if relay is None:
-                title.update(Text(f"MCP relay {self.key} is no longer connected.", style="dim"))
+                title.update(
+                    Text(f"MCP relay {self.key} is no longer connected.", style="dim"), layout=False
+                )
                 return
             head = Text(f"MCP relay {printable(relay.name or relay.id)}  ")
             head.append_text(status_text(relay.status))
