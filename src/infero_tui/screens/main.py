@@ -350,7 +350,7 @@ class MainScreen(Screen[None]):
     def on_screen_resume(self) -> None:
         if self._tabs_stale and self.snapshot is not None:
             self._draw_tabs(self.snapshot)
-            self.redraw_header()
+        self.redraw_header()  # its header, too, waited while covered
 
     @on(FeedLost)
     def _lost(self, message: FeedLost) -> None:
