@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -261,7 +261,9 @@ class Broker:
         if closing and request.method == "GET":
             return _unavailable(closing)
         if request.method == "POST":
-            return await self._post(request, relay, closing)
+            return await self._with_body(
+                request, relay.id, lambda body: self._call(request, relay, closing, body)
+            )
         return await self._other(request, relay)
 
     def _closing(self, relay: Relay) -> str | None:
@@ -290,6 +292,45 @@ class Broker:
             if closing and request.method == "GET":
                 return _unavailable(closing)
             return await forward(request, remote, b"", headers, [])
+        return await self._with_body(
+            request,
+            remote.id,
+            lambda body: self._forward_post(request, remote, body, headers, closing),
+        )
+
+    async def _forward_post(
+        self,
+        request: web.Request,
+        remote: RemoteRelay,
+        body: bytes | bytearray,
+        headers: list[tuple[str, str]],
+        closing: str | None,
+    ) -> web.StreamResponse:
+        """Check the JSON-RPC envelope and forward the POST to the relay's home."""
+        envelope = self._envelope(remote.id, body)
+        if isinstance(envelope, web.Response):
+            return envelope
+        request_ids = [rid for rid, _ in envelope.requests]
+        if envelope.is_call and closing:
+            return _unavailable(closing, request_id=request_ids[0] if request_ids else None)
+        is_call = envelope.is_call and [m for _, m in envelope.requests] != [LISTEN]
+        if is_call:
+            self.lifecycle.enter()
+        try:
+            return await forward(request, remote, body, headers, request_ids)
+        finally:
+            if is_call:
+                self.lifecycle.leave()
+
+    async def _with_body(
+        self,
+        request: web.Request,
+        relay_id: str,
+        serve: Callable[[bytes | bytearray], Awaitable[web.StreamResponse]],
+    ) -> web.StreamResponse:
+        """Read a POST body within BROKER_MAX_REQ_BYTES, BODY_TIMEOUT and the server's share of
+        MAX_HELD_BODY_BYTES, and `serve` it; the body is held in that share until `serve` ends.
+        A refused body is counted and answered here."""
         try:
             body = await read_body(
                 request,
@@ -299,23 +340,10 @@ class Broker:
                 replies=BODY_REPLIES,
             )
         except BodyRefused as refused:
-            self._count(remote.id, "", BODY_OUTCOMES.get(refused.reason, "rejected"), None)
+            self._count(relay_id, "", BODY_OUTCOMES.get(refused.reason, "rejected"), None)
             return refused.response
         try:
-            envelope = self._envelope(remote.id, body)
-            if isinstance(envelope, web.Response):
-                return envelope
-            request_ids = [rid for rid, _ in envelope.requests]
-            if envelope.is_call and closing:
-                return _unavailable(closing, request_id=request_ids[0] if request_ids else None)
-            is_call = envelope.is_call and [m for _, m in envelope.requests] != [LISTEN]
-            if is_call:
-                self.lifecycle.enter()
-            try:
-                return await forward(request, remote, body, headers, request_ids)
-            finally:
-                if is_call:
-                    self.lifecycle.leave()
+            return await serve(body)
         finally:
             self.bodies.give_back(len(body))
 
@@ -332,27 +360,6 @@ class Broker:
                 request_id=pm.request_id_of(body),
                 rpc_code=exc.code,
             )
-
-    async def _post(
-        self, request: web.Request, relay: Relay, closing: str | None
-    ) -> web.StreamResponse:
-        """Read the body within BROKER_MAX_REQ_BYTES, BODY_TIMEOUT and the server's share of
-        MAX_HELD_BODY_BYTES, which it holds until the call ends."""
-        try:
-            body = await read_body(
-                request,
-                limit=self.limits.max_req_bytes,
-                idle_timeout=self.limits.body_timeout,
-                budget=self.bodies,
-                replies=BODY_REPLIES,
-            )
-        except BodyRefused as refused:
-            self._count(relay.id, "", BODY_OUTCOMES.get(refused.reason, "rejected"), None)
-            return refused.response
-        try:
-            return await self._call(request, relay, closing, body)
-        finally:
-            self.bodies.give_back(len(body))
 
     async def _call(
         self, request: web.Request, relay: Relay, closing: str | None, body: bytes | bytearray
