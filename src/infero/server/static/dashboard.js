@@ -347,19 +347,26 @@
         return;
       }
       const [first, last] = this.range(total);
+      const keys = [];
+      for (let i = first; i < last; i++) keys.push(this.key(this.rows[i]));
+      // A row entering the view takes the <tr> of one leaving it, patched like an update:
+      // changing the text of cells costs less than building and styling new ones. They are
+      // taken in page order, so after a jump or a sort they need not move.
+      const staying = new Set(keys);
+      const spare = [];
+      let reused = 0;
+      for (const [key, tr] of this.shown) if (!staying.has(key)) spare.push(tr);
       const wanted = [];
       const next = new Map();
       const columns = this.columns;
       for (let i = first; i < last; i++) {
         const row = this.rows[i];
-        const key = this.key(row);
+        const key = keys[i - first];
         let tr = this.shown.get(key);
         if (!tr) {
-          tr = el("tr", "");
+          tr = reused < spare.length ? spare[reused++] : this.newRow();
           tr.dataset.id = key;
-          for (let c = 0; c < columns.length; c++) tr.append(document.createElement("td"));
           tr.row = null;
-          tr.drawn = 0;
         }
         // A row object is replaced by each upsert: the same object drawn in this second has
         // nothing new to show (ages move once a second).
@@ -379,6 +386,12 @@
       this.shown = next;
       this.spacers(first * ROW_HEIGHT, (total - last) * ROW_HEIGHT);
       this.place(wanted);
+    }
+
+    newRow() {
+      const tr = el("tr", "");
+      for (let c = 0; c < this.columns.length; c++) tr.append(document.createElement("td"));
+      return tr;
     }
 
     // The rows to draw: those in view and OVERSCAN more on each side. When that would build
