@@ -7,7 +7,8 @@ constant time at the upgrade). Each Request frame, once its body arrived, is ser
 body and End frames (a small answer in one write), each stream within its flow-control
 window (`WINDOW` bytes not yet credited by the asking instance). Cancel cancels the handler
 (which cancels the request at the connector); the link closing cancels every stream. At most
-`MAX_STREAMS` streams per link, request bodies up to MAX_BODY_BYTES. See docs/protocol.md.
+`MAX_STREAMS` streams per link, request bodies up to `max_body` bytes (the larger of
+MAX_BODY_BYTES and BROKER_MAX_REQ_BYTES). See docs/protocol.md.
 """
 
 from __future__ import annotations
@@ -58,14 +59,8 @@ class PeerStream(AbstractStreamWriter):
     ssl_context = None
     sockname = None
     _reading_paused = False
-    """The body's StreamReader reads this of its protocol, and calls the two methods below:
-    the whole body is in it already, nothing to pause or resume."""
-
-    def pause_reading(self) -> None:
-        return
-
-    def resume_reading(self, resume_parser: bool = True) -> None:
-        return
+    """The body's StreamReader reads this of its protocol, and calls `pause_reading` and
+    `resume_reading`: the whole body is in it already, nothing to pause or resume."""
 
     def __init__(self, link: HomeLink, frame: lp.Request) -> None:
         self.link = link
@@ -126,6 +121,12 @@ class PeerStream(AbstractStreamWriter):
 
     def close(self) -> None:
         self.abort()
+
+    def pause_reading(self) -> None:
+        return
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return
 
     # ---- fed by the link reader ------------------------------------------------------------
 

@@ -49,13 +49,13 @@ REFUSAL_LIMIT = 64 * 1024
 """Bytes of a home's retryable error answer kept for its message."""
 
 
-def own_header(header: str) -> bool:
+def _own_header(header: str) -> bool:
     """Headers of the home's answer that this instance sets itself."""
     low = header.lower()
     return low.startswith("x-infero-") or low in ("content-length", "transfer-encoding")
 
 
-def error_message(text: str) -> str:
+def _error_message(text: str) -> str:
     """The `error.message` of an OpenAI-shaped error body, else its start."""
     with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
         return str(json.loads(text)["error"]["message"])
@@ -76,7 +76,7 @@ class PeerExchange(Exchange):
     def on_head(self, head: lp.Head) -> None:
         kept: lp.Headers = []
         for key, value in head.headers:
-            if not own_header(key):
+            if not _own_header(key):
                 kept.append((key, value))
             elif key.lower() == "x-infero-peer-error" and value in RETRYABLE:
                 self._refusal = value
@@ -95,7 +95,7 @@ class PeerExchange(Exchange):
             super().on_end(end)
             return
         text = self._text.decode("utf-8", "replace")
-        self.on_failed(ExchangeFailed(self._refusal, error_message(text), retryable=True))
+        self.on_failed(ExchangeFailed(self._refusal, _error_message(text), retryable=True))
 
 
 class PeerLink:
