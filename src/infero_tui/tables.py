@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from infero.protocol.delta import session_key
 from infero.protocol.state import McpClientInfo, McpSessionInfo, ModelInfo, WorkerInfo
 from infero_tui.columns import Cell, Column, Rows
 from infero_tui.format import age, age_seconds, count, middle_ellipsis, millis, rate
@@ -401,7 +402,7 @@ def relay_columns(ctx: TableContext) -> list[Column[McpClientInfo]]:
 
 def session_rows(ctx: TableContext) -> Rows[McpSessionInfo]:
     return Rows(
-        key=lambda s: s.id,
+        key=session_key,  # relay id and session id: two relays' providers may issue one id
         gone=lambda s: False,
         text=lambda s: " ".join(
             (s.id, s.method, ctx.relay_names.get(s.client_id, s.client_id))

@@ -432,3 +432,29 @@ def test_a_late_heartbeat_on_a_delta_stream_shows_its_age_and_the_others_say_liv
     assert style == "#ffd75f"
     old = datetime(2026, 11, 28, 11, 59, 45, tzinfo=UTC)
     assert heartbeat_cell(now, old, False, live_heartbeats=False, late=True)[1] == "bold #ff8787"
+
+
+async def test_two_relays_whose_providers_issue_the_same_session_id_each_keep_their_row() -> None:
+    base = snapshots("fleet")[0]
+    files, search = base.mcp.clients
+    session = base.mcp.sessions[0]
+    twin = session.model_copy(update={"client_id": search.id, "method": "resources/read"})
+    assert twin.id == session.id
+    mcp = base.mcp.model_copy(update={"sessions": [session, twin]})
+    feed = FrozenFeed.holding([base.model_copy(update={"mcp": mcp})])
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("3")
+        table = app.screen.query_one("#mcp-sessions", FleetTable)
+        rows = {key: (s.client_id, s.method) for key, s in table.items.items()}
+        assert rows == {
+            f"{files.id}/{session.id}": (files.id, "tools/call"),
+            f"{search.id}/{session.id}": (search.id, "resources/read"),
+        }
+        await pilot.press("slash", *search.name)
+        await pilot.pause()
+        assert row_ids(app, "mcp-sessions") == [f"{search.id}/{session.id}"]
+        await pilot.press("escape")
+        table.update([session])  # the twin ended: the other relay's session stays
+        assert row_ids(app, "mcp-sessions") == [f"{files.id}/{session.id}"]

@@ -328,7 +328,7 @@ async def test_slash_filters_the_models_tab_and_escape_clears_it() -> None:
         await pilot.press("escape")
         assert len(table(app, "models-table").order) == 3
         await pilot.press("3", "slash", *"sess-7f", "enter")
-        assert table(app, "mcp-sessions").order == ["sess-7f3a"]
+        assert table(app, "mcp-sessions").order == ["m-files/sess-7f3a"]
         assert table(app, "mcp-relays").order == []
 
 
