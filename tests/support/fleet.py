@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import openai
 from aiohttp import web
 from redis import asyncio as aioredis
 
@@ -154,6 +155,11 @@ async def instance(
         yield RunningServer(app=app, url=f"http://127.0.0.1:{port}")
     finally:
         await runner.cleanup()
+
+
+def client_of(server: RunningServer) -> openai.AsyncOpenAI:
+    """The official openai SDK calling the instance (no retries: a test sees every error)."""
+    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
 
 
 def federated(server: RunningServer) -> FederatedState:

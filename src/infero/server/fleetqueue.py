@@ -5,7 +5,8 @@ fleet-wide sequence number (`INCR {infero}:queue-seq`), the member `<instance>/<
 (the waiter's instance, its id there, and when it joined, in Unix milliseconds). The set
 `{infero}:queues` names the models with waiters. A request that queues costs a constant number
 of Redis commands (join: one script; each time it may take a slot: one; leave: one); one that
-does not queue costs none.
+does not queue costs none. Each script may run twice to the same effect: the client sends a
+command again after a connection error, so one whose answer was lost runs again.
 
 Only the fleet's head may take a slot: when capacity may be free (a local release, a wake
 message from another instance, a fresher view of the others) the oldest local waiter of a model
@@ -57,13 +58,17 @@ Failure = REDIS_FAILURES
 """What a Redis call raises when Redis cannot be reached or answered badly."""
 
 _JOIN = """
+local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if score then return tonumber(score) end
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[1], seq, ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[3])
 return seq
 """
-"""Join a queue unless it holds QUEUE_MAX waiters: the new sequence number, or -1."""
+"""Join a queue unless it holds QUEUE_MAX waiters: the new sequence number, or -1. A member
+already in the queue keeps its number: the script sent again after its answer was lost (the
+client retries on a new connection) neither moves the waiter to the tail nor refuses it."""
 
 _HEAD = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])

@@ -29,6 +29,7 @@ from support.fleet import (
     redis_server,
     server_process,
 )
+from support.reply_dropper import reply_dropper
 from support.server import RunningServer
 
 ANSWER = b'{"id":"x","object":"chat.completion","created":1,"model":"m","choices":[]}'
@@ -300,61 +301,8 @@ async def test_counts_wait_while_redis_is_away_and_are_shown_meanwhile(tmp_path:
             await redis.aclose()
 
 
-class ReplyDropper:
-    """A TCP proxy to Redis that, once armed, swallows the next reply and closes that
-    connection (the command ran at Redis; its client sees the connection lost)."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.armed = False
-        self.dropped = 0
-        self.server: asyncio.Server | None = None
-
-    @property
-    def url(self) -> str:
-        assert self.server is not None
-        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-
-    async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
-
-    async def _serve(self, client_r: asyncio.StreamReader, client_w: asyncio.StreamWriter) -> None:
-        redis_r, redis_w = await asyncio.open_connection("127.0.0.1", self.port)
-
-        async def upstream() -> None:
-            while data := await client_r.read(65536):
-                redis_w.write(data)
-                await redis_w.drain()
-
-        async def downstream() -> None:
-            while data := await redis_r.read(65536):
-                if self.armed:
-                    self.armed = False
-                    self.dropped += 1
-                    return
-                client_w.write(data)
-                await client_w.drain()
-
-        tasks = [asyncio.create_task(upstream()), asyncio.create_task(downstream())]
-        await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for writer in (client_w, redis_w):
-            writer.close()
-            with contextlib.suppress(OSError):
-                await writer.wait_closed()
-
-
 async def test_a_flush_whose_answer_was_lost_is_counted_once(tmp_path: Path) -> None:
-    async with redis_server(tmp_path) as server:
-        proxy = ReplyDropper(server.port)
-        await proxy.start()
+    async with redis_server(tmp_path) as server, reply_dropper(server.port) as proxy:
         redis = aioredis.from_url(server.url)
         through = aioredis.from_url(proxy.url)
         try:
@@ -382,7 +330,6 @@ async def test_a_flush_whose_answer_was_lost_is_counted_once(tmp_path: Path) -> 
         finally:
             await through.aclose()
             await redis.aclose()
-            await proxy.close()
 
 
 def _finished(
@@ -402,19 +349,6 @@ def _finished(
     )
 
 
-async def listening(url: str) -> None:
-    """Return once a server process answers `/healthz` (bound it with a timeout)."""
-    async with aiohttp.ClientSession() as http:
-        while True:
-            try:
-                async with http.get(url + "/healthz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientConnectionError:
-                pass
-            await asyncio.sleep(0.1)  # polling a port with a bound: no event to wait on
-
-
 def linked_at(server: RunningServer, url: str) -> bool:
     """The instance sees w1 idle at instance A listening at `url`."""
     lease = federated(server).membership.peers.get("A")
@@ -425,7 +359,7 @@ async def test_a_killed_server_process_loses_only_its_unflushed_counts(tmp_path:
     async with redis_server(tmp_path) as redis, instance(redis.url, "B") as b:
         for served_before in (0, 2):  # A's first process, then a new one after kill -9
             async with server_process(redis.url, "A") as a, asyncio.timeout(STARTUP + 20):
-                await listening(a.url)
+                await a.started()
                 async with (
                     scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
                     answering(conn),

@@ -20,6 +20,7 @@ from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
     ServerProcess,
+    client_of,
     connector_process,
     federated,
     instance,
@@ -163,10 +164,6 @@ async def test_a_sentinel_failover_after_the_master_is_killed_is_followed_withou
                 await view.until(
                     lambda s: any(w.id == "w1" and w.status == "draining" for w in s.workers)
                 )
-
-
-def client_of(server: RunningServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
 
 
 async def chat(client: openai.AsyncOpenAI) -> str:

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from types import SimpleNamespace
-from typing import cast
+from typing import Any, cast
 
 import aiohttp
 import openai
@@ -21,21 +21,27 @@ from aiohttp import web
 from openai.types.chat import ChatCompletion
 from redis import asyncio as aioredis
 
-from infero.server import fleetqueue
-from infero.server.fleetqueue import queue_key
+from infero.server import fleetqueue, redisclient
+from infero.server.changes import ChangeFeed
+from infero.server.fleetqueue import FleetQueue, FleetTicket, queue_key
 from infero.server.peer import Reservations
-from infero.server.shared import Route
+from infero.server.redisclient import connect
+from infero.server.shared import QueueFull, Route
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
 from support.connector import scripted_connector
 from support.fleet import (
     STARTUP,
+    client_of,
     federated,
     instance,
+    queue_depth,
     redis_cluster,
     redis_server,
+    remote_inflight,
     server_process,
 )
+from support.reply_dropper import reply_dropper
 from support.server import RunningServer
 from support.statestream import StateView
 
@@ -52,10 +58,6 @@ async def chat(client: openai.AsyncOpenAI, label: str) -> ChatCompletion:
     return await client.chat.completions.create(
         model="m", messages=[{"role": "user", "content": label}]
     )
-
-
-def client_of(server: RunningServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
 
 
 class OrderedBackend:
@@ -164,23 +166,9 @@ async def real_connector(server: RunningServer, backend_url: str) -> AsyncIterat
             await task
 
 
-def remote_inflight(server: RunningServer, connector_id: str) -> int:
-    """Requests in flight on a connector of another instance, as this instance sees it."""
-    for lease in federated(server).membership.peers.values():
-        for c in lease.connectors:
-            if c.id == connector_id:
-                return c.inflight
-    return -1
-
-
 def waiting_at(server: RunningServer) -> list[str]:
     """The instance of each waiter for `m`, in fleet order, as this instance mirrors them."""
     return [e.instance for e in federated(server).queue.mirror.get("m", ())]
-
-
-def depth(server: RunningServer) -> int:
-    """Waiters for `m` in the fleet queue, as this instance mirrors it."""
-    return len(federated(server).queue.mirror.get("m", ()))
 
 
 async def all_see(servers: tuple[RunningServer, ...], count: int) -> None:
@@ -188,7 +176,7 @@ async def all_see(servers: tuple[RunningServer, ...], count: int) -> None:
     for server in servers:
 
         def seen(server: RunningServer = server) -> bool:
-            return depth(server) == count
+            return queue_depth(server) == count
 
         await server.wait_for(seen)
 
@@ -310,8 +298,8 @@ async def test_a_newcomer_never_overtakes_a_waiter_that_joined_elsewhere_a_momen
             monkeypatch.setattr(at_a_queue, "view_changed", lambda: None)
             monkeypatch.setattr(at_a_queue, "woken", lambda model, hint: None)
             waiting = asyncio.create_task(chat(at_a, "r1"))
-            await a.wait_for(lambda: depth(a) == 1)
-            assert depth(b) == 0
+            await a.wait_for(lambda: queue_depth(a) == 1)
+            assert queue_depth(b) == 0
             await conn.reply(held.id, ANSWER)
             await busy  # w1 has a free slot again, at B
             newcomer = asyncio.create_task(chat(at_b, "r2"))
@@ -350,8 +338,8 @@ async def test_a_newcomer_does_not_overtake_a_waiter_when_a_connector_becomes_re
             monkeypatch.setattr(at_b_queue, "view_changed", lambda: None)
             monkeypatch.setattr(at_b_queue, "woken", lambda model, hint: None)
             waiting = asyncio.create_task(chat(at_b, "r1"))
-            await b.wait_for(lambda: depth(b) == 1)
-            assert depth(a) == 0
+            await b.wait_for(lambda: queue_depth(b) == 1)
+            assert queue_depth(a) == 0
             await conn.status(max_concurrency=2, status="ready")  # never full: only its
             await a.wait_for(lambda: a.status("w1") == "idle")  # change of status counts
             newcomer = asyncio.create_task(chat(at_a, "r2"))
@@ -469,7 +457,7 @@ async def test_the_entries_of_a_killed_instance_are_purged_and_the_queue_moves_o
                     lambda s: any(w.id == "w1" and w.inflight == 1 for w in s.workers)
                 )
             doomed = Comments(http, b.url, "r1")
-            await a.wait_for(lambda: depth(a) == 1)
+            await a.wait_for(lambda: queue_depth(a) == 1)
             assert federated(a).queue.mirror["m"][0].instance == "B"
             r2 = Comments(http, a.url, "r2")
             await r2.first.wait()
@@ -479,7 +467,9 @@ async def test_the_entries_of_a_killed_instance_are_purged_and_the_queue_moves_o
             with pytest.raises(aiohttp.ClientError):
                 await doomed.task
             # B's lease expires (3 s), then A purges its entry: r2 heads the queue.
-            await a.wait_for(lambda: depth(a) == 1 and "B" not in federated(a).membership.peers)
+            await a.wait_for(
+                lambda: queue_depth(a) == 1 and "B" not in federated(a).membership.peers
+            )
             await conn.reply(held.id, ANSWER)
             await busy
             incoming = await conn.next_request()
@@ -579,9 +569,7 @@ async def test_an_instance_shutting_down_takes_its_waiters_out_of_the_queue(
             await stack.aclose()  # B stops: its waiter leaves the queue at once
             with pytest.raises(openai.APIError):
                 await leaving
-            await a.wait_for(
-                lambda: [e.instance for e in federated(a).queue.mirror.get("m", ())] == ["A"]
-            )
+            await a.wait_for(lambda: waiting_at(a) == ["A"])
             store = aioredis.from_url(redis.url)
             assert await store.zcard(queue_key("m")) == 1
             await store.aclose()
@@ -618,3 +606,80 @@ async def test_the_fleet_queue_works_on_a_redis_cluster(tmp_path: Path) -> None:
             await waiting
             await all_see((a, b), 0)
             assert not federated(a).queue.degraded
+
+
+def alone(redis: Any, instance_id: str, queue_max: int = 10) -> FleetQueue:
+    """The fleet queue of an instance with no connector (its waiters never take a slot)."""
+    return FleetQueue(
+        redis=redis,
+        instance_id=instance_id,
+        queue_max=queue_max,
+        queue_timeout=60.0,
+        lease_ttl=3.0,
+        changes=ChangeFeed(),
+        alive=lambda: None,
+    )
+
+
+async def join(queue: FleetQueue) -> FleetTicket:
+    return await queue.enqueue("m", frozenset(), None, local_only=False)
+
+
+@asynccontextmanager
+async def losing_a_reply(tmp_path: Path) -> AsyncIterator[tuple[Any, Any, Any]]:
+    """A Redis, the instance's client to it through a proxy that can lose a reply (the client
+    then sends the command again on a new connection), and a direct client."""
+    async with redis_server(tmp_path) as redis, reply_dropper(redis.port) as proxy:
+        through, direct = connect(proxy.url), connect(redis.url)
+        try:
+            yield proxy, through, direct
+        finally:
+            await through.aclose()
+            await direct.aclose()
+
+
+async def test_a_join_whose_answer_was_lost_keeps_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # However slow the machine, the lost answer is a connection reset (sent again), never a
+    # timeout (not sent again).
+    monkeypatch.setattr(redisclient, "REDIS_TIMEOUT", 3600.0)
+    async with losing_a_reply(tmp_path) as (proxy, through, direct), asyncio.timeout(20):
+        mine, theirs = alone(through, "A"), alone(direct, "B")
+        await (await join(mine)).leave()  # the scripts are loaded, the connection open
+        joined: list[FleetTicket] = []
+
+        async def join_at_b() -> None:
+            joined.append(await join(theirs))
+
+        proxy.meanwhile = join_at_b  # B's waiter joins after A's script ran, before its retry
+        proxy.armed = True
+        first = await join(mine)
+        assert proxy.dropped == 1
+        [second] = joined
+        assert first.seq < second.seq
+        members = [first.member.encode(), second.member.encode()]
+        assert await direct.zrange(queue_key("m"), 0, -1) == members
+        await mine.refresh()
+        assert mine.position(first) == 1
+        for ticket in (first, second):
+            await ticket.leave()
+        assert await direct.exists(queue_key("m"), fleetqueue.QUEUES) == 0
+
+
+async def test_a_join_whose_answer_was_lost_is_not_refused_for_the_place_it_took(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redisclient, "REDIS_TIMEOUT", 3600.0)
+    async with losing_a_reply(tmp_path) as (proxy, through, direct), asyncio.timeout(20):
+        mine = alone(through, "A", queue_max=1)
+        await (await join(mine)).leave()
+        proxy.armed = True
+        ticket = await join(mine)  # the last place: its own, when the script runs again
+        assert proxy.dropped == 1
+        assert await direct.zrange(queue_key("m"), 0, -1, withscores=True) == [
+            (ticket.member.encode(), float(ticket.seq))
+        ]
+        with pytest.raises(QueueFull):
+            await join(mine)
+        await ticket.leave()

@@ -22,6 +22,7 @@ from infero.server.peerlink import KEY_HEADER
 from support.connector import scripted_connector
 from support.fleet import (
     STARTUP,
+    client_of,
     federated,
     free_port,
     instance,
@@ -42,10 +43,6 @@ EVENTS = (
     b"data: [DONE]\n\n",
 )
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def client_of(server: RunningServer) -> openai.AsyncOpenAI:
-    return openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="k", max_retries=0)
 
 
 async def test_b_serves_a_connector_linked_to_a_streamed_and_not_like_a(tmp_path: Path) -> None:
