@@ -22,7 +22,7 @@ from redis import asyncio as aioredis
 
 from infero.protocol import link as lp
 from infero.server.mcp.access import token_digest
-from infero.server.mcp.fleet import RELAY_PREFIX
+from infero.server.mcp.fleet import RELAY_PREFIX, UNKNOWN_TTL
 from infero.server.membership import MEMBERS, PREFIX, Lease, RelaySummary
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import federated, free_port, instance, redis_cluster, redis_server
@@ -163,19 +163,27 @@ async def test_a_relay_linked_a_moment_ago_is_reached_before_b_reads_a_s_header(
     tmp_path: Path,
 ) -> None:
     """B's view of the other instances does not list the relay yet (as in the second before
-    its next read of A's header): B finds it in Redis, by its id lease and A's header."""
+    its next read of A's header): B finds it in Redis, by its id lease and A's header. An id
+    found nowhere is not read again for UNKNOWN_TTL (B's clock is the test's)."""
     async with (
         two_instances(tmp_path) as (redis, a, b),
         aiohttp.ClientSession(headers=ACCEPT) as http,
     ):
         tables = federated(b).relays
         tables.peers, tables.version = tuple, lambda: -1  # B has read no header of A yet
+        ticks = [1000.0]
+        tables.clock = lambda: ticks[0]
         secret = {"Authorization": "Bearer secret"}
+        url = b.url + "/api/mcp/id/r1"
         async with asyncio.timeout(15):
+            early = await http.post(url, json=CALL, headers=secret)
+            assert early.status == 503, "asked before the relay linked: B remembers the id"
             async with relay_at(a, "r1", auth_sha256=token_digest("secret")) as relay:
                 await until_key(redis.url, PREFIX + "instance:A", lists_relay("r1"))
                 assert tables.remote("r1") is None
-                url = b.url + "/api/mcp/id/r1"
+                again = await http.post(url, json=CALL, headers=secret)
+                assert again.status == 503, "within UNKNOWN_TTL of the first ask, not read again"
+                ticks[0] += UNKNOWN_TTL
                 resp = await answered(http, url, relay, json=CALL, headers=secret)
                 assert resp.status == 200
                 assert await resp.read() == RESULT

@@ -13,7 +13,10 @@ and the broker's `RelayTable`:
   `relays` summaries); the broker forwards the caller's exchange there (`forward.py`). A relay
   linked a moment ago, not yet in those leases as this instance last read them, is found by
   `locate(id)` in Redis: its id lease names its home, whose header describes it (two `GET`s,
-  only for an id the leases read do not list).
+  only for an id the leases read do not list). Lookups of one id at once share one read, and
+  an id found nowhere is not read again for UNKNOWN_TTL (at most UNKNOWN_MAX such ids kept;
+  one the leases read list meanwhile is forgotten at once), so a caller asking again and
+  again for a wrong id costs Redis about one `GET` a second.
 * **Sessions and per-method counts.** `details()` is what this instance shares of each relay
   through the change log (`membership.py`), bounded: the SHARED_SESSIONS most recently active
   sessions (the rest counted), the SHARED_FUNCTIONS most used methods (the rest under `other`),
@@ -30,6 +33,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -69,6 +74,10 @@ SHARED_FUNCTIONS = 64
 """Method names of one relay whose counts are shared (the most used; the rest under `other`)."""
 SHARED_TEXT = 200
 """Longest session id or method name shared."""
+UNKNOWN_TTL = 1.0
+"""Seconds an id that Redis placed at no other instance is answered without reading it again."""
+UNKNOWN_MAX = 4096
+"""Such ids kept at once (the oldest forgotten first)."""
 
 _CLAIM = """
 local cur = redis.call('GET', KEYS[1])
@@ -135,6 +144,7 @@ class FederatedRelays:
         version: Callable[[], int],
         client: PeerClient,
         detail: Callable[[str, str], RelayDetail | None] = lambda instance, relay: None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.local = local
         self.redis = redis
@@ -152,6 +162,12 @@ class FederatedRelays:
         self._held: dict[str, str] = {}
         """Lease values of the ids this instance claimed, by relay id."""
         self._tasks: set[asyncio.Task[None]] = set()
+        self.clock = clock
+        self._unknown: OrderedDict[str, float] = OrderedDict()
+        """Ids Redis placed at no other instance, with when they may be read again (oldest
+        first)."""
+        self._reading: dict[str, asyncio.Task[RemoteRelay | None]] = {}
+        """The read of each id being located in Redis, shared by every caller asking for it."""
         self._claim = redis.register_script(_CLAIM)
         self._renew = redis.register_script(_RENEW)
         self._release = redis.register_script(_RELEASE)
@@ -236,10 +252,47 @@ class FederatedRelays:
 
     async def locate(self, relay_id: str) -> RemoteRelay | None:
         """`remote`, else (a relay linked a moment ago) its home's lease read from Redis once:
-        the id's holder, then the holder's header (None when Redis cannot tell)."""
+        the id's holder, then the holder's header (None when Redis cannot tell). Callers asking
+        for one id at once share one read; an id found nowhere is answered None without asking
+        Redis for UNKNOWN_TTL, unless the leases read list it meanwhile."""
         found = self.remote(relay_id)
-        if found is not None or not VALID_ID.match(relay_id):
+        if found is not None:
+            self._unknown.pop(relay_id, None)  # listed now: no longer remembered as unknown
             return found
+        if not VALID_ID.match(relay_id) or self._known_unknown(relay_id):
+            return None
+        reading = self._reading.get(relay_id)
+        if reading is None:
+            reading = asyncio.create_task(self._read_home(relay_id), name="mcp-relay-locate")
+            self._reading[relay_id] = reading
+            reading.add_done_callback(lambda done: self._read_ended(relay_id, done))
+        return await asyncio.shield(reading)  # a caller leaving leaves the read to the others
+
+    def _known_unknown(self, relay_id: str) -> bool:
+        """Whether Redis placed the id at no other instance less than UNKNOWN_TTL ago."""
+        until = self._unknown.get(relay_id)
+        if until is None:
+            return False
+        if until > self.clock():
+            return True
+        del self._unknown[relay_id]
+        return False
+
+    def _read_ended(self, relay_id: str, done: asyncio.Task[RemoteRelay | None]) -> None:
+        """A read of Redis ended: an id found nowhere is kept (the oldest beyond UNKNOWN_MAX
+        forgotten)."""
+        if self._reading.get(relay_id) is done:
+            del self._reading[relay_id]
+        if done.cancelled() or done.exception() is not None or done.result() is not None:
+            return
+        self._unknown[relay_id] = self.clock() + UNKNOWN_TTL
+        self._unknown.move_to_end(relay_id)
+        while len(self._unknown) > UNKNOWN_MAX:
+            self._unknown.popitem(last=False)
+
+    async def _read_home(self, relay_id: str) -> RemoteRelay | None:
+        """The relay as its home's header in Redis describes it: the id's holder, then the
+        holder's header (None when Redis cannot tell)."""
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 held = await self.redis.get(RELAY_PREFIX + relay_id)
@@ -320,8 +373,12 @@ class FederatedRelays:
         """Release every id lease (at shutdown, all at once, within REDIS_TIMEOUT; best effort:
         they expire anyway)."""
         held, self._held = self._held, {}
+        for reading in self._reading.values():
+            reading.cancel()
         releases = (self._give_back(relay_id, value) for relay_id, value in held.items())
-        await asyncio.gather(*self._tasks, *releases, return_exceptions=True)
+        await asyncio.gather(
+            *self._tasks, *self._reading.values(), *releases, return_exceptions=True
+        )
 
     # ---- RelayTable: this instance's relays ----------------------------------------------
 
