@@ -9,7 +9,9 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -46,28 +48,50 @@ EXPECTED_ROWS = {
 }
 
 
+@dataclass
+class BenchRun:
+    """A finished `python -m bench` run and the one report it wrote."""
+
+    stdout: str
+    report: Path
+    doc: dict[str, Any]
+
+    @property
+    def rows(self) -> dict[str, set[str]]:
+        """The keys of each section's rows."""
+        return {s["key"]: {r["key"] for r in s["rows"]} for s in self.doc["sections"]}
+
+
+def run_bench(
+    out: Path, *argv: str, folder: str = "*", timeout: float, env: dict[str, str] | None = None
+) -> BenchRun:
+    """Run `python -m bench ARGV --smoke --out OUT`; it must succeed and write one report into
+    a folder of OUT named like `folder`."""
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", *argv, "--smoke", "--out", str(out)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-4000:]
+    (report,) = out.glob(f"{folder}/report.json")
+    return BenchRun(done.stdout, report, json.loads(report.read_text(encoding="utf-8")))
+
+
 def test_smoke_run_through_infero_reports_every_row_and_the_overhead_header(
     tmp_path: Path,
 ) -> None:
     """Backends, server, connectors, idle links and load generator all start, work and stop."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    (report,) = tmp_path.glob("*/report.json")
-    doc = json.loads(report.read_text(encoding="utf-8"))
-    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
-    assert rows == EXPECTED_ROWS
-    overhead = next(s for s in doc["sections"] if s["key"] == "overhead")
+    run = run_bench(tmp_path, timeout=120)
+    assert run.rows == EXPECTED_ROWS
+    overhead = next(s for s in run.doc["sections"] if s["key"] == "overhead")
     assert all(r["cells"][0] != "header missing" for r in overhead["rows"])
-    assert all(result["errors"] == 0 for result in doc["raw"].values())
-    assert "Targets" in done.stdout
-    assert (report.parent / "report.md").read_text(encoding="utf-8").startswith("smoke run")
+    assert all(result["errors"] == 0 for result in run.doc["raw"].values())
+    assert "Targets" in run.stdout
+    assert (run.report.parent / "report.md").read_text(encoding="utf-8").startswith("smoke run")
 
 
 def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
@@ -79,19 +103,8 @@ def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
         "INFERO_BENCH_STALLS": str(stalls),
         "PYTHONPATH": str(ROOT / "bench" / "stall_probe"),
     }
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--views", "--smoke", "--out", str(tmp_path / "out")],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    (report,) = tmp_path.glob("out/*/report.json")
-    doc = json.loads(report.read_text(encoding="utf-8"))
-    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
+    run = run_bench(tmp_path / "out", "--views", timeout=180, env=env)
+    doc, rows = run.doc, run.rows
     assert rows["views_stalls"] == rows["views"]
     assert set(doc["raw"]["stalls"]) == {"stalls", "gc", "frozen"}
     assert doc["raw"]["stalls"]["frozen"] > 0  # the server's own process: it froze its heap
@@ -116,19 +129,9 @@ def test_views_smoke_run_reports_every_phase_and_target(tmp_path: Path) -> None:
 
 def test_instances_smoke_run_relays_through_b_and_counts_redis_commands(tmp_path: Path) -> None:
     """Redis, instances A and B, a connector on A: every figure of `--instances 2` is produced."""
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", "--instances", "2", "--smoke", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-4000:]
-    (report,) = tmp_path.glob("*-instances2/report.json")
-    doc = json.loads(report.read_text(encoding="utf-8"))
-    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
-    assert rows == {
+    run = run_bench(tmp_path, "--instances", "2", folder="*-instances2", timeout=180)
+    doc = run.doc
+    assert run.rows == {
         "fleet_latency": {"nonstream_16_total", "stream_16_first_byte", "stream_16_total"},
         "fleet_throughput": {"stream_c2", "nonstream_c2"},
         "fleet_cpu": {
@@ -154,18 +157,8 @@ def test_instances_smoke_run_relays_through_b_and_counts_redis_commands(tmp_path
 
 def test_fleet_views_smoke_run_watches_b_while_links_churn_on_a(tmp_path: Path) -> None:
     """Redis, instances A and B, idle links on A, viewers on B: every phase is measured."""
-    argv = ["--views", "--instances", "2", "--smoke", "--out", str(tmp_path)]
-    done = subprocess.run(
-        [sys.executable, "-m", "bench", *argv],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
+    run = run_bench(
+        tmp_path, "--views", "--instances", "2", folder="*-views-instances2", timeout=180
     )
-    assert done.returncode == 0, done.stderr[-4000:]
-    (report,) = tmp_path.glob("*-views-instances2/report.json")
-    doc = json.loads(report.read_text(encoding="utf-8"))
-    rows = {s["key"]: {r["key"] for r in s["rows"]} for s in doc["sections"]}
-    assert rows == {"fleet_views": {"idle", "viewers", "churn_alone", "churn"}}
-    assert doc["raw"]["churn"]["redis_per_s"]["commands"] > 0
+    assert run.rows == {"fleet_views": {"idle", "viewers", "churn_alone", "churn"}}
+    assert run.doc["raw"]["churn"]["redis_per_s"]["commands"] > 0

@@ -9,19 +9,10 @@ import aiohttp
 import openai
 
 from support.backend import FIXED_EVENTS, HELD_FIRST, ControlledBackend, serving
-from support.fleet import STARTUP, connector_process, federated, instance, redis_server
-from support.server import RunningServer
+from support.connector import connector_process
+from support.fleet import STARTUP, client_of, instance, redis_server, remote_status
 
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
-
-
-def remote_status(server: RunningServer, connector_id: str) -> str | None:
-    """The status of a connector of another instance, as this instance sees it."""
-    for lease in federated(server).membership.peers.values():
-        for c in lease.connectors:
-            if c.id == connector_id:
-                return c.status
-    return None
 
 
 async def test_b_relays_a_real_connector_on_a_byte_for_byte_cancels_and_drains(
@@ -34,7 +25,7 @@ async def test_b_relays_a_real_connector_on_a_byte_for_byte_cancels_and_drains(
         serving(ControlledBackend()) as backend,
         connector_process(a.ws_url, backend.url, "w-proc"),
         aiohttp.ClientSession() as http,
-        openai.AsyncOpenAI(base_url=b.url + "/api/v1", api_key="k", max_retries=0) as client,
+        client_of(b) as client,
     ):
         async with asyncio.timeout(STARTUP):  # a fresh process: longer than wait_for's bound
             await b.shared.changes.wait_for(lambda: remote_status(b, "w-proc") == "idle")

@@ -1,9 +1,12 @@
-"""A scripted connector: speaks the link protocol, and the test decides every answer."""
+"""A scripted connector: speaks the link protocol, and the test decides every answer. And a
+real `infero llm` process."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -181,3 +184,31 @@ async def scripted_connector(
     finally:
         if own:
             await client.close()
+
+
+@asynccontextmanager
+async def connector_process(
+    ws_url: str, backend_url: str, connector_id: str
+) -> AsyncIterator[asyncio.subprocess.Process]:
+    """A real `infero llm` process linked to `ws_url` (killed if left running)."""
+    environ = {
+        **os.environ,
+        "SERVER_URL": ws_url,
+        "CLIENT_KEY": "ck",
+        "CLIENT_ID": connector_id,
+        "COMPLETION_BASE_URL": backend_url,
+        "RECONNECT": "true",
+    }
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        "from infero.cli import llm_main; llm_main()",
+        env=environ,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        yield proc
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()

@@ -22,6 +22,7 @@ from infero.server import tls
 from infero.server.app import create_app
 from infero.server.connections import server_runner
 from infero.server.federated import FederatedState
+from infero.server.membership import ConnectorSummary
 from support.server import RunningServer, settings
 
 PEER_KEY = "peer-secret"
@@ -227,34 +228,6 @@ async def server_process(
 
 
 @asynccontextmanager
-async def connector_process(
-    ws_url: str, backend_url: str, connector_id: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """A real `infero llm` process linked to `ws_url` (killed if left running)."""
-    environ = {
-        **os.environ,
-        "SERVER_URL": ws_url,
-        "CLIENT_KEY": "ck",
-        "CLIENT_ID": connector_id,
-        "COMPLETION_BASE_URL": backend_url,
-        "RECONNECT": "true",
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from infero.cli import llm_main; llm_main()",
-        env=environ,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
-
-
-@asynccontextmanager
 async def redis_cluster(folder: Path) -> AsyncIterator[str]:
     """A real 3-node Redis Cluster (no replicas); yields the `redis+cluster://` REDIS_ADDR."""
     nodes: list[RedisProcess] = []
@@ -300,23 +273,28 @@ async def _cluster_ok(node: RedisProcess) -> None:
         await client.aclose()
 
 
+def remote_connector(server: RunningServer, connector_id: str) -> ConnectorSummary | None:
+    """A connector of another instance, as this instance sees it (None: not seen)."""
+    peers = federated(server).membership.peers.values()
+    return next((c for lease in peers for c in lease.connectors if c.id == connector_id), None)
+
+
 def sees(server: RunningServer, connector_id: str) -> bool:
     """The instance lists a connector of another instance."""
-    return any(
-        c.id == connector_id
-        for lease in federated(server).membership.peers.values()
-        for c in lease.connectors
-    )
+    return remote_connector(server, connector_id) is not None
 
 
 def remote_inflight(server: RunningServer, connector_id: str) -> int:
     """Requests in flight on a connector of another instance, as this instance sees it (-1:
     not seen)."""
-    for lease in federated(server).membership.peers.values():
-        for c in lease.connectors:
-            if c.id == connector_id:
-                return c.inflight
-    return -1
+    connector = remote_connector(server, connector_id)
+    return -1 if connector is None else connector.inflight
+
+
+def remote_status(server: RunningServer, connector_id: str) -> str | None:
+    """The status of a connector of another instance, as this instance sees it."""
+    connector = remote_connector(server, connector_id)
+    return None if connector is None else connector.status
 
 
 def queue_depth(server: RunningServer, model: str = "m") -> int:

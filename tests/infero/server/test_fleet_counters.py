@@ -23,6 +23,7 @@ from infero.server.membership import REDIS_FAILURES
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
+    client_of,
     federated,
     instance,
     redis_cluster,
@@ -56,9 +57,7 @@ async def answering(conn: ScriptedConnector) -> AsyncIterator[None]:
 
 
 async def ask(server: RunningServer, model: str = "m") -> None:
-    async with openai.AsyncOpenAI(
-        base_url=server.url + "/api/v1", api_key="k", max_retries=0
-    ) as client:
+    async with client_of(server) as client:
         assert (await client.chat.completions.create(model=model, messages=MESSAGES)).id == "x"
 
 

@@ -16,12 +16,11 @@ import openai
 
 from infero.protocol.state import StateSnapshot
 from support.backend import ControlledBackend, serving
-from support.connector import ScriptedConnector, scripted_connector
+from support.connector import ScriptedConnector, connector_process, scripted_connector
 from support.fleet import (
     STARTUP,
     ServerProcess,
     client_of,
-    connector_process,
     federated,
     instance,
     queue_depth,

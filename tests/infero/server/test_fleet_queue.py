@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -29,7 +30,7 @@ from infero.server.redisclient import connect
 from infero.server.shared import QueueFull, Route
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
-from support.connector import scripted_connector
+from support.connector import Incoming, ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
     client_of,
@@ -171,6 +172,26 @@ def waiting_at(server: RunningServer) -> list[str]:
     return [e.instance for e in federated(server).queue.mirror.get("m", ())]
 
 
+@dataclass
+class Busy:
+    """A connector's one slot, taken by a call held there until `free`."""
+
+    conn: ScriptedConnector
+    call: asyncio.Task[ChatCompletion]
+    held: Incoming
+
+    async def free(self) -> None:
+        """Answer the held call: the slot is free again."""
+        await self.conn.reply(self.held.id, ANSWER)
+        await self.call
+
+
+async def occupy(conn: ScriptedConnector, client: openai.AsyncOpenAI, label: str = "r0") -> Busy:
+    """Call through `client` and hold the call at `conn` (its one slot taken)."""
+    call = asyncio.create_task(chat(client, label))
+    return Busy(conn, call, await conn.next_request())
+
+
 async def all_see(servers: tuple[RunningServer, ...], count: int) -> None:
     """Return once every instance mirrors `count` waiters for `m`."""
     for server in servers:
@@ -290,8 +311,7 @@ async def test_a_newcomer_never_overtakes_a_waiter_that_joined_elsewhere_a_momen
     ):
         async with asyncio.timeout(20):
             await a.wait_for(lambda: a.shared.dispatcher.known("m", None))
-            busy = asyncio.create_task(chat(at_b, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_b)
             await a.wait_for(lambda: remote_inflight(a, "w1") == 1)  # A queues r1 itself
             at_a_queue = federated(a).queue
             # A's waiter stays put until the test lets it try (no race with the newcomer).
@@ -300,8 +320,7 @@ async def test_a_newcomer_never_overtakes_a_waiter_that_joined_elsewhere_a_momen
             waiting = asyncio.create_task(chat(at_a, "r1"))
             await a.wait_for(lambda: queue_depth(a) == 1)
             assert queue_depth(b) == 0
-            await conn.reply(held.id, ANSWER)
-            await busy  # w1 has a free slot again, at B
+            await busy.free()  # w1 has a free slot again, at B
             newcomer = asyncio.create_task(chat(at_b, "r2"))
             arrival = asyncio.create_task(conn.next_request())
             queued = asyncio.create_task(b.wait_for(lambda: waiting_at(b) == ["A", "B"]))
@@ -370,8 +389,7 @@ async def test_queue_max_counts_every_instances_waiters(tmp_path: Path) -> None:
     ):
         async with asyncio.timeout(20):
             await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
-            busy = asyncio.create_task(chat(at_a, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_a)
             waiting = [asyncio.create_task(chat(at_a, "r1"))]
             await all_see((a, b), 1)
             waiting.append(asyncio.create_task(chat(at_b, "r2")))
@@ -380,8 +398,7 @@ async def test_queue_max_counts_every_instances_waiters(tmp_path: Path) -> None:
                 with pytest.raises(openai.RateLimitError) as refused:
                     await chat(client, "r3")
                 assert refused.value.code == "queue_full"
-            await conn.reply(held.id, ANSWER)
-            await busy
+            await busy.free()
             for _ in waiting:
                 incoming = await conn.next_request()
                 await conn.reply(incoming.id, ANSWER)
@@ -399,16 +416,14 @@ async def test_queue_timeout_ends_a_waiter_and_frees_its_place_everywhere(tmp_pa
     ):
         async with asyncio.timeout(20):
             await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
-            busy = asyncio.create_task(chat(at_a, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_a)
             await b.wait_for(lambda: remote_inflight(b, "w1") == 1)  # B queues it, not A
             with pytest.raises(openai.InternalServerError) as refused:
                 await chat(at_b, "r1")
             assert refused.value.status_code == 503
             assert refused.value.code == "queue_timeout"
             await all_see((a, b), 0)
-            await conn.reply(held.id, ANSWER)
-            await busy
+            await busy.free()
 
 
 async def test_a_waiter_wakes_when_a_connector_of_another_instance_becomes_ready(
@@ -450,8 +465,7 @@ async def test_the_entries_of_a_killed_instance_are_purged_and_the_queue_moves_o
         async with asyncio.timeout(STARTUP):
             await a.wait_for(lambda: "B" in federated(a).membership.peers)
         async with asyncio.timeout(30):
-            busy = asyncio.create_task(chat(at_a, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_a)
             async with http.get(b.url + "/api/state/stream") as stream:
                 await StateView(stream).until(  # B knows w1 is busy: it queues r1 itself
                     lambda s: any(w.id == "w1" and w.inflight == 1 for w in s.workers)
@@ -470,8 +484,7 @@ async def test_the_entries_of_a_killed_instance_are_purged_and_the_queue_moves_o
             await a.wait_for(
                 lambda: queue_depth(a) == 1 and "B" not in federated(a).membership.peers
             )
-            await conn.reply(held.id, ANSWER)
-            await busy
+            await busy.free()
             incoming = await conn.next_request()
             assert json.loads(incoming.body)["messages"][0]["content"] == "r2"
             await conn.reply(incoming.id, ANSWER)
@@ -497,15 +510,14 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
             assert "new waiters use this instance's own queue" in caplog.text
             await b.wait_for(lambda: federated(b).membership.degraded)
             assert "Redis is unreachable" in caplog.text
-            busy = asyncio.create_task(chat(at_b, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_b)
             waiting = asyncio.create_task(chat(at_b, "r1"))
             await b.wait_for(lambda: b.queue_len("m") == 1)
             assert federated(b).local.scheduler.queue_len("m") == 1  # this instance's own queue
-            await conn.reply(held.id, ANSWER)
+            await busy.free()
             incoming = await conn.next_request()
             await conn.reply(incoming.id, ANSWER)
-            await asyncio.gather(busy, waiting)
+            await waiting
 
             await redis.start()
             await b.wait_for(lambda: not federated(b).queue_degraded())
@@ -513,14 +525,13 @@ async def test_without_redis_waiters_use_the_local_queue_and_the_fleet_queue_hea
             await a.wait_for(
                 lambda: not federated(a).queue_degraded() and "B" in federated(a).membership.peers
             )
-            busy = asyncio.create_task(chat(at_b, "r2"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_b, "r2")
             waiting = asyncio.create_task(chat(at_b, "r3"))
             await all_see((a, b), 1)  # in the fleet queue again: A sees it
-            await conn.reply(held.id, ANSWER)
+            await busy.free()
             incoming = await conn.next_request()
             await conn.reply(incoming.id, ANSWER)
-            await asyncio.gather(busy, waiting)
+            await waiting
 
 
 async def test_a_reserved_slot_not_claimed_in_time_is_freed() -> None:
@@ -559,8 +570,7 @@ async def test_an_instance_shutting_down_takes_its_waiters_out_of_the_queue(
         at_b = await stack.enter_async_context(client_of(b))
         async with asyncio.timeout(20):
             await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
-            busy = asyncio.create_task(chat(at_a, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_a)
             await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
             leaving = asyncio.create_task(chat(at_b, "r1"))
             await all_see((a, b), 1)
@@ -573,8 +583,7 @@ async def test_an_instance_shutting_down_takes_its_waiters_out_of_the_queue(
             store = aioredis.from_url(redis.url)
             assert await store.zcard(queue_key("m")) == 1
             await store.aclose()
-            await conn.reply(held.id, ANSWER)
-            await busy
+            await busy.free()
             incoming = await conn.next_request()
             assert json.loads(incoming.body)["messages"][0]["content"] == "r2"
             await conn.reply(incoming.id, ANSWER)
@@ -592,14 +601,12 @@ async def test_the_fleet_queue_works_on_a_redis_cluster(tmp_path: Path) -> None:
     ):
         async with asyncio.timeout(20):
             await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
-            busy = asyncio.create_task(chat(at_a, "r0"))
-            held = await conn.next_request()
+            busy = await occupy(conn, at_a)
             await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
             waiting = asyncio.create_task(chat(at_b, "r1"))
             await all_see((a, b), 1)  # joined by script, read by pipeline, on the cluster
             assert waiting_at(a) == ["B"]
-            await conn.reply(held.id, ANSWER)
-            await busy
+            await busy.free()
             incoming = await conn.next_request()
             assert json.loads(incoming.body)["messages"][0]["content"] == "r1"
             await conn.reply(incoming.id, ANSWER)

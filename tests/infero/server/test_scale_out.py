@@ -19,7 +19,7 @@ from infero.protocol import link as lp
 from infero.server.app import create_app
 from infero.server.membership import MEMBERS, PREFIX, ConnectorSummary, Lease
 from infero.server.peerlink import KEY_HEADER
-from support.connector import scripted_connector
+from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
     client_of,
@@ -28,6 +28,7 @@ from support.fleet import (
     instance,
     redis_cluster,
     redis_server,
+    remote_inflight,
     sees,
     server_process,
 )
@@ -43,6 +44,16 @@ EVENTS = (
     b"data: [DONE]\n\n",
 )
 MESSAGES: list[openai.types.chat.ChatCompletionMessageParam] = [{"role": "user", "content": "hi"}]
+
+
+async def one_call_served(
+    client: openai.AsyncOpenAI, conn: ScriptedConnector, model: str = "m"
+) -> None:
+    """A chat call through `client` reaches `conn`, and its answer comes back."""
+    call = asyncio.create_task(client.chat.completions.create(model=model, messages=MESSAGES))
+    incoming = await conn.next_request()
+    await conn.reply(incoming.id, ANSWER)
+    assert (await call).id == "x"
 
 
 async def test_b_serves_a_connector_linked_to_a_streamed_and_not_like_a(tmp_path: Path) -> None:
@@ -166,12 +177,7 @@ async def test_redis_down_leaves_each_instance_its_own_links_and_the_view_heals(
             async with http.get(b.url + "/api/state") as resp:
                 assert (await resp.json())["server"]["degraded"] is True
             async with client_of(b) as client:
-                call = asyncio.create_task(
-                    client.chat.completions.create(model="m-b", messages=MESSAGES)
-                )
-                incoming = await own.next_request()
-                await own.reply(incoming.id, ANSWER)
-                assert (await call).id == "x"
+                await one_call_served(client, own, "m-b")
             await b.wait_for(lambda: not sees(b, "w1"))  # A's lease may have expired meanwhile
         await redis.start()  # empty: every instance re-announces itself
         async with asyncio.timeout(15):
@@ -193,12 +199,7 @@ async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Pat
             async with asyncio.timeout(10):
                 await b.wait_for(lambda: sees(b, "w1"))
                 async with client_of(b) as client:
-                    call = asyncio.create_task(
-                        client.chat.completions.create(model="m", messages=MESSAGES)
-                    )
-                    incoming = await conn.next_request()
-                    await conn.reply(incoming.id, ANSWER)
-                    assert (await call).id == "x"
+                    await one_call_served(client, conn)
                 body = {"model": "m", "stream": True, "messages": MESSAGES}
                 async with aiohttp.ClientSession() as http:
                     streaming = asyncio.create_task(
@@ -250,29 +251,12 @@ async def test_a_home_that_cannot_be_reached_fails_over_to_another_connector(
             body = {"model": "m", "messages": MESSAGES}
             held = asyncio.create_task(http.post(a.url + "/api/v1/chat/completions", json=body))
             first = await conn.next_request()  # w1 is half busy: the ghost's wx looks less busy
-            await b.wait_for(lambda: sees(b, "wx") and _inflight(b, "w1") == 1)
+            await b.wait_for(lambda: sees(b, "wx") and remote_inflight(b, "w1") == 1)
             async with client_of(b) as client:
-                call = asyncio.create_task(
-                    client.chat.completions.create(model="m", messages=MESSAGES)
-                )
-                incoming = await conn.next_request()
-                await conn.reply(incoming.id, ANSWER)
-                assert (await call).id == "x"
+                await one_call_served(client, conn)
             assert "connector wx failed before answering (link_lost)" in caplog.text
             await conn.reply(first.id, ANSWER)
             (await held).release()
-
-
-def _inflight(server: RunningServer, connector_id: str) -> int:
-    return next(
-        (
-            c.inflight
-            for lease in federated(server).membership.peers.values()
-            for c in lease.connectors
-            if c.id == connector_id
-        ),
-        -1,
-    )
 
 
 def test_redis_addr_needs_a_peer_key_and_a_redis_url() -> None:
@@ -305,10 +289,7 @@ async def test_instances_find_redis_through_a_sentinel(tmp_path: Path) -> None:
     ):
         async with asyncio.timeout(15):
             await b.wait_for(lambda: sees(b, "w1"))
-            call = asyncio.create_task(client.chat.completions.create(model="m", messages=MESSAGES))
-            incoming = await conn.next_request()
-            await conn.reply(incoming.id, ANSWER)
-            assert (await call).id == "x"
+            await one_call_served(client, conn)
 
 
 async def test_instances_share_a_redis_cluster(tmp_path: Path) -> None:
@@ -321,7 +302,4 @@ async def test_instances_share_a_redis_cluster(tmp_path: Path) -> None:
     ):
         async with asyncio.timeout(15):
             await b.wait_for(lambda: sees(b, "w1"))
-            call = asyncio.create_task(client.chat.completions.create(model="m", messages=MESSAGES))
-            incoming = await conn.next_request()
-            await conn.reply(incoming.id, ANSWER)
-            assert (await call).id == "x"
+            await one_call_served(client, conn)

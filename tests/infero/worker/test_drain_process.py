@@ -3,48 +3,17 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import sys
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 
 import aiohttp
 import openai
 
 from support.backend import ControlledBackend, serving
+from support.connector import connector_process
 from support.server import RunningServer, running_server
 
 STARTUP = 20.0
 """Seconds for a fresh Python process to import infero and register (busy 2-core machine)."""
-
-
-@asynccontextmanager
-async def connector_process(
-    server: RunningServer, backend_url: str, **env: str
-) -> AsyncIterator[asyncio.subprocess.Process]:
-    """`infero llm --reconnect` as id `w-proc`; killed if the test leaves it running."""
-    environ = {
-        **os.environ,
-        "SERVER_URL": server.ws_url,
-        "CLIENT_KEY": "ck",
-        "CLIENT_ID": "w-proc",
-        "COMPLETION_BASE_URL": backend_url,
-        "RECONNECT": "true",
-        **env,
-    }
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        "from infero.cli import llm_main; llm_main()",
-        env=environ,
-        stderr=asyncio.subprocess.DEVNULL,
-    )
-    try:
-        yield proc
-    finally:
-        if proc.returncode is None:
-            proc.kill()
-            await proc.wait()
 
 
 def status_is(server: RunningServer, status: str) -> Callable[[], bool]:
@@ -58,7 +27,7 @@ async def test_a_connector_process_drained_by_the_server_stays_linked_and_undrai
     async with (
         running_server(client_key="ck", api_key="ak", operator_key="op") as server,
         serving(ControlledBackend()) as backend,
-        connector_process(server, backend.url) as proc,
+        connector_process(server.ws_url, backend.url, "w-proc") as proc,
         aiohttp.ClientSession(headers={"Authorization": "Bearer op"}) as http,
     ):
         client = openai.AsyncOpenAI(base_url=server.url + "/api/v1", api_key="ak", max_retries=0)
