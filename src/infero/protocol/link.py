@@ -1,7 +1,8 @@
 """The connector link (server <-> `infero llm`), protocol version 1. See docs/protocol.md.
 
 Text frames carry one JSON object with a `type` tag (the models below). Body bytes travel
-in binary frames: 1 byte kind, 4 bytes stream id (big-endian), then the payload.
+in binary frames: 1 byte kind, 4 bytes stream id (big-endian), then the payload. On the peer
+link a small request may travel whole in one binary frame (`REQUEST_WITH_BODY`).
 """
 
 from __future__ import annotations
@@ -237,6 +238,9 @@ REQUEST_BODY = 1
 """Server -> connector: request body bytes."""
 RESPONSE_BODY = 2
 """Connector -> server: response body bytes."""
+REQUEST_WITH_BODY = 3
+"""Peer link only, asking instance -> home: a `request` frame and its whole body in one
+frame (payload: 4-byte big-endian length of the frame's JSON, the JSON, then the body)."""
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
@@ -256,6 +260,33 @@ def unpack_body(frame: bytes) -> tuple[int, int, memoryview]:
     if len(frame) < HEADER_SIZE:
         raise BadFrame("binary frame shorter than its header")
     kind, stream_id = _HEADER.unpack_from(frame)
-    if kind not in (REQUEST_BODY, RESPONSE_BODY):
+    if kind not in (REQUEST_BODY, RESPONSE_BODY, REQUEST_WITH_BODY):
         raise BadFrame(f"unknown binary frame kind {kind}")
     return kind, stream_id, memoryview(frame)[HEADER_SIZE:]
+
+
+_LENGTH = struct.Struct(">I")
+
+
+def pack_request(frame: Request, body: bytes | bytearray) -> bytes:
+    """A `REQUEST_WITH_BODY` frame: the request and its whole body (`frame.body_len` bytes)."""
+    head = encode(frame).encode()
+    return b"".join(
+        (_HEADER.pack(REQUEST_WITH_BODY, frame.id), _LENGTH.pack(len(head)), head, body)
+    )
+
+
+def unpack_request(payload: memoryview) -> tuple[Request, memoryview]:
+    """The request and body of a `REQUEST_WITH_BODY` frame's payload; raise `BadFrame` when
+    malformed (the body's length is the caller's to check against `body_len`)."""
+    if len(payload) < _LENGTH.size:
+        raise BadFrame("request frame shorter than its length")
+    (size,) = _LENGTH.unpack_from(payload)
+    end = _LENGTH.size + size
+    if len(payload) < end:
+        raise BadFrame("request frame shorter than its JSON")
+    try:
+        frame = Request.model_validate_json(bytes(payload[_LENGTH.size : end]))
+    except ValueError as exc:
+        raise BadFrame(f"bad request frame: {exc}") from None
+    return frame, payload[end:]

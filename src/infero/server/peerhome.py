@@ -303,18 +303,35 @@ class HomeLink:
         with contextlib.suppress(ConnectionError):
             self.put_now([(OP_TEXT, lp.encode(end).encode())])
 
-    def _open(self, frame: lp.Request) -> None:
+    def _open(self, frame: lp.Request) -> PeerStream | None:
+        """The stream a Request opens (started at once if it has no body), None if refused."""
         if frame.id in self.streams:
             logger.warning("peer link from %s: stream %s opened twice", self.peername, frame.id)
-            return
+            return None
         if len(self.streams) >= self.max_streams:
             self._refuse(frame.id, "busy", f"{self.max_streams} streams open on this link")
-            return
+            return None
         if frame.body_len > self.max_body:
             self._refuse(frame.id, "invalid", "request body over MAX_BODY_BYTES")
-            return
+            return None
         stream = self.streams[frame.id] = PeerStream(self, frame)
         if not frame.body_len:
+            self._start(stream)
+        return stream
+
+    def _open_whole(self, sid: int, payload: memoryview) -> None:
+        """A request and its whole body in one frame."""
+        try:
+            frame, body = lp.unpack_request(payload)
+        except lp.BadFrame as exc:
+            logger.warning("peer link from %s: %s", self.peername, exc)
+            return
+        if frame.id != sid or len(body) != frame.body_len:
+            logger.warning("peer link from %s: stream %s: bad request frame", self.peername, sid)
+            return
+        stream = self._open(frame)
+        if stream is not None and body:
+            stream.body += body
             self._start(stream)
 
     def _start(self, stream: PeerStream) -> None:
@@ -331,6 +348,9 @@ class HomeLink:
                         kind, sid, payload = lp.unpack_body(msg.data)
                     except lp.BadFrame as exc:
                         logger.warning("peer link from %s: %s", self.peername, exc)
+                        continue
+                    if kind == lp.REQUEST_WITH_BODY:
+                        self._open_whole(sid, payload)
                         continue
                     stream = streams.get(sid)
                     if kind != lp.REQUEST_BODY or stream is None or stream.task is not None:

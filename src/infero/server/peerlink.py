@@ -2,8 +2,9 @@
 
 The link is dialed on first use (`GET {INSTANCE_ADDR}/api/peer/v1/link`, key in
 `X-Infero-Peer-Key`) and kept; each request to the peer is a stream on it, with the connector
-link's frames in the other direction (this instance sends Request, body, Credit and Cancel;
-the peer answers Head, body and End: see docs/protocol.md, "Peer link"). A link that drops
+link's frames in the other direction (this instance sends Request and body, in one frame when
+the body is small, Credit and Cancel; the peer answers Head, body and End: see
+docs/protocol.md, "Peer channel"). A link that drops
 fails its streams at once (`link_lost`: retryable before the answer's head) and is dialed
 again on the next request, no sooner than its backoff allows. WebSocket pings every
 `HEARTBEAT` seconds close a link whose peer stopped answering.
@@ -45,6 +46,8 @@ CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
 """A failed dial waits this long (doubling from `BACKOFF_MIN`) before the next one."""
+INLINE_BODY = 64 * 1024
+"""Request bodies up to this size leave with their `request` frame, in one binary frame."""
 REFUSAL_LIMIT = 64 * 1024
 """Bytes of a home's retryable error answer kept for its message."""
 
@@ -202,6 +205,9 @@ class PeerLink:
             model=model,
         )
         try:
+            if len(body) <= INLINE_BODY:  # one frame, one write
+                await ws.send_bytes(lp.pack_request(frame, body))
+                return exchange
             await ws.send_str(lp.encode(frame))
             view = memoryview(body)
             for start in range(0, len(body), lp.BODY_CHUNK):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 from pathlib import Path
 
 import aiohttp
+import pytest
 
 from infero.protocol import link as lp
 from infero.server.peer import PEER_HOME
@@ -111,3 +113,55 @@ async def test_streams_beyond_a_link_s_limit_are_refused_busy_at_either_end(
             await conn.reply(first.id, b'{"id": "x"}')
             async with await held as resp:
                 assert resp.status == 200
+
+
+async def test_small_and_large_request_bodies_reach_the_connector_whole(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    whole: list[int] = []  # body sizes sent in one frame with their request
+    pack = lp.pack_request
+
+    def counted(frame: lp.Request, body: bytes | bytearray) -> bytes:
+        whole.append(len(body))
+        return pack(frame, body)
+
+    monkeypatch.setattr(lp, "pack_request", counted)
+    small = {**BODY, "user": "s" * 1000}  # one frame with its request on the peer link
+    large = {**BODY, "user": "l" * (2 * lp.BODY_CHUNK)}  # request frame, then body frames
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            for body in (small, large, small):
+                sent = json.dumps(body).encode()
+                call = asyncio.create_task(
+                    http.post(
+                        b.url + "/api/v1/chat/completions",
+                        data=sent,
+                        headers={"Content-Type": "application/json"},
+                    )
+                )
+                incoming = await conn.next_request()
+                assert incoming.body == sent
+                await conn.reply(incoming.id, b'{"id": "x"}')
+                async with await call as resp:
+                    assert resp.status == 200
+                    assert await resp.read() == b'{"id": "x"}'
+        assert len(whole) == 2
+        assert all(size < 2000 for size in whole)
+
+
+def test_a_request_with_its_body_in_one_frame_decodes_back() -> None:
+    frame = lp.Request(id=7, path="/relay/chat/completions", body_len=3, model="m")
+    kind, sid, payload = lp.unpack_body(lp.pack_request(frame, b"abc"))
+    assert (kind, sid) == (lp.REQUEST_WITH_BODY, 7)
+    decoded, body = lp.unpack_request(payload)
+    assert decoded == frame
+    assert bytes(body) == b"abc"
+    with pytest.raises(lp.BadFrame):
+        lp.unpack_request(payload[:10])
