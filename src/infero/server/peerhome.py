@@ -327,7 +327,8 @@ class HomeLink:
             logger.warning("peer link from %s: %s", self.peername, exc)
             return
         if frame.id != sid or len(body) != frame.body_len:
-            logger.warning("peer link from %s: stream %s: bad request frame", self.peername, sid)
+            if sid not in self.streams:
+                self._refuse(sid, "invalid", "request body not as announced")
             return
         stream = self._open(frame)
         if stream is not None and body:

@@ -12,8 +12,9 @@ import pytest
 
 from infero.protocol import link as lp
 from infero.server.peer import PEER_HOME
+from infero.server.peerlink import KEY_HEADER, LINK_PATH
 from support.connector import scripted_connector
-from support.fleet import federated, instance, redis_server
+from support.fleet import PEER_KEY, federated, instance, redis_server
 from support.server import RunningServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
@@ -165,3 +166,28 @@ def test_a_request_with_its_body_in_one_frame_decodes_back() -> None:
     assert bytes(body) == b"abc"
     with pytest.raises(lp.BadFrame):
         lp.unpack_request(payload[:10])
+
+
+async def test_a_whole_request_whose_body_is_not_as_announced_is_refused(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            ws = await http.ws_connect(
+                a.url + LINK_PATH, headers={KEY_HEADER: PEER_KEY}, max_msg_size=lp.MAX_FRAME
+            )
+            frame = lp.Request(id=3, path="/queue/wake", body_len=10)
+            await ws.send_bytes(lp.pack_request(frame, b"{}"))  # 2 bytes, not 10
+            end = lp.CONNECTOR_FRAMES.validate_json(await ws.receive_str())
+            assert isinstance(end, lp.End)
+            assert end.id == 3
+            assert end.error is not None
+            assert end.error.code == "invalid"
+            frame = lp.Request(id=4, path="/queue/wake", body_len=2)
+            await ws.send_bytes(lp.pack_request(frame, b"{}"))  # as announced: served
+            head = lp.CONNECTOR_FRAMES.validate_json(await ws.receive_str())
+            assert isinstance(head, lp.Head)
+            assert (head.id, head.status) == (4, 200)
+            await ws.close()
