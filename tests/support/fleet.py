@@ -136,8 +136,9 @@ async def redis_server(folder: Path) -> AsyncIterator[RedisProcess]:
 async def instance(
     redis_url: str, instance_id: str, **overrides: Any
 ) -> AsyncIterator[RunningServer]:
-    """A server instance in this process on a real port, sharing `redis_url`."""
-    port = free_port()
+    """A server instance in this process on a real port (`port=`, else a free one), sharing
+    `redis_url`."""
+    port = int(overrides.pop("port", 0)) or free_port()
     values: dict[str, Any] = {
         "redis_addr": redis_url,
         "peer_key": PEER_KEY,

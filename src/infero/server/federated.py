@@ -569,6 +569,7 @@ class FederatedState:
             details=lambda: self.relays.details(),
         )
         self.membership.listeners.append(self._peer_changed)
+        self.membership.departures.append(self._peer_left)
         self.relays = FederatedRelays(
             local.relays,
             redis=redis,
@@ -672,6 +673,12 @@ class FederatedState:
         """A connector of another instance changed: if it may take work now, heads try."""
         if after is not None and after.serving and after.inflight < after.capacity:
             self.queue.view_changed()
+
+    def _peer_left(self, lease: Lease) -> None:
+        """Another instance left the fleet: its link goes, unless a live peer took its address
+        (restarted under a new id before the old lease expired)."""
+        if all(peer.address != lease.address for peer in self.membership.peers.values()):
+            self.client.forget(lease.address)
 
     def _reserve(self, model: str, connector_id: str) -> Route | None:
         worker = self.local.scheduler.try_acquire(model, frozenset(), connector_id)

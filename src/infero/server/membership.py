@@ -211,6 +211,9 @@ Change = tuple[ConnectorSummary | None, ConnectorSummary | None]
 Listener = Callable[[str, ConnectorSummary | None, ConnectorSummary | None], None]
 """Told `(instance id, before, after)` for every connector of a peer that changed."""
 
+Departure = Callable[[Lease], None]
+"""Told the last lease of a peer that left the fleet."""
+
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
@@ -400,6 +403,9 @@ class Membership:
         """The other instances' connectors by model and alias."""
         self.listeners: list[Listener] = [self.index]
         """Told of every connector of a peer that changed (appeared, changed, left)."""
+        self.departures: list[Departure] = []
+        """Told of every peer that left the fleet: its lease expired or it said goodbye (not
+        of the peers forgotten while Redis is unreachable: they may live on)."""
         self.whole_reads = 0
         """Peers' hashes read whole so far (the costly path; a figure for tests and benches)."""
         self._mirrors: dict[str, PeerMirror] = {}
@@ -706,8 +712,9 @@ class Membership:
                 listener(instance_id, before, after)
         self._view_changed()
 
-    def _drop(self, instance_id: str) -> None:
-        """A peer left (its header expired or Redis was unreachable for a TTL)."""
+    def _drop(self, instance_id: str, left: bool = True) -> None:
+        """A peer left (`left`: its header expired or it said goodbye; else Redis was
+        unreachable for a TTL)."""
         mirror = self._mirrors.pop(instance_id, None)
         self.peers.pop(instance_id, None)
         if mirror is None:
@@ -716,6 +723,9 @@ class Membership:
         for summary in mirror.connectors.values():
             for listener in self.listeners:
                 listener(instance_id, summary, None)
+        if left:
+            for departure in self.departures:
+                departure(mirror.header)
         self.header_version += 1
         self._view_changed()
 
@@ -747,8 +757,8 @@ class Membership:
             )
             self._view_changed()
         if self._mirrors and self.clock() - self._last_ok >= self.ttl:
-            for instance_id in list(self._mirrors):
-                self._drop(instance_id)  # their leases may have expired: never route to them
+            for instance_id in list(self._mirrors):  # their leases may have expired: never
+                self._drop(instance_id, left=False)  # route to them
 
     async def leave(self) -> None:
         """Remove this instance's keys at shutdown (best effort) and close the client."""

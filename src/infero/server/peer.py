@@ -50,12 +50,15 @@ PEER_HOME = web.AppKey("peer_home", HomeEndpoint)
 
 class PeerClient:
     """This instance's links to its peers (each dialed on first use, with one HTTP client
-    session); all closed at shutdown."""
+    session); a link to a peer that left the fleet is closed and dropped (`forget`), the
+    others at shutdown."""
 
     def __init__(self, peer_key: str) -> None:
         self.peer_key = peer_key
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
+        self._closing: set[asyncio.Task[None]] = set()
+        """Links being closed by `forget` (awaited at shutdown)."""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -73,6 +76,18 @@ class PeerClient:
         if link is None:
             link = self.links[address] = PeerLink(lambda: self.session, address, self.peer_key)
         return link
+
+    def forget(self, address: str) -> None:
+        """The instance at `address` left the fleet: drop its link from the table and close it
+        (its open streams fail as on a dropped link); a later request dials a new one."""
+        link = self.links.pop(address, None)
+        if link is None:
+            return
+        closing = asyncio.create_task(
+            link.close("the instance left the fleet"), name=f"peer-link-close-{address}"
+        )
+        self._closing.add(closing)
+        closing.add_done_callback(self._closing.discard)
 
     async def steer(
         self, address: str, kind: Kind, connector_id: str, action: Action, by: str
@@ -106,7 +121,7 @@ class PeerClient:
 
     async def close(self) -> None:
         """Close the links and the pooled connections."""
-        await asyncio.gather(*(link.close() for link in self.links.values()))
+        await asyncio.gather(*self._closing, *(link.close() for link in self.links.values()))
         if self._session is not None:
             await self._session.close()
 

@@ -128,6 +128,7 @@ class PeerLink:
         self._retry_at = 0.0
         self._next_stream = 0
         self.closed = False
+        self._closed_why = ""
 
     def _lost(self, why: object) -> ExchangeFailed:
         return ExchangeFailed(
@@ -143,7 +144,7 @@ class PeerLink:
             if ws is not None and not ws.closed:
                 return ws
             if self.closed:
-                raise self._lost("this instance is shutting down")
+                raise self._lost(self._closed_why)
             now = self.clock()
             if now < self._retry_at:
                 raise self._lost(f"not dialed again for {self._retry_at - now:.1f}s")
@@ -160,6 +161,9 @@ class PeerLink:
                 self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 self._retry_at = self.clock() + self._backoff
                 raise self._lost(failure or type(failure).__name__) from None
+            if self.closed:  # closed while dialing: no reader to leave behind
+                await ws.close()
+                raise self._lost(self._closed_why)
             self._backoff = 0.0
             self.dials += 1
             self._ws = ws
@@ -305,11 +309,13 @@ class PeerLink:
         for exchange in streams:
             exchange.on_lost(message)
 
-    async def close(self) -> None:
-        """Shutdown: fail the open streams, close the link, end its reader."""
+    async def close(self, why: str = "this instance is shutting down") -> None:
+        """For good (shutdown, or the peer left the fleet): fail the open streams, close the
+        link, end its reader."""
         self.closed = True
+        self._closed_why = why
         ws, reader = self._ws, self._reader
-        self._fail(self.exchanges, "this instance is shutting down")
+        self._fail(self.exchanges, why)
         if ws is not None:
             with contextlib.suppress(ConnectionError):
                 await ws.close()

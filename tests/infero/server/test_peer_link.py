@@ -13,7 +13,7 @@ import pytest
 from infero.protocol import link as lp
 from infero.server.peer import PEER_HOME
 from infero.server.peerlink import KEY_HEADER, LINK_PATH
-from support.connector import scripted_connector
+from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import PEER_KEY, federated, instance, redis_server
 from support.server import RunningServer
 
@@ -83,6 +83,50 @@ async def test_a_link_the_home_closed_is_dialed_again_and_fails_its_streams(
             async with await call as resp:
                 assert resp.status == 200
             assert federated(b).client.links[a.url].dials == 2
+
+
+async def _relay_once(
+    http: aiohttp.ClientSession, via: RunningServer, conn: ScriptedConnector
+) -> None:
+    call = asyncio.create_task(http.post(via.url + "/api/v1/chat/completions", json=BODY))
+    incoming = await conn.next_request()
+    await conn.reply(incoming.id, b'{"id": "x"}')
+    async with await call as resp:
+        assert resp.status == 200
+
+
+async def test_the_link_to_an_instance_that_left_the_fleet_is_closed_and_dropped(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "B") as b,
+        aiohttp.ClientSession() as http,
+    ):
+        links = federated(b).client.links
+        async with asyncio.timeout(30):
+            async with (
+                instance(redis.url, "A") as a,
+                scripted_connector(a.url, client_key="ck", id="w1") as conn,
+            ):
+                await b.wait_for(lambda: sees(b, "w1"))
+                await _relay_once(http, b, conn)
+                address, link = a.url, links[a.url]
+            # A said goodbye: B drops and closes its link, reader included
+            await b.wait_for(lambda: address not in links)
+            assert link.closed
+            closing = [t for t in asyncio.all_tasks() if t.get_name().startswith("peer-link-")]
+            await asyncio.gather(*closing)
+            assert not [t for t in asyncio.all_tasks() if t.get_name().startswith("peer-link-")]
+            port = int(address.rsplit(":", 1)[1])
+            async with (
+                instance(redis.url, "A", port=port) as a,
+                scripted_connector(a.url, client_key="ck", id="w1") as conn,
+            ):
+                await b.wait_for(lambda: sees(b, "w1"))
+                await _relay_once(http, b, conn)  # back at the same address: a fresh link
+                assert links[address] is not link
+                assert links[address].dials == 1
 
 
 async def test_streams_beyond_a_link_s_limit_are_refused_busy_at_either_end(
