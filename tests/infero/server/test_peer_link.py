@@ -14,16 +14,11 @@ from infero.protocol import link as lp
 from infero.server.peer import PEER_HOME
 from infero.server.peerlink import KEY_HEADER, LINK_PATH
 from support.connector import ScriptedConnector, scripted_connector
-from support.fleet import PEER_KEY, federated, instance, redis_server
+from support.fleet import PEER_KEY, federated, instance, redis_server, sees
 from support.server import RunningServer
 
 MESSAGES = [{"role": "user", "content": "hi"}]
 BODY = {"model": "m", "messages": MESSAGES}
-
-
-def sees(server: RunningServer, connector_id: str) -> bool:
-    peers = federated(server).membership.peers.values()
-    return any(c.id == connector_id for lease in peers for c in lease.connectors)
 
 
 async def test_requests_to_a_peer_share_one_link_and_large_answers_cross_whole(
