@@ -247,6 +247,8 @@ class FederatedRows:
         self._stamp = 0
         """Marks of remote rows: a new one for every change."""
         self._status: dict[str, int] = {"idle": 0, "busy": 0, "draining": 0, "not_ready": 0}
+        self._serving = 0
+        """Remote connectors that may be given new work: this instance is `ready` with them."""
         self._models: dict[str, tuple[int, int]] = {}
         """Remote (connectors, ready connectors) by model."""
         self._figures = (0, 0, 0, 0)
@@ -285,6 +287,7 @@ class FederatedRows:
     def _count(self, c: ConnectorSummary, sign: int) -> None:
         if c.status in self._status:
             self._status[c.status] += sign
+        self._serving += sign * c.serving
         models = self._models
         for model in c.models:
             workers, ready = models.get(model, (0, 0))
@@ -346,7 +349,12 @@ class FederatedRows:
                 "mcp_clients": relays,
                 "mcp_sessions": sessions,
             },
-            server_mark=(scan.server_mark, state.membership.header_version, self._figures),
+            server_mark=(
+                scan.server_mark,
+                state.membership.header_version,
+                self._figures,
+                self._serving > 0,
+            ),
             summary=summary,
         )
 
@@ -447,8 +455,10 @@ class FederatedRows:
             _instance(lease) for _, lease in sorted(state.membership.peers.items())
         ]
         inflight, completed, failed, cancelled = self._figures
+        ready = info.state == "not_ready" and self._serving > 0  # served by another instance
         return info.model_copy(
             update={
+                "state": "ready" if ready else info.state,
                 "instance": state.instance_id,
                 "degraded": state.membership.degraded,
                 "instances": instances,

@@ -16,6 +16,7 @@ from infero.server.membership import MEMBERS
 from support.connector import scripted_connector
 from support.fleet import federated, instance, redis_server
 from support.server import RunningServer
+from support.statestream import StateView
 
 
 def late(server: RunningServer, connector_id: str) -> bool | None:
@@ -38,6 +39,28 @@ async def test_a_silent_connector_of_a_turns_late_at_b_and_recovers(tmp_path: Pa
             assert b.status("w1") == "idle"
             conn.answer_pings = True
             await b.wait_for(lambda: late(b, "w1") is False)
+
+
+async def test_an_instance_is_ready_while_a_connector_of_another_instance_serves(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        aiohttp.ClientSession() as http,
+        http.get(b.url + "/api/state/stream") as resp,
+    ):
+        view = StateView(resp)
+        async with asyncio.timeout(20):
+            await view.until(lambda s: s.server.state == "not_ready")
+            async with scripted_connector(a.url, client_key="ck", id="w1") as w1:
+                await view.until(lambda s: s.server.state == "ready")
+                async with http.get(b.url + "/readyz") as ready:
+                    assert ready.status == 200
+                await w1.status(status="draining", max_concurrency=1)
+                await view.until(lambda s: s.server.state == "not_ready")
+                assert b.snapshot().server.state == "not_ready"
 
 
 async def scrape(http: aiohttp.ClientSession, server: RunningServer) -> dict[str, float]:
