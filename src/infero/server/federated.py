@@ -48,7 +48,7 @@ from infero.server.membership import (
     SessionSummary,
 )
 from infero.server.peer import PeerClient, PeerRoute, Reservations
-from infero.server.registry import Worker
+from infero.server.registry import Counters, Worker, WorkerStats
 from infero.server.settings import ServerSettings
 from infero.server.shared import (
     Action,
@@ -425,9 +425,8 @@ class FederatedRows:
 
     def _counted(self, info: WorkerInfo) -> WorkerInfo:
         """A connector's row with the fleet's counters of its id."""
-        stats = self._state.counters.connector(info.id)
-        if stats is None:
-            return info
+        # Never counted in Redis (Redis restarted empty since): zero, not this process's own.
+        stats = self._state.counters.connector(info.id) or WorkerStats()
         update = worker_counters(stats)
         update["last_error"] = stats.last_error or info.last_error
         return info.model_copy(update=update)
@@ -435,8 +434,7 @@ class FederatedRows:
     def _model(self, kind: RowKind, what: _ModelRow) -> Built:
         """A model's row: connectors of every instance, the fleet's counters."""
         workers, ready = what.remote
-        totals = self._state.counters.model(what.name)
-        update = model_counters(totals) if totals is not None else {}
+        update = model_counters(self._state.counters.model(what.name) or Counters())
         if what.local is None:
             info = ModelInfo(name=what.name, workers=workers, ready_workers=ready)
             return Built(info.model_copy(update=update))

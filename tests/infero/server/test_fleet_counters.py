@@ -158,6 +158,29 @@ async def test_counters_continue_after_a_restart_and_follow_a_connector_to_anoth
                     await server.wait_for(lambda s=server: served(s, 4))
 
 
+async def test_every_instance_shows_zero_after_redis_restarted_empty(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        answering(conn),
+    ):
+        async with asyncio.timeout(30):
+            await b.wait_for(lambda: b.status("w1") == "idle")
+            await ask(a)
+            await ask(a)
+            for server in (a, b):
+                await server.wait_for(lambda s=server: served(s, 2))
+            await redis.stop()
+            await redis.start()  # empty: the fleet's counters restart from zero
+            for server in (a, b):  # A's own process counted 2: not shown as the fleet's
+                await server.wait_for(lambda s=server: served(s, 0))
+            await ask(b)  # relayed to A
+            for server in (a, b):
+                await server.wait_for(lambda s=server: served(s, 1))
+
+
 async def test_a_flush_is_one_command_however_many_requests_it_carries(tmp_path: Path) -> None:
     async with redis_server(tmp_path) as server:
         redis = aioredis.from_url(server.url)
