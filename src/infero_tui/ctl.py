@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Sequence
+from datetime import datetime
 from typing import TypeVar
 
 from infero.protocol.state import InstanceInfo, McpClientInfo, StateSnapshot, WorkerInfo
@@ -69,7 +70,7 @@ def workers_table(snapshot: StateSnapshot) -> str:
             rate(w.avg_tokens_per_second),
             millis(w.avg_ttft_ms, compact=True),
             str(w.failures_total),
-            age(now, w.last_heartbeat, compact=True),
+            _seen(now, w),
             w.version,
             *([w.instance or "-"] if several else []),
         ]
@@ -77,6 +78,14 @@ def workers_table(snapshot: StateSnapshot) -> str:
     ]
     headers = ["ID", "NAME", "STATUS", "JOBS", "QUEUE", "TOK/S", "TTFT", "FAIL", "SEEN", "VERSION"]
     return table(headers + (["INSTANCE"] if several else []), rows)
+
+
+def _seen(now: datetime, w: WorkerInfo) -> str:
+    """`live` for a live connector that is not late: `/api/state` gives its `last_heartbeat` as
+    of its row's last change (docs/state.md), so only a late or gone row's age means anything."""
+    if w.status != "gone" and not w.heartbeat_late:
+        return "live"
+    return age(now, w.last_heartbeat, compact=True)
 
 
 def instances_table(snapshot: StateSnapshot) -> str:

@@ -33,10 +33,25 @@ def test_workers_table_is_plain_text_with_one_row_per_worker() -> None:
         "ID", "NAME", "STATUS", "JOBS", "QUEUE", "TOK/S", "TTFT", "FAIL", "SEEN", "VERSION"
     ]  # fmt: skip
     assert lines[1].split() == [
-        "w-alpha", "alpha", "busy", "2/2", "3", "41.5", "380ms", "0", "2s", "0.1.0"
+        "w-alpha", "alpha", "busy", "2/2", "3", "41.5", "380ms", "0", "live", "0.1.0"
     ]  # fmt: skip
     assert len(lines) == 6
     assert "delta [red]x[/red]" in lines[4]
+
+
+def test_seen_is_live_unless_the_connector_is_late_or_gone() -> None:
+    """`last_heartbeat` of a live row is as of its last change: only late and gone rows age."""
+    snapshot = fleet()
+    workers = [w.model_copy(update={"heartbeat_late": w.id == "w-delta"}) for w in snapshot.workers]
+    lines = ctl.workers_table(snapshot.model_copy(update={"workers": workers})).splitlines()
+    seen = {line.split()[0]: line.split()[-2] for line in lines[1:]}
+    assert seen == {
+        "w-alpha": "live",
+        "w-bravo": "live",
+        "w-charlie": "live",
+        "w-delta": "30s",
+        "w-echo": "19min",
+    }
 
 
 def test_models_and_mcp_tables_show_queues_relays_and_sessions() -> None:
