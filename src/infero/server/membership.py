@@ -404,11 +404,17 @@ class Membership:
         self.listeners: list[Listener] = [self.index]
         """Told of every connector of a peer that changed (appeared, changed, left)."""
         self.departures: list[Departure] = []
-        """Told of every peer that left the fleet: its lease expired or it said goodbye (not
-        of the peers forgotten while Redis is unreachable: they may live on)."""
+        """Told of every peer that left the fleet: at once when its lease expired; when it went
+        missing from the member set (it said goodbye, or Redis restarted empty) or was
+        forgotten while Redis was unreachable, once Redis has answered for a TTL without
+        listing it again (a live peer renews its lease within a third of that)."""
         self.whole_reads = 0
         """Peers' hashes read whole so far (the costly path; a figure for tests and benches)."""
         self._mirrors: dict[str, PeerMirror] = {}
+        self._missing: dict[str, tuple[Lease, float]] = {}
+        """Peers dropped without proof that they left, with their last header and when."""
+        self._answering_since: float | None = clock()
+        """Since when Redis has answered without a failure (None: it failed last)."""
         self._lock = asyncio.Lock()
         """Held while a mirror is changed across an await (a whole read, applying entries)."""
         self._last_ok = clock()
@@ -583,6 +589,8 @@ class Membership:
     async def _poll(self) -> None:
         """Read the others' headers: who lives, their figures, whether a mirror is behind."""
         ids = sorted(_text(i) for i in await self.redis.smembers(MEMBERS))
+        if self._answering_since is None:
+            self._answering_since = self.clock()
         if self._id and self._id not in ids:
             # Dropped by a peer that saw our lease expire, or Redis restarted empty: the whole
             # lease again, header and SADD together (a bare SADD would list a member without a
@@ -590,8 +598,9 @@ class Membership:
             await self._write_whole(self._published, self._header, self._details)
         others = [i for i in ids if i != self._id]
         for gone in self._mirrors.keys() - set(others):
-            self._drop(gone)
+            self._drop(gone, left=False)  # a goodbye, or Redis restarted empty: not told yet
         if not others:
+            self._settle()
             return
         pipe = self.redis.pipeline(transaction=False)  # no MGET: Cluster pipelines refuse it
         for i in others:
@@ -621,6 +630,7 @@ class Membership:
             elif mirror.missed(int(seq or 0)):
                 whole.append(instance_id)
                 self._recheck_place = True  # trimmed, or the log restarted below our place
+        self._settle()
         if expired:
             await self.redis.srem(MEMBERS, *expired)
         for instance_id in whole:
@@ -713,8 +723,9 @@ class Membership:
         self._view_changed()
 
     def _drop(self, instance_id: str, left: bool = True) -> None:
-        """A peer left (`left`: its header expired or it said goodbye; else Redis was
-        unreachable for a TTL)."""
+        """A peer leaves the view (`left`: its header expired; else it is missing from the
+        member set, or Redis was unreachable for a TTL, and its departure waits for
+        `_settle`)."""
         mirror = self._mirrors.pop(instance_id, None)
         self.peers.pop(instance_id, None)
         if mirror is None:
@@ -726,8 +737,25 @@ class Membership:
         if left:
             for departure in self.departures:
                 departure(mirror.header)
+        else:
+            self._missing[instance_id] = (mirror.header, self.clock())
         self.header_version += 1
         self._view_changed()
+
+    def _settle(self) -> None:
+        """After a good read of the headers: a missing peer that is back is no longer missing;
+        one still missing after Redis answered for a TTL (since it went missing, and since
+        Redis answers again) left: its departure is told."""
+        if not self._missing:
+            return
+        now, answering = self.clock(), self._answering_since
+        for instance_id, (header, since) in list(self._missing.items()):
+            if instance_id in self._mirrors:
+                del self._missing[instance_id]
+            elif answering is not None and now - max(since, answering) >= self.ttl:
+                del self._missing[instance_id]
+                for departure in self.departures:
+                    departure(header)
 
     def _view_changed(self) -> None:
         self.version += 1
@@ -748,6 +776,7 @@ class Membership:
 
     def _failed(self, failure: BaseException) -> None:
         self._gen = ""  # what Redis holds of this instance is unknown: write it whole next
+        self._answering_since = None
         if not self.degraded:
             self.degraded = True
             self.header_version += 1

@@ -46,19 +46,25 @@ CALL_TIMEOUT = CONNECT_TIMEOUT * 2
 """Longest wait for the answer of a reserve, wake or control stream."""
 PEER_HOME = web.AppKey("peer_home", HomeEndpoint)
 """The links other instances dialed to this one (closed at shutdown)."""
+UNUSED_AFTER = 60.0
+"""Seconds a link without a connection stays in the table when no request asks for it."""
 
 
 class PeerClient:
     """This instance's links to its peers (each dialed on first use, with one HTTP client
-    session); a link to a peer that left the fleet is closed and dropped (`forget`), the
-    others at shutdown."""
+    session); a link to a peer that left the fleet is closed and dropped (`forget`), and so is
+    one left without a connection and unused for `unused_after` seconds (however its peer went:
+    the table stays bounded even when no departure is ever seen); the others at shutdown."""
 
-    def __init__(self, peer_key: str) -> None:
+    def __init__(self, peer_key: str, *, unused_after: float = UNUSED_AFTER) -> None:
         self.peer_key = peer_key
+        self.unused_after = unused_after
         self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
         self._closing: set[asyncio.Task[None]] = set()
         """Links being closed by `forget` (awaited at shutdown)."""
+        self._unused: dict[str, asyncio.TimerHandle] = {}
+        """A timer for each link without a connection: it drops the link once unused."""
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -74,20 +80,44 @@ class PeerClient:
         """The link to the instance at `address`."""
         link = self.links.get(address)
         if link is None:
-            link = self.links[address] = PeerLink(lambda: self.session, address, self.peer_key)
+            link = self.links[address] = PeerLink(
+                lambda: self.session, address, self.peer_key, down=self._down
+            )
         return link
 
-    def forget(self, address: str) -> None:
-        """The instance at `address` left the fleet: drop its link from the table and close it
-        (its open streams fail as on a dropped link); a later request dials a new one."""
+    def forget(self, address: str, why: str = "the instance left the fleet") -> None:
+        """Drop the link to `address` from the table and close it (its open streams fail as
+        on a dropped link); a later request dials a new one."""
+        timer = self._unused.pop(address, None)
+        if timer is not None:
+            timer.cancel()
         link = self.links.pop(address, None)
         if link is None:
             return
-        closing = asyncio.create_task(
-            link.close("the instance left the fleet"), name=f"peer-link-close-{address}"
-        )
+        closing = asyncio.create_task(link.close(why), name=f"peer-link-close-{address}")
         self._closing.add(closing)
         closing.add_done_callback(self._closing.discard)
+
+    def _down(self, link: PeerLink) -> None:
+        """A link lost its connection or failed to dial: look again once it could be unused."""
+        if link.address not in self._unused:
+            self._later(link, self.unused_after)
+
+    def _later(self, link: PeerLink, delay: float) -> None:
+        loop = asyncio.get_running_loop()
+        self._unused[link.address] = loop.call_later(delay, self._drop_unused, link)
+
+    def _drop_unused(self, link: PeerLink) -> None:
+        """Drop the link if it is still without a connection and unused since `unused_after`."""
+        self._unused.pop(link.address, None)
+        if self.links.get(link.address) is not link or link.connected:
+            return  # replaced, or connected again: its next loss starts a new timer
+        left = link.used_at + self.unused_after - link.clock()
+        if left > 0:
+            self._later(link, left)
+            return
+        logger.info("peer link to %s unused without a connection: dropped", link.address)
+        self.forget(link.address, "the link was unused without a connection")
 
     async def steer(
         self, address: str, kind: Kind, connector_id: str, action: Action, by: str
@@ -121,6 +151,9 @@ class PeerClient:
 
     async def close(self) -> None:
         """Close the links and the pooled connections."""
+        for timer in self._unused.values():
+            timer.cancel()
+        self._unused.clear()
         await asyncio.gather(*self._closing, *(link.close() for link in self.links.values()))
         if self._session is not None:
             await self._session.close()

@@ -6,8 +6,9 @@ link's frames in the other direction (this instance sends Request and body, in o
 the body is small, Credit and Cancel; the peer answers Head, body and End: see
 docs/protocol.md, "Peer channel"). A link that drops
 fails its streams at once (`link_lost`: retryable before the answer's head) and is dialed
-again on the next request, no sooner than its backoff allows. WebSocket pings every
-`HEARTBEAT` seconds close a link whose peer stopped answering.
+again on the next request, no sooner than its backoff allows (the link's `down` callback is
+told, as after a failed dial). WebSocket pings every `HEARTBEAT` seconds close a link whose
+peer stopped answering.
 """
 
 from __future__ import annotations
@@ -112,12 +113,17 @@ class PeerLink:
         *,
         max_streams: int = MAX_STREAMS,
         clock: Callable[[], float] = time.monotonic,
+        down: Callable[[PeerLink], None] = lambda link: None,
     ) -> None:
         self._session = session
         self.address = address
         self.peer_key = peer_key
         self.max_streams = max_streams
         self.clock = clock
+        self.down = down
+        """Told when the link's connection ended or a dial failed (not after `close`)."""
+        self.used_at = clock()
+        """When a request last asked for the link, or its connection last ended."""
         self.exchanges: dict[int, Exchange] = {}
         self.dials = 0
         """Successful dials so far (one per link the peer accepted)."""
@@ -129,6 +135,11 @@ class PeerLink:
         self._next_stream = 0
         self.closed = False
         self._closed_why = ""
+
+    @property
+    def connected(self) -> bool:
+        """Its WebSocket is open."""
+        return self._ws is not None and not self._ws.closed
 
     def _lost(self, why: object) -> ExchangeFailed:
         return ExchangeFailed(
@@ -160,6 +171,7 @@ class PeerLink:
             except (aiohttp.ClientError, OSError, TimeoutError) as failure:
                 self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 self._retry_at = self.clock() + self._backoff
+                self.down(self)
                 raise self._lost(failure or type(failure).__name__) from None
             if self.closed:  # closed while dialing: no reader to leave behind
                 await ws.close()
@@ -188,6 +200,7 @@ class PeerLink:
         """Send one request on its own stream (`path`: under /api/peer/v1); its answer comes
         into the exchange. Raises a retryable `ExchangeFailed` when the peer cannot be reached
         or the link has `max_streams` open."""
+        self.used_at = self.clock()
         ws = await self._connected()
         exchanges = self.exchanges
         if len(exchanges) >= self.max_streams:
@@ -301,6 +314,9 @@ class PeerLink:
                 self._ws = None
             self._fail(exchanges, why)
             logger.info("peer link to %s closed", self.address)
+            if not self.closed:
+                self.used_at = self.clock()
+                self.down(self)
 
     def _fail(self, exchanges: dict[int, Exchange], why: str) -> None:
         message = self._lost(why).message

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+from collections import defaultdict
 from pathlib import Path
 
 import aiohttp
@@ -81,17 +82,32 @@ async def test_a_link_the_home_closed_is_dialed_again_and_fails_its_streams(
 
 
 async def _relay_once(
-    http: aiohttp.ClientSession, via: RunningServer, conn: ScriptedConnector
+    http: aiohttp.ClientSession, via: RunningServer, conn: ScriptedConnector, model: str = "m"
 ) -> None:
-    call = asyncio.create_task(http.post(via.url + "/api/v1/chat/completions", json=BODY))
+    body = {**BODY, "model": model}
+    call = asyncio.create_task(http.post(via.url + "/api/v1/chat/completions", json=body))
     incoming = await conn.next_request()
     await conn.reply(incoming.id, b'{"id": "x"}')
     async with await call as resp:
         assert resp.status == 200
 
 
+def _drops(monkeypatch: pytest.MonkeyPatch, server: RunningServer) -> dict[str, asyncio.Event]:
+    """An event per peer address, set when `server` drops its link there from its table."""
+    client = federated(server).client
+    events: defaultdict[str, asyncio.Event] = defaultdict(asyncio.Event)
+    forget = client.forget
+
+    def spy(address: str, why: str = "the instance left the fleet") -> None:
+        forget(address, why)
+        events[address].set()
+
+    monkeypatch.setattr(client, "forget", spy)
+    return events
+
+
 async def test_the_link_to_an_instance_that_left_the_fleet_is_closed_and_dropped(
-    tmp_path: Path,
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     async with (
         redis_server(tmp_path) as redis,
@@ -99,6 +115,7 @@ async def test_the_link_to_an_instance_that_left_the_fleet_is_closed_and_dropped
         aiohttp.ClientSession() as http,
     ):
         links = federated(b).client.links
+        dropped = _drops(monkeypatch, b)
         async with asyncio.timeout(30):
             async with (
                 instance(redis.url, "A") as a,
@@ -107,8 +124,10 @@ async def test_the_link_to_an_instance_that_left_the_fleet_is_closed_and_dropped
                 await b.wait_for(lambda: sees(b, "w1"))
                 await _relay_once(http, b, conn)
                 address, link = a.url, links[a.url]
-            # A said goodbye: B drops and closes its link, reader included
-            await b.wait_for(lambda: address not in links)
+            # A said goodbye: B drops and closes its link, reader included (once Redis has
+            # answered for a TTL without listing A again)
+            await dropped[address].wait()
+            assert address not in links
             assert link.closed
             closing = [t for t in asyncio.all_tasks() if t.get_name().startswith("peer-link-")]
             await asyncio.gather(*closing)
@@ -122,6 +141,74 @@ async def test_the_link_to_an_instance_that_left_the_fleet_is_closed_and_dropped
                 await _relay_once(http, b, conn)  # back at the same address: a fresh link
                 assert links[address] is not link
                 assert links[address].dials == 1
+
+
+async def test_links_to_instances_that_left_while_redis_was_down_go_once_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """B forgot A and C while Redis was unreachable (their leases may have expired), without
+    taking it for their departure. A stops meanwhile; C lives on. Redis comes back empty:
+    once it has answered for a TTL, B drops its link to A (not listed again) and keeps its
+    link to C, which re-announced itself."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "B") as b,
+        instance(redis.url, "C") as c,
+        scripted_connector(c.url, client_key="ck", id="w2", models=["n"]) as at_c,
+        aiohttp.ClientSession() as http,
+    ):
+        links = federated(b).client.links
+        dropped = _drops(monkeypatch, b)
+        async with asyncio.timeout(40):
+            async with (
+                instance(redis.url, "A") as a,
+                scripted_connector(a.url, client_key="ck", id="w1") as at_a,
+            ):
+                await b.wait_for(lambda: sees(b, "w1") and sees(b, "w2"))
+                await _relay_once(http, b, at_a)
+                await _relay_once(http, b, at_c, model="n")
+                to_a, to_c = links[a.url], links[c.url]
+                await redis.stop()
+                await b.wait_for(lambda: not sees(b, "w1") and not sees(b, "w2"))
+                assert links == {a.url: to_a, c.url: to_c}, "Redis down proves no departure"
+            assert not to_a.connected  # A stopped: it closed the links dialed to it
+            await redis.start()
+            await dropped[a.url].wait()
+            assert not dropped[c.url].is_set()
+            assert to_a.closed
+            assert links == {c.url: to_c}
+            await b.wait_for(lambda: sees(b, "w2"))
+            await _relay_once(http, b, at_c, model="n")
+            assert to_c.dials == 1, "the link to C outlived the outage"
+
+
+async def test_a_link_left_without_a_connection_and_unused_is_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A departure B never sees (A stops while Redis is unreachable, and Redis stays away):
+    the link, closed by A and unused, leaves B's table by itself."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "B") as b,
+        aiohttp.ClientSession() as http,
+    ):
+        client = federated(b).client
+        client.unused_after = 0.2
+        dropped = _drops(monkeypatch, b)
+        async with asyncio.timeout(30):
+            async with (
+                instance(redis.url, "A") as a,
+                scripted_connector(a.url, client_key="ck", id="w1") as conn,
+            ):
+                await b.wait_for(lambda: sees(b, "w1"))
+                await _relay_once(http, b, conn)
+                address, link = a.url, client.links[a.url]
+                await redis.stop()
+                await b.wait_for(lambda: federated(b).membership.degraded)
+                assert not dropped[address].is_set(), "a connected link is kept, however idle"
+            await dropped[address].wait()
+            assert address not in client.links
+            assert link.closed
 
 
 async def test_streams_beyond_a_link_s_limit_are_refused_busy_at_either_end(
