@@ -114,6 +114,11 @@ class RelayTable(Protocol):
         """The relay with this id linked to another instance of the fleet (REDIS_ADDR)."""
         ...
 
+    def knows_token(self, digest: str) -> bool:
+        """Whether a relay this instance knows has the AUTH_TOKEN of this SHA-256 digest (its
+        own relays, and with REDIS_ADDR those the others' leases as last read list)."""
+        ...
+
     async def claim(self, relay_id: str, hello: lp.Hello) -> lp.Refused | str:
         """After `admit`: take the id fleet-wide, or refuse it (`duplicate`)."""
         ...

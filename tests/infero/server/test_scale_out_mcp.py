@@ -19,6 +19,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 from redis import asyncio as aioredis
+from redis.asyncio.client import Monitor
 
 from infero.protocol import link as lp
 from infero.server.mcp.access import token_digest
@@ -278,6 +279,66 @@ async def test_b_checks_the_caller_and_keeps_the_errors_of_one_instance(tmp_path
 
 def _bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def commands_until(monitor: Monitor, store: aioredis.Redis, marker: str) -> list[str]:
+    """The commands Redis ran since the last call, up to an `ECHO marker` sent now (MONITOR
+    lists commands in the order Redis runs them)."""
+    await store.echo(marker)
+    seen: list[str] = []
+    while (command := (await monitor.next_command())["command"]) != f"ECHO {marker}":
+        seen.append(command)
+    return seen
+
+
+async def test_a_caller_no_relay_accepts_gets_401_without_a_redis_command(tmp_path: Path) -> None:
+    """On a keyed server, a caller with neither an API key nor the AUTH_TOKEN of a relay the
+    instance knows is answered 401 before the relay id is looked up: however many ids it
+    tries, Redis runs no command for it (MONITOR). Key holders and relay tokens get the
+    answers they got before, an unknown id still read from Redis once."""
+    async with (
+        two_instances(tmp_path, api_key="client-key") as (redis, a, b),
+        relay_at(a, "r1", auth_sha256=token_digest("relay-token")) as relay,
+        aiohttp.ClientSession(headers=ACCEPT) as http,
+    ):
+        store = aioredis.from_url(redis.url)
+        try:
+            async with asyncio.timeout(20), store.monitor() as monitor:
+                await b.wait_for(lambda: sees_relay(b, "r1"))
+                await commands_until(monitor, store, "start")
+                for n, headers in enumerate([{}, _bearer("wrong"), {"Authorization": "Basic x"}]):
+                    for method in ("POST", "GET", "DELETE"):
+                        url = f"{b.url}/api/mcp/id/probe-{n}-{method}"
+                        async with http.request(method, url, json=CALL, headers=headers) as resp:
+                            assert resp.status == 401
+                            assert "resource_metadata" in resp.headers["WWW-Authenticate"]
+                            body = await resp.json()
+                            assert body["error"]["data"] == {"mcp": "MCP_UNAUTHORIZED"}
+                    async with http.post(b.url + "/api/mcp/id/r1", json=CALL, headers=headers) as r:
+                        assert r.status == 401, "a relay B knows: refused as before"
+                seen = await commands_until(monitor, store, "unauthenticated")
+                assert not [c for c in seen if "probe-" in c or "relay:" in c], seen
+
+                async with http.post(
+                    b.url + "/api/mcp/id/probe-key", json=CALL, headers=_bearer("client-key")
+                ) as resp:
+                    assert resp.status == 503
+                    body = await resp.json()
+                    assert body["error"]["data"] == {"mcp": "MCP_PROVIDER_UNAVAILABLE"}
+                async with http.post(
+                    b.url + "/api/mcp/id/probe-token", json=CALL, headers=_bearer("relay-token")
+                ) as resp:
+                    assert resp.status == 401, "a relay's token learns no other id"
+                seen = await commands_until(monitor, store, "credentialed")
+                assert "GET {infero}:relay:probe-key" in seen, "a key holder's id is looked up"
+                assert "GET {infero}:relay:probe-token" in seen
+
+                resp = await answered(
+                    http, b.url + "/api/mcp/id/r1", relay, json=CALL, headers=_bearer("relay-token")
+                )
+                assert resp.status == 200
+        finally:
+            await store.aclose()
 
 
 async def test_a_relay_id_is_unique_across_instances(

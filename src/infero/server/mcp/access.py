@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from collections.abc import Callable
 
 from infero.server.auth import KeyRing
 
@@ -43,3 +44,17 @@ def may_learn_relays(token: str | None, keyring: KeyRing) -> bool:
     Without this, anyone could probe which relay ids exist on a keyed server.
     """
     return keyring.open or (token is not None and keyring.match(token) is not None)
+
+
+def may_reach_a_relay(
+    token: str | None, *, keyring: KeyRing, knows_token: Callable[[str], bool]
+) -> bool:
+    """Whether some relay could accept the caller: an open server, a server API key, or the
+    AUTH_TOKEN of a relay the server knows (`knows_token`: a digest). Checked before a relay
+    id is looked up, so that a caller no relay accepts costs no lookup (no Redis read in a
+    fleet). The digest's set lookup is not constant-time: it tells nothing of the token."""
+    if keyring.open:
+        return True
+    if token is None:
+        return False
+    return keyring.match(token) is not None or knows_token(token_digest(token))

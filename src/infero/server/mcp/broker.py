@@ -34,7 +34,7 @@ from infero.server.exchange import (
     write_body,
 )
 from infero.server.lifecycle import Lifecycle
-from infero.server.mcp.access import caller_allowed, may_learn_relays
+from infero.server.mcp.access import caller_allowed, may_learn_relays, may_reach_a_relay
 from infero.server.mcp.fleet import RemoteRelay
 from infero.server.mcp.forward import forward
 from infero.server.mcp.metrics import CallOutcome, McpMetrics
@@ -241,6 +241,12 @@ class Broker:
         self, request: web.Request, relay_id: str, *, from_peer: bool
     ) -> web.StreamResponse:
         token = bearer_token(request)
+        if not from_peer and not may_reach_a_relay(
+            token, keyring=self.keyring, knows_token=self.relays.knows_token
+        ):
+            if self.relays.lookup(relay_id) is not None:  # counted as before for a relay here
+                self._count(relay_id, "", "unauthorized", None)
+            return unauthorized(request, token)  # before any lookup that could reach Redis
         relay = self.relays.lookup(relay_id)
         if relay is None:
             remote = None if from_peer else await self.relays.locate(relay_id)

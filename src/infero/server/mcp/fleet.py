@@ -16,7 +16,9 @@ and the broker's `RelayTable`:
   only for an id the leases read do not list). Lookups of one id at once share one read, and
   an id found nowhere is not read again for UNKNOWN_TTL (at most UNKNOWN_MAX such ids kept;
   one the leases read list meanwhile is forgotten at once), so a caller asking again and
-  again for a wrong id costs Redis about one `GET` a second.
+  again for a wrong id costs Redis about one `GET` a second. The broker asks only for a
+  caller some relay could accept: an API key, or a token whose digest `knows_token` finds
+  among the relays linked here and those the leases read list (no Redis read).
 * **Sessions and per-method counts.** `details()` is what this instance shares of each relay
   through the change log (`membership.py`), bounded: the SHARED_SESSIONS most recently active
   sessions (the rest counted), the SHARED_FUNCTIONS most used methods (the rest under `other`),
@@ -157,6 +159,8 @@ class FederatedRelays:
         self.detail = detail
         """The sessions and counts another instance shares of its relay: (instance, relay id)."""
         self._index: dict[str, tuple[Lease, RelaySummary]] = {}
+        self._digests: frozenset[str] = frozenset()
+        """The AUTH_TOKEN digests of the relays in `_index`."""
         self._indexed: int | None = None
         self.client = client
         self._held: dict[str, str] = {}
@@ -240,7 +244,16 @@ class FederatedRelays:
                     if known is None or known[1].connected_at < r.connected_at:
                         index[r.id] = (lease, r)  # a relay that moved: its newer link
             self._index, self._indexed = index, version
+            self._digests = frozenset(r.auth_digest for _, r in index.values())
         return self._index
+
+    def knows_token(self, digest: str) -> bool:
+        """Whether a relay linked here, or one the others' leases as last read list, has the
+        AUTH_TOKEN of this digest (memory only: no Redis read)."""
+        if self.local.knows_token(digest):
+            return True
+        self.elsewhere()
+        return bool(digest) and digest in self._digests
 
     def remote(self, relay_id: str) -> RemoteRelay | None:
         """The relay with this id linked to another instance, if a live lease lists it."""

@@ -105,6 +105,8 @@ class RelayRegistry:
         """By (relay id, session id), least recently active first (see `_touch`)."""
         self._on_change = on_change
         self._now = now
+        self._digests: frozenset[str] | None = None
+        """The relays' AUTH_TOKEN digests (None: rebuilt at the next `knows_token`)."""
 
     # ---- link handler (kind mcp) ---------------------------------------------------------
 
@@ -141,6 +143,7 @@ class RelayRegistry:
             last_error=hello.last_error,
             last_error_at=self._now() if hello.last_error else None,
         )
+        self._digests = None
         self._on_change()
         return old.link if old is not None else None
 
@@ -163,6 +166,7 @@ class RelayRegistry:
         if relay is None or relay.link is not link:
             return
         del self.relays[link.id]
+        self._digests = None
         for key in [k for k in self.sessions if k[0] == link.id]:
             del self.sessions[key]
         self._on_change()
@@ -176,6 +180,12 @@ class RelayRegistry:
     async def locate(self, relay_id: str) -> RemoteRelay | None:
         """No other instance on one instance."""
         return None
+
+    def knows_token(self, digest: str) -> bool:
+        """Whether a linked relay has the AUTH_TOKEN of this digest."""
+        if self._digests is None:
+            self._digests = frozenset(r.auth_digest for r in self.relays.values())
+        return bool(digest) and digest in self._digests
 
     def lookup(self, relay_id: str) -> Relay | None:
         """The connected relay with this id."""

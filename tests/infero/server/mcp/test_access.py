@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from infero.server.auth import ApiKey, KeyRing
-from infero.server.mcp.access import caller_allowed, may_learn_relays, token_digest
+from infero.server.mcp.access import (
+    caller_allowed,
+    may_learn_relays,
+    may_reach_a_relay,
+    token_digest,
+)
 
 KEYED = KeyRing([ApiKey("default", "api-key")])
 OPEN = KeyRing([])
@@ -35,6 +40,20 @@ RELAY = token_digest("relay-token")
 )
 def test_access_rule(keyring: KeyRing, digest: str, token: str | None, allowed: bool) -> None:
     assert caller_allowed(token, keyring=keyring, relay_digest=digest) is allowed
+    if allowed:  # checked first, before the relay is looked up: it never refuses its caller
+        knows = {digest} - {""}
+        assert may_reach_a_relay(token, keyring=keyring, knows_token=knows.__contains__)
+
+
+def test_on_a_keyed_server_a_caller_no_known_relay_accepts_is_refused_before_any_lookup() -> None:
+    known = {RELAY}.__contains__
+    assert may_reach_a_relay(None, keyring=OPEN, knows_token=known)
+    assert may_reach_a_relay("api-key", keyring=KEYED, knows_token=known)
+    assert may_reach_a_relay("relay-token", keyring=KEYED, knows_token=known)
+    assert not may_reach_a_relay(None, keyring=KEYED, knows_token=known)
+    assert not may_reach_a_relay("wrong", keyring=KEYED, knows_token=known)
+    nobody = frozenset[str]().__contains__  # no relay with that AUTH_TOKEN known (yet)
+    assert not may_reach_a_relay("relay-token", keyring=KEYED, knows_token=nobody)
 
 
 def test_only_key_holders_learn_that_a_relay_id_is_unknown_on_a_keyed_server() -> None:
