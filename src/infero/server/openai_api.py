@@ -343,8 +343,11 @@ class _Relay:
             ttft, outcome, error = await self._relay_body(exchange, response, head, dispatched)
             return response
         except ExchangeFailed as failure:
+            # Here nothing of an answer reached the client (failures after the head end in
+            # `_relay_body`): only `: queued` or `: keepalive` comments may have, so another
+            # connector may still answer on the same stream.
             error = failure.message or failure.code
-            if failure.retryable and self.response is None:
+            if failure.retryable:
                 self.tried.add(route.connector_id)
                 self.last_failure = failure
                 logger.warning(

@@ -196,6 +196,33 @@ async def test_connector_failing_before_the_head_is_retried_on_another() -> None
         assert _worker(srv, "a").failures_total == 1
 
 
+async def test_a_stream_with_early_headers_is_still_retried_on_another_before_the_head() -> None:
+    """`: keepalive` (or `: queued`) comments are no answer: a `busy` refusal after them fails
+    over like one before them (docs/routing.md, Failover)."""
+    async with (
+        running_server(keepalive_interval=0.01) as srv,
+        scripted_connector(srv.url, id="a") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            first = await a.next_request()
+            resp = await call
+            assert await _read_sse_line(resp) == b": keepalive"
+            async with scripted_connector(srv.url, id="b") as b:
+                await a.end(first.id, error=lp.LinkError(code="busy"))
+                second = await b.next_request()
+                await b.head(second.id, 200, [("Content-Type", "text/event-stream")])
+                await b.body(second.id, b"data: {}\n\n")
+                await b.end(second.id)
+                while (line := await _read_sse_line(resp)) == b": keepalive":
+                    pass
+                assert line == b"data: {}"
+            resp.release()
+
+
 async def test_all_candidates_failing_is_502_upstream_error() -> None:
     async with (
         running_server() as srv,
