@@ -2,7 +2,8 @@
 
 Text frames carry one JSON object with a `type` tag (the models below). Body bytes travel
 in binary frames: 1 byte kind, 4 bytes stream id (big-endian), then the payload. On the peer
-link a small request may travel whole in one binary frame (`REQUEST_WITH_BODY`).
+link a small request may travel whole in one binary frame (`REQUEST_WITH_BODY`), and so may
+a small answer (`RESPONSE_WHOLE`).
 """
 
 from __future__ import annotations
@@ -241,6 +242,10 @@ RESPONSE_BODY = 2
 REQUEST_WITH_BODY = 3
 """Peer link only, asking instance -> home: a `request` frame and its whole body in one
 frame (payload: 4-byte big-endian length of the frame's JSON, the JSON, then the body)."""
+RESPONSE_WHOLE = 4
+"""Peer link only, home -> asking instance, when the asking instance announced it: a `head`
+frame and the whole answer's body in one frame, laid out as `REQUEST_WITH_BODY`; the stream
+ends with it (as with an `end` frame without error)."""
 
 _HEADER = struct.Struct(">BI")
 HEADER_SIZE = _HEADER.size
@@ -260,7 +265,7 @@ def unpack_body(frame: bytes) -> tuple[int, int, memoryview]:
     if len(frame) < HEADER_SIZE:
         raise BadFrame("binary frame shorter than its header")
     kind, stream_id = _HEADER.unpack_from(frame)
-    if kind not in (REQUEST_BODY, RESPONSE_BODY, REQUEST_WITH_BODY):
+    if kind not in (REQUEST_BODY, RESPONSE_BODY, REQUEST_WITH_BODY, RESPONSE_WHOLE):
         raise BadFrame(f"unknown binary frame kind {kind}")
     return kind, stream_id, memoryview(frame)[HEADER_SIZE:]
 
@@ -268,25 +273,49 @@ def unpack_body(frame: bytes) -> tuple[int, int, memoryview]:
 _LENGTH = struct.Struct(">I")
 
 
+def _pack_whole(
+    kind: int, frame: _Frame, stream_id: int, body: bytes | bytearray | memoryview
+) -> bytes:
+    head = encode(frame).encode()
+    return b"".join((_HEADER.pack(kind, stream_id), _LENGTH.pack(len(head)), head, body))
+
+
+def _split_whole(payload: memoryview, what: str) -> tuple[bytes, memoryview]:
+    """(JSON, body) of a whole frame's payload; raise `BadFrame` when malformed."""
+    if len(payload) < _LENGTH.size:
+        raise BadFrame(f"{what} frame shorter than its length")
+    (size,) = _LENGTH.unpack_from(payload)
+    end = _LENGTH.size + size
+    if len(payload) < end:
+        raise BadFrame(f"{what} frame shorter than its JSON")
+    return bytes(payload[_LENGTH.size : end]), payload[end:]
+
+
 def pack_request(frame: Request, body: bytes | bytearray) -> bytes:
     """A `REQUEST_WITH_BODY` frame: the request and its whole body (`frame.body_len` bytes)."""
-    head = encode(frame).encode()
-    return b"".join(
-        (_HEADER.pack(REQUEST_WITH_BODY, frame.id), _LENGTH.pack(len(head)), head, body)
-    )
+    return _pack_whole(REQUEST_WITH_BODY, frame, frame.id, body)
 
 
 def unpack_request(payload: memoryview) -> tuple[Request, memoryview]:
     """The request and body of a `REQUEST_WITH_BODY` frame's payload; raise `BadFrame` when
     malformed (the body's length is the caller's to check against `body_len`)."""
-    if len(payload) < _LENGTH.size:
-        raise BadFrame("request frame shorter than its length")
-    (size,) = _LENGTH.unpack_from(payload)
-    end = _LENGTH.size + size
-    if len(payload) < end:
-        raise BadFrame("request frame shorter than its JSON")
+    text, body = _split_whole(payload, "request")
     try:
-        frame = Request.model_validate_json(bytes(payload[_LENGTH.size : end]))
+        return Request.model_validate_json(text), body
     except ValueError as exc:
         raise BadFrame(f"bad request frame: {exc}") from None
-    return frame, payload[end:]
+
+
+def pack_answer(head: Head, body: bytes | bytearray | memoryview) -> bytes:
+    """A `RESPONSE_WHOLE` frame: the answer's head and its whole body."""
+    return _pack_whole(RESPONSE_WHOLE, head, head.id, body)
+
+
+def unpack_answer(payload: memoryview) -> tuple[Head, memoryview]:
+    """The head and body of a `RESPONSE_WHOLE` frame's payload; raise `BadFrame` when
+    malformed."""
+    text, body = _split_whole(payload, "answer")
+    try:
+        return Head.model_validate_json(text), body
+    except ValueError as exc:
+        raise BadFrame(f"bad answer frame: {exc}") from None

@@ -29,6 +29,7 @@ from pydantic import ValidationError
 from yarl import URL
 
 from infero.protocol import link as lp
+from infero.server.exchange import HOP_BY_HOP
 from infero.server.linkserver import (
     CLOSE_GOING_AWAY,
     INLINE_BODY,
@@ -38,12 +39,23 @@ from infero.server.linkserver import (
     ws_frame,
 )
 from infero.server.middleware import REQUEST_ID_KEY
-from infero.server.peerlink import HEARTBEAT, KEY_HEADER, MAX_STREAMS, WINDOW
+from infero.server.peerlink import (
+    ERROR_HEADER,
+    FEATURES_HEADER,
+    HEARTBEAT,
+    KEY_HEADER,
+    MAX_STREAMS,
+    WHOLE_ANSWERS,
+    WINDOW,
+)
 
 logger = logging.getLogger(__name__)
 
 Frames = list[tuple[int, bytes]]
 """WebSocket frames to send: (opcode, payload)."""
+
+
+_ERROR_HEADER = ERROR_HEADER.lower()
 
 
 def authorized(request: web.Request, peer_key: str) -> bool:
@@ -166,7 +178,15 @@ class PeerStream(AbstractStreamWriter):
 
     async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
         status = int(status_line.split(" ", 2)[1])
-        self._head = lp.Head(id=self.id, status=status, headers=list(headers.items()))
+        # Not the headers the asking instance sets itself (it would drop them), except the
+        # home's error code.
+        kept = [
+            (k, v)
+            for k, v in headers.items()
+            if (low := k.lower()) == _ERROR_HEADER
+            or not (low in HOP_BY_HOP or low.startswith("x-infero-"))
+        ]
+        self._head = lp.Head(id=self.id, status=status, headers=kept)
 
     def send_headers(self) -> None:
         head = self._head
@@ -196,12 +216,16 @@ class PeerStream(AbstractStreamWriter):
             raise ConnectionResetError("peer stream closed")
         frames: Frames = []
         head = self._head
-        if head is not None:
-            self._head = None
-            frames.append((OP_TEXT, lp.encode(head).encode()))
         view = memoryview(chunk)
         size = len(view)
         self.output_size += size
+        if head is not None:
+            self._head = None
+            if end and self.link.whole_answers and size <= INLINE_BODY:
+                self.ended = True  # the whole answer in one frame, which ends the stream
+                await self.link.put([(OP_BINARY, lp.pack_answer(head, view))])
+                return
+            frames.append((OP_TEXT, lp.encode(head).encode()))
         pos = 0
         while pos < size:
             room = WINDOW - self._unread
@@ -260,6 +284,8 @@ class HomeLink:
         max_body: int,
     ) -> None:
         self.ws = ws
+        self.whole_answers = WHOLE_ANSWERS in request.headers.get(FEATURES_HEADER, "").split()
+        """The asking instance reads a small answer in one frame (`RESPONSE_WHOLE`)."""
         transport = request.transport
         self.transport = transport if isinstance(transport, RawTransport) else None
         self.peername = request.remote

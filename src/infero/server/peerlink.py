@@ -31,6 +31,10 @@ logger = logging.getLogger(__name__)
 
 LINK_PATH = "/api/peer/v1/link"
 KEY_HEADER = "X-Infero-Peer-Key"
+FEATURES_HEADER = "X-Infero-Peer-Features"
+"""On the upgrade: what this instance reads beyond the connector link's frames."""
+WHOLE_ANSWERS = "whole-answers"
+"""Feature: a small answer may come whole in one `RESPONSE_WHOLE` frame."""
 ERROR_HEADER = "X-Infero-Peer-Error"
 """Set by the home on its own error answers (not a backend's): the error code."""
 RETRYABLE = frozenset(
@@ -78,6 +82,9 @@ class PeerExchange(Exchange):
         self._text = bytearray()
 
     def on_head(self, head: lp.Head) -> None:
+        if not any(_own_header(key) for key, _ in head.headers):
+            super().on_head(head)  # the usual case: the home sends none of them
+            return
         kept: lp.Headers = []
         for key, value in head.headers:
             if not _own_header(key):
@@ -163,7 +170,7 @@ class PeerLink:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
                     ws = await self._session().ws_connect(
                         self.address + LINK_PATH,
-                        headers={KEY_HEADER: self.peer_key},
+                        headers={KEY_HEADER: self.peer_key, FEATURES_HEADER: WHOLE_ANSWERS},
                         heartbeat=HEARTBEAT,
                         max_msg_size=lp.MAX_FRAME,
                         compress=0,
@@ -287,6 +294,10 @@ class PeerLink:
                     except lp.BadFrame as exc:
                         logger.warning("peer link to %s: %s", self.address, exc)
                         continue
+                    if kind == lp.RESPONSE_WHOLE:
+                        if (exchange := exchanges.pop(sid, None)) is not None:
+                            self._whole(exchange, payload)
+                        continue
                     exchange = exchanges.get(sid)
                     ok = kind != lp.RESPONSE_BODY or exchange is None or exchange.on_body(payload)
                     if not ok:
@@ -317,6 +328,19 @@ class PeerLink:
             if not self.closed:
                 self.used_at = self.clock()
                 self.down(self)
+
+    def _whole(self, exchange: Exchange, payload: memoryview) -> None:
+        """A stream's whole answer, in one frame: head, body and a clean end."""
+        try:
+            head, body = lp.unpack_answer(payload)
+        except lp.BadFrame as exc:
+            logger.warning("peer link to %s: %s", self.address, exc)
+            exchange.on_failed(ExchangeFailed("protocol", f"bad answer from the home: {exc}"))
+            return
+        exchange.on_head(head)
+        if body and not exchange.on_body(body):
+            return  # over its window (a home never sends that much whole): failed
+        exchange.on_end(lp.End(id=exchange.id))
 
     def _fail(self, exchanges: dict[int, Exchange], why: str) -> None:
         message = self._lost(why).message

@@ -13,7 +13,7 @@ import pytest
 
 from infero.protocol import link as lp
 from infero.server.peer import PEER_HOME
-from infero.server.peerlink import KEY_HEADER, LINK_PATH
+from infero.server.peerlink import FEATURES_HEADER, KEY_HEADER, LINK_PATH, WHOLE_ANSWERS
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import PEER_KEY, federated, instance, redis_server, sees
 from support.server import RunningServer
@@ -292,6 +292,81 @@ def test_a_request_with_its_body_in_one_frame_decodes_back() -> None:
     assert bytes(body) == b"abc"
     with pytest.raises(lp.BadFrame):
         lp.unpack_request(payload[:10])
+
+
+def test_an_answer_in_one_frame_decodes_back() -> None:
+    head = lp.Head(id=9, status=201, headers=[("Content-Type", "application/json")])
+    kind, sid, payload = lp.unpack_body(lp.pack_answer(head, b'{"id": "x"}'))
+    assert (kind, sid) == (lp.RESPONSE_WHOLE, 9)
+    decoded, body = lp.unpack_answer(payload)
+    assert decoded == head
+    assert bytes(body) == b'{"id": "x"}'
+    with pytest.raises(lp.BadFrame):
+        lp.unpack_answer(payload[:6])
+
+
+async def test_a_small_answer_crosses_in_one_frame_to_an_instance_that_reads_it(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            frame = lp.Request(id=5, path="/queue/wake", body_len=2)
+            ws = await http.ws_connect(
+                a.url + LINK_PATH,
+                headers={KEY_HEADER: PEER_KEY, FEATURES_HEADER: WHOLE_ANSWERS},
+                max_msg_size=lp.MAX_FRAME,
+            )
+            await ws.send_bytes(lp.pack_request(frame, b"{}"))
+            kind, sid, payload = lp.unpack_body(await ws.receive_bytes())
+            assert (kind, sid) == (lp.RESPONSE_WHOLE, 5)
+            head, body = lp.unpack_answer(payload)
+            assert head.status == 200
+            assert bytes(body) == b"{}"
+            names = {key.lower() for key, _ in head.headers}
+            assert "content-type" in names  # the answer's own headers cross
+            assert not names & {"date", "server", "content-length", "x-infero-request-id"}
+            await ws.close()
+            ws = await http.ws_connect(  # an instance that did not announce it: three frames
+                a.url + LINK_PATH, headers={KEY_HEADER: PEER_KEY}, max_msg_size=lp.MAX_FRAME
+            )
+            await ws.send_bytes(lp.pack_request(frame, b"{}"))
+            assert isinstance(lp.CONNECTOR_FRAMES.validate_json(await ws.receive_str()), lp.Head)
+            assert lp.unpack_body(await ws.receive_bytes())[0] == lp.RESPONSE_BODY
+            assert isinstance(lp.CONNECTOR_FRAMES.validate_json(await ws.receive_str()), lp.End)
+            await ws.close()
+
+
+async def test_a_small_answer_relayed_across_keeps_the_backends_headers(tmp_path: Path) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            headers = {"X-Request-Id": "rid-1", "Content-Type": "application/json"}
+            call = asyncio.create_task(
+                http.post(b.url + "/api/v1/chat/completions", json=BODY, headers=headers)
+            )
+            incoming = await conn.next_request()
+            await conn.head(
+                incoming.id, 201, [("Content-Type", "application/json"), ("X-Backend", "yes")]
+            )
+            await conn.body(incoming.id, b'{"id": "x"}')
+            await conn.end(incoming.id)
+            async with await call as resp:
+                assert resp.status == 201
+                assert await resp.read() == b'{"id": "x"}'
+                assert resp.headers["X-Backend"] == "yes"
+                assert resp.headers.getall("X-Request-Id") == ["rid-1"]
+                assert resp.headers.getall("X-Infero-Request-Id") == ["rid-1"]
+                assert len(resp.headers.getall("Date")) == 1
 
 
 async def test_a_whole_request_whose_body_is_not_as_announced_is_refused(tmp_path: Path) -> None:
