@@ -7,10 +7,12 @@ written chunk by chunk as the connector sends it. See docs/routing.md and docs/e
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -65,6 +67,24 @@ class _HeadWithBody(web.StreamResponse):
     head, body and end usually leave in one write, as with aiohttp's `Response`."""
 
     _send_headers_immediately = False
+
+
+class _HeadSoon(web.StreamResponse):
+    """A streamed answer: its head leaves with the first body bytes when they are already
+    here, else at the next turn of the event loop (the client has it at once either way)."""
+
+    _send_headers_immediately = False
+
+    async def _write_headers(self) -> None:
+        await super()._write_headers()
+        send = getattr(self._payload_writer, "send_headers", None)  # aiohttp 3.11 and later
+        if send is not None:
+            asyncio.get_running_loop().call_soon(_send_head, send)
+
+
+def _send_head(send: Callable[[], None]) -> None:
+    with contextlib.suppress(ConnectionError):  # the client left before its head: nobody to tell
+        send()
 
 
 class _Done(Exception):
@@ -417,8 +437,9 @@ class _Relay:
         if self.response is not None:
             return self.response
         event_stream = is_event_stream(head.headers)
+        response: web.StreamResponse
         if self.stream or event_stream:
-            response = web.StreamResponse(status=head.status)
+            response = _HeadSoon(status=head.status)
         else:
             response = _HeadWithBody(status=head.status)
         headers = response.headers
