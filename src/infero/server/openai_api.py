@@ -237,7 +237,8 @@ class _Relay:
         self.response: web.StreamResponse | None = None
         """The client response once its headers were sent."""
         self.written = b""
-        """The last body chunk the client's transport accepted."""
+        """The end of the body the client's transport accepted: its last chunk, or at least
+        `len(_DONE)` bytes of it when the last chunk is shorter (`[DONE]` split in two)."""
         self.complete = False
         """The whole answer was handed to the client's transport (only the end may be missing)."""
         self.writing = 0.0
@@ -490,7 +491,9 @@ class _Relay:
                     self.writing = loop.time()
                     await response.write(chunk)
                     self.writing = 0.0
-                    self.written = chunk
+                    self.written = (
+                        chunk if len(chunk) >= len(_DONE) else (self.written + chunk)[-len(_DONE) :]
+                    )
                 await exchange.consumed(len(chunk))
         except ExchangeFailed as failure:
             await self._broken(response, failure)

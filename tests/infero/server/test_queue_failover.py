@@ -291,6 +291,31 @@ async def test_client_disconnect_sends_cancel_to_the_connector() -> None:
             await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
 
 
+async def test_a_client_leaving_after_a_done_split_over_two_chunks_is_a_success() -> None:
+    """`[DONE]` that arrives in two pieces is still the whole answer (docs/state.md)."""
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            resp = await call
+            await conn.body(incoming.id, b"data: {}\n\ndata: [DO")
+            assert await resp.content.readuntil(b"[DO") == b"data: {}\n\ndata: [DO"
+            await conn.body(incoming.id, b"NE]\n\n")  # a chunk of its own: the first was read
+            assert await resp.content.readuntil(b"\n\n") == b"NE]\n\n"
+            resp.close()  # as SDKs do, before the connector's end
+            await incoming.cancelled.wait()
+            await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
+        model = srv.snapshot().models[0]
+        assert (model.success_total, model.cancelled_total) == (1, 0)
+
+
 async def test_first_byte_timeout_is_504_and_cancels() -> None:
     async with (
         running_server(first_byte_timeout=0.05) as srv,
