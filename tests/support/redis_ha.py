@@ -237,19 +237,79 @@ async def cluster_nodes(port: int) -> list[ClusterNode]:
     return nodes
 
 
+def _first_port(cluster_url: str) -> int:
+    return int(cluster_url.rpartition(":")[2].split("/")[0])
+
+
+@asynccontextmanager
+async def added_node(cluster_url: str, folder: Path) -> AsyncIterator[int]:
+    """A new master joined to the Cluster, serving no slot yet (as `redis-cli --cluster
+    add-node` leaves it before a resharding); yields its port once every node knows it."""
+    node = RedisProcess(free_port(), folder / "added", cluster=True)
+    node.folder.mkdir()
+    try:
+        await node.start()
+        first = _first_port(cluster_url)
+        ports = [n.port for n in await cluster_nodes(first)]
+        client = _client(first)
+        try:  # a node's bus port is its own (--cluster-port): MEET names both
+            await client.execute_command("CLUSTER", "MEET", "127.0.0.1", *await _bus(node.port))
+        finally:
+            await client.aclose()
+        async with asyncio.timeout(STARTUP):
+            for port in (*ports, node.port):
+                await _until(functools.partial(_knows_masters, port, len(ports) + 1))
+            await _until(functools.partial(_cluster_ok, node.port))  # it knows every slot
+        yield node.port
+    finally:
+        await node.close()
+
+
+async def _bus(port: int) -> tuple[str, str]:
+    """The node's port and cluster bus port, as it says."""
+    client = _client(port)
+    try:
+        text = (await client.execute_command("CLUSTER", "NODES")).decode()
+    finally:
+        await client.aclose()
+    mine = next(line.split()[1] for line in text.splitlines() if "myself" in line.split()[2])
+    address, _, bus = mine.partition("@")
+    return address.rpartition(":")[2], bus.partition(",")[0]
+
+
+async def _cluster_ok(port: int) -> bool:
+    client = _client(port)
+    try:
+        return b"cluster_state:ok" in await client.execute_command("CLUSTER", "INFO")
+    finally:
+        await client.aclose()
+
+
+async def _knows_masters(port: int, count: int) -> bool:
+    """The node at `port` knows `count` masters, none of them still in a handshake."""
+    client = _client(port)
+    try:
+        text = (await client.execute_command("CLUSTER", "NODES")).decode()
+    finally:
+        await client.aclose()
+    flags = [line.split()[2] for line in text.splitlines()]
+    return sum("master" in f for f in flags) == count and not any("handshake" in f for f in flags)
+
+
 async def move_slot(
     cluster_url: str,
     key: str = "{infero}",
     *,
     halfway: Callable[[], Awaitable[None]] | None = None,
+    to: int | None = None,
 ) -> tuple[int, int]:
-    """Reshard: move the slot of `key` to another master of the Cluster (`SETSLOT IMPORTING` /
-    `MIGRATING`, `MIGRATE ... KEYS` one key at a time, `SETSLOT NODE`), as `redis-cli
-    --cluster reshard` does, the keys in name order, to a node without the Lua scripts.
-    `halfway` runs once half of them moved (the slot is split: a key is served where it is,
-    after an `ASK` redirection once moved, and a command on keys of both sides answers
-    `TRYAGAIN`). Returns (source port, target port)."""
-    first = int(cluster_url.rpartition(":")[2].split("/")[0])
+    """Reshard: move the slot of `key` to another master of the Cluster (`to`: the one at that
+    port) (`SETSLOT IMPORTING` / `MIGRATING`, `MIGRATE ... KEYS` one key at a time, `SETSLOT
+    NODE`), as `redis-cli --cluster reshard` does, the keys in name order, to a node without
+    the Lua scripts. `halfway` runs once half of them moved (the slot is split: a key is served
+    where it is, after an `ASK` redirection once moved, and a command on keys of both sides
+    answers `TRYAGAIN`). Returns (source port, target port)."""
+    first = _first_port(cluster_url)
     client = _client(first)
     try:
         slot = int(await client.execute_command("CLUSTER", "KEYSLOT", key))
@@ -257,7 +317,7 @@ async def move_slot(
         await client.aclose()
     nodes = await cluster_nodes(first)
     source = next(n for n in nodes if any(lo <= slot <= hi for lo, hi in n.slots))
-    target = next(n for n in nodes if n is not source)
+    target = next(n for n in nodes if n is not source and to in (None, n.port))
     src, dst = _client(source.port), _client(target.port)
     setslot = "CLUSTER", "SETSLOT", str(slot)
     migrate = "MIGRATE", "127.0.0.1", str(target.port), "", "0", "5000", "REPLACE", "KEYS"

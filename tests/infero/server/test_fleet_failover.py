@@ -229,18 +229,17 @@ async def test_the_fleet_follows_its_slot_to_another_cluster_node(tmp_path: Path
 
             async def split() -> None:
                 """Half the keys moved (a key is read where it is, or after an ASK redirection):
-                a connector linked to B meanwhile reaches A's view. (A request relayed while
-                the slot is split is not asserted: see docs/scale-out.md, "Not yet built".)"""
+                a connector linked to B meanwhile reaches A's view, B relays to A's connector."""
                 async with scripted_connector(b.url, client_key="ck", id="w3"):
                     await a.wait_for(lambda: sees(a, "w3"))
+                async with client_of(b) as at_b:
+                    call = asyncio.create_task(chat(at_b))
+                    incoming = await conn.next_request()
+                    await conn.reply(incoming.id, ANSWER)
+                    assert await call == "x"
 
             source, target = await move_slot(redis_addr, halfway=split)
             assert source != target
-            async with client_of(b) as at_b:  # B relays to A's connector once the slot moved
-                call = asyncio.create_task(chat(at_b))
-                incoming = await conn.next_request()
-                await conn.reply(incoming.id, ANSWER)
-                assert await call == "x"
             async with scripted_connector(b.url, client_key="ck", id="w2"):
                 await a.wait_for(lambda: sees(a, "w2"))  # written to the new node, read at A
             await queue_through_the_fleet(a, b, conn, total=5)
