@@ -393,3 +393,63 @@ async def _copy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
             writer.write(data)
             await writer.drain()
     writer.close()
+
+
+class StallingProxy:
+    """A TCP forwarder on loopback to Redis that, while stalled, holds every byte both ways
+    (connections stay open): a Redis that hangs, or a network that drops packets without
+    closing anything. Commands sent meanwhile time out."""
+
+    def __init__(self, target: int) -> None:
+        self.target = target
+        self.port = 0
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._links: set[asyncio.Task[None]] = set()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def flow(self) -> None:
+        self._flowing.set()
+
+    async def _copy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            while data := await reader.read(65536):
+                await self._flowing.wait()
+                writer.write(data)
+                await writer.drain()
+        writer.close()
+
+    async def _link(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._links.add(task)
+        try:
+            up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target)
+            try:
+                await asyncio.gather(self._copy(reader, up_writer), self._copy(up_reader, writer))
+            finally:
+                up_writer.close()
+        except OSError:
+            pass
+        finally:
+            writer.close()
+            self._links.discard(task)
+
+    @asynccontextmanager
+    async def serving(self) -> AsyncIterator[StallingProxy]:
+        server = await asyncio.start_server(self._link, "127.0.0.1", 0)
+        self.port = server.sockets[0].getsockname()[1]
+        try:
+            yield self
+        finally:
+            server.close()
+            for task in list(self._links):
+                task.cancel()
+            await asyncio.gather(*self._links, return_exceptions=True)
+            await server.wait_closed()

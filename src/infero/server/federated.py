@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -148,7 +149,34 @@ class FederatedDispatcher:
                 )
             except FleetQueueFailure as failure:
                 state.queue.failed(failure)
+            # Degraded from now on: routed from the last good view (a remote connector's home
+            # queues it) rather than waiting in this instance's own queue for nothing.
+            route = await self.acquire_now(model, exclude, target)
+            if route is not None:
+                return _Handed(route, state.queue.seats.abandon)
         return await state.local.dispatcher.enqueue(model, exclude, target)
+
+
+class _Handed:
+    """A ticket holding its route at once (`Ticket` of shared.py)."""
+
+    __slots__ = ("_free", "_route")
+
+    def __init__(self, route: Route, free: Callable[[Route], None]) -> None:
+        self._route: Route | None = route
+        self._free = free
+
+    async def position(self) -> int:
+        return 0
+
+    async def wait(self) -> Route | None:
+        route, self._route = self._route, None
+        return route
+
+    async def leave(self) -> None:
+        if self._route is not None:  # never taken: the client left first
+            self._free(self._route)
+            self._route = None
 
 
 class FleetSeats:
@@ -160,14 +188,25 @@ class FleetSeats:
     def __init__(self, state: FederatedState) -> None:
         self._state = state
 
+    def _homed(self, ticket: FleetTicket) -> bool:
+        """Redis cannot tell who heads the queue and no local connector serves the model: the
+        ticket goes to a remote connector of the last good view, whose home queues it."""
+        state = self._state
+        return state.queue_degraded() and not state.local.dispatcher.serving_beyond(
+            ticket.model, ticket.exclude, ticket.target
+        )
+
     def _remote(
         self, ticket: FleetTicket, hint: str | None
     ) -> list[tuple[Lease, ConnectorSummary]]:
         state = self._state
+        anyway = self._homed(ticket)
         found = [
             (lease, c)
             for lease, c in state.remote(ticket.model, ticket.target)
-            if c.serving and c.id not in ticket.exclude and (c.id == hint or state.load(c) < 1)
+            if c.serving
+            and c.id not in ticket.exclude
+            and (anyway or c.id == hint or state.load(c) < 1)
         ]
         found.sort(key=lambda pair: (pair[1].id != hint, state.load(pair[1])))
         return found
@@ -192,7 +231,10 @@ class FleetSeats:
             return LocalRoute(local, worker)
         if ticket.local_only:
             return None
-        for lease, c in self._remote(ticket, hint)[:RESERVE_TRIES]:
+        remote = self._remote(ticket, hint)
+        if remote and self._homed(ticket):
+            return state.peer_route(*remote[0])
+        for lease, c in remote[:RESERVE_TRIES]:
             token = await state.client.reserve(lease.address, ticket.model, c.id)
             if token is not None:
                 return state.peer_route(lease, c, reservation=token)

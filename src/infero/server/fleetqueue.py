@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from infero.server.changes import ChangeFeed
-from infero.server.membership import PREFIX, REDIS_FAILURES
+from infero.server.membership import PREFIX, REDIS_FAILURES, REDIS_TIMEOUT
 from infero.server.scheduler import Queued, Scheduler
 from infero.server.shared import QueueFull, Route
 
@@ -56,6 +56,10 @@ the connector's room (membership: a coalesced write, then the change log or a he
 
 Failure = REDIS_FAILURES
 """What a Redis call raises when Redis cannot be reached or answered badly."""
+CALL_TIMEOUT = 2 * REDIS_TIMEOUT
+"""Most seconds one queue command of a waiter may take, the client's retries and Cluster
+redirections included (then it counts as failed): a request is answered, or refused, within
+QUEUE_TIMEOUT plus a few of these, whatever Redis does."""
 
 _JOIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -300,7 +304,8 @@ class FleetQueue:
         answer is mirrored at once. For a newcomer that may race a waiter who joined at another
         instance since the last read of the queues (False when Redis cannot answer)."""
         try:
-            pairs = await self.redis.zrange(queue_key(model), 0, -1, withscores=True)
+            async with asyncio.timeout(CALL_TIMEOUT):
+                pairs = await self.redis.zrange(queue_key(model), 0, -1, withscores=True)
         except Failure as failure:
             self.failed(failure)
             return False
@@ -330,11 +335,13 @@ class FleetQueue:
         waiters = self.local.setdefault(model, [])
         waiters.append(ticket)  # before the script: a refresh meanwhile keeps its entry
         try:
-            seq = int(
-                await self._join(
-                    keys=[queue_key(model), SEQUENCE, QUEUES], args=[member, self.queue_max, model]
+            async with asyncio.timeout(CALL_TIMEOUT):
+                seq = int(
+                    await self._join(
+                        keys=[queue_key(model), SEQUENCE, QUEUES],
+                        args=[member, self.queue_max, model],
+                    )
                 )
-            )
         except BaseException:
             self._forget(ticket)
             raise
@@ -362,9 +369,10 @@ class FleetQueue:
         if not waiters or waiters[0] is not ticket or not seats.room(ticket, hint):
             return None  # an earlier waiter of this instance goes first, or nothing is free
         try:
-            head, score = await self._head(
-                keys=[queue_key(model), SEQUENCE, QUEUES], args=[ticket.member, model]
-            )
+            async with asyncio.timeout(CALL_TIMEOUT):
+                head, score = await self._head(
+                    keys=[queue_key(model), SEQUENCE, QUEUES], args=[ticket.member, model]
+                )
             head = head.decode() if isinstance(head, bytes) else str(head)
             seq = int(float(score))
         except Failure as failure:
@@ -386,7 +394,8 @@ class FleetQueue:
         self._forget(ticket)
         if ticket.seq:
             with contextlib.suppress(*Failure):  # a stale entry is purged by the next refresh
-                await self._leave(keys=[queue_key(model), QUEUES], args=[model, ticket.member])
+                async with asyncio.timeout(CALL_TIMEOUT):
+                    await self._leave(keys=[queue_key(model), QUEUES], args=[model, ticket.member])
         self.offer(model)
 
     # ---- capacity appeared -------------------------------------------------------------
@@ -455,6 +464,7 @@ class FleetQueue:
                 except Failure as failure:
                     self.failed(failure)
                     self._set_others({})
+                    self.view_changed()  # the heads try again, as a degraded instance routes
                 busy = bool(self.mirror)
                 # A timer: the queues of the other instances are read, not pushed.
                 await asyncio.sleep(REFRESH_BUSY if busy else REFRESH_IDLE)

@@ -1,7 +1,8 @@
 """The fleet follows Redis when it changes under it: a Sentinel failover (the master killed, or
 demoted by `SENTINEL FAILOVER`), a failover behind a plain address that moves to the new
-primary, and a Cluster resharding (the `{infero}` slot moving to another node). Real
-`redis-server`, Sentinels and Cluster nodes (docs/scale-out.md)."""
+primary, a Cluster resharding (the `{infero}` slot moving to another node), and a Redis that
+stops answering one instance (a request there is still served, or refused, in bounded time).
+Real `redis-server`, Sentinels and Cluster nodes (docs/scale-out.md)."""
 
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import aiohttp
 import openai
+import pytest
 
 from infero.protocol.state import StateSnapshot
+from infero.server.fleetqueue import CALL_TIMEOUT
 from support.backend import ControlledBackend, serving
 from support.connector import ScriptedConnector, connector_process, scripted_connector
 from support.fleet import (
@@ -30,7 +33,14 @@ from support.fleet import (
     sees,
     server_process,
 )
-from support.redis_ha import SERVICE, MovingAddress, move_slot, replicate, sentinel_group
+from support.redis_ha import (
+    SERVICE,
+    MovingAddress,
+    StallingProxy,
+    move_slot,
+    replicate,
+    sentinel_group,
+)
 from support.server import RunningServer
 from support.statestream import StateView
 
@@ -276,3 +286,85 @@ async def test_a_master_demoted_behind_an_address_that_moves_is_left_for_the_new
                 await queue_through_the_fleet(a, b, conn, total=4)
                 for server in (a, b):
                     assert not federated(server).membership.degraded
+
+
+async def test_a_request_at_an_instance_whose_redis_hangs_is_answered_in_bounded_time(
+    tmp_path: Path,
+) -> None:
+    """B's Redis stops answering (its connections stay open) while A's only connector is busy
+    in B's view. A request at B is not left in B's own queue, where no connector would ever
+    serve it: B sends it to A from its last good view, A queues it and serves it once the
+    connector is free. While the connector stays busy, a request at B gets A's
+    `queue_timeout` within QUEUE_TIMEOUT plus a few Redis timeouts."""
+    queue_timeout = 2.0
+    bound = queue_timeout + 3 * CALL_TIMEOUT
+    options = {"queue_timeout": queue_timeout, "lease_ttl": 10.0}  # B keeps its view meanwhile
+    async with (
+        redis_server(tmp_path) as redis,
+        StallingProxy(redis.port).serving() as proxy,
+        instance(redis.url, "A", **options) as a,
+        instance(proxy.url, "B", **options) as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+            busy = asyncio.create_task(chat(at_a))
+            held = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
+        proxy.stall()
+        async with asyncio.timeout(bound):
+            waiting = asyncio.create_task(chat(at_b))
+            await a.wait_for(lambda: queue_depth(a) == 1)  # queued at A, the connector's home
+            await conn.reply(held.id, ANSWER)
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            assert (await busy, await waiting) == ("x", "x")
+            busy = asyncio.create_task(chat(at_a))
+            held = await conn.next_request()
+        assert federated(b).queue_degraded()
+        async with asyncio.timeout(bound):
+            with pytest.raises(openai.InternalServerError) as refused:
+                await chat(at_b)
+        assert refused.value.code == "queue_timeout"
+        await conn.reply(held.id, ANSWER)
+        assert await busy == "x"
+        proxy.flow()
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: not federated(b).queue_degraded())
+
+
+async def test_a_waiter_of_the_fleet_queue_is_served_from_the_last_good_view_once_redis_dies(
+    tmp_path: Path,
+) -> None:
+    """A request at B waits in the fleet queue for A's only connector; Redis dies, then the
+    connector frees up. No instance can read the queue or the others' load any more (A wakes
+    nobody, B's view still says busy): B's waiter goes to A, the connector's home, which
+    serves it, instead of waiting out QUEUE_TIMEOUT for a change no one can see."""
+    options = {"queue_timeout": 8.0, "lease_ttl": 10.0}
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", **options) as a,
+        instance(redis.url, "B", **options) as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(10):
+            await b.wait_for(lambda: sees(b, "w1"))
+            busy = asyncio.create_task(chat(at_a))
+            held = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
+            waiting = asyncio.create_task(chat(at_b))
+            for server in (a, b):
+                await server.wait_for(lambda s=server: queue_depth(s) == 1)
+            await redis.stop()
+            for server in (a, b):
+                await server.wait_for(lambda s=server: federated(s).queue_degraded())
+            await conn.reply(held.id, ANSWER)
+            assert await busy == "x"
+        async with asyncio.timeout(options["queue_timeout"] - 2):
+            incoming = await conn.next_request()
+            await conn.reply(incoming.id, ANSWER)
+            assert await waiting == "x"
