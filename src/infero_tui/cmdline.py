@@ -1,8 +1,8 @@
 """The `:` command line: parsing and name resolution (no Textual).
 
-`:workers`, `:models`, `:mcp`, `:server`, `:local` switch tabs; `:drain NAME`, `:undrain NAME`,
-`:shutdown NAME` act on a connector or MCP relay by id or unique name; `:ctx URL` watches
-another server; `:help`; `:q` quits.
+`:workers`, `:models`, `:mcp`, `:server`, `:local`, `:instances` switch tabs; `:drain NAME`,
+`:undrain NAME`, `:shutdown NAME` act on a connector or MCP relay by id or unique name;
+`:ctx URL` watches another server; `:help`; `:q` quits.
 """
 
 from __future__ import annotations
@@ -22,10 +22,12 @@ TABS = {
     "relays": "mcp",
     "server": "server",
     "local": "local",
+    "instances": "instances",
+    "i": "instances",
 }
 QUIT = {"q", "q!", "quit", "exit"}
 COMMANDS = (
-    *sorted(set(TABS) - {"w", "m", "relays"}),
+    *sorted(set(TABS) - {"w", "m", "i", "relays"}),
     *ACTIONS,
     "ctx",
     "help",

@@ -10,7 +10,7 @@ from textual.message import Message
 from infero.protocol.status import WorkerStatusDoc
 from infero_tui.client import Action
 
-Kind = Literal["worker", "model", "relay"]
+Kind = Literal["worker", "model", "relay", "instance"]
 """What a row or a detail view is about."""
 
 
@@ -56,7 +56,7 @@ class ActionRequested(Message):
 
 @dataclass
 class DetailRequested(Message):
-    """Enter on a row: open the full-screen detail of a worker, model or relay."""
+    """Enter on a row: open the full-screen detail of a worker, model, relay or instance."""
 
     kind: Kind
     key: str

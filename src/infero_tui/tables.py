@@ -1,4 +1,5 @@
-"""The columns of the fleet tables (workers, models, MCP relays, sessions); no Textual here.
+"""The columns of the fleet tables (workers, models, MCP relays, sessions, server instances);
+no Textual here.
 
 Cells read the shared `TableContext` when drawn, so ages count from the latest server time and
 rates come from the fixed-window tracker without rebuilding any row.
@@ -12,7 +13,13 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from infero.protocol.delta import session_key
-from infero.protocol.state import McpClientInfo, McpSessionInfo, ModelInfo, WorkerInfo
+from infero.protocol.state import (
+    InstanceInfo,
+    McpClientInfo,
+    McpSessionInfo,
+    ModelInfo,
+    WorkerInfo,
+)
 from infero_tui.columns import Cell, Column, Rows
 from infero_tui.format import age, age_seconds, count, middle_ellipsis, millis, rate
 from infero_tui.rates import RateTracker
@@ -45,6 +52,10 @@ class TableContext:
     relay_names: dict[str, str] = field(default_factory=dict)
     instances: bool = False
     """Whether the server is one of several instances (the INSTANCE column is shown)."""
+    this_instance: str = ""
+    """The id of the instance the console reads (`server.instance`)."""
+    degraded: bool = False
+    """That instance cannot reach Redis (`server.degraded`)."""
     live_heartbeats: bool = True
     """False on a delta stream: a live row's `last_heartbeat` is as of its last change, so its
     age means nothing unless the row is `heartbeat_late` (the server sends it then)."""
@@ -92,7 +103,9 @@ def worker_rows(ctx: TableContext) -> Rows[WorkerInfo]:
     return Rows(
         key=lambda w: w.id,
         gone=lambda w: w.status == "gone",
-        text=lambda w: " ".join((w.name, w.id, w.status, w.version, *w.models_supported)).lower(),
+        text=lambda w: " ".join(
+            (w.name, w.id, w.status, w.version, w.instance, *w.models_supported)
+        ).lower(),
         context=lambda: ctx.duplicate_names,  # a shared name is marked in its cell
     )
 
@@ -312,7 +325,9 @@ def relay_rows() -> Rows[McpClientInfo]:
     return Rows(
         key=lambda r: r.id,
         gone=lambda r: r.status == "gone",
-        text=lambda r: " ".join((r.name, r.id, r.status, r.version, *r.functions)).lower(),
+        text=lambda r: " ".join(
+            (r.name, r.id, r.status, r.version, r.instance, *r.functions)
+        ).lower(),
     )
 
 
@@ -465,5 +480,94 @@ def session_columns(ctx: TableContext) -> list[Column[McpSessionInfo]]:
             "X",
             priority=3,
             shown=lambda: ctx.instances,  # several server instances share the fleet
+        ),
+    ]
+
+
+# ---- server instances ---------------------------------------------------------------------
+
+
+def instance_state(ctx: TableContext, instance: InstanceInfo) -> Cell:
+    """`this` for the instance the console reads, `degraded` instead while it cannot reach
+    Redis (only the instance that answers reports that), `peer` for the others."""
+    if instance.id != ctx.this_instance:
+        return ("peer", "")
+    return ("degraded", "bold #ff8787") if ctx.degraded else ("this", "bold")
+
+
+def instance_rows(ctx: TableContext) -> Rows[InstanceInfo]:
+    return Rows(
+        key=lambda i: i.id,
+        gone=lambda i: False,  # the server lists live instances only
+        text=lambda i: " ".join((i.id, i.address, i.version)).lower(),
+        context=lambda: (ctx.this_instance, ctx.degraded),  # the STATE cell reads them
+    )
+
+
+def instance_columns(ctx: TableContext) -> list[Column[InstanceInfo]]:
+    """Id, address, state always shown; the rest as space allows."""
+    return [
+        Column(
+            "id",
+            "INSTANCE",
+            10,
+            lambda i: _plain(middle_ellipsis(i.id, 10)),
+            lambda i: i.id,
+            "I",
+        ),
+        Column(
+            "address",
+            "ADDRESS",
+            12,
+            lambda i: _plain(i.address or "-"),
+            lambda i: i.address,
+            "A",
+            flex=True,
+        ),
+        Column(
+            "version",
+            "VERSION",
+            9,
+            lambda i: _plain(i.version or "?"),
+            lambda i: i.version,
+            "V",
+            priority=3,
+        ),
+        Column(
+            "up",
+            "UP",
+            9,
+            lambda i: _plain(age(ctx.now, i.started_at)),
+            lambda i: -i.started_at.timestamp() if i.started_at else float("-inf"),
+            "U",
+            justify="right",
+            priority=2,
+        ),
+        Column(
+            "links",
+            "LINKS",
+            5,
+            lambda i: _plain(str(i.links)),
+            lambda i: i.links,
+            "L",
+            justify="right",
+        ),
+        Column(
+            "inflight",
+            "IN FLIGHT",
+            9,
+            lambda i: _plain(str(i.inflight)),
+            lambda i: i.inflight,
+            "J",
+            justify="right",
+            priority=1,
+        ),
+        Column(
+            "state",
+            "STATE",
+            10,
+            lambda i: instance_state(ctx, i),
+            lambda i: i.id != ctx.this_instance,  # this one first
+            "S",
         ),
     ]

@@ -353,7 +353,13 @@ async def test_the_filter_waits_for_a_pause_in_typing() -> None:
 
 @pytest.mark.parametrize(
     ("command", "tab"),
-    [(":models", "models"), (":mcp", "mcp"), (":server", "server"), (":workers", "workers")],
+    [
+        (":models", "models"),
+        (":mcp", "mcp"),
+        (":server", "server"),
+        (":workers", "workers"),
+        (":instances", "instances"),
+    ],
 )
 async def test_colon_commands_switch_tabs(command: str, tab: str) -> None:
     feed = FrozenFeed.holding(snapshots("fleet"))
@@ -679,3 +685,102 @@ async def test_with_several_server_instances_each_relay_and_session_shows_its_in
         console = Console(width=160, file=io.StringIO(), record=True)
         console.print(facts)
         assert ["Instance", "i-b"] in [line.split() for line in console.export_text().splitlines()]
+
+
+def line_text(rows: FleetTable[Any], y: int) -> str:
+    return "".join(segment.text for segment in rows.render_line(y))
+
+
+async def test_six_shows_the_server_instances_sorted_by_any_column() -> None:
+    """Three instances: by id first; Shift+U by uptime (again: reversed); Shift+S this first."""
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("6")
+        assert app.screen.query_one(TabbedContent).active == "instances"
+        rows = table(app, "instances-table")
+        assert rows.has_focus
+        assert rows.order == ["gw-a", "gw-b", "gw-c"]
+        await pilot.press("U")
+        assert rows.order == ["gw-c", "gw-b", "gw-a"]  # youngest first
+        await pilot.press("U")
+        assert rows.order == ["gw-a", "gw-b", "gw-c"]
+        assert "UP↓" in line_text(rows, 0)
+        await pilot.press("S")
+        assert rows.order[0] == "gw-b"  # the instance the console reads
+        assert line_text(rows, 1).split()[-1] == "this"
+        assert line_text(rows, 2).split()[-1] == "peer"
+        await pilot.press("slash", *"0.2.0", "enter")
+        assert rows.order == ["gw-c"]
+        await pilot.press("escape")
+        assert len(rows.order) == 3
+
+
+async def test_a_server_alone_says_so_on_the_instances_tab() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("6")
+        rows = table(app, "instances-table")
+        assert rows.order == []
+        assert "This server runs alone (no REDIS_ADDR)" in line_text(rows, 1)
+        await pilot.press("enter")
+        assert isinstance(app.screen, MainScreen)  # nothing to open
+
+
+async def test_a_degraded_instance_says_so_in_its_state() -> None:
+    base = snapshots("fleet_instances")[0]
+    degraded = base.model_copy(update={"server": base.server.model_copy(update={"degraded": True})})
+    feed = FrozenFeed.holding([degraded])
+    app = fleet_app(feed)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("6", "S")
+        rows = table(app, "instances-table")
+        assert line_text(rows, 1).split()[-1] == "degraded"
+
+
+async def test_enter_on_an_instance_lists_what_is_linked_to_it_and_offers_no_action() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(120, 35)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("6", "enter")  # gw-a, first by id
+        detail = app.screen
+        assert isinstance(detail, DetailScreen)
+        assert detail.kind == "instance"
+        assert detail.check_action("act", ()) is None
+        await pilot.press("d")
+        assert isinstance(app.screen, DetailScreen)  # no confirmation: nothing to drain
+        console = Console(width=120, file=io.StringIO(), record=True)
+        for block in ("#detail-facts", "#detail-table"):
+            content = detail.query_one(block, Static).content
+            assert isinstance(content, Table)
+            console.print(content)
+        text = console.export_text()
+        assert "http://10.0.0.5:8080" in text
+        rows = [line.split() for line in text.splitlines()]
+        linked = {row[2] for row in rows if row[:1] == ["worker"]}
+        linked |= {row[3] for row in rows if row[:2] == ["MCP", "relay"]}
+        assert linked == {"w-alpha", "w-charlie", "m-files"}
+        await pilot.press("escape")
+        assert isinstance(app.screen, MainScreen)
+
+
+async def test_shift_x_sorts_connectors_and_relays_by_instance_and_the_filter_finds_one() -> None:
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    app = fleet_app(feed)
+    async with app.run_test(size=(120, 35)) as pilot:
+        await ready(pilot, feed)
+        await pilot.press("X")
+        assert table(app).order == ["w-alpha", "w-charlie", "w-bravo", "w-delta", "w-echo"]
+        await pilot.press("X")  # reversed; the gone row stays last
+        assert table(app).order == ["w-delta", "w-bravo", "w-alpha", "w-charlie", "w-echo"]
+        await pilot.press("slash", *"gw-a", "enter")
+        assert table(app).order == ["w-alpha", "w-charlie"]
+        await pilot.press("escape", "3", "X")
+        assert table(app, "mcp-relays").order == ["m-files", "m-search"]
+        await pilot.press("X")
+        assert table(app, "mcp-relays").order == ["m-search", "m-files"]

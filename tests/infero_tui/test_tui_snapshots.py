@@ -308,3 +308,35 @@ def test_no_color_renders_monochrome(
     monkeypatch.setenv("NO_COLOR", "1")
     feed = FrozenFeed.holding(snapshots("fleet"))
     assert snap_compare(fleet_app(feed), terminal_size=(100, 30), run_before=settle(feed))
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_instances_tab_lists_every_instance_this_one_marked(
+    snap_compare: SnapCompare, size: tuple[int, int]
+) -> None:
+    """Three server instances sharing the fleet: gw-b (this one), gw-a, gw-c on a newer version."""
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    assert snap_compare(fleet_app(feed), terminal_size=size, run_before=settle(feed, "6"))
+
+
+def test_instances_tab_of_a_server_alone_says_so(snap_compare: SnapCompare) -> None:
+    """No REDIS_ADDR: one line says the server runs alone."""
+    feed = FrozenFeed.holding(snapshots("fleet"))
+    assert snap_compare(fleet_app(feed), terminal_size=(80, 24), run_before=settle(feed, "6"))
+
+
+def test_instance_detail_lists_its_links(snap_compare: SnapCompare) -> None:
+    """Enter on gw-a: its facts and the connectors and relays linked to it."""
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    keys = ("6", "enter")
+    assert snap_compare(fleet_app(feed), terminal_size=(120, 35), run_before=settle(feed, *keys))
+
+
+@pytest.mark.parametrize("tab", ["workers", "mcp"])
+def test_with_several_instances_rows_show_their_instance(
+    snap_compare: SnapCompare, tab: str
+) -> None:
+    """The INSTANCE column of connectors, relays and sessions (shown with several instances)."""
+    feed = FrozenFeed.holding(snapshots("fleet_instances"))
+    keys = (TAB_KEYS[tab],)
+    assert snap_compare(fleet_app(feed), terminal_size=(120, 35), run_before=settle(feed, *keys))

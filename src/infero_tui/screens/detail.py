@@ -1,4 +1,5 @@
-"""Enter on a row: everything about one connector, model or MCP relay, full screen."""
+"""Enter on a row: everything about one connector, model, MCP relay or server instance, full
+screen."""
 
 from __future__ import annotations
 
@@ -15,13 +16,19 @@ from textual.containers import VerticalScroll
 from textual.screen import Screen
 from textual.widgets import Static
 
-from infero.protocol.state import McpClientInfo, ModelInfo, StateSnapshot, WorkerInfo
+from infero.protocol.state import (
+    InstanceInfo,
+    McpClientInfo,
+    ModelInfo,
+    StateSnapshot,
+    WorkerInfo,
+)
 from infero_tui.client import Action
 from infero_tui.format import age, count, millis, printable, rate
 from infero_tui.history import ErrorHistory
 from infero_tui.messages import Kind
 from infero_tui.rates import RateTracker
-from infero_tui.tables import TableContext, heartbeat_cell
+from infero_tui.tables import TableContext, heartbeat_cell, instance_state
 from infero_tui.widgets.fleet_header import FleetHeader
 from infero_tui.widgets.graph import Graph
 from infero_tui.widgets.status_style import status_text
@@ -187,6 +194,63 @@ def methods(relay: McpClientInfo) -> Table:
     return table
 
 
+_INSTANCE_STATES = {
+    "this": "this (the instance the console reads)",
+    "peer": "peer (another instance sharing the fleet)",
+    "degraded": "degraded: this instance cannot reach Redis and serves its own links only",
+}
+
+
+def instance_facts(
+    instance: InstanceInfo, ctx: TableContext, now: datetime, live_tokens: float
+) -> Table:
+    state, style = instance_state(ctx, instance)
+    return _grid(
+        [
+            ("ID", instance.id),
+            ("State", Text(_INSTANCE_STATES.get(state, state), style=style)),
+            ("Address", instance.address or "-"),
+            ("Version", instance.version or "?"),
+            ("Up for", age(now, instance.started_at)),
+            (
+                "Started",
+                f"{instance.started_at:%Y-%m-%d %H:%M:%S} UTC" if instance.started_at else "-",
+            ),
+            ("Links", f"{instance.links} (connectors and relays)"),
+            ("In flight", str(instance.inflight)),
+            ("Tokens/s now", f"{rate(live_tokens)} (10 s avg, its connectors)"),
+        ]
+    )
+
+
+def linked(instance: str, snapshot: StateSnapshot, rates: RateTracker) -> Table:
+    """The live connectors and MCP relays linked to an instance."""
+    table = Table(box=None, padding=(0, 1), show_edge=False)
+    for column in ("Linked", "Name", "ID", "Status", "Jobs", "Tok/s"):
+        table.add_column(column, justify="right" if column in ("Jobs", "Tok/s") else "left")
+    for worker in snapshot.workers:
+        if worker.instance == instance and worker.status != "gone":
+            table.add_row(
+                Text("worker"),
+                Text(printable(worker.name)),
+                Text(printable(worker.id)),
+                status_text(worker.status),
+                Text(f"{worker.inflight}/{worker.max_concurrency}"),
+                Text(rate(rates.worker(worker.id).tokens.rate())),
+            )
+    for relay in snapshot.mcp.clients:
+        if relay.instance == instance and relay.status != "gone":
+            table.add_row(
+                Text("MCP relay"),
+                Text(printable(relay.name)),
+                Text(printable(relay.id)),
+                status_text(relay.status),
+                Text(str(relay.inflight)),
+                Text(""),
+            )
+    return table
+
+
 def set_block(block: Static, content: RenderableType) -> None:
     """Show new content in a block of variable height; lay the screen out again only when the
     block's height changes (a redraw per state would otherwise relayout the whole view)."""
@@ -246,8 +310,9 @@ class DetailScreen(Screen[None]):
         yield Static(id="detail-title")
         with VerticalScroll(id="detail-body"):
             yield Static(classes="block", id="detail-facts")
-            yield Graph("Requests/s" if self.kind != "relay" else "Calls/s", id="graph-a")
-            if self.kind != "relay":
+            if self.kind != "instance":  # no per-instance series: its figures are in the facts
+                yield Graph("Requests/s" if self.kind != "relay" else "Calls/s", id="graph-a")
+            if self.kind in ("worker", "model"):
                 yield Graph("Tokens/s", id="graph-b")
             yield Static(classes="block", id="detail-table")
             yield Static(classes="block", id="detail-errors")
@@ -263,7 +328,7 @@ class DetailScreen(Screen[None]):
     def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
         if action != "act":
             return True
-        if self.kind == "model" or self.source.why_not_act() is not None:
+        if self.kind not in ("worker", "relay") or self.source.why_not_act() is not None:
             return None
         return None if self.entity_status() in (None, "gone") else True
 
@@ -277,7 +342,7 @@ class DetailScreen(Screen[None]):
         if self.kind == "relay":
             relay = next((r for r in snapshot.mcp.clients if r.id == self.key), None)
             return relay.status if relay else None
-        return "model"
+        return self.kind
 
     def redraw(self) -> None:
         """Draw the entity from the source's latest snapshot (it may have left the fleet)."""
@@ -290,6 +355,9 @@ class DetailScreen(Screen[None]):
         facts = self.query_one("#detail-facts", Static)
         table = self.query_one("#detail-table", Static)
         errors = self.query_one("#detail-errors", Static)
+        if self.kind == "instance":
+            self._redraw_instance(snapshot)
+            return
         graph_a = self.query_one("#graph-a", Graph)
         if self.kind == "worker":
             worker = next((w for w in snapshot.workers if w.id == self.key), None)
@@ -340,6 +408,28 @@ class DetailScreen(Screen[None]):
             set_block(errors, _errors(self.source.errors.of(f"relay:{relay.id}"), now))
         self.query_one("#detail-keys", Static).update(self._keys(), layout=False)  # one line
 
+    def _redraw_instance(self, snapshot: StateSnapshot) -> None:
+        title = self.query_one("#detail-title", Static)
+        instance = next((i for i in snapshot.server.instances if i.id == self.key), None)
+        if instance is None:
+            title.update(
+                Text(f"Instance {self.key} is no longer in the fleet.", style="dim"), layout=False
+            )
+            return
+        title.update(Text(f"Server instance {printable(instance.id)}"), layout=False)
+        rates = self.source.rates
+        tokens = sum(
+            rates.worker(w.id).tokens.rate() for w in snapshot.workers if w.instance == instance.id
+        )
+        now = snapshot.server.now
+        set_block(
+            self.query_one("#detail-facts", Static),
+            instance_facts(instance, self.source.ctx, now, tokens),
+        )
+        set_block(self.query_one("#detail-table", Static), linked(instance.id, snapshot, rates))
+        set_block(self.query_one("#detail-errors", Static), Text(""))
+        self.query_one("#detail-keys", Static).update(self._keys(), layout=False)  # one line
+
     def _keys(self) -> Text:
         """The keys of this view (a footer costs a recompose on every switch); actions that
         cannot be sent are dimmed."""
@@ -360,7 +450,7 @@ class DetailScreen(Screen[None]):
         self.dismiss()
 
     def action_act(self, action: Action) -> None:
-        if self.kind != "model":
+        if self.kind in ("worker", "relay"):
             self.source.request_action(self.kind, self.key, action)
 
     def action_scroll(self, step: int) -> None:

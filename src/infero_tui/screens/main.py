@@ -57,7 +57,14 @@ from infero_tui.widgets.inputs import configure_inputs
 from infero_tui.widgets.local_pane import LocalPane
 from infero_tui.widgets.server_pane import ServerPane
 from infero_tui.widgets.status_style import status_word
-from infero_tui.widgets.table_pane import ActionPane, McpPane, ModelsPane, TablePane, WorkersPane
+from infero_tui.widgets.table_pane import (
+    ActionPane,
+    InstancesPane,
+    McpPane,
+    ModelsPane,
+    TablePane,
+    WorkersPane,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -67,6 +74,7 @@ TABS: tuple[tuple[str, str], ...] = (
     ("mcp", "3 MCP"),
     ("server", "4 Server"),
     ("local", "5 Local"),
+    ("instances", "6 Instances"),
 )
 
 FOCUS_IN_TAB = {
@@ -75,6 +83,7 @@ FOCUS_IN_TAB = {
     "mcp": "#mcp-relays",
     "server": "#server-pane",
     "local": "#local-log",
+    "instances": "#instances-table",
 }
 
 
@@ -89,7 +98,7 @@ TAB_KEYS: list[BindingType] = [
 """
 | Key | Action |
 | :- | :- |
-| 1-5 | Workers, Models, MCP, Server, Local tab. |
+| 1-6 | Workers, Models, MCP, Server, Local, Instances tab. |
 | : | Command line: :workers, :mcp, :drain NAME, :undrain NAME, :ctx URL, :q (see docs). |
 | a | Enter another API key and reconnect. |
 """
@@ -200,6 +209,9 @@ class MainScreen(Screen[None]):
                         refresh_interval=self.config.refresh_interval,
                         id="local-pane",
                     )
+            if self.fleet is not None:  # after Local: its key (5) predates this tab
+                with TabPane(TABS[5][1], id="instances"):
+                    yield InstancesPane(self.ctx, debounce=debounce, id="instances-pane")
         yield Input(placeholder=":command (Esc: cancel)", id="command-line")
         yield KeyFooter()
 
@@ -325,6 +337,8 @@ class MainScreen(Screen[None]):
         ctx = self.ctx
         ctx.now = snapshot.server.now
         ctx.instances = bool(snapshot.server.instances)
+        ctx.this_instance = snapshot.server.instance
+        ctx.degraded = snapshot.server.degraded
         ctx.note(snapshot.workers, snapshot.mcp.clients)
         if self.covered():
             self._tabs_stale = True
@@ -341,6 +355,7 @@ class MainScreen(Screen[None]):
         self.query_one(ModelsPane).show(snapshot.models)
         self.query_one(McpPane).show(snapshot.mcp.clients, snapshot.mcp.sessions)
         self.query_one(ServerPane).show(snapshot, self.rates)
+        self.query_one(InstancesPane).show(snapshot.server.instances)
 
     def covered(self) -> bool:
         """Whether a detail view hides this screen: its tabs then wait for it to close (Textual
@@ -455,7 +470,7 @@ class MainScreen(Screen[None]):
             self.notify(why_not, severity="warning")
             return
         entity = self.worker(key) if kind == "worker" else self.relay(key)
-        if entity is None or kind == "model":
+        if entity is None or kind not in ("worker", "relay"):
             self.notify("That connector is no longer known.", severity="warning")
             return
         if entity.status == "gone":

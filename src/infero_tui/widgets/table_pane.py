@@ -11,11 +11,13 @@ from textual.containers import Vertical
 from textual.timer import Timer
 from textual.widgets import Input, Static
 
-from infero.protocol.state import McpClientInfo, ModelInfo, WorkerInfo
+from infero.protocol.state import InstanceInfo, McpClientInfo, ModelInfo, WorkerInfo
 from infero_tui.client import Action
 from infero_tui.messages import ActionRequested, DetailRequested, Kind
 from infero_tui.tables import (
     TableContext,
+    instance_columns,
+    instance_rows,
     model_columns,
     model_rows,
     relay_columns,
@@ -232,3 +234,20 @@ class McpPane(ActionPane):
     def show(self, relays: list[McpClientInfo], sessions: list[Any]) -> None:
         self.table.update(relays)
         self.query_one("#mcp-sessions", FleetTable).update(sessions)
+
+
+class InstancesPane(TablePane):
+    """Tab 6: the `infero server` instances sharing the fleet through Redis (REDIS_ADDR)."""
+
+    KIND = "instance"
+
+    def compose_tables(self) -> ComposeResult:
+        yield FleetTable(
+            instance_columns(self.ctx),
+            instance_rows(self.ctx),
+            empty="This server runs alone (no REDIS_ADDR): no other instance shares its fleet.",
+            id="instances-table",
+        )
+
+    def show(self, instances: list[InstanceInfo]) -> None:
+        self.table.update(instances)
