@@ -718,12 +718,19 @@ async def test_six_shows_the_server_instances_sorted_by_any_column() -> None:
 
 
 async def test_a_server_alone_says_so_on_the_instances_tab() -> None:
-    feed = FrozenFeed.holding(snapshots("fleet"))
+    """Only once a state says so: before it, the tab waits for one."""
+    feed = FrozenFeed([([], "hold")])
     app = fleet_app(feed)
     async with app.run_test(size=(100, 30)) as pilot:
-        await ready(pilot, feed)
+        async with asyncio.timeout(5):
+            await feed.settled.wait()
         await pilot.press("6")
         rows = table(app, "instances-table")
+        assert "Waiting for the first state." in line_text(rows, 1)
+        screen = app.screen
+        assert isinstance(screen, MainScreen)
+        screen._park(snapshots("fleet")[0])  # what the stream worker does with a state
+        await until(pilot, lambda: screen.snapshot is not None)
         assert rows.order == []
         assert "This server runs alone (no REDIS_ADDR)" in line_text(rows, 1)
         await pilot.press("enter")

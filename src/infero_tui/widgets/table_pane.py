@@ -236,6 +236,10 @@ class McpPane(ActionPane):
         self.query_one("#mcp-sessions", FleetTable).update(sessions)
 
 
+ALONE = "This server runs alone (no REDIS_ADDR): no other instance shares its fleet."
+"""What the Instances tab says when a state lists no instances."""
+
+
 class InstancesPane(TablePane):
     """Tab 6: the `infero server` instances sharing the fleet through Redis (REDIS_ADDR)."""
 
@@ -245,9 +249,13 @@ class InstancesPane(TablePane):
         yield FleetTable(
             instance_columns(self.ctx),
             instance_rows(self.ctx),
-            empty="This server runs alone (no REDIS_ADDR): no other instance shares its fleet.",
+            empty="Waiting for the first state.",
             id="instances-table",
         )
 
     def show(self, instances: list[InstanceInfo]) -> None:
-        self.table.update(instances)
+        table = self.table
+        if table.empty != ALONE:  # a state came: no instance listed means a server alone
+            table.empty = ALONE
+            table.refresh()
+        table.update(instances)
