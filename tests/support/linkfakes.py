@@ -141,6 +141,9 @@ class FakeBackend:
     cancelled: asyncio.Event = field(default_factory=asyncio.Event)
     answer: bytes = b""
     discovery_auth: list[str] = field(default_factory=list)
+    broken: bytes = b""
+    """When set, a chat answer streams these bytes and the backend then drops the connection
+    (a backend dying mid-answer)."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -168,6 +171,11 @@ class FakeBackend:
         resp = web.StreamResponse(headers={"Content-Type": "text/event-stream", "X-Backend": "1"})
         resp.set_cookie("session", "client-a")
         await resp.prepare(request)
+        if self.broken:
+            await resp.write(self.broken)
+            assert request.transport is not None
+            request.transport.close()  # the bytes written leave first, the end never
+            return resp
         await resp.write(b'data: {"n":1}\n\n')
         self.entered.set()
         try:

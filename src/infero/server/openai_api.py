@@ -1,7 +1,8 @@
 """The OpenAI-compatible relay: `POST /api/v1/{chat/completions,completions,embeddings,responses}`.
 
 Hot path: the body is read once and `json.loads`-ed once (model, stream); the answer is
-written chunk by chunk as the connector sends it. See docs/routing.md and docs/errors.md.
+written chunk by chunk as the connector sends it, an event stream up to its last complete
+event (a break then ends it cleanly). See docs/routing.md and docs/errors.md.
 """
 
 from __future__ import annotations
@@ -60,6 +61,13 @@ _SSE_HEADERS = {
 _ERROR_BODY_LIMIT = 64 * 1024
 _DONE = b"[DONE]\n\n"
 """End of an OpenAI event stream: SDKs close the connection as soon as they read it."""
+_EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r")
+"""What ends an SSE event: a blank line, that is two line ends (LF, CR or CRLF) in a row. The
+usual one first; LF CR covers the mixed rest (the LF of a CRLF that may follow it then begins
+the next piece)."""
+
+HELD_LIMIT = 1024 * 1024
+"""Bytes of an unfinished SSE event held back at most; a longer event is written as it comes."""
 
 
 class _HeadWithBody(web.StreamResponse):
@@ -237,8 +245,8 @@ class _Relay:
         self.response: web.StreamResponse | None = None
         """The client response once its headers were sent."""
         self.written = b""
-        """The end of the body the client's transport accepted: its last chunk, or at least
-        `len(_DONE)` bytes of it when the last chunk is shorter (`[DONE]` split in two)."""
+        """The last piece of the body the client's transport accepted. In an event stream it
+        is whole events: all of `data: [DONE]`, even when that arrived in several chunks."""
         self.complete = False
         """The whole answer was handed to the client's transport (only the end may be missing)."""
         self.writing = 0.0
@@ -465,6 +473,10 @@ class _Relay:
             self.watchdog = loop.call_later(self.api.settings.stall_timeout, self._watch_writes)
         ttft: float | None = None
         collected = bytearray()
+        events = not converted and self._ends_with_event(response)
+        # An event stream's unfinished last event waits here until it is complete (or the
+        # answer ends cleanly): a break never leaves a fragment before the error event.
+        held = b""
         try:
             while True:
                 try:
@@ -473,6 +485,7 @@ class _Relay:
                     raise ExchangeFailed("idle_timeout", "connector went silent") from None
                 if chunk is None:
                     break
+                size = len(chunk)
                 if ttft is None:
                     ttft = time.perf_counter() - dispatched
                 if tap is not None and tap.active:
@@ -485,16 +498,17 @@ class _Relay:
                     if tap is not None and tap.active:
                         await tap.end()
                     self.writing = loop.time()
-                    await response.write_eof(chunk)
+                    await response.write_eof(held + chunk if held else chunk)
                     return ttft, "success", ""
                 else:
-                    self.writing = loop.time()
-                    await response.write(chunk)
-                    self.writing = 0.0
-                    self.written = (
-                        chunk if len(chunk) >= len(_DONE) else (self.written + chunk)[-len(_DONE) :]
-                    )
-                await exchange.consumed(len(chunk))
+                    if events and (held or not chunk.endswith(_EVENT_ENDS)):
+                        chunk, held = _whole_events(held, chunk)
+                    if chunk:
+                        self.writing = loop.time()
+                        await response.write(chunk)
+                        self.writing = 0.0
+                        self.written = chunk
+                await exchange.consumed(size)
         except ExchangeFailed as failure:
             await self._broken(response, failure)
             return ttft, "error", failure.message or failure.code
@@ -505,7 +519,7 @@ class _Relay:
         if tap is not None and tap.active:
             await tap.end()
         self.complete = True
-        await response.write_eof()
+        await response.write_eof(held)
         return ttft, "success", ""
 
     def _watch_writes(self) -> None:
@@ -529,6 +543,13 @@ class _Relay:
             return
         self.watchdog = loop.call_at((began or now) + stall, self._watch_writes)
 
+    def _ends_with_event(self, response: web.StreamResponse) -> bool:
+        """Whether a break of this answer ends with an SSE error event (else the connection
+        is cut): a stream asked for, or an event stream."""
+        return self.stream or response.headers.get("Content-Type", "").startswith(
+            "text/event-stream"
+        )
+
     async def _broken(self, response: web.StreamResponse, failure: ExchangeFailed) -> None:
         """The answer broke after it started: SSE error event, or cut the connection."""
         logger.warning(
@@ -537,7 +558,7 @@ class _Relay:
             failure.code,
             failure.message,
         )
-        if self.stream or response.headers.get("Content-Type", "").startswith("text/event-stream"):
+        if self._ends_with_event(response):
             await response.write(
                 errors.sse_error_event(_upstream_message(failure), "server_error", "upstream_error")
             )
@@ -579,6 +600,27 @@ class _Relay:
         if retry:
             return errors.retry_later(status, message, code)
         return errors.api_error(status, message, type_, code)
+
+
+def _whole_events(held: bytes, chunk: bytes) -> tuple[bytes, bytes]:
+    """`held` then `chunk` of an event stream, split into the complete events to write now and
+    the unfinished event to hold back (unless it is `HELD_LIMIT` bytes or more: then written
+    too). The caller skips it for a chunk that ends an event with nothing held (the usual
+    case: no scan, no copy)."""
+    start = 0
+    if held:
+        start = max(len(held) - 3, 0)  # a blank line may begin in the held bytes
+        chunk = held + chunk
+    if chunk.endswith(_EVENT_ENDS):
+        return chunk, b""
+    end = 0
+    for blank in _EVENT_ENDS:
+        found = chunk.rfind(blank, max(start, end - 3))  # only past the last end found
+        if found >= 0:
+            end = max(end, found + len(blank))
+    if len(chunk) - end >= HELD_LIMIT:
+        return chunk, b""
+    return chunk[:end], chunk[end:]
 
 
 def _upstream_message(failure: ExchangeFailed | None) -> str:

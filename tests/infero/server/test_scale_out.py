@@ -6,6 +6,7 @@ A connector is linked to instance A only; the official openai SDK calls instance
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import aiohttp
@@ -139,6 +140,32 @@ async def test_a_client_leaving_at_b_cancels_the_request_at_the_connector(tmp_pa
             await incoming.cancelled.wait()
 
 
+async def test_an_answer_broken_mid_event_at_a_reaches_the_sdk_at_b_as_an_api_error(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        client_of(b) as client,
+    ):
+        async with asyncio.timeout(15):
+            await b.wait_for(lambda: sees(b, "w1"))
+            call = asyncio.create_task(
+                client.chat.completions.create(model="m", messages=MESSAGES, stream=True)
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            await conn.body(incoming.id, EVENTS[0] + EVENTS[1][:40])
+            await conn.end(incoming.id, error=lp.LinkError(code="backend_error", message="cut"))
+            chunks = aiter(await call)
+            assert (await anext(chunks)).choices[0].delta.content == "Hel"
+            with pytest.raises(openai.APIError) as failed:
+                await anext(chunks)
+        assert failed.value.message == "Upstream failure (backend_error): cut"
+
+
 async def test_drain_asked_at_b_reaches_the_connector_linked_to_a(tmp_path: Path) -> None:
     async with (
         redis_server(tmp_path) as redis,
@@ -207,14 +234,14 @@ async def test_a_killed_instance_leaves_the_fleet_within_its_lease(tmp_path: Pat
                     )
                     incoming = await conn.next_request()
                     await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
-                    await conn.body(incoming.id, EVENTS[0])
+                    await conn.body(incoming.id, EVENTS[0] + EVENTS[1][:40])
                     resp = await streaming
                     assert await resp.content.readuntil(b"\n\n") == EVENTS[0]
-                    a.proc.kill()  # in the middle of the answer
+                    a.proc.kill()  # in the middle of the answer, and of its second event
                     await a.proc.wait()
-                    rest = await resp.read()  # ends (no hang) with an error event
+                    rest = await resp.read()  # ends (no hang) with an error event, alone
                     assert rest.startswith(b"data: {"), rest
-                    assert b"upstream_error" in rest, rest
+                    assert json.loads(rest[6:])["error"]["code"] == "upstream_error", rest
             async with asyncio.timeout(3.0 + 5):  # the lease (3 s) and one read of the view
                 await b.wait_for(lambda: not sees(b, "w1"))
             async with client_of(b) as client:

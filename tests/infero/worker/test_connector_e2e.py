@@ -76,6 +76,25 @@ async def test_streaming_chat_flows_token_by_token_through_server_and_connector(
     assert "".join(parts) == "This answer comes from infero's"
 
 
+async def test_a_backend_dying_mid_event_gives_the_sdk_its_chunks_then_an_api_error() -> None:
+    events = [
+        b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m1",'
+        b'"choices":[{"index":0,"delta":{"content":"' + word + b'"},"finish_reason":null}]}\n\n'
+        for word in (b"Hel", b"lo", b"!")
+    ]
+    backend = FakeBackend(models=["m1"], broken=events[0] + events[1] + events[2][:50])
+    async with stack(backend=backend) as s, asyncio.timeout(5):
+        stream = await s.client.with_options(max_retries=0).chat.completions.create(
+            model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+        )
+        chunks = aiter(stream)
+        assert (await anext(chunks)).choices[0].delta.content == "Hel"
+        assert (await anext(chunks)).choices[0].delta.content == "lo"
+        with pytest.raises(openai.APIError) as failed:
+            await anext(chunks)
+    assert failed.value.message.startswith("Upstream failure (backend_error): backend answer broke")
+
+
 async def test_non_streaming_chat_and_models_list_work() -> None:
     async with stack() as s, asyncio.timeout(5):
         done = await s.client.chat.completions.create(
