@@ -68,12 +68,15 @@ class LocalRoute:
         return self._exchange
 
     async def finish(self, done: RequestFinished) -> None:
+        """Count the outcome now; the slot is free once the connector has ended the call (a
+        client that left, or a timeout, cancels it first): see docs/routing.md."""
         exchange, link = self._exchange, self._link
         if exchange is not None and link is not None:
             await exchange.cancel()
-            link.forget(exchange)
+            link.release_after_end(exchange, self._release)
+        else:
+            self._release()
         state = self._state
-        state.scheduler.release(self.worker)
         state.fleet.record(
             self.worker,
             done.model,
@@ -85,6 +88,9 @@ class LocalRoute:
             tokens_out=done.tokens_out,
         )
         state.events.request_finished(done)
+
+    def _release(self) -> None:
+        self._state.scheduler.release(self.worker)
 
 
 class LocalTicket:

@@ -7,6 +7,7 @@ so none of them imports the WebSocket endpoint (`linkserver.py`).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Protocol
 
 from infero.common.liveness import Liveness
@@ -58,6 +59,11 @@ class ConnectorLink(Protocol):
 
     def forget(self, exchange: Exchange) -> None:
         """Drop an exchange the handler no longer reads."""
+        ...
+
+    def release_after_end(self, exchange: Exchange, release: Callable[[], None]) -> None:
+        """Forget `exchange`; call `release` once the connector has ended its stream (its
+        `end`, the link gone, or a bound), at once if it has."""
         ...
 
     async def send(self, frame: lp.Cancel | lp.Credit | lp.Control | lp.Ping | lp.Pong) -> None:

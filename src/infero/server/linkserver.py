@@ -35,6 +35,11 @@ INLINE_BODY = 64 * 1024
 HELLO_TIMEOUT = 10.0
 """Seconds a new link has to send its Hello."""
 
+END_GRACE = 5.0
+"""Seconds a slot stays taken after the server gave up on its stream (client gone, timeout),
+waiting for the connector's `end`: a connector ends a cancelled call at once, and the bound
+keeps an `end` that never comes from holding the slot for ever."""
+
 STALE_AFTER = 2.0
 """A link silent for this many heartbeat intervals is stale: a newcomer with its id may
 replace it (a live connector is heard from at least once per interval), and `/api/state`
@@ -83,6 +88,9 @@ class Link:
         self.liveness = liveness
         self.clock = clock
         self.exchanges: dict[int, Exchange] = {}
+        self.ending: dict[int, tuple[Callable[[], None], asyncio.TimerHandle]] = {}
+        """Streams the server gave up on whose `end` has not come: what frees each one's slot
+        (see `release_after_end`)."""
         self.closed = False
         self.shutting_down = False
         """The connector was told to shut down (it said so, or an operator asked here)."""
@@ -118,7 +126,9 @@ class Link:
         if self.closed:
             raise ExchangeFailed("link_lost", "connector link closed", retryable=True)
         self._next_stream = self._next_stream % 0xFFFFFFFF + 1
-        while self._next_stream in self.exchanges:
+        while self._next_stream in self.exchanges or (
+            self.ending and self._next_stream in self.ending
+        ):
             self._next_stream = self._next_stream % 0xFFFFFFFF + 1
         sid = self._next_stream
         exchange = Exchange(self, sid, self.window)
@@ -183,16 +193,40 @@ class Link:
         if self.exchanges.get(exchange.id) is exchange:
             del self.exchanges[exchange.id]
 
+    def release_after_end(self, exchange: Exchange, release: Callable[[], None]) -> None:
+        """Forget `exchange` and call `release` once the connector has ended its stream: at once
+        when its `end` came or the link is gone, else at its `end`, when the link goes, or after
+        `END_GRACE` s, whichever is first."""
+        self.forget(exchange)
+        if exchange.end is not None or self.closed:
+            release()
+            return
+        timer = asyncio.get_running_loop().call_later(END_GRACE, self.ended, exchange.id)
+        self.ending[exchange.id] = (release, timer)
+
+    def ended(self, stream_id: int) -> None:
+        """The stream the server gave up on has ended (or waited `END_GRACE` s): free it."""
+        held = self.ending.pop(stream_id, None)
+        if held is not None:
+            release, timer = held
+            timer.cancel()
+            release()
+
     async def close(self, code: int = CLOSE_NORMAL, message: str = "") -> None:
         """Close the WebSocket; the reader loop then detaches the link."""
         self.closed = True
         await self.ws.close(code=code, message=message.encode())
 
     def fail_exchanges(self, message: str) -> None:
-        """The link is gone: every exchange on it fails."""
+        """The link is gone: every exchange on it fails, every stream given up on is ended."""
+        self.closed = True
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(message)
+        ending, self.ending = self.ending, {}
+        for release, timer in ending.values():
+            timer.cancel()
+            release()
 
 
 async def shut_down_links(links: Iterable[ConnectorLink]) -> None:
@@ -404,6 +438,8 @@ class LinkEndpoint:
                 exchange = exchanges.pop(frame.id, None)
                 if exchange is not None:
                     exchange.on_end(frame)
+                elif link.ending:
+                    link.ended(frame.id)
             elif isinstance(frame, lp.Ping):
                 await link.send(lp.Pong(ts=frame.ts))
             elif isinstance(frame, lp.StatusUpdate):

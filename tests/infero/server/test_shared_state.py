@@ -7,6 +7,7 @@ the way the link endpoint does), so every implementation of the seam must pass i
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -32,6 +33,8 @@ class FakeLink:
         self.sent: list[Any] = []
         self.opened: list[str] = []
         self.forgotten: list[Exchange] = []
+        self.ending: list[Callable[[], None]] = []
+        """Slots held until the connector ends a stream the server gave up on."""
 
     async def open_exchange(self, *, path: str, **_: Any) -> Exchange:
         if self.closed:
@@ -41,6 +44,13 @@ class FakeLink:
 
     def forget(self, exchange: Exchange) -> None:
         self.forgotten.append(exchange)
+
+    def release_after_end(self, exchange: Exchange, release: Callable[[], None]) -> None:
+        self.forgotten.append(exchange)
+        if exchange.end is not None or self.closed:
+            release()
+        else:
+            self.ending.append(release)
 
     async def send(self, frame: Any) -> None:
         self.sent.append(frame)
@@ -125,7 +135,7 @@ async def test_routes_go_to_the_least_busy_connector_and_never_beyond_capacity(
     assert shared.gauges().inflight == 3
 
 
-async def test_finish_frees_the_slot_counts_the_outcome_and_reports_it_once(
+async def test_finish_counts_the_outcome_once_and_frees_the_slot_when_the_connector_ended(
     shared: SharedState, finished: Finished
 ) -> None:
     fake = attach(shared, "a", ["m"], 1)
@@ -136,8 +146,12 @@ async def test_finish_frees_the_slot_counts_the_outcome_and_reports_it_once(
     )
     await route.finish(done(route, "error", "boom"))
     assert fake.forgotten == [exchange]
+    assert fake.sent == [lp.Cancel(id=exchange.id)]
     assert [e.error for e in finished.events] == ["boom"]
+    assert shared.gauges().inflight == 1, "the connector has not ended the call yet"
+    fake.ending.pop()()
     assert shared.gauges().inflight == 0
+    fake.sent.clear()
     again = await shared.dispatcher.acquire_now("m", frozenset(), None)
     assert again is not None
     assert again.connector_id == "a"

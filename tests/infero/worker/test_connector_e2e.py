@@ -1,8 +1,15 @@
-"""The real server, the real connector and the demo backend, used with the openai SDK."""
+"""The real server, the real connector and the demo backend, used with the openai SDK.
+
+A connector's slot stays taken until the connector ended the call, not until the client left:
+the openai SDK closes its connection 0.1 s after `data: [DONE]`, and a backend that keeps its
+answer open longer (llama.cpp with one slot) makes the connector end the call after that. A
+waiter must then get the slot once the connector is free, never a `busy` refusal (502).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -156,3 +163,87 @@ async def test_operator_drains_and_undrains_the_connector_through_the_server(
         assert not s.connector.stopped.is_set()
     assert chunks[-1].usage is not None
     assert "asks to drain (by server operator 'operator')" in caplog.text
+
+
+LINGER = 0.2
+"""Seconds the backend keeps its answer open after `[DONE]` (longer than the SDK's drain)."""
+
+
+@dataclass
+class LingeringBackend(FakeBackend):
+    """Streams an answer, then keeps the connection open `LINGER` s before ending it; counts
+    the calls running at once (a backend with one slot would refuse or cut the second)."""
+
+    running: int = 0
+    most: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._lingering)
+        return app
+
+    async def _lingering(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await resp.prepare(request)
+            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m1"}
+            delta = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
+            await resp.write(b"data: " + json.dumps({**chunk, "choices": [delta]}).encode())
+            await resp.write(b"\n\ndata: [DONE]\n\n")
+            await asyncio.sleep(LINGER)  # the backend's own behaviour, not a wait of the test
+            await resp.write_eof()
+            return resp
+        finally:
+            self.running -= 1
+
+
+async def _ask(client: openai.AsyncOpenAI) -> str:
+    stream = await client.chat.completions.create(
+        model="m1", messages=[{"role": "user", "content": "hi"}], stream=True
+    )
+    return "".join([c.choices[0].delta.content or "" async for c in stream if c.choices])
+
+
+async def _settled(s: Stack) -> None:
+    """Every slot given back: the connector ended all its calls, nobody waits."""
+    await s.server.wait_for(
+        lambda: (
+            (w := s.server.worker("w-e2e")) is not None
+            and w.inflight == 0
+            and s.server.queue_len("m1") == 0
+        )
+    )
+
+
+def _counted_once(s: Stack, requests: int) -> None:
+    worker = s.server.worker("w-e2e")
+    assert worker is not None
+    assert (worker.processed_total, worker.failures_total, worker.cancelled_total) == (
+        requests,
+        0,
+        0,
+    )
+
+
+async def test_sequential_streams_never_find_the_connector_busy() -> None:
+    backend = LingeringBackend()
+    async with stack(backend=backend, max_concurrency=1) as s, asyncio.timeout(10):
+        for _ in range(4):
+            assert await _ask(s.client) == "hi"
+        await _settled(s)
+        _counted_once(s, 4)
+    assert backend.most == 1
+
+
+async def test_concurrent_streams_wait_for_the_connector_to_end_its_call() -> None:
+    backend = LingeringBackend()
+    async with stack(backend=backend, max_concurrency=1) as s, asyncio.timeout(15):
+        answers = await asyncio.gather(*(_ask(s.client) for _ in range(6)))
+        assert answers == ["hi"] * 6
+        await _settled(s)
+        _counted_once(s, 6)
+    assert backend.most == 1
