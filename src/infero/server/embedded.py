@@ -72,6 +72,14 @@ class LocalRoute:
         client that left, or a timeout, cancels it first): see docs/routing.md."""
         exchange, link = self._exchange, self._link
         if exchange is not None and link is not None:
+            end = exchange.end
+            if end is not None and end.error is not None and end.error.code == "busy":
+                # The connector had no room: it runs a call this server does not count. The
+                # slot stays taken until the connector ends one; the request waits again, not
+                # finished (docs/routing.md).
+                link.forget(exchange)
+                link.release_at_next_end(self._release)
+                return
             await exchange.cancel()
             link.release_after_end(exchange, self._release)
         else:
@@ -142,8 +150,11 @@ class LocalDispatcher:
         worker = self._state.scheduler.acquire_now(model, exclude, target)
         return LocalRoute(self._state, worker) if worker is not None else None
 
-    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> LocalTicket:
-        return LocalTicket(self._state, self._state.scheduler.enqueue(model, exclude, target))
+    async def enqueue(
+        self, model: str, exclude: frozenset[str], target: str | None, *, first: bool = False
+    ) -> LocalTicket:
+        waiter = self._state.scheduler.enqueue(model, exclude, target, first=first)
+        return LocalTicket(self._state, waiter)
 
 
 class LocalControl:

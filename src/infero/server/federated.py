@@ -140,7 +140,11 @@ class FederatedDispatcher:
             return state.peer_route(lease, best)  # no fleet queue: it waits in its home's queue
         return None
 
-    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Ticket:
+    async def enqueue(
+        self, model: str, exclude: frozenset[str], target: str | None, *, first: bool = False
+    ) -> Ticket:
+        """The fleet queue (`first` is not honoured there: a request refused `busy` joins its
+        tail), or this instance's own while it is degraded."""
         state = self._state
         if not state.queue_degraded():
             try:
@@ -154,7 +158,7 @@ class FederatedDispatcher:
             route = await self.acquire_now(model, exclude, target)
             if route is not None:
                 return _Handed(route, state.queue.seats.abandon)
-        return await state.local.dispatcher.enqueue(model, exclude, target)
+        return await state.local.dispatcher.enqueue(model, exclude, target, first=first)
 
 
 class _Handed:

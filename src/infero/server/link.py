@@ -66,6 +66,11 @@ class ConnectorLink(Protocol):
         `end`, the link gone, or a bound), at once if it has."""
         ...
 
+    def release_at_next_end(self, release: Callable[[], None]) -> None:
+        """Call `release` when the connector next ends a stream (it refused one `busy`), the
+        link goes, or after a bound."""
+        ...
+
     async def send(self, frame: lp.Cancel | lp.Credit | lp.Control | lp.Ping | lp.Pong) -> None:
         """Send a control frame (dropped once closed)."""
         ...

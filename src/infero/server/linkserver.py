@@ -40,6 +40,9 @@ END_GRACE = 5.0
 waiting for the connector's `end`: a connector ends a cancelled call at once, and the bound
 keeps an `end` that never comes from holding the slot for ever."""
 
+REFUSALS = frozenset({"busy", "draining"})
+"""`end` errors of a request the connector refused: no call of its ended."""
+
 STALE_AFTER = 2.0
 """A link silent for this many heartbeat intervals is stale: a newcomer with its id may
 replace it (a live connector is heard from at least once per interval), and `/api/state`
@@ -91,6 +94,9 @@ class Link:
         self.ending: dict[int, tuple[Callable[[], None], asyncio.TimerHandle]] = {}
         """Streams the server gave up on whose `end` has not come: what frees each one's slot
         (see `release_after_end`)."""
+        self.owed: list[tuple[Callable[[], None], asyncio.TimerHandle]] = []
+        """Slots of requests the connector refused `busy`, freed one by one as it ends calls
+        (see `release_at_next_end`)."""
         self.closed = False
         self.shutting_down = False
         """The connector was told to shut down (it said so, or an operator asked here)."""
@@ -204,6 +210,27 @@ class Link:
         timer = asyncio.get_running_loop().call_later(END_GRACE, self.ended, exchange.id)
         self.ending[exchange.id] = (release, timer)
 
+    def release_at_next_end(self, release: Callable[[], None]) -> None:
+        """Call `release` when the connector next ends a stream (it refused one `busy`, so it
+        runs a call the server does not count), when the link goes, or after `END_GRACE` s."""
+        if self.closed:
+            release()
+            return
+        held: tuple[Callable[[], None], asyncio.TimerHandle]
+        timer = asyncio.get_running_loop().call_later(END_GRACE, lambda: self._repay(held))
+        held = (release, timer)
+        self.owed.append(held)
+
+    def repaid(self) -> None:
+        """The connector ended a stream: free the oldest slot owed to a `busy` refusal."""
+        self._repay(self.owed[0])
+
+    def _repay(self, held: tuple[Callable[[], None], asyncio.TimerHandle]) -> None:
+        self.owed.remove(held)
+        release, timer = held
+        timer.cancel()
+        release()
+
     def ended(self, stream_id: int) -> None:
         """The stream the server gave up on has ended (or waited `END_GRACE` s): free it."""
         held = self.ending.pop(stream_id, None)
@@ -223,8 +250,9 @@ class Link:
         exchanges, self.exchanges = self.exchanges, {}
         for exchange in exchanges.values():
             exchange.on_lost(message)
-        ending, self.ending = self.ending, {}
-        for release, timer in ending.values():
+        held = [*self.ending.values(), *self.owed]
+        self.ending, self.owed = {}, []
+        for release, timer in held:
             timer.cancel()
             release()
 
@@ -440,6 +468,8 @@ class LinkEndpoint:
                     exchange.on_end(frame)
                 elif link.ending:
                     link.ended(frame.id)
+                if link.owed and (frame.error is None or frame.error.code not in REFUSALS):
+                    link.repaid()
             elif isinstance(frame, lp.Ping):
                 await link.send(lp.Pong(ts=frame.ts))
             elif isinstance(frame, lp.StatusUpdate):

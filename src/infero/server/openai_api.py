@@ -254,6 +254,11 @@ class _Relay:
         self.watchdog: asyncio.TimerHandle | None = None
         """The STALL_TIMEOUT timer, once the answer's body is being written."""
         self.tried: set[str] = set()
+        """Connectors that failed this request before answering (at most MAX_ATTEMPTS)."""
+        self.refused = False
+        """The last connector answered `busy`: the request takes its place back at the head."""
+        self.deadline = 0.0
+        """When the queue wait ends (loop clock), kept when the request waits again after `busy`."""
         self.last_failure: ExchangeFailed | None = None
         # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
         _, mark, query = request.raw_path.partition("?")
@@ -263,7 +268,7 @@ class _Relay:
 
     async def run(self) -> web.StreamResponse:
         try:
-            for _ in range(MAX_ATTEMPTS):
+            while len(self.tried) < MAX_ATTEMPTS:
                 route = await self._acquire()
                 result = await self._attempt(route)
                 if result is not None:
@@ -280,13 +285,15 @@ class _Relay:
     async def _acquire(self) -> Route:
         dispatcher = self.dispatcher
         exclude = frozenset(self.tried)
-        route = await dispatcher.acquire_now(self.model, exclude, self.target)
-        if route is not None:
-            return route
-        if self.tried and not dispatcher.serving_beyond(self.model, exclude, self.target):
-            raise _Done(await self._all_failed())
+        first, self.refused = self.refused, False
+        if not first:
+            route = await dispatcher.acquire_now(self.model, exclude, self.target)
+            if route is not None:
+                return route
+            if self.tried and not dispatcher.serving_beyond(self.model, exclude, self.target):
+                raise _Done(await self._all_failed())
         try:
-            ticket = await dispatcher.enqueue(self.model, exclude, self.target)
+            ticket = await dispatcher.enqueue(self.model, exclude, self.target, first=first)
         except QueueFull:
             self.api.events.request_rejected(RequestRejected(model=self.model, reason="queue_full"))
             raise _Done(
@@ -298,7 +305,9 @@ class _Relay:
         loop = asyncio.get_running_loop()
         entered = time.perf_counter()
         now = loop.time()
-        deadline = now + settings.queue_timeout
+        if not (first and self.deadline):
+            self.deadline = now + settings.queue_timeout
+        deadline = self.deadline
         # A stream's status stays open (errors keep their real status) until a wait is long
         # enough to need headers and `: queued` comments to keep proxies from cutting it.
         notice_at = now + settings.queue_headers_after if self.stream else math.inf
@@ -376,6 +385,16 @@ class _Relay:
             # `_relay_body`): only `: queued` or `: keepalive` comments may have, so another
             # connector may still answer on the same stream.
             error = failure.message or failure.code
+            if failure.code == "busy":
+                # The connector has no room after all (the server's count lagged behind it):
+                # wait for a slot again, at the head; the route neither frees nor counts it yet.
+                self.refused = True
+                logger.info(
+                    "request %s: connector %s is busy, waiting for a slot again",
+                    self.request_id,
+                    route.connector_id,
+                )
+                return None
             if failure.retryable:
                 self.tried.add(route.connector_id)
                 self.last_failure = failure
@@ -526,7 +545,8 @@ class _Relay:
         """STALL_TIMEOUT: a client that accepts no bytes of its answer for that long loses its
         request. One timer per request, re-armed only when it fires: per chunk, the relay only
         stamps when its write began (`writing`, 0 once done). Aborting the connection ends the
-        stuck write, and the relay then cancels the exchange and frees the slot."""
+        stuck write, and the relay then cancels the exchange (its slot is free once the
+        connector ended it)."""
         loop = asyncio.get_running_loop()
         stall = self.api.settings.stall_timeout
         began = self.writing

@@ -295,8 +295,10 @@ class _Reserved:
         route, self._route = self._route, None
         return route if route is not None else await self._then.acquire_now(model, exclude, target)
 
-    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Ticket:
-        return await self._then.enqueue(model, exclude, target)
+    async def enqueue(
+        self, model: str, exclude: frozenset[str], target: str | None, *, first: bool = False
+    ) -> Ticket:
+        return await self._then.enqueue(model, exclude, target, first=first)
 
     def unused(self) -> Route | None:
         """The reserved slot if the request never took it."""

@@ -122,16 +122,29 @@ class Scheduler:
         self.dispatch()
 
     def enqueue(
-        self, model: str, exclude: frozenset[str] = frozenset(), target: str | None = None
+        self,
+        model: str,
+        exclude: frozenset[str] = frozenset(),
+        target: str | None = None,
+        *,
+        first: bool = False,
     ) -> Waiter:
-        """Join `model`'s queue (raise `QueueFull`); the caller must `leave` it in the end."""
+        """Join `model`'s queue (raise `QueueFull`); the caller must `leave` it in the end.
+
+        `first`: at the head, even beyond `queue_max` (a request dispatched from the head and
+        refused `busy` by its connector takes its place back)."""
         queue = self.queues.setdefault(model, deque())
-        if len(queue) >= self.queue_max:
+        if len(queue) >= self.queue_max and not first:
             if not queue:
                 del self.queues[model]
             raise QueueFull(model)
         waiter = Waiter(model, exclude, target, self.clock())
-        queue.append(waiter)
+        if first:
+            queue.appendleft(waiter)
+            for behind in queue:
+                behind.moved.set()
+        else:
+            queue.append(waiter)
         self.fleet.changes.bump()
         self.dispatch()
         return waiter

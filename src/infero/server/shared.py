@@ -98,8 +98,11 @@ class Dispatcher(Protocol):
         """The least busy connector with spare capacity, unless requests already queue."""
         ...
 
-    async def enqueue(self, model: str, exclude: frozenset[str], target: str | None) -> Ticket:
-        """Join `model`'s queue; raises `QueueFull`. The caller must `leave` in the end."""
+    async def enqueue(
+        self, model: str, exclude: frozenset[str], target: str | None, *, first: bool = False
+    ) -> Ticket:
+        """Join `model`'s queue (`first`: at its head, for a request a connector refused
+        `busy`); raises `QueueFull`. The caller must `leave` in the end."""
         ...
 
 

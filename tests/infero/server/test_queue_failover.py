@@ -11,6 +11,7 @@ import pytest
 
 from infero.protocol import link as lp
 from infero.protocol.state import WorkerInfo
+from infero.server import linkserver
 from support.connector import ScriptedConnector, scripted_connector
 from support.server import RunningServer, running_server
 
@@ -223,6 +224,36 @@ async def test_a_stream_with_early_headers_is_still_retried_on_another_before_th
             resp.release()
 
 
+async def test_a_busy_refusal_with_no_other_connector_waits_for_its_end_at_the_head() -> None:
+    """A connector that answers `busy` runs a call the server does not count: the request
+    waits again, ahead of later ones, and gets the slot when the connector ends a call; it is
+    counted once, as a success (docs/routing.md, Failover)."""
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url, id="a") as a,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m", "n": 1}))
+            first = await a.next_request()
+            later = asyncio.create_task(http.post(srv.url + CHAT, json={"model": "m", "n": 2}))
+            await srv.wait_for(lambda: srv.queue_len("m") == 1)
+            await a.end(first.id, error=lp.LinkError(code="busy", message="at capacity"))
+            await srv.wait_for(lambda: srv.queue_len("m") == 2)
+            assert _inflight(srv, "a") == 1, "the refused slot stays taken"
+            await a.end(0x7FFFFFFF)  # the call the server did not count ends
+            again = await a.next_request()
+            assert json.loads(again.body)["n"] == 1, "the refused request kept the head"
+            await a.reply(again.id, b'{"ok":true}')
+            resp = await call
+            assert (resp.status, await resp.read()) == (200, b'{"ok":true}')
+            last = await a.next_request()
+            await a.reply(last.id, b'{"ok":true}')
+            assert (await later).status == 200
+        worker = _worker(srv, "a")
+        assert (worker.processed_total, worker.failures_total) == (2, 0)
+
+
 async def test_all_candidates_failing_is_502_upstream_error() -> None:
     async with (
         running_server() as srv,
@@ -288,7 +319,29 @@ async def test_client_disconnect_sends_cancel_to_the_connector() -> None:
             resp.close()
             await http.close()
             await incoming.cancelled.wait()
+            assert _inflight(srv, "w1") == 1, "the slot is taken until the connector ended"
+            await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
             await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
+
+
+async def test_a_connector_that_never_ends_a_cancelled_call_gets_its_slot_back_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(linkserver, "END_GRACE", 0.05)
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            (await call).close()
+            await incoming.cancelled.wait()
+            await srv.wait_for(lambda: _inflight(srv, "w1") == 0)  # no `end` ever comes
 
 
 async def test_a_client_leaving_after_a_done_split_over_two_chunks_is_a_success() -> None:
@@ -311,6 +364,7 @@ async def test_a_client_leaving_after_a_done_split_over_two_chunks_is_a_success(
             assert await resp.content.readuntil(b"\n\n") == b"data: [DONE]\n\n"
             resp.close()  # as SDKs do, before the connector's end
             await incoming.cancelled.wait()
+            await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
             await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
         model = srv.snapshot().models[0]
         assert (model.success_total, model.cancelled_total) == (1, 0)

@@ -52,6 +52,9 @@ class FakeLink:
         else:
             self.ending.append(release)
 
+    def release_at_next_end(self, release: Callable[[], None]) -> None:
+        self.ending.append(release)
+
     async def send(self, frame: Any) -> None:
         self.sent.append(frame)
 
