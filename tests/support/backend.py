@@ -103,3 +103,49 @@ async def serving(backend: B) -> AsyncIterator[B]:
         yield backend
     finally:
         await runner.cleanup()
+
+
+LINGER = 0.2
+"""Seconds `LingeringBackend` keeps an answer open after `[DONE]`: longer than the openai SDK
+waits for the end of a stream after `[DONE]` (0.1 s) before it closes the connection."""
+
+LINGER_CHUNK = (
+    b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m1",'
+    b'"choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
+
+class LingeringBackend:
+    """Model `m1` streams one chunk and `[DONE]`, then keeps the answer open `LINGER` s (as
+    llama.cpp may), so the client leaves before the connector ends the call. Counts the calls
+    running at once: a backend with one slot would refuse or cut a second one."""
+
+    def __init__(self) -> None:
+        self.url = ""
+        self.running = 0
+        self.most = 0
+        """The most calls that ran at once."""
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/v1/models", self._models)
+        app.router.add_post("/v1/chat/completions", self._lingering)
+        return app
+
+    async def _models(self, request: web.Request) -> web.Response:
+        return web.json_response({"data": [{"id": "m1"}]})
+
+    async def _lingering(self, request: web.Request) -> web.StreamResponse:
+        await request.read()
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+            await response.prepare(request)
+            await response.write(LINGER_CHUNK)
+            await asyncio.sleep(LINGER)  # the backend's own behaviour, not a wait of a test
+            await response.write_eof()
+            return response
+        finally:
+            self.running -= 1

@@ -42,6 +42,10 @@ class LocalRoute:
     def connector_id(self) -> str:
         return self.worker.id
 
+    @property
+    def waits_when_busy(self) -> bool:
+        return True
+
     async def open_exchange(
         self,
         *,

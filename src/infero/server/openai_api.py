@@ -385,7 +385,7 @@ class _Relay:
             # `_relay_body`): only `: queued` or `: keepalive` comments may have, so another
             # connector may still answer on the same stream.
             error = failure.message or failure.code
-            if failure.code == "busy":
+            if failure.code == "busy" and route.waits_when_busy:
                 # The connector has no room after all (the server's count lagged behind it):
                 # wait for a slot again, at the head; the route neither frees nor counts it yet.
                 self.refused = True

@@ -203,6 +203,10 @@ class PeerRoute:
         )
         return self._exchange
 
+    @property
+    def waits_when_busy(self) -> bool:
+        return False
+
     async def finish(self, done: RequestFinished) -> None:
         exchange = self._exchange
         if exchange is not None:

@@ -60,6 +60,13 @@ class Route(Protocol):
         """Send the request (raises a retryable `ExchangeFailed` when the connector is gone)."""
         ...
 
+    @property
+    def waits_when_busy(self) -> bool:
+        """Whether a `busy` refusal means the connector has no room, so the request waits for
+        a slot again (its `finish` then holds the slot and counts nothing); else it fails over
+        (a peer instance's link at its stream limit)."""
+        ...
+
     async def finish(self, done: RequestFinished) -> None:
         """Exactly once: end the exchange, free the slot, count the outcome, report the event."""
         ...

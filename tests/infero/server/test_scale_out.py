@@ -20,6 +20,9 @@ from infero.protocol import link as lp
 from infero.server.app import create_app
 from infero.server.membership import MEMBERS, PREFIX, ConnectorSummary, Lease
 from infero.server.peerlink import KEY_HEADER
+from infero.worker.runtime import Connector
+from infero.worker.settings import WorkerSettings
+from support.backend import LingeringBackend, serving
 from support.connector import ScriptedConnector, scripted_connector
 from support.fleet import (
     STARTUP,
@@ -284,6 +287,53 @@ async def test_a_home_that_cannot_be_reached_fails_over_to_another_connector(
             assert "connector wx failed before answering (link_lost)" in caplog.text
             await conn.reply(first.id, ANSWER)
             (await held).release()
+
+
+async def test_streams_relayed_to_a_home_wait_there_until_its_connector_ended_its_call(
+    tmp_path: Path,
+) -> None:
+    """Clients at A and B, a real connector with one slot at A, a backend that ends its answer
+    after the SDK left: A holds the slot until the connector ended, for its own waiters and for
+    B's, so no call is refused `busy`."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        serving(LingeringBackend()) as backend,
+    ):
+        config = WorkerSettings.model_validate(
+            {
+                "server_url": a.ws_url,
+                "client_key": "ck",
+                "client_id": "w1",
+                "completion_base_url": backend.url,
+                "max_concurrency": 1,
+            }
+        )
+        connector = Connector(config)
+        task = asyncio.create_task(connector.run())
+        try:
+            async with asyncio.timeout(20), client_of(a) as at_a, client_of(b) as at_b:
+                await b.wait_for(lambda: sees(b, "w1"))
+
+                async def ask(client: openai.AsyncOpenAI) -> str:
+                    stream = await client.chat.completions.create(
+                        model="m1", messages=MESSAGES, stream=True
+                    )
+                    chunks = [c async for c in stream]
+                    return "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+                calls = [ask(at_a), ask(at_b), ask(at_a), ask(at_b), ask(at_a), ask(at_b)]
+                assert await asyncio.gather(*calls) == ["hi"] * 6
+                await a.wait_for(lambda: (w := a.worker("w1")) is not None and w.inflight == 0)
+        finally:
+            connector.request_stop()
+            async with asyncio.timeout(5):
+                assert await task == 0
+        assert backend.most == 1
+        worker = a.worker("w1")
+        assert worker is not None
+        assert (worker.processed_total, worker.failures_total) == (6, 0)
 
 
 def test_redis_addr_needs_a_peer_key_and_a_redis_url() -> None:

@@ -9,6 +9,7 @@ import socket
 
 import pytest
 
+from infero.protocol import link as lp
 from infero.server import keys
 from support.connector import Incoming, ScriptedConnector, scripted_connector
 from support.server import running_server
@@ -52,11 +53,13 @@ async def test_a_client_that_stops_reading_is_cancelled_and_frees_the_slot(
             await reader.readuntil(b"\r\n\r\n")  # the head; then the client reads no more
             endless = asyncio.create_task(endless_stream(conn, incoming))
             await incoming.cancelled.wait()
-            worker = srv.fleet.workers["w1"]
-            await srv.wait_for(lambda: worker.inflight == 0)
             endless.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await endless
+            worker = srv.fleet.workers["w1"]
+            assert worker.inflight == 1, "the slot is taken until the connector ended the call"
+            await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
+            await srv.wait_for(lambda: worker.inflight == 0)
         writer.close()
         snap = srv.app[keys.SNAPSHOT]()
         assert (snap.server.jobs_cancelled_total, snap.server.jobs_failed_total) == (1, 0)

@@ -9,7 +9,6 @@ waiter must then get the slot once the connector is free, never a `busy` refusal
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -23,6 +22,7 @@ from aiohttp import web
 from infero.demo.backend import DemoConfig, create_app
 from infero.worker.runtime import Connector
 from infero.worker.settings import WorkerSettings
+from support.backend import LingeringBackend
 from support.linkfakes import FakeBackend
 from support.server import RunningServer, running_server
 
@@ -36,7 +36,7 @@ class Stack:
 
 @asynccontextmanager
 async def stack(
-    *, backend: FakeBackend | None = None, **connector_settings: object
+    *, backend: FakeBackend | LingeringBackend | None = None, **connector_settings: object
 ) -> AsyncIterator[Stack]:
     app = backend.app() if backend else create_app(DemoConfig(models=("demo", "demo:7b")))
     runner = web.AppRunner(app, handler_cancellation=True)
@@ -163,42 +163,6 @@ async def test_operator_drains_and_undrains_the_connector_through_the_server(
         assert not s.connector.stopped.is_set()
     assert chunks[-1].usage is not None
     assert "asks to drain (by server operator 'operator')" in caplog.text
-
-
-LINGER = 0.2
-"""Seconds the backend keeps its answer open after `[DONE]` (longer than the SDK's drain)."""
-
-
-@dataclass
-class LingeringBackend(FakeBackend):
-    """Streams an answer, then keeps the connection open `LINGER` s before ending it; counts
-    the calls running at once (a backend with one slot would refuse or cut the second)."""
-
-    running: int = 0
-    most: int = 0
-
-    def app(self) -> web.Application:
-        app = web.Application()
-        app.router.add_get("/v1/models", self._models)
-        app.router.add_post("/v1/chat/completions", self._lingering)
-        return app
-
-    async def _lingering(self, request: web.Request) -> web.StreamResponse:
-        await request.read()
-        self.running += 1
-        self.most = max(self.most, self.running)
-        try:
-            resp = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await resp.prepare(request)
-            chunk = {"id": "c", "object": "chat.completion.chunk", "created": 1, "model": "m1"}
-            delta = {"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}
-            await resp.write(b"data: " + json.dumps({**chunk, "choices": [delta]}).encode())
-            await resp.write(b"\n\ndata: [DONE]\n\n")
-            await asyncio.sleep(LINGER)  # the backend's own behaviour, not a wait of the test
-            await resp.write_eof()
-            return resp
-        finally:
-            self.running -= 1
 
 
 async def _ask(client: openai.AsyncOpenAI) -> str:
