@@ -76,6 +76,7 @@ class LocalRoute:
         client that left, or a timeout, cancels it first): see docs/routing.md."""
         exchange, link = self._exchange, self._link
         if exchange is not None and link is not None:
+            await exchange.cancel()  # nothing sent once ended; stops its wait timer
             end = exchange.end
             if end is not None and end.error is not None and end.error.code == "busy":
                 # The connector had no room: it runs a call this server does not count. The
@@ -84,7 +85,6 @@ class LocalRoute:
                 link.forget(exchange)
                 link.release_at_next_end(self._release)
                 return
-            await exchange.cancel()
             link.release_after_end(exchange, self._release)
         else:
             self._release()
