@@ -54,7 +54,8 @@ def create_app(
     `affinity` records which connector created each stored response (Responses API);
     by default a table bounded by RESPONSE_AFFINITY_MAX/_RETENTION, in Redis with REDIS_ADDR,
     else in memory.
-    Raises `ConfigError` when the API keys file, the TLS certificate or REDIS_ADDR is unusable.
+    Raises `ConfigError` when the API keys file, the TLS certificate or REDIS_ADDR is unusable
+    (and, at start-up, `DuplicateInstance` when a live instance holds INSTANCE_ID).
     """
     keyring = keyring if keyring is not None else load_keyring(settings)
     lifecycle = Lifecycle()
@@ -73,7 +74,9 @@ def create_app(
             redis = connect(settings.redis_addr)
         except ValueError as bad:
             raise ConfigError(f"REDIS_ADDR is not a usable Redis URL: {bad}") from None
-        shared = federated = FederatedState(local=embedded, settings=settings, redis=redis)
+        shared = federated = FederatedState(
+            local=embedded, settings=settings, redis=redis, on_duplicate=lifecycle.fail
+        )
     origins = OriginPolicy(settings.allowed_origins)
     app = web.Application(
         client_max_size=settings.max_body_bytes,
@@ -153,6 +156,12 @@ def create_app(
     app.on_shutdown.append(close_links)
 
     async def upkeep(_: web.Application) -> AsyncIterator[None]:
+        if isinstance(shared, FederatedState):
+            try:
+                await shared.claim()  # before anything of this instance is written to Redis
+            except ConfigError:
+                await shared.redis.aclose()
+                raise
         task = asyncio.create_task(shared.run(), name="shared-state")
         yield
         task.cancel()

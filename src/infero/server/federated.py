@@ -14,6 +14,7 @@ MCP relays: `mcp/fleet.py` (ids leased fleet-wide, relays of other instances) an
 from __future__ import annotations
 
 import asyncio
+import secrets
 import socket
 import time
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from infero.server.events import RequestFinished
 from infero.server.fleetcounters import FleetCounters
 from infero.server.fleetqueue import RACE_WINDOW, FleetQueue, FleetTicket, QueueView
 from infero.server.fleetqueue import Failure as FleetQueueFailure
+from infero.server.identity import ensure_unique_id
 from infero.server.link import ConnectorLink, LinkHandler
 from infero.server.mcp.fleet import FederatedRelays
 from infero.server.membership import (
@@ -608,12 +610,24 @@ def _remote_worker(instance: str, c: ConnectorSummary, queued: int = 0) -> Worke
 class FederatedState:
     """This instance's embedded state plus the fleet seen in Redis."""
 
-    def __init__(self, *, local: EmbeddedState, settings: ServerSettings, redis: Any) -> None:
+    def __init__(
+        self,
+        *,
+        local: EmbeddedState,
+        settings: ServerSettings,
+        redis: Any,
+        on_duplicate: Callable[[str], None] = lambda _: None,
+    ) -> None:
+        """`on_duplicate` is told (the error) when another process that started first holds
+        this instance's id while it runs (see `Membership`)."""
         self.local = local
         self.redis = redis
         """The redis-py client of REDIS_ADDR (closed when the instance leaves the fleet)."""
         self.instance_id, self.address = instance_identity(settings)
         self.started = time.time()
+        self.nonce = secrets.token_hex(8)
+        """This process among all that ever used its id (written in its lease)."""
+        self.ttl = settings.lease_ttl
         self.client = PeerClient(settings.peer_key)
         self.membership = Membership(
             redis=redis,
@@ -621,6 +635,7 @@ class FederatedState:
             describe=self.describe,
             changes=local.changes,
             details=lambda: self.relays.details(),
+            on_duplicate=on_duplicate,
         )
         self.membership.listeners.append(self._peer_changed)
         self.membership.departures.append(self._peer_left)
@@ -787,6 +802,7 @@ class FederatedState:
             inflight=inflight,
             connectors=tuple(connectors),
             relays=self.relays.summaries(),
+            nonce=self.nonce,
         )
 
     # ---- SharedState ---------------------------------------------------------------------
@@ -836,6 +852,11 @@ class FederatedState:
                     created = known.created if known else int(c.connected_at)
                     entries[model] = ModelEntry(model, created, tuple(sorted(owners)))
         return [entries[k] for k in sorted(entries)]
+
+    async def claim(self) -> None:
+        """Before anything is written to Redis: raise `DuplicateInstance` when a live instance
+        holds this instance's id (`identity.py`)."""
+        await ensure_unique_id(self.redis, self.instance_id, self.address, self.ttl)
 
     async def run(self) -> None:
         """Local upkeep and membership, until cancelled; then leave the fleet."""

@@ -1,5 +1,6 @@
 """`/healthz` (the process is up) and `/readyz` (able to serve: not draining, a connector ready;
-`degraded` when REDIS_ADDR is set but Redis is unreachable)."""
+`degraded` when REDIS_ADDR is set but Redis is unreachable; a `reason` when the server drains
+to stop by itself)."""
 
 from __future__ import annotations
 
@@ -17,7 +18,10 @@ def setup(app: web.Application, shared: SharedState, lifecycle: Lifecycle) -> No
 
     async def readyz(_: web.Request) -> web.Response:
         if lifecycle.draining:
-            return web.json_response({"status": "draining"}, status=503)
+            body = {"status": "draining"}
+            if lifecycle.failure:
+                body["reason"] = lifecycle.failure
+            return web.json_response(body, status=503)
         degraded = shared.degraded()
         if not shared.ready():
             status = "degraded" if degraded else "not_ready"

@@ -15,6 +15,16 @@ class Lifecycle:
         self._idle.set()
         self.stopping = asyncio.Event()
         """Set when the server shuts down: long-lived streams end."""
+        self.failure = ""
+        """Why the server must stop by itself (a duplicate INSTANCE_ID found while running)."""
+        self.failed = asyncio.Event()
+        """Set with `failure`: the runner drains and exits with an error."""
+
+    def fail(self, reason: str) -> None:
+        """The server must stop (drain, then exit non-zero): `reason` says why."""
+        if not self.failed.is_set():
+            self.failure = reason
+            self.failed.set()
 
     def start_drain(self) -> None:
         """Refuse new work from now on."""

@@ -6,7 +6,10 @@ Keys (every one with the `{infero}` hash tag: one Cluster slot):
   itself whole (joining, after being degraded, when Redis lost its keys: restarted empty) or
   when its poll finds it missing; not at every renewal.
 * `{infero}:instance:<id>`: the instance's header, its `Lease` without connectors, with a TTL
-  of LEASE_TTL: the liveness truth.
+  of LEASE_TTL: the liveness truth. Its `nonce` names the process that wrote it: every write
+  reads the header first (`GET`, same pipeline), and a header written by another live process
+  under this id is a duplicate INSTANCE_ID (`_claimed`: the instance started first keeps
+  the id, the other stops writing and tells `on_duplicate`).
 * `{infero}:connectors:<id>`: a hash, `c:<connector id>` -> `ConnectorSummary` JSON and
   `m:<relay id>` -> `RelayDetail` JSON (an MCP relay's sessions and per-method counts), plus
   `gen` (the generation, new whenever the hash is written whole) and `seq` (its last change);
@@ -37,6 +40,7 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
+from datetime import UTC, datetime
 from typing import Any
 
 from redis.exceptions import RedisClusterException, RedisError
@@ -180,6 +184,8 @@ class Lease:
     connectors: tuple[ConnectorSummary, ...] = field(default=())
     relays: tuple[RelaySummary, ...] = field(default=())
     """The MCP relays linked to the instance (fleet-wide relay ids: `mcp/fleet.py`)."""
+    nonce: str = ""
+    """New in every process: tells the process that wrote the lease ("": an older version)."""
 
     def dump(self) -> str:
         """The JSON stored in Redis."""
@@ -374,8 +380,18 @@ class Membership:
         changes: ChangeFeed,
         details: Callable[[], dict[str, RelayDetail]] = dict,
         clock: Callable[[], float] = time.monotonic,
+        on_duplicate: Callable[[str], None] = lambda _: None,
     ) -> None:
         self.redis = redis
+        self.on_duplicate = on_duplicate
+        """Told (the error) when another process holds this instance's id and started first:
+        this instance has stopped writing its lease and should stop."""
+        self.duplicate: Lease | None = None
+        """The header of the process that holds this instance's id, when this one yielded."""
+        self._intruders: set[str] = set()
+        """Nonces of later processes found writing this instance's id (each logged once)."""
+        self._earlier: set[str] = set()
+        """Nonces of earlier processes whose header this instance replaced once."""
         self.ttl = ttl
         self.describe = describe
         """This instance's lease as of now (built from the local registry)."""
@@ -455,7 +471,8 @@ class Membership:
         renew_every = self.ttl / 3
         while True:
             try:
-                await self._write(renew_every)
+                if self.duplicate is None:
+                    await self._write(renew_every)
                 await self._poll()
                 self._healthy()
             except REDIS_FAILURES as failure:
@@ -548,10 +565,15 @@ class Membership:
             pipe.hset(hash_key, mapping={**mapping, "seq": str(seq)})
             for entry in entries:
                 pipe.xadd(CHANGES, entry, maxlen=CHANGE_LOG, approximate=True)
+        pipe.get(self.key)  # who wrote it last: this process, else a duplicate id
         pipe.set(self.key, header, px=ttl_ms)  # no SADD: see `_write_whole` and `_poll`
         results = await pipe.execute()
-        if not results[0]:
-            logger.warning("this instance's connectors are missing in Redis: writing them again")
+        claimed = self._claimed(results[-2], lease)
+        if claimed is False:
+            return
+        if claimed is None or not results[0]:
+            if claimed:
+                logger.warning("this instance's connectors are missing in Redis: writing again")
             await self._write_whole(current, header, details)
             return
         self._published, self._seq, self._header = current, seq, header
@@ -570,6 +592,7 @@ class Membership:
         mapping.update(("m:" + d.id, d.dump()) for d in details.values())
         mapping.update(gen=gen, seq="0")
         pipe = self.redis.pipeline(transaction=False)
+        pipe.get(self.key)  # who wrote it last (see `_claimed`)
         pipe.delete(hash_key)
         pipe.hset(hash_key, mapping=mapping)
         pipe.pexpire(hash_key, ttl_ms)
@@ -579,10 +602,58 @@ class Membership:
         )  # fmt: skip
         pipe.set(self.key, header, px=ttl_ms)
         pipe.sadd(MEMBERS, self._id)
-        await pipe.execute()
+        results = await pipe.execute()
         self._gen, self._seq, self._published, self._header = gen, 0, current, header
         self._details = details
         self._renewed = self.clock()
+        if self.own is not None and self._claimed(results[0], self.own) is None:
+            self._gen = ""  # written over a moment ago: whole again at the next turn
+
+    def _claimed(self, previous: bytes | None, lease: Lease) -> bool | None:
+        """Whether the header this write replaced was this process's (or none, or the last
+        write of a process that started earlier and has not written since: a previous run of
+        this instance, dead).
+
+        False: a process that started first (earlier `started_at`, else the smaller nonce)
+        wrote the id again after this one replaced its header once: it lives, this instance
+        stops writing (`duplicate`) and tells `on_duplicate`. None: a process that started
+        later wrote it: this one keeps the id and must write its lease whole again (the other
+        one stops at its next write)."""
+        if previous is None:
+            return True
+        try:
+            other = Lease.load(previous)
+        except (ValueError, KeyError, TypeError):
+            return True  # nothing this version can tell apart: its own write is what counts
+        if other.nonce == lease.nonce:
+            return True
+        first = (other.started_at, other.nonce) < (lease.started_at, lease.nonce)
+        if first and other.nonce not in self._earlier:
+            self._earlier.add(other.nonce)  # a run of this instance that died, unless seen again
+            logger.info(
+                "replaced the lease of an earlier process with INSTANCE_ID %r at %s (started %s)",
+                lease.id,
+                other.address,
+                _iso(other.started_at),
+            )
+            return True
+        if first:
+            self.duplicate = other
+            message = duplicate_message(lease.id, other, self.ttl)
+            logger.error("%s; this instance stops writing its lease and stops", message)
+            self.on_duplicate(message)
+            return False
+        if other.nonce not in self._intruders:
+            self._intruders.add(other.nonce)
+            logger.error(
+                "INSTANCE_ID %r was written over by another process at %s (started %s, after "
+                "this instance): this instance keeps the id and writes its lease whole again; "
+                "the other stops at its next write",
+                lease.id,
+                other.address,
+                _iso(other.started_at),
+            )
+        return None
 
     # ---- reading the others --------------------------------------------------------------
 
@@ -591,7 +662,7 @@ class Membership:
         ids = sorted(_text(i) for i in await self.redis.smembers(MEMBERS))
         if self._answering_since is None:
             self._answering_since = self.clock()
-        if self._id and self._id not in ids:
+        if self._id and self._id not in ids and self.duplicate is None:
             # Dropped by a peer that saw our lease expire, or Redis restarted empty: the whole
             # lease again, header and SADD together (a bare SADD would list a member without a
             # header until the next renewal, and a peer polling meanwhile drops it again).
@@ -790,7 +861,11 @@ class Membership:
                 self._drop(instance_id, left=False)  # route to them
 
     async def leave(self) -> None:
-        """Remove this instance's keys at shutdown (best effort) and close the client."""
+        """Remove this instance's keys at shutdown (best effort) and close the client; not
+        when another process holds its id (`duplicate`): the keys are that process's."""
+        if self.duplicate is not None:
+            await self.redis.aclose()
+            return
         try:
             async with asyncio.timeout(REDIS_TIMEOUT):
                 own = self._id or self.describe().id
@@ -802,6 +877,21 @@ class Membership:
         except REDIS_FAILURES:
             pass  # the keys expire by themselves
         await self.redis.aclose()
+
+
+def _iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="seconds")
+
+
+def duplicate_message(instance_id: str, holder: Lease, ttl: float) -> str:
+    """The one-line error when a live instance `holder` holds this instance's id: the id, the
+    other instance, since when it runs and what to do."""
+    return (
+        f"INSTANCE_ID {instance_id!r} is in use by another live instance at {holder.address} "
+        f"(running since {_iso(holder.started_at)}): give this instance another INSTANCE_ID, "
+        f"or stop the other one (a crashed instance's lease expires within LEASE_TTL, "
+        f"{ttl:g}s)"
+    )
 
 
 def _chunks(

@@ -7,6 +7,8 @@ import contextlib
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
+from typing import Any
 
 from aiohttp import web
 
@@ -63,8 +65,10 @@ async def drain_then_stop(
 
 
 async def serve(settings: ServerSettings) -> int:
-    """Run the server until SIGTERM/SIGINT (then drain), on the running loop."""
+    """Run the server until SIGTERM/SIGINT, or until it must stop by itself (a duplicate
+    INSTANCE_ID: exit code 2), then drain, on the running loop."""
     app = create_app(settings)
+    lifecycle = app[keys.LIFECYCLE]
     warn_open_doors(settings, app[keys.KEYRING])
     first, second = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -106,14 +110,28 @@ async def serve(settings: ServerSettings) -> int:
         logger.info(
             "%s listening on %s:%s (%s)", BUILD.line("infero"), settings.host, settings.port, scheme
         )
-        await first.wait()
+        await _first_of(first.wait(), lifecycle.failed.wait())
         await drain_then_stop(app, settings.drain_timeout, second)
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             loop.remove_signal_handler(signum)
         await runner.cleanup()
+    if lifecycle.failure:
+        logger.error("server stopped: %s", lifecycle.failure)
+        return 2
     logger.info("server stopped")
     return 0
+
+
+async def _first_of(*waits: Coroutine[Any, Any, Any]) -> None:
+    """Return once one of `waits` returned; the others are cancelled."""
+    tasks = [asyncio.create_task(w) for w in waits]
+    try:
+        await asyncio.wait(tasks, return_when="FIRST_COMPLETED")
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def run_server(settings: ServerSettings) -> int:

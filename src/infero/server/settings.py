@@ -185,7 +185,12 @@ class ServerSettings(SettingsModel):
         ),
     ] = ""
     instance_id: Annotated[
-        str, Opt("INSTANCE_ID", "This instance's name in the fleet (default HOSTNAME:PORT).")
+        str,
+        Opt(
+            "INSTANCE_ID",
+            "This instance's name in the fleet, unique: one held by a live instance is refused "
+            "at start (default HOSTNAME:PORT).",
+        ),
     ] = ""
     peer_key: Annotated[
         str,
@@ -198,7 +203,11 @@ class ServerSettings(SettingsModel):
     lease_ttl: Annotated[
         Duration,
         Field(ge=1, le=10),
-        Opt("LEASE_TTL", "An instance not heard of in Redis for this long leaves the fleet."),
+        Opt(
+            "LEASE_TTL",
+            "An instance not heard of in Redis for this long leaves the fleet (the same on "
+            "every instance).",
+        ),
     ] = 10.0
     log_level: Annotated[LogLevel, Opt("LOG_LEVEL", "debug, info, warning or error.")] = "info"
     log_format: Annotated[LogFormat, Opt("LOG_FORMAT", "text or json.")] = "text"
