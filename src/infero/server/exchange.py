@@ -50,6 +50,10 @@ class ExchangeFailed(Exception):
         """True when nothing reached the backend's answer yet and another connector may try."""
 
 
+FULL = "full"
+"""A home's answer to a routing pick whose connector had no free slot: the caller's view was
+stale; it routes again (another connector, or the fleet queue), the connector not failed."""
+
 RETRYABLE_CODES = frozenset(
     {"backend_unreachable", "draining", "link_lost", "backend_error", "busy"}
 )

@@ -136,8 +136,8 @@ class FederatedDispatcher:
         if not remote:
             return None
         lease, best = min(remote, key=lambda pair: state.load(pair[1]))
-        if state.load(best) < 1:
-            return state.peer_route(lease, best)
+        if state.load(best) < 1:  # the home serves a pick at once or refuses it (`full`)
+            return state.peer_route(lease, best, pick=target is None)
         if degraded and not local.serving_beyond(model, exclude, target):
             return state.peer_route(lease, best)  # no fleet queue: it waits in its home's queue
         return None
@@ -651,6 +651,9 @@ class FederatedState:
         )
         self.sent: dict[str, int] = {}
         """Requests this instance relays to each remote connector right now."""
+        self.refused: dict[str, ConnectorSummary] = {}
+        """Remote connectors whose home refused a pick (`full`), with the summary that showed
+        room: full in this view until a newer summary of theirs arrives."""
         self._summaries: dict[str, tuple[tuple[Any, ...], ConnectorSummary]] = {}
         """The last summary of each local connector, with the fields it was built from."""
         self.queue = FleetQueue(
@@ -696,16 +699,26 @@ class FederatedState:
 
     def load(self, c: ConnectorSummary) -> float:
         """Busy fraction of a remote connector (1 or more: full)."""
+        if self.refused and self.refused.get(c.id) is c:
+            return 1.0
         return (c.inflight + self.sent.get(c.id, 0)) / c.capacity
 
-    def peer_route(self, lease: Lease, c: ConnectorSummary, reservation: str = "") -> PeerRoute:
-        """A route to a remote connector, counted until it finishes."""
+    def peer_route(
+        self, lease: Lease, c: ConnectorSummary, reservation: str = "", *, pick: bool = False
+    ) -> PeerRoute:
+        """A route to a remote connector, counted until it finishes (`pick`: this instance's
+        routing choice, which the home refuses as `full` rather than queue)."""
         self.sent[c.id] = self.sent.get(c.id, 0) + 1
-        return PeerRoute(self.client.link(lease.address), c.id, self._peer_finished, reservation)
 
-    def _peer_finished(self, route: PeerRoute, done: RequestFinished) -> None:
-        self.unsend(route.connector_id)
-        self.local.events.request_relayed(done)  # counted by the instance that served it
+        def finished(_: PeerRoute, done: RequestFinished, full: bool) -> None:
+            self.unsend(c.id)
+            if full:  # this view of `c` was stale; nothing reached a connector: not counted
+                self.refused[c.id] = c
+            else:
+                self.local.events.request_relayed(done)  # counted by the instance that served it
+
+        link = self.client.link(lease.address)
+        return PeerRoute(link, c.id, finished, reservation, pick=pick)
 
     def _recounted(self, connector_ids: set[str]) -> None:
         self.rows.recounted(connector_ids)
@@ -740,6 +753,8 @@ class FederatedState:
         self, _: str, before: ConnectorSummary | None, after: ConnectorSummary | None
     ) -> None:
         """A connector of another instance changed: if it may take work now, heads try."""
+        if self.refused and (changed := after or before) is not None:
+            self.refused.pop(changed.id, None)  # a newer summary: the view is fresh again
         if after is not None and after.serving and after.inflight < after.capacity:
             self.queue.view_changed()
 

@@ -22,7 +22,13 @@ from infero.protocol.link import Head
 from infero.server import errors
 from infero.server.bodies import BodyBudget, BodyRefused, read_body
 from infero.server.events import EventBus, Outcome, RejectReason, RequestFinished, RequestRejected
-from infero.server.exchange import Exchange, ExchangeFailed, is_event_stream, response_headers
+from infero.server.exchange import (
+    FULL,
+    Exchange,
+    ExchangeFailed,
+    is_event_stream,
+    response_headers,
+)
 from infero.server.lifecycle import Lifecycle
 from infero.server.middleware import REQUEST_ID_KEY
 from infero.server.responses_affinity import (
@@ -47,6 +53,10 @@ OVERHEAD_HEADER = "X-Infero-Overhead-Ms"
 
 MAX_ATTEMPTS = 3
 """Connectors tried for one request when they fail before answering."""
+
+MAX_REFUSED = 3
+"""Routing picks of one request a home may refuse as `full` (a stale view, not a failed
+connector) before a further refusal counts as a failed connector."""
 
 _FORWARDED = frozenset(
     {"content-type", "accept", "accept-language", "user-agent", "x-request-id", "openai-beta"}
@@ -260,6 +270,8 @@ class _Relay:
         self.deadline = 0.0
         """When the queue wait ends (loop clock), kept when the request waits again after `busy`."""
         self.last_failure: ExchangeFailed | None = None
+        self.picks_refused = 0
+        """Routing picks refused as `full` by their home (the route's view was stale)."""
         # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
         _, mark, query = request.raw_path.partition("?")
         self.path = request.path.removeprefix("/api/v1") + mark + query
@@ -385,6 +397,9 @@ class _Relay:
             # `_relay_body`): only `: queued` or `: keepalive` comments may have, so another
             # connector may still answer on the same stream.
             error = failure.message or failure.code
+            if failure.code == FULL and self.picks_refused < MAX_REFUSED:
+                self.picks_refused += 1  # a stale view: route again, the connector did not fail
+                return None
             if failure.code == "busy" and route.waits_when_busy:
                 # The connector has no room after all (the server's count lagged behind it):
                 # wait for a slot again, at the head; the route neither frees nor counts it yet.

@@ -30,16 +30,25 @@ from aiohttp import web
 
 from infero.protocol import link as lp
 from infero.server.events import RequestFinished
-from infero.server.exchange import Exchange, ExchangeFailed
+from infero.server.exchange import FULL, Exchange, ExchangeFailed
 from infero.server.openai_api import TARGET_HEADER, OpenAIRelay
 from infero.server.peerhome import HomeEndpoint, PeerStream
-from infero.server.peerlink import CONNECT_TIMEOUT, ERROR_HEADER, LINK_PATH, PeerLink
+from infero.server.peerlink import (
+    CONNECT_TIMEOUT,
+    ERROR_HEADER,
+    LINK_PATH,
+    PeerExchange,
+    PeerLink,
+)
 from infero.server.shared import Action, Dispatcher, Kind, Route, Ticket, Verdict
 
 logger = logging.getLogger(__name__)
 
 RESERVATION_HEADER = "X-Infero-Reservation"
 """A slot reserved at the home for this request (the head of the fleet-wide queue)."""
+PICK_HEADER = "X-Infero-Pick"
+"""The target is the asking instance's routing pick, not its client's pin: a home whose
+connector has no free slot answers `full` at once instead of queueing the request."""
 RESERVE_TTL = 5.0
 """Seconds a slot reserved for a fleet queue's head waits for its request, then is freed."""
 CALL_TIMEOUT = CONNECT_TIMEOUT * 2
@@ -162,21 +171,27 @@ class PeerClient:
 class PeerRoute:
     """A request for a connector linked to another instance."""
 
-    __slots__ = ("_exchange", "connector_id", "link", "on_finish", "reservation")
+    __slots__ = ("_exchange", "connector_id", "link", "on_finish", "pick", "reservation")
 
     def __init__(
         self,
         link: PeerLink,
         connector_id: str,
-        on_finish: Callable[[PeerRoute, RequestFinished], None],
+        on_finish: Callable[[PeerRoute, RequestFinished, bool], None],
         reservation: str = "",
+        *,
+        pick: bool = False,
     ) -> None:
         self.link = link
         self.connector_id = connector_id
         self.on_finish = on_finish
+        """Told once the request ended, and whether the home refused it as `full`."""
         self.reservation = reservation
         """A slot the home reserved for this request (empty: the home admits it as usual)."""
-        self._exchange: Exchange | None = None
+        self.pick = pick
+        """The connector is this instance's routing pick (not a client's pin): the home serves
+        it at once or refuses it (`full`), never queues it."""
+        self._exchange: PeerExchange | None = None
 
     async def open_exchange(
         self,
@@ -192,6 +207,8 @@ class PeerRoute:
         sent = [*headers, (TARGET_HEADER, self.connector_id)]
         if self.reservation:
             sent.append((RESERVATION_HEADER, self.reservation))
+        elif self.pick:
+            sent.append((PICK_HEADER, "1"))
         self._exchange = await self.link.open_exchange(
             method=method,
             path="/relay" + path,
@@ -212,7 +229,7 @@ class PeerRoute:
         if exchange is not None:
             await exchange.cancel()  # stops its wait timer (and the request at the home if open)
             self.link.forget(exchange)
-        self.on_finish(self, done)
+        self.on_finish(self, done, exchange is not None and exchange.refusal == FULL)
 
 
 class Reservations:
@@ -341,6 +358,11 @@ def setup(
             route = door.reservations.claim(token)
             if route is None:
                 return _peer_error(409, "reservation_expired", "the reserved slot expired")
+            reserved = _Reserved(route, relay.dispatcher)
+        elif PICK_HEADER in stream.headers:  # the caller's pick: a slot now, else `full`
+            route = await relay.dispatcher.acquire_now(model, frozenset(), target)
+            if route is None:
+                return _peer_error(503, FULL, f"connector {target!r} has no free slot")
             reserved = _Reserved(route, relay.dispatcher)
         try:
             response = await relay.forward(

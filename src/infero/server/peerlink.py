@@ -25,7 +25,7 @@ from aiohttp import WSMsgType
 from pydantic import ValidationError
 
 from infero.protocol import link as lp
-from infero.server.exchange import Exchange, ExchangeFailed
+from infero.server.exchange import FULL, Exchange, ExchangeFailed
 
 logger = logging.getLogger(__name__)
 
@@ -38,7 +38,7 @@ WHOLE_ANSWERS = "whole-answers"
 ERROR_HEADER = "X-Infero-Peer-Error"
 """Set by the home on its own error answers (not a backend's): the error code."""
 RETRYABLE = frozenset(
-    {"upstream_error", "not_found", "model_not_found", "draining", "reservation_expired"}
+    {"upstream_error", "not_found", "model_not_found", "draining", "reservation_expired", FULL}
 )
 """Home error codes after which another connector is tried (nothing reached a backend)."""
 MAX_STREAMS = 1024
@@ -74,11 +74,12 @@ class PeerExchange(Exchange):
     """A stream's answer from the home: a retryable home error becomes a retryable failure
     (another connector is tried); the home's own headers are dropped."""
 
-    __slots__ = ("_refusal", "_text")
+    __slots__ = ("_text", "refusal")
 
     def __init__(self, link: PeerLink, stream_id: int, window: int) -> None:
         super().__init__(link, stream_id, window)
-        self._refusal = ""
+        self.refusal = ""
+        """The code of the home's retryable error answer (empty: none)."""
         self._text = bytearray()
 
     def on_head(self, head: lp.Head) -> None:
@@ -90,23 +91,23 @@ class PeerExchange(Exchange):
             if not _own_header(key):
                 kept.append((key, value))
             elif key.lower() == "x-infero-peer-error" and value in RETRYABLE:
-                self._refusal = value
+                self.refusal = value
                 return
         super().on_head(lp.Head.model_construct(id=head.id, status=head.status, headers=kept))
 
     def on_body(self, payload: memoryview) -> bool:
-        if not self._refusal:
+        if not self.refusal:
             return super().on_body(payload)
         if len(self._text) < REFUSAL_LIMIT:
             self._text += payload
         return True
 
     def on_end(self, end: lp.End) -> None:
-        if not self._refusal:
+        if not self.refusal:
             super().on_end(end)
             return
         text = self._text.decode("utf-8", "replace")
-        self.on_failed(ExchangeFailed(self._refusal, _error_message(text), retryable=True))
+        self.on_failed(ExchangeFailed(self.refusal, _error_message(text), retryable=True))
 
 
 class PeerLink:
@@ -203,7 +204,7 @@ class PeerLink:
         stream: bool = False,
         model: str = "",
         request_id: str = "",
-    ) -> Exchange:
+    ) -> PeerExchange:
         """Send one request on its own stream (`path`: under /api/peer/v1); its answer comes
         into the exchange. Raises a retryable `ExchangeFailed` when the peer cannot be reached
         or the link has `max_streams` open."""
