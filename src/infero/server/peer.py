@@ -10,7 +10,9 @@ request with the reservation, ahead of anyone else; a home with room wakes the h
 all three are small streams on the same link. Cancelling the exchange cancels the request at
 the home, which cancels it at the connector. An error of the home before any byte (connector
 gone, draining, all failed, home unreachable) is retryable: the caller tries another
-connector. MCP exchanges are streams on the same link too (mcp/forward.py). See
+connector. A connector the caller picked itself (`PICK_HEADER`, not its client's pin) that has
+no free slot is refused at once as `full`, never queued at the home: the caller routes again.
+MCP exchanges are streams on the same link too (mcp/forward.py). See
 docs/protocol.md ("Peer channel") and docs/scale-out.md.
 """
 
