@@ -3,8 +3,10 @@
 It wraps this instance's `EmbeddedState` (its own links, scheduler and queues) and adds the
 view of the other instances read from Redis (`membership.py`). Routing: a local connector with
 room first; else the least busy remote connector with room (load from its home's lease plus
-the requests this instance sent it since); else, when no local connector serves the model, the
-least busy remote one anyway (it waits in its home's queue); else this instance's queue.
+the requests this instance sent it since; a pick its home refused as `full` counts as full
+until a newer summary); else the fleet queue. With the fleet queue unreachable, when no local
+connector serves the model, the least busy remote one anyway (it waits in its home's queue),
+else this instance's own queue.
 A remote route relays over the peer channel (`peer.py`). Request counters are the fleet's,
 kept in Redis (`fleetcounters.py`): a request is counted once, by the instance that served it.
 MCP relays: `mcp/fleet.py` (ids leased fleet-wide, relays of other instances) and
