@@ -3,14 +3,13 @@
 It wraps this instance's `EmbeddedState` (its own links, scheduler and queues) and adds the
 view of the other instances read from Redis (`membership.py`). Routing: a local connector with
 room first; else the least busy remote connector with room (load from its home's lease plus
-the requests this instance sent it since; a pick its home refused as `full` counts as full
-until a newer summary); else the fleet queue. With the fleet queue unreachable, when no local
-connector serves the model, the least busy remote one anyway (it waits in its home's queue),
-else this instance's own queue.
-A remote route relays over the peer channel (`peer.py`). Request counters are the fleet's,
-kept in Redis (`fleetcounters.py`): a request is counted once, by the instance that served it.
-MCP relays: `mcp/fleet.py` (ids leased fleet-wide, relays of other instances) and
-`mcp/forward.py`. See docs/scale-out.md.
+the requests this instance sent it since; after its home refused a pick as `full`, full to
+newcomers until a newer summary); else the fleet queue. With the fleet queue unreachable,
+when no local connector serves the model, the least busy remote one anyway (it waits in its
+home's queue), else this instance's own queue. A remote route relays over the peer channel
+(`peer.py`). Request counters are the fleet's, kept in Redis (`fleetcounters.py`): a request
+is counted once, by the instance that served it. MCP relays: `mcp/fleet.py` (ids leased
+fleet-wide, relays of other instances) and `mcp/forward.py`. See docs/scale-out.md.
 """
 
 from __future__ import annotations
@@ -137,8 +136,8 @@ class FederatedDispatcher:
         ]
         if not remote:
             return None
-        lease, best = min(remote, key=lambda pair: state.load(pair[1]))
-        if state.load(best) < 1:  # the home serves a pick at once or refuses it (`full`)
+        lease, best = min(remote, key=lambda pair: state.pick_load(pair[1]))
+        if state.pick_load(best) < 1:  # the home serves a pick at once or refuses it (`full`)
             return state.peer_route(lease, best, pick=target is None)
         if degraded and not local.serving_beyond(model, exclude, target):
             return state.peer_route(lease, best)  # no fleet queue: it waits in its home's queue
@@ -655,7 +654,7 @@ class FederatedState:
         """Requests this instance relays to each remote connector right now."""
         self.refused: dict[str, ConnectorSummary] = {}
         """Remote connectors whose home refused a pick (`full`), with the summary that showed
-        room: full in this view until a newer summary of theirs arrives."""
+        room: newcomers see them full until a newer summary of theirs arrives."""
         self._summaries: dict[str, tuple[tuple[Any, ...], ConnectorSummary]] = {}
         """The last summary of each local connector, with the fields it was built from."""
         self.queue = FleetQueue(
@@ -701,9 +700,14 @@ class FederatedState:
 
     def load(self, c: ConnectorSummary) -> float:
         """Busy fraction of a remote connector (1 or more: full)."""
+        return (c.inflight + self.sent.get(c.id, 0)) / c.capacity
+
+    def pick_load(self, c: ConnectorSummary) -> float:
+        """`load` for a newcomer's pick: full after its home refused a pick of this summary
+        (the fleet queue's head still asks the home, whose answer is exact)."""
         if self.refused and self.refused.get(c.id) is c:
             return 1.0
-        return (c.inflight + self.sent.get(c.id, 0)) / c.capacity
+        return self.load(c)
 
     def peer_route(
         self, lease: Lease, c: ConnectorSummary, reservation: str = "", *, pick: bool = False
