@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
+import aiohttp
 import openai
 import pytest
 from openai.types.chat import ChatCompletion
@@ -25,6 +26,7 @@ from support.fleet import (
     instance,
     queue_depth,
     redis_server,
+    remote_connector,
     remote_inflight,
 )
 from support.server import RunningServer
@@ -94,7 +96,13 @@ async def test_a_stale_pick_of_a_full_connector_is_served_at_once_by_another(
             for conn, incoming in ((w2, r2), (w1, r1), (w2, r0)):
                 await conn.reply(incoming.id, ANSWER)
             assert (await relayed).id == (await first).id == (await second).id == "x"
+            async with aiohttp.ClientSession() as http, http.get(b.url + "/metrics") as resp:
+                metrics = await resp.text()
         assert federated(b).sent == {}
+        assert federated(b).refused == {"w1": remote_connector(b, "w1")}
+        # The refused pick is neither a failure of w1 nor a relayed request.
+        assert 'infero_requests_relayed_total{outcome="success"} 1.0' in metrics
+        assert 'infero_requests_relayed_total{outcome="error"} 0.0' in metrics
 
 
 async def test_stale_picks_of_full_connectors_wait_in_the_fleet_queue_in_order(
