@@ -716,7 +716,7 @@ class FederatedState:
         routing choice, which the home refuses as `full` rather than queue)."""
         self.sent[c.id] = self.sent.get(c.id, 0) + 1
 
-        def finished(_: PeerRoute, done: RequestFinished, full: bool) -> None:
+        def finished(done: RequestFinished, full: bool) -> None:
             self.unsend(c.id)
             if full:  # this view of `c` was stale; nothing reached a connector: not counted
                 self.refused[c.id] = c

@@ -179,7 +179,7 @@ class PeerRoute:
         self,
         link: PeerLink,
         connector_id: str,
-        on_finish: Callable[[PeerRoute, RequestFinished, bool], None],
+        on_finish: Callable[[RequestFinished, bool], None],
         reservation: str = "",
         *,
         pick: bool = False,
@@ -231,7 +231,7 @@ class PeerRoute:
         if exchange is not None:
             await exchange.cancel()  # stops its wait timer (and the request at the home if open)
             self.link.forget(exchange)
-        self.on_finish(self, done, exchange is not None and exchange.refusal == FULL)
+        self.on_finish(done, exchange is not None and exchange.refusal == FULL)
 
 
 class Reservations:
@@ -298,7 +298,8 @@ class FleetDoor(Protocol):
 
 
 class _Reserved:
-    """A dispatcher that first hands out a reserved slot, then defers to the home's own."""
+    """A dispatcher that first hands out a slot taken before the request (reserved for the
+    fleet queue's head, or taken for a pick), then defers to the home's own."""
 
     __slots__ = ("_route", "_then")
 
