@@ -206,13 +206,16 @@ class OpenAIRelay:
         started: float,
         tap: ResponseTap | None = None,
         dispatcher: Dispatcher | None = None,
+        may_wait: bool = True,
     ) -> web.StreamResponse:
         """Route and relay a checked request (`target`: only that connector id; `dispatcher`:
-        instead of this relay's own, for this request)."""
+        instead of this relay's own, for this request; `may_wait` False: never queued, a
+        503 `full` when no connector has room at once)."""
         self.lifecycle.enter()
         relay = _Relay(self, request, body, model, stream, target, started, tap)
         if dispatcher is not None:
             relay.dispatcher = dispatcher
+        relay.may_wait = may_wait
         try:
             return await relay.run()
         except ConnectionResetError:
@@ -272,6 +275,9 @@ class _Relay:
         self.last_failure: ExchangeFailed | None = None
         self.picks_refused = 0
         """Routing picks refused as `full` by their home (the route's view was stale)."""
+        self.may_wait = True
+        """False: answer `full` where the request would join a queue (another instance's
+        routing pick, which that instance routes again)."""
         # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
         _, mark, query = request.raw_path.partition("?")
         self.path = request.path.removeprefix("/api/v1") + mark + query
@@ -304,6 +310,8 @@ class _Relay:
                 return route
             if self.tried and not dispatcher.serving_beyond(self.model, exclude, self.target):
                 raise _Done(await self._all_failed())
+        if not self.may_wait:  # a pick of another instance's stale view: it routes again
+            raise _Done(await self._fail(503, f"No free slot for {self.model!r} now.", FULL))
         try:
             ticket = await dispatcher.enqueue(self.model, exclude, self.target, first=first)
         except QueueFull:

@@ -298,8 +298,7 @@ class FleetDoor(Protocol):
 
 
 class _Reserved:
-    """A dispatcher that first hands out a slot taken before the request (reserved for the
-    fleet queue's head, or taken for a pick), then defers to the home's own."""
+    """A dispatcher that first hands out a reserved slot, then defers to the home's own."""
 
     __slots__ = ("_route", "_then")
 
@@ -362,11 +361,6 @@ def setup(
             if route is None:
                 return _peer_error(409, "reservation_expired", "the reserved slot expired")
             reserved = _Reserved(route, relay.dispatcher)
-        elif PICK_HEADER in stream.headers:  # the caller's pick: a slot now, else `full`
-            route = await relay.dispatcher.acquire_now(model, frozenset(), target)
-            if route is None:
-                return _peer_error(503, FULL, f"connector {target!r} has no free slot")
-            reserved = _Reserved(route, relay.dispatcher)
         try:
             response = await relay.forward(
                 request,
@@ -376,6 +370,7 @@ def setup(
                 target=target,
                 started=started,
                 dispatcher=reserved,
+                may_wait=PICK_HEADER not in stream.headers,  # a pick: a slot now, else `full`
             )
         finally:
             unused = reserved.unused() if reserved is not None else None

@@ -19,6 +19,7 @@ import openai
 import pytest
 from openai.types.chat import ChatCompletion
 
+from infero.protocol import link as lp
 from support.connector import Incoming, ScriptedConnector, scripted_connector
 from support.fleet import (
     client_of,
@@ -103,6 +104,37 @@ async def test_a_stale_pick_of_a_full_connector_is_served_at_once_by_another(
         # The refused pick is neither a failure of w1 nor a relayed request.
         assert 'infero_requests_relayed_total{outcome="success"} 1.0' in metrics
         assert 'infero_requests_relayed_total{outcome="error"} 0.0' in metrics
+
+
+async def test_a_pick_its_connector_refuses_busy_is_routed_again_not_queued_at_the_home(
+    tmp_path: Path,
+) -> None:
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=1) as w1,
+        scripted_connector(a.url, client_key="ck", id="w2", max_concurrency=2) as w2,
+        client_of(a) as at_a,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            first = asyncio.create_task(chat(at_a, "r0", pin="w2"))
+            r0 = await held(w2, first)
+            await b.wait_for(lambda: (remote_inflight(b, "w1"), remote_inflight(b, "w2")) == (0, 1))
+            relayed = asyncio.create_task(chat(at_b, "r1"))  # B picks w1, the least busy
+            refused = await held(w1, relayed)
+            await w1.end(refused.id, error=lp.LinkError(code="busy", message="at capacity"))
+            arrival = asyncio.create_task(w2.next_request())
+            queued = asyncio.create_task(a.wait_for(lambda: queue_depth(a) > 0))
+            await asyncio.wait({arrival, queued}, return_when=asyncio.FIRST_COMPLETED)
+            assert arrival.done(), "the pick refused busy waited in A's queue for w1"
+            queued.cancel()
+            r1 = arrival.result()
+            assert label_of(r1) == "r1"
+            for incoming in (r1, r0):
+                await w2.reply(incoming.id, ANSWER)
+            assert (await relayed).id == (await first).id == "x"
 
 
 async def test_stale_picks_of_full_connectors_wait_in_the_fleet_queue_in_order(
