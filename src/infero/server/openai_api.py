@@ -69,8 +69,9 @@ _SSE_HEADERS = {
     "X-Accel-Buffering": "no",
 }
 _ERROR_BODY_LIMIT = 64 * 1024
-_DONE = b"[DONE]\n\n"
-"""End of an OpenAI event stream: SDKs close the connection as soon as they read it."""
+_DONE = b"[DONE]"
+"""Data of the last event of an OpenAI event stream: SDKs close the connection as soon as they
+read it."""
 _EVENT_ENDS = (b"\n\n", b"\r\n\r\n", b"\r\r", b"\n\r")
 """What ends an SSE event: a blank line, that is two line ends (LF, CR or CRLF) in a row. The
 usual one first; LF CR covers the mixed rest (the LF of a CRLF that may follow it then begins
@@ -441,7 +442,7 @@ class _Relay:
         except (asyncio.CancelledError, ConnectionResetError):
             # A client that leaves once it has the whole answer (SDKs close right after
             # `[DONE]`) got what it asked for; one that leaves earlier cancelled it.
-            if self.complete or self.written.endswith(_DONE):
+            if self.complete or _ends_with_done(self.written):
                 outcome, error = "success", ""
             else:
                 outcome, error = "cancelled", "client disconnected"
@@ -664,6 +665,12 @@ def _whole_events(held: bytes, chunk: bytes) -> tuple[bytes, bytes]:
     if len(chunk) - end >= HELD_LIMIT:
         return chunk, b""
     return chunk[:end], chunk[end:]
+
+
+def _ends_with_done(written: bytes) -> bool:
+    """Whether the last piece written ends an OpenAI event stream (`[DONE]` and its blank
+    line, with any of the SSE spec's line ends)."""
+    return written.endswith(_EVENT_ENDS) and written.rstrip(b"\r\n").endswith(_DONE)
 
 
 def _upstream_message(failure: ExchangeFailed | None) -> str:

@@ -370,6 +370,33 @@ async def test_a_client_leaving_after_a_done_split_over_two_chunks_is_a_success(
         assert (model.success_total, model.cancelled_total) == (1, 0)
 
 
+@pytest.mark.parametrize("done", [b"data: [DONE]\r\n\r\n", b"data:[DONE]\r\r"])
+async def test_a_client_leaving_after_a_done_with_other_line_ends_is_a_success(
+    done: bytes,
+) -> None:
+    """The SSE spec's other line ends (CRLF, CR) end `[DONE]` as well as LF does."""
+    async with (
+        running_server() as srv,
+        scripted_connector(srv.url) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(5):
+            call = asyncio.create_task(
+                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
+            )
+            incoming = await conn.next_request()
+            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
+            resp = await call
+            await conn.body(incoming.id, done)
+            assert await resp.content.readexactly(len(done)) == done
+            resp.close()  # as SDKs do, before the connector's end
+            await incoming.cancelled.wait()
+            await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
+            await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
+        model = srv.snapshot().models[0]
+        assert (model.success_total, model.cancelled_total) == (1, 0)
+
+
 async def test_first_byte_timeout_is_504_and_cancels() -> None:
     async with (
         running_server(first_byte_timeout=0.05) as srv,
