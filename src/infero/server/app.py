@@ -141,8 +141,7 @@ def create_app(
         clock=clock,
         on_late=shared.changes.bump,
     )
-    app.router.add_get("/api/workers/connect", endpoint.handle)
-    app.router.add_get("/api/llm/connect", endpoint.handle)
+    endpoint.mount(app, "/api/workers/connect", "/api/llm/connect")
 
     health.setup(app, shared, lifecycle)
     state_api.setup(app, shared, lifecycle)

@@ -297,6 +297,22 @@ class LinkEndpoint:
         self.clock = clock
         self.on_late = on_late
         self.claim = claim
+        self._handshakes: set[web.WebSocketResponse] = set()
+        """Links waiting for their hello (closed at once when the server shuts down)."""
+
+    def mount(self, app: web.Application, *paths: str) -> None:
+        """Serve links at `paths`; at shutdown, close the ones still waiting for their hello
+        instead of waiting up to `hello_timeout` for them."""
+        for path in paths:
+            app.router.add_get(path, self.handle)
+        app.on_shutdown.append(self._close_handshakes)
+
+    async def _close_handshakes(self, _: web.Application) -> None:
+        waiting = [
+            ws.close(code=CLOSE_GOING_AWAY, message=b"server shutdown") for ws in self._handshakes
+        ]
+        with contextlib.suppress(ConnectionError):
+            await asyncio.gather(*waiting)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         """aiohttp handler: upgrade, handshake, then serve the link until it closes."""
@@ -305,8 +321,12 @@ class LinkEndpoint:
         )
         await ws.prepare(request)
         peer = request.remote or "?"
-        with self.handler.connecting(peer):
-            accepted = await self._accept(ws, peer)
+        self._handshakes.add(ws)
+        try:
+            with self.handler.connecting(peer):
+                accepted = await self._accept(ws, peer)
+        finally:
+            self._handshakes.discard(ws)
         if accepted is None:
             return ws
         link, replaced = accepted
@@ -377,6 +397,9 @@ class LinkEndpoint:
                 msg = await ws.receive()
         except TimeoutError:
             await self._refuse(ws, peer, "invalid", "no hello in time")
+            return None
+        if msg.type in (WSMsgType.CLOSE, WSMsgType.CLOSING, WSMsgType.CLOSED):
+            logger.info("link from %s closed before its hello", peer)
             return None
         if msg.type != WSMsgType.TEXT:
             await self._refuse(ws, peer, "invalid", "expected a hello text frame")

@@ -292,3 +292,17 @@ async def test_a_hello_with_a_lone_surrogate_is_refused_not_dropped() -> None:
         assert closing.type == aiohttp.WSMsgType.CLOSE
         assert closing.data == 1008
         assert [w.id for w in srv.snapshot().workers if w.status != "connecting"] == []
+
+
+@pytest.mark.parametrize("path", ["/api/llm/connect", "/api/mcp/connect"])
+async def test_a_link_waiting_for_its_hello_is_closed_at_shutdown(path: str) -> None:
+    """Shutdown does not wait HELLO_TIMEOUT for a link that sent no hello: it closes it (1001)."""
+    async with aiohttp.ClientSession() as http:
+        async with running_server() as srv:
+            # Served in this loop: the handler is in its handshake before the upgrade's
+            # answer reaches us.
+            ws = await http.ws_connect(srv.url + path)
+        async with asyncio.timeout(5):  # HELLO_TIMEOUT is 10 s
+            msg = await ws.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE
+        assert msg.data == 1001

@@ -48,7 +48,7 @@ def setup(app: web.Application, settings: ServerSettings) -> None:
         dead_after=settings.link_dead_after,
         claim=relays.claim,
     )
-    app.router.add_get("/api/mcp/connect", endpoint.handle)
+    endpoint.mount(app, "/api/mcp/connect")
     for method in ("POST", "GET", "DELETE"):
         app.router.add_route(method, ROUTE, broker.handle)
     if settings.redis_addr:
