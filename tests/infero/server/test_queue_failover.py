@@ -344,37 +344,20 @@ async def test_a_connector_that_never_ends_a_cancelled_call_gets_its_slot_back_i
             await srv.wait_for(lambda: _inflight(srv, "w1") == 0)  # no `end` ever comes
 
 
-async def test_a_client_leaving_after_a_done_split_over_two_chunks_is_a_success() -> None:
-    """`[DONE]` that arrives in two pieces is still the whole answer (docs/state.md)."""
-    async with (
-        running_server() as srv,
-        scripted_connector(srv.url) as conn,
-        aiohttp.ClientSession() as http,
-    ):
-        async with asyncio.timeout(5):
-            call = asyncio.create_task(
-                http.post(srv.url + CHAT, json={"model": "m", "stream": True})
-            )
-            incoming = await conn.next_request()
-            await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
-            resp = await call
-            await conn.body(incoming.id, b"data: {}\n\ndata: [DO")
-            assert await resp.content.readuntil(b"\n\n") == b"data: {}\n\n"
-            await conn.body(incoming.id, b"NE]\n\n")  # a chunk of its own: the first was read
-            assert await resp.content.readuntil(b"\n\n") == b"data: [DONE]\n\n"
-            resp.close()  # as SDKs do, before the connector's end
-            await incoming.cancelled.wait()
-            await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
-            await srv.wait_for(lambda: _inflight(srv, "w1") == 0)
-        model = srv.snapshot().models[0]
-        assert (model.success_total, model.cancelled_total) == (1, 0)
-
-
-@pytest.mark.parametrize("done", [b"data: [DONE]\r\n\r\n", b"data:[DONE]\r\r"])
-async def test_a_client_leaving_after_a_done_with_other_line_ends_is_a_success(
-    done: bytes,
+@pytest.mark.parametrize(
+    "pieces",
+    [
+        # `[DONE]` that arrives in two pieces is still the whole answer (docs/state.md).
+        [(b"data: {}\n\ndata: [DO", b"data: {}\n\n"), (b"NE]\n\n", b"data: [DONE]\n\n")],
+        # The SSE spec's other line ends (CRLF, CR) end `[DONE]` as well as LF does.
+        [(b"data: [DONE]\r\n\r\n", b"data: [DONE]\r\n\r\n")],
+        [(b"data:[DONE]\r\r", b"data:[DONE]\r\r")],
+    ],
+    ids=["split", "crlf", "cr"],
+)
+async def test_a_client_leaving_right_after_done_is_a_success(
+    pieces: list[tuple[bytes, bytes]],
 ) -> None:
-    """The SSE spec's other line ends (CRLF, CR) end `[DONE]` as well as LF does."""
     async with (
         running_server() as srv,
         scripted_connector(srv.url) as conn,
@@ -387,8 +370,9 @@ async def test_a_client_leaving_after_a_done_with_other_line_ends_is_a_success(
             incoming = await conn.next_request()
             await conn.head(incoming.id, 200, [("Content-Type", "text/event-stream")])
             resp = await call
-            await conn.body(incoming.id, done)
-            assert await resp.content.readexactly(len(done)) == done
+            for sent, seen in pieces:  # each a chunk of its own: the one before was read
+                await conn.body(incoming.id, sent)
+                assert await resp.content.readexactly(len(seen)) == seen
             resp.close()  # as SDKs do, before the connector's end
             await incoming.cancelled.wait()
             await conn.end(incoming.id, error=lp.LinkError(code="cancelled"))
