@@ -45,13 +45,35 @@ class FakeLinkServer:
         self.ws: web.WebSocketResponse | None = None
         self.closed = asyncio.Event()
         self.connections = 0
+        self.upgrades = 0
+        """Upgrade requests received, answered or not."""
+        self.dialed = asyncio.Event()
+        """Set at every upgrade request."""
+        self.refuse_upgrades = 0
+        """Non-zero: answer upgrades with this HTTP status (a server that cannot link now)."""
+        self.hold_upgrades: asyncio.Event | None = None
+        """When set, an upgrade is answered only once this event is (a slow dial)."""
+        self.answered = asyncio.Event()
+        """Set once an upgrade's handler returned (or failed)."""
 
     def app(self) -> web.Application:
         app = web.Application()
         app.router.add_get("/api/workers/connect", self._handle)
         return app
 
-    async def _handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        self.upgrades += 1
+        self.dialed.set()
+        try:
+            return await self._link(request)
+        finally:
+            self.answered.set()
+
+    async def _link(self, request: web.Request) -> web.StreamResponse:
+        if self.hold_upgrades is not None:
+            await self.hold_upgrades.wait()
+        if self.refuse_upgrades:
+            return web.Response(status=self.refuse_upgrades)
         ws = web.WebSocketResponse(max_msg_size=link.MAX_FRAME, autoping=False)
         await ws.prepare(request)
         self.connections += 1

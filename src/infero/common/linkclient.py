@@ -13,7 +13,7 @@ import logging
 import secrets
 import time
 from collections.abc import Awaitable, Callable
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import ValidationError
@@ -40,8 +40,12 @@ HANDSHAKE_TIMEOUT = 10.0
 FATAL_REFUSALS = frozenset({"unauthorized", "protocol", "invalid"})
 """Refusals that retrying cannot fix (wrong key, unsupported version, bad hello)."""
 
+LEAVING = "connector leaving"
+"""Why a link (or a dial) ended when the connector was told to stop."""
+
 Sleep = Callable[[float], Awaitable[None]]
 Clock = Callable[[], float]
+T = TypeVar("T")
 
 
 class LinkClosed(ConnectionError):
@@ -268,7 +272,8 @@ class LinkClient:
         """Sent in every hello: lets this process replace its own stale link at once."""
 
     def stop(self) -> None:
-        """Leave: close the current link and do not reconnect; `run` returns 0."""
+        """Leave: close the current link, or abandon a dial before its hello or a backoff
+        wait, and do not reconnect; `run` returns 0."""
         self._stop.set()
 
     @property
@@ -325,7 +330,7 @@ class LinkClient:
                 return 1
             delay = self.backoff.next_delay()
             logger.info("reconnecting in %gs (attempt %d)", delay, self.backoff.attempt)
-            await self._wait_or_stop(self._sleep(delay))
+            await self._unless_stopped(self._sleep(delay))
         return 0
 
     def _describe(self, exc: BaseException) -> str:
@@ -334,29 +339,42 @@ class LinkClient:
             return describe_failure(self._url, failure, self._ca_file)
         return _describe(exc)
 
-    async def _wait_or_stop(self, waiting: Awaitable[None]) -> None:
-        sleeper = asyncio.ensure_future(waiting)
+    async def _unless_stopped(self, work: Awaitable[T]) -> T | None:
+        """`work`'s result, or None when `stop()` came first: `work` is cancelled then."""
+        task = asyncio.ensure_future(work)
         stopper = asyncio.create_task(self._stop.wait())
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({task, stopper}, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for task in (sleeper, stopper):
-                task.cancel()
-            await asyncio.gather(sleeper, stopper, return_exceptions=True)
+            for waiting in (task, stopper):
+                waiting.cancel()
+            await asyncio.gather(task, stopper, return_exceptions=True)
+        return None if task.cancelled() else task.result()
 
     async def _session(self) -> str:
-        """One connection: returns why it ended; raises when it never got accepted."""
-        async with connect(
-            self._url,
-            max_size=link.MAX_FRAME,
-            compression=None,
-            ping_interval=None,
-            open_timeout=HANDSHAKE_TIMEOUT,
-            close_timeout=2,
-            user_agent_header=self._component,
-            ssl=self._tls if self._url.startswith("wss:") else None,  # a list may mix both
-        ) as ws:
-            welcome = await self._handshake(ws)
+        """One connection: returns why it ended; raises when it never got accepted.
+
+        A `stop()` while dialing abandons the dial (websockets closes the half-open socket),
+        and one before the hello closes the open WebSocket without a word: the server never
+        sees a link from a connector that is leaving."""
+        ws = await self._unless_stopped(
+            connect(
+                self._url,
+                max_size=link.MAX_FRAME,
+                compression=None,
+                ping_interval=None,
+                open_timeout=HANDSHAKE_TIMEOUT,
+                close_timeout=2,
+                user_agent_header=self._component,
+                ssl=self._tls if self._url.startswith("wss:") else None,  # a list may mix both
+            )
+        )
+        if ws is None:
+            return LEAVING
+        async with ws:
+            welcome = await self._unless_stopped(self._handshake(ws))
+            if welcome is None:
+                return LEAVING
             self._accepted = True
             self.backoff.reset()
             self.last_error = ""
@@ -377,9 +395,12 @@ class LinkClient:
     async def _close_on_stop(self, current: Link) -> None:
         await self._stop.wait()
         with contextlib.suppress(ConnectionClosed, OSError):
-            await current.close("connector leaving")
+            await current.close(LEAVING)
 
-    async def _handshake(self, ws: ClientConnection) -> link.Welcome:
+    async def _handshake(self, ws: ClientConnection) -> link.Welcome | None:
+        """Hello, then the server's Welcome; None (nothing sent) once told to stop."""
+        if self._stop.is_set():
+            return None
         hello = self._handler.hello().model_copy(update={"instance": self.instance})
         await ws.send(link.encode(hello))
         try:

@@ -291,3 +291,33 @@ async def test_without_reconnect_every_url_is_tried_once_then_exit_non_zero(
     assert any("cannot reach the server at ws://127.0.0.1:9/a" in m for m in messages)
     assert "cannot reach the server at ws://127.0.0.1:9/b" in messages[-1]
     assert "--reconnect" in messages[-1]
+
+
+async def test_stop_while_waiting_for_the_welcome_closes_the_link_at_once(
+    aiohttp_server: ServerFactory,
+) -> None:
+    hello_seen = asyncio.Event()
+    closes: asyncio.Queue[int | None] = asyncio.Queue()
+
+    async def handle(request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=False)
+        await ws.prepare(request)
+        await ws.receive()
+        hello_seen.set()
+        await ws.receive()  # never answers the hello: the close is what arrives next
+        closes.put_nowait(ws.close_code)
+        return ws
+
+    app = web.Application()
+    app.router.add_get("/link", handle)
+    server = await aiohttp_server(app)
+    handler = Handler()
+    client = LinkClient(url(server), handler, component="test", reconnect=True)
+    task = asyncio.create_task(client.run())
+    async with asyncio.timeout(5):  # the handshake's own timeout is 10 s
+        await hello_seen.wait()
+        client.stop()
+        assert await task == 0
+        assert await closes.get() == 1000
+    assert handler.hellos == 1
+    assert not handler.up.is_set()
