@@ -116,13 +116,14 @@ async def views_only(preset: Preset, work_dir: Path) -> dict[str, Any]:
 
 
 async def instances_only(preset: Preset, work_dir: Path) -> dict[str, Any]:
-    """Start Redis, instances A and B and a connector on A; measure the cross-instance hop."""
+    """Start Redis, instances A and B, a connector on A and a forwarder in front of A; measure
+    the cross-instance hop beside its floor."""
     started = time.monotonic()
     raw: scenarios.Raw = {}
     _progress("starting redis-server, instances A and B, a connector on A, load generator")
     async with Fleet(preset, work_dir) as fleet:
-        _progress("latency at concurrency 1: A (same instance) vs B (B -> A)")
-        sections = [await instances.latency(fleet, preset, raw)]
+        _progress("latency at concurrency 1: A (same instance), floor (forwarder -> A), B (B -> A)")
+        sections = await instances.latency(fleet, preset, raw)
         _progress(f"throughput at concurrency {preset.fleet_concurrency}: direct, A, B")
         sections.append(await instances.throughput(fleet, preset, raw))
         sections.append(instances.cpu(raw, preset))

@@ -3,8 +3,10 @@
 The scale-out benchmark's processes (`python -m bench --instances 2`): a fresh Redis on a free
 port (Debian's `redis-server`, no persistence), instances A and B with `REDIS_ADDR`,
 `PEER_KEY`, `INSTANCE_ID` and `INSTANCE_ADDR` set, one `infero llm` linked to A in front of the
-fast mock backend, and the load generator. Requests to A are served by A's own link; requests
-to B are relayed B -> A over the peer channel (docs/scale-out.md).
+fast mock backend, a byte forwarder in front of A (`bench.forwarder`) and the load generator.
+Requests to A are served by A's own link; requests to B are relayed B -> A over the peer
+channel (docs/scale-out.md); requests to the forwarder reach A through one more process that
+does nothing else: the floor of any hop on this machine.
 """
 
 from __future__ import annotations
@@ -48,8 +50,9 @@ class Fleet(Harness):
         self.redis_port = 0
         self.ports: dict[str, int] = {}
         self.fast_port = 0
+        self.floor_port = 0
         self.children: dict[str, procs.Child] = {}
-        """By role: redis, a, b, connector, backend, loadgen."""
+        """By role: redis, a, b, floor, connector, backend, loadgen."""
         self._redis: Any = None
 
     # ---- targets -------------------------------------------------------------------------
@@ -63,6 +66,12 @@ class Fleet(Harness):
         """infero's public OpenAI API on instance `name` (`a`: same instance, `b`: relayed)."""
         auth = {"Authorization": f"Bearer {API_KEY}"}
         return Target(name, f"http://127.0.0.1:{self.ports[name]}/api/v1", auth)
+
+    @property
+    def floor(self) -> Target:
+        """Instance A through the byte forwarder: the same requests, one more process."""
+        auth = {"Authorization": f"Bearer {API_KEY}"}
+        return Target("floor", f"http://127.0.0.1:{self.floor_port}/api/v1", auth)
 
     # ---- lifecycle -----------------------------------------------------------------------
 
@@ -110,6 +119,10 @@ class Fleet(Harness):
             url = f"http://127.0.0.1:{self.ports[name]}/healthz"
             await self._wait_http(url, self.children[name])
         home = INSTANCES[0]
+        self.children["floor"] = floor = await self._child(
+            "forwarder", procs.python("bench.forwarder", f"--target-port={self.ports[home]}")
+        )
+        self.floor_port = (await floor.read_json(READY_TIMEOUT))["port"]
         self.children["connector"] = await self._child(
             f"connector-{CONNECTOR_ID}",
             procs.infero("llm"),

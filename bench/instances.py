@@ -3,8 +3,9 @@
 The same load goes to instance A, which holds the connector's link (same instance), and to
 instance B, which relays it to A over the peer channel (cross instance), alternating in rounds
 as the single-instance figures do. Measured: the added latency of the hop at concurrency 1,
-throughput at concurrency 32 (and the backend called directly), CPU per request of every
-process, and Redis commands per request for short and long answers, net of an idle window.
+beside its floor on this machine (A through a process that only forwards bytes), throughput
+at concurrency 32 (and the backend called directly), CPU per request of every process, and
+Redis commands per request for short and long answers, net of an idle window.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ SHORT_TOKENS = 16
 SETTLE = 1.0
 """Seconds between a Redis-commands run and its idle window (membership's read period), so
 the lease writes the load caused are not counted as idle."""
-ROLES = ("a", "b", "connector", "redis", "backend", "loadgen")
+ROLES = ("a", "b", "connector", "redis", "backend", "loadgen", "floor")
 """The processes of the CPU table, in its column order (`Fleet.children` roles)."""
 PATH = "/chat/completions"
 
@@ -38,11 +39,14 @@ def _pct(result: Result, metric: str, q: str) -> float | None:
     return None if summary is None else float(summary[q])  # type: ignore[literal-required]
 
 
+def _minus(x: float | None, y: float | None) -> float | None:
+    return None if x is None or y is None else x - y
+
+
 def _added_row(key: str, label: str, a: Result, b: Result, metric: str, target: bool) -> Row:
     a50, b50 = _pct(a, metric, "p50"), _pct(b, metric, "p50")
     a99, b99 = _pct(a, metric, "p99"), _pct(b, metric, "p99")
-    added = None if a50 is None or b50 is None else b50 - a50
-    added99 = None if a99 is None or b99 is None else b99 - a99
+    added, added99 = _minus(b50, a50), _minus(b99, a99)
     row = Row(
         key, [ms(a50), ms(b50), signed_ms(added), ms(a99), ms(b99), signed_ms(added99)], label
     )
@@ -53,28 +57,49 @@ def _added_row(key: str, label: str, a: Result, b: Result, metric: str, target: 
     return row
 
 
-async def latency(fleet: Fleet, p: Preset, raw: Raw) -> Section:
-    """Same instance (A) against cross instance (B -> A), sequential requests."""
+def _floor_row(key: str, label: str, a: Result, floor: Result, b: Result, metric: str) -> Row:
+    a50, f50, b50 = (_pct(r, metric, "p50") for r in (a, floor, b))
+    cells = [ms(a50), ms(f50), ms(b50), signed_ms(_minus(f50, a50)), signed_ms(_minus(b50, f50))]
+    return Row(key, cells, label)
+
+
+async def latency(fleet: Fleet, p: Preset, raw: Raw) -> list[Section]:
+    """Same instance (A) against cross instance (B -> A), sequential requests; and the floor
+    (A through the forwarder) in the same rounds, in a table of its own."""
     section = Section(
         "fleet_latency",
         "Concurrency 1, A (same instance) vs B (B -> A) (ms)",
         ["A p50", "B p50", "added p50", "A p99", "B p99", "added p99"],
     )
+    floor = Section(
+        "fleet_floor",
+        "Concurrency 1, the floor: A through a byte forwarder (ms)",
+        ["A p50", "floor p50", "B p50", "floor added p50", "B over floor p50"],
+    )
     a, b = fleet.instance("a"), fleet.instance("b")
     for stream in (False, True):
         key = f"{'stream' if stream else 'nonstream'}_{SHORT_TOKENS}"
         body = chat_body(FAST_MODEL, SHORT_TOKENS, stream=stream)
-        ra, rb = await alternate(
-            fleet, raw, key, (a, b), PATH, body,
+        ra, rf, rb = await alternate(
+            fleet, raw, key, (a, fleet.floor, b), PATH, body,
             stream=stream, count=p.latency_requests, warmup=p.warmup,
         )  # fmt: skip
         label = f"{'streaming' if stream else 'non-streaming'}, {SHORT_TOKENS} tokens"
+        figures = [("total", "total_ms")]
         if stream:
-            section.rows.append(
-                _added_row(f"{key}_first_byte", f"{label}: first byte", ra, rb, "ttfb_ms", True)
-            )
-        section.rows.append(_added_row(f"{key}_total", f"{label}: total", ra, rb, "total_ms", True))
-    return section
+            figures.insert(0, ("first_byte", "ttfb_ms"))
+        for name, metric in figures:
+            text = f"{label}: {name.replace('_', ' ')}"
+            section.rows.append(_added_row(f"{key}_{name}", text, ra, rb, metric, True))
+            floor.rows.append(_floor_row(f"{key}_{name}", text, ra, rf, rb, metric))
+    floor.note = (
+        "floor: the same requests to A through `bench.forwarder`, a process that copies bytes "
+        "both ways and parses nothing, alternated with A and B in the same rounds. floor added "
+        "= floor - A, what any extra process in the path costs on this machine; B over floor = "
+        "B - floor, what the hop costs beyond it. Information beside the target, which stays "
+        f"B - A <= {ADDED_P50_LIMIT:g} ms"
+    )
+    return [section, floor]
 
 
 async def throughput(fleet: Fleet, p: Preset, raw: Raw) -> Section:
@@ -116,8 +141,8 @@ CPU_LABELS = {
 
 
 def cpu(raw: Raw, p: Preset) -> Section:
-    """CPU time of every process per request, through A and through B, from the runs above."""
-    columns = ["A", "B", "connector", "redis", "backend", "loadgen"]
+    """CPU time of every process per request, through A, B and the floor, from the runs above."""
+    columns = ["A", "B", "connector", "redis", "backend", "loadgen", "floor"]
     section = Section("fleet_cpu", "CPU per request (us)", columns)
     c = p.fleet_concurrency
     keys = [
@@ -127,7 +152,7 @@ def cpu(raw: Raw, p: Preset) -> Section:
         (f"stream_c{c}", f"{CPU_LABELS['stream_c']} {c}"),
     ]
     for key, label in keys:
-        for via, text in (("a", "via A"), ("b", "via B -> A")):
+        for via, text in (("a", "via A"), ("b", "via B -> A"), ("floor", "via floor -> A")):
             run: dict[str, Any] | None = raw.get(f"{key}.{via}")
             if run is None:
                 continue
@@ -135,7 +160,8 @@ def cpu(raw: Raw, p: Preset) -> Section:
             section.rows.append(Row(f"{key}_{via}", cells, label=f"{label}, {text}"))
     section.note = (
         "user + system CPU time of each process during the measured rounds / answers; "
-        "A holds the connector's link, B relays to A"
+        "A holds the connector's link, B relays to A, floor is the byte forwarder in front of A "
+        "(measured at concurrency 1 only)"
     )
     return section
 
