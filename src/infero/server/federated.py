@@ -146,13 +146,13 @@ class FederatedDispatcher:
     async def enqueue(
         self, model: str, exclude: frozenset[str], target: str | None, *, first: bool = False
     ) -> Ticket:
-        """The fleet queue (`first` is not honoured there: a request refused `busy` joins its
-        tail), or this instance's own while it is degraded."""
+        """The fleet queue, or this instance's own while it is degraded (`first`: at the head,
+        beyond QUEUE_MAX, for a request a connector refused `busy`, in both)."""
         state = self._state
         if not state.queue_degraded():
             try:
                 return await state.queue.enqueue(
-                    model, exclude, target, local_only=self._local_only
+                    model, exclude, target, local_only=self._local_only, first=first
                 )
             except FleetQueueFailure as failure:
                 state.queue.failed(failure)

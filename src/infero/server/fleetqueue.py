@@ -2,7 +2,9 @@
 
 Each model with waiters has a sorted set `{infero}:queue:<model>` in Redis: the score is a
 fleet-wide sequence number (`INCR {infero}:queue-seq`), the member `<instance>/<ticket>/<ms>`
-(the waiter's instance, its id there, and when it joined, in Unix milliseconds). The set
+(the waiter's instance, its id there, and when it joined, in Unix milliseconds). A request that
+takes its place back (its connector refused it `busy`) joins at the head instead: one below the
+head's score, so it may be zero or negative. The set
 `{infero}:queues` names the models with waiters. A request that queues costs a constant number
 of Redis commands (join: one script; each time it may take a slot: one; leave: one); one that
 does not queue costs none. Each script may run twice to the same effect: the client sends a
@@ -64,15 +66,22 @@ QUEUE_TIMEOUT plus a few of these, whatever Redis does."""
 _JOIN = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
 if score then return tonumber(score) end
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then return -1 end
-local seq = redis.call('INCR', KEYS[2])
-redis.call('ZADD', KEYS[1], seq, ARGV[1])
+if ARGV[4] == '1' then
+  local head = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if head[2] then score = tonumber(head[2]) - 1 end
+elseif redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  return false
+end
+if not score then score = redis.call('INCR', KEYS[2]) end
+redis.call('ZADD', KEYS[1], score, ARGV[1])
 redis.call('SADD', KEYS[3], ARGV[3])
-return seq
+return score
 """
-"""Join a queue unless it holds QUEUE_MAX waiters: the new sequence number, or -1. A member
-already in the queue keeps its number: the script sent again after its answer was lost (the
-client retries on a new connection) neither moves the waiter to the tail nor refuses it."""
+"""Join a queue: at the tail with a new sequence number, unless it holds QUEUE_MAX waiters
+(nil); or, with ARGV[4] = 1, at the head (one below the head's score; a new number when the
+queue is empty) whatever its length. A member already in the queue keeps its number: the script
+sent again after its answer was lost (the client retries on a new connection) neither moves the
+waiter nor refuses it."""
 
 _HEAD = """
 local score = redis.call('ZSCORE', KEYS[1], ARGV[1])
@@ -178,8 +187,8 @@ class FleetTicket:
         self.local_only = local_only
         """Only this instance's connectors (a request relayed here by another instance)."""
         self.member = member
-        self.seq = 0
-        """The fleet-wide arrival number (0 until Redis gave it)."""
+        self.seq: int | None = None
+        """The score in the fleet queue, its order there (None until Redis gave it)."""
         self.enqueued_at = enqueued_at
         self.removed = False
         """Out of the queue (a route was found, or it left)."""
@@ -224,7 +233,7 @@ class FleetTicket:
 
     def kick(self, hint: str | None = None) -> None:
         """Try to take a slot now, unless the ticket is already trying (then once more)."""
-        if self._left or self._route is not None or not self.seq:
+        if self._left or self._route is not None or self.seq is None:
             return
         if hint is not None:
             self._hint = hint
@@ -322,10 +331,20 @@ class FleetQueue:
         return self.waiting(model)
 
     async def enqueue(
-        self, model: str, exclude: frozenset[str], target: str | None, *, local_only: bool
+        self,
+        model: str,
+        exclude: frozenset[str],
+        target: str | None,
+        *,
+        local_only: bool,
+        first: bool = False,
     ) -> FleetTicket:
-        """Join `model`'s fleet queue (raises `QueueFull`, or a Redis failure)."""
-        if self.queue_max <= 0:
+        """Join `model`'s fleet queue (raises `QueueFull`, or a Redis failure).
+
+        `first`: at the head, for a request its connector refused `busy`. It was admitted
+        before (it held a slot, so every waiter joined after it), so it is no new arrival:
+        QUEUE_MAX does not refuse it, as in the embedded scheduler."""
+        if self.queue_max <= 0 and not first:
             raise QueueFull(model)
         now = self.clock()
         member = f"{self.instance_id}/{self._prefix}{next(self._ids)}/{int(self.wall() * 1000)}"
@@ -336,30 +355,29 @@ class FleetQueue:
         waiters.append(ticket)  # before the script: a refresh meanwhile keeps its entry
         try:
             async with asyncio.timeout(CALL_TIMEOUT):
-                seq = int(
-                    await self._join(
-                        keys=[queue_key(model), SEQUENCE, QUEUES],
-                        args=[member, self.queue_max, model],
-                    )
+                seq = await self._join(
+                    keys=[queue_key(model), SEQUENCE, QUEUES],
+                    args=[member, self.queue_max, model, 1 if first else 0],
                 )
         except BaseException:
             self._forget(ticket)
             raise
-        if seq < 0:
+        if seq is None:
             self._forget(ticket)
             raise QueueFull(model)
-        ticket.seq = seq
-        waiters.sort(key=_seq)
+        ticket.seq = int(seq)
+        waiters.sort(key=_order)
         self._remirror(model)
         ticket.kick()
         return ticket
 
     def position(self, ticket: FleetTicket) -> int:
         """1-based place of a waiter of this instance in the mirrored fleet queue."""
-        if ticket.seq == 0:
+        seq = ticket.seq
+        if seq is None:
             return 0
         entries = self.mirror.get(ticket.model, ())
-        return 1 + sum(1 for e in entries if e.seq < ticket.seq)
+        return 1 + sum(1 for e in entries if e.seq < seq)
 
     async def attempt(self, ticket: FleetTicket, hint: str | None) -> Route | None:
         """Take a slot for `ticket` if it heads the fleet queue and one is free."""
@@ -377,10 +395,10 @@ class FleetQueue:
             seq = int(float(score))
         except Failure as failure:
             self.failed(failure)
-            head, seq = ticket.member, ticket.seq  # it heads this instance's waiters
+            return await seats.take(ticket, hint)  # it heads this instance's waiters
         if seq != ticket.seq:
             ticket.seq = seq  # it rejoined at the tail
-            self.local[model].sort(key=_seq)
+            self.local[model].sort(key=_order)
             self._remirror(model)
         if head != ticket.member:
             self._pass_on(model, head)
@@ -392,7 +410,7 @@ class FleetQueue:
         model = ticket.model
         ticket.removed = True
         self._forget(ticket)
-        if ticket.seq:
+        if ticket.seq is not None:
             with contextlib.suppress(*Failure):  # a stale entry is purged by the next refresh
                 async with asyncio.timeout(CALL_TIMEOUT):
                     await self._leave(keys=[queue_key(model), QUEUES], args=[model, ticket.member])
@@ -530,7 +548,9 @@ class FleetQueue:
         waiters = self.local.get(model, ())
         old = self.mirror.get(model, ())
         own = [
-            Entry(t.member, t.seq, self.instance_id, 0.0, t.enqueued_at) for t in waiters if t.seq
+            Entry(t.member, t.seq, self.instance_id, 0.0, t.enqueued_at)
+            for t in waiters
+            if t.seq is not None
         ]
         merged = tuple(sorted((*self.others.get(model, ()), *own), key=_seq))
         if merged == old:
@@ -625,8 +645,14 @@ class _NoSeats:
         pass
 
 
-def _seq(item: FleetTicket | Entry) -> int:
-    return item.seq
+def _seq(entry: Entry) -> int:
+    return entry.seq
+
+
+def _order(ticket: FleetTicket) -> tuple[bool, int]:
+    """Local waiters in fleet order; one still joining (no score yet) last, so the first of
+    the list is one that may try."""
+    return (ticket.seq is None, ticket.seq or 0)
 
 
 def _text(raw: bytes | str) -> str:

@@ -22,6 +22,7 @@ from aiohttp import web
 from openai.types.chat import ChatCompletion
 from redis import asyncio as aioredis
 
+from infero.protocol import link as lp
 from infero.server import fleetqueue, redisclient
 from infero.server.changes import ChangeFeed
 from infero.server.fleetqueue import FleetQueue, FleetTicket, queue_key
@@ -628,8 +629,8 @@ def alone(redis: Any, instance_id: str, queue_max: int = 10) -> FleetQueue:
     )
 
 
-async def join(queue: FleetQueue) -> FleetTicket:
-    return await queue.enqueue("m", frozenset(), None, local_only=False)
+async def join(queue: FleetQueue, *, first: bool = False) -> FleetTicket:
+    return await queue.enqueue("m", frozenset(), None, local_only=False, first=first)
 
 
 @asynccontextmanager
@@ -664,6 +665,8 @@ async def test_a_join_whose_answer_was_lost_keeps_its_place(
         first = await join(mine)
         assert proxy.dropped == 1
         [second] = joined
+        assert first.seq is not None
+        assert second.seq is not None
         assert first.seq < second.seq
         members = [first.member.encode(), second.member.encode()]
         assert await direct.zrange(queue_key("m"), 0, -1) == members
@@ -684,9 +687,111 @@ async def test_a_join_whose_answer_was_lost_is_not_refused_for_the_place_it_took
         proxy.armed = True
         ticket = await join(mine)  # the last place: its own, when the script runs again
         assert proxy.dropped == 1
+        assert ticket.seq is not None
         assert await direct.zrange(queue_key("m"), 0, -1, withscores=True) == [
             (ticket.member.encode(), float(ticket.seq))
         ]
         with pytest.raises(QueueFull):
             await join(mine)
         await ticket.leave()
+
+
+async def test_a_request_taking_its_place_back_joins_at_the_head_even_when_the_queue_is_full(
+    tmp_path: Path,
+) -> None:
+    async with redis_server(tmp_path) as redis, asyncio.timeout(20):
+        store = connect(redis.url)
+        try:
+            a, b = alone(store, "A", queue_max=2), alone(store, "B", queue_max=2)
+            tail = [await join(a), await join(b)]
+            with pytest.raises(QueueFull):
+                await join(a)  # a newcomer: QUEUE_MAX holds
+            heads = [await join(b, first=True), await join(a, first=True)]
+            # A fresh Redis: the tail has 1 and 2, the heads 0 and -1 (no "no score" mark).
+            assert [t.seq for t in (*heads, *tail)] == [0, -1, 1, 2]
+            order = [heads[1], heads[0], *tail]
+            assert await store.zrange(queue_key("m"), 0, -1) == [t.member.encode() for t in order]
+            for queue in (a, b):
+                await queue.refresh()
+                assert [e.member for e in queue.mirror["m"]] == [t.member for t in order]
+            assert [t.queue.position(t) for t in order] == [1, 2, 3, 4]
+            assert [await t.position() for t in order] == [1, 2, 3, 4]
+            nobody = alone(store, "C", queue_max=0)
+            with pytest.raises(QueueFull):
+                await join(nobody)
+            again = await join(nobody, first=True)  # it was admitted before: never queue_full
+            assert again.seq == -2
+            for ticket in (*order, again):
+                await ticket.leave()
+            assert await store.exists(queue_key("m"), fleetqueue.QUEUES) == 0
+        finally:
+            await store.aclose()
+
+
+async def test_a_head_join_whose_answer_was_lost_keeps_its_place(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(redisclient, "REDIS_TIMEOUT", 3600.0)
+    async with losing_a_reply(tmp_path) as (proxy, through, direct), asyncio.timeout(20):
+        mine, theirs = alone(through, "A"), alone(direct, "B")
+        await (await join(mine, first=True)).leave()  # the script loaded, the connection open
+        waiting = await join(theirs)
+        assert waiting.seq is not None
+        proxy.armed = True
+        head = await join(mine, first=True)
+        assert proxy.dropped == 1
+        assert await direct.zrange(queue_key("m"), 0, -1, withscores=True) == [
+            (head.member.encode(), float(waiting.seq - 1)),  # not moved again by the rerun
+            (waiting.member.encode(), float(waiting.seq)),
+        ]
+        assert head.seq == waiting.seq - 1
+        for ticket in (head, waiting):
+            await ticket.leave()
+
+
+async def test_a_request_refused_busy_waits_again_at_the_head_of_the_fleet_queue(
+    tmp_path: Path,
+) -> None:
+    """As in the embedded scheduler (test_queue_failover.py): the request refused `busy` goes
+    before the one that joined the queue while it was out, at every instance, even with the
+    queue at QUEUE_MAX."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A", queue_max=1, queue_headers_after=0) as a,
+        instance(redis.url, "B", queue_max=1) as b,
+        scripted_connector(a.url, client_key="ck", id="w1") as conn,
+        aiohttp.ClientSession() as http,
+        client_of(b) as at_b,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: b.shared.dispatcher.known("m", None))
+            refused = Comments(http, a.url, "r1")
+            first = await conn.next_request()
+            await b.wait_for(lambda: remote_inflight(b, "w1") == 1)
+            later = asyncio.create_task(chat(at_b, "r2"))
+            await all_see((a, b), 1)
+            await conn.end(first.id, error=lp.LinkError(code="busy", message="at capacity"))
+            await all_see((a, b), 2)  # beyond QUEUE_MAX=1: it was admitted before
+            for server in (a, b):
+                await server.wait_for(lambda s=server: waiting_at(s) == ["A", "B"])
+            await refused.first.wait()
+            assert refused.positions[-1] == 1
+            async with http.get(b.url + "/api/state") as resp:
+                rows = {m["name"]: m for m in (await resp.json())["models"]}
+            assert [(w["position"], w["instance"]) for w in rows["m"]["waiters"]] == [
+                (1, "A"),
+                (2, "B"),
+            ]
+            with pytest.raises(openai.RateLimitError) as full:
+                await chat(at_b, "r3")  # a newcomer still meets QUEUE_MAX
+            assert full.value.code == "queue_full"
+            await conn.end(0x7FFFFFFF)  # the call the server did not count ends: a slot frees
+            again = await conn.next_request()
+            assert json.loads(again.body)["messages"][0]["content"] == "r1"
+            await conn.reply(again.id, ANSWER)
+            await refused.task
+            last = await conn.next_request()
+            assert json.loads(last.body)["messages"][0]["content"] == "r2"
+            await conn.reply(last.id, ANSWER)
+            await later
+            await all_see((a, b), 0)
