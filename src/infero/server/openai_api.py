@@ -13,8 +13,8 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -63,11 +63,8 @@ _FORWARDED = frozenset(
 )
 """Client headers passed to the backend (never Authorization)."""
 
-_SSE_HEADERS = {
-    "Content-Type": "text/event-stream",
-    "Cache-Control": "no-cache",
-    "X-Accel-Buffering": "no",
-}
+_SSE_HEADERS = [("Content-Type", "text/event-stream")]
+"""The head of an answer that begins with `: queued` comments (see `HttpClient.start`)."""
 _ERROR_BODY_LIMIT = 64 * 1024
 _DONE = b"[DONE]"
 """Data of the last event of an OpenAI event stream: SDKs close the connection as soon as they
@@ -79,6 +76,80 @@ the next piece)."""
 
 HELD_LIMIT = 1024 * 1024
 """Bytes of an unfinished SSE event held back at most; a longer event is written as it comes."""
+
+
+class Answer(Protocol):
+    """The answer being written to a relay's client (once its head is decided)."""
+
+    async def write(self, data: bytes, /) -> None: ...
+
+    async def write_eof(self, data: bytes = b"", /) -> None: ...
+
+
+class Client(Protocol):
+    """Who a relayed request answers: the HTTP client of this instance (`HttpClient`), or
+    the asking instance at the end of a peer stream (peerhome.py), without an aiohttp request
+    and response built in process for it."""
+
+    async def start(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        streamed: bool,
+        sse: bool,
+        overhead_ms: float,
+    ) -> Answer:
+        """Begin the answer (`streamed`: its head leaves at once; `sse`: an event stream;
+        `overhead_ms`: the server's own time so far, shown to HTTP clients)."""
+        ...
+
+    def abort(self) -> None:
+        """Drop the connection now (a client that accepts no bytes)."""
+
+    def close(self) -> None:
+        """End the connection after what was written (an answer broken midway)."""
+
+
+class HttpClient:
+    """The client of an HTTP request to this instance: the answer is an aiohttp response."""
+
+    __slots__ = ("request", "response")
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+        self.response: web.StreamResponse | None = None
+
+    async def start(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        streamed: bool,
+        sse: bool,
+        overhead_ms: float,
+    ) -> web.StreamResponse:
+        response = _HeadSoon(status=status) if streamed else _HeadWithBody(status=status)
+        out = response.headers
+        for key, value in headers:
+            out.add(key, value)
+        if sse:
+            out.setdefault("Cache-Control", "no-cache")
+            out.setdefault("X-Accel-Buffering", "no")
+        out[OVERHEAD_HEADER] = f"{overhead_ms:.3f}"
+        await response.prepare(self.request)
+        self.response = response
+        return response
+
+    def abort(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.abort()
+
+    def close(self) -> None:
+        transport = self.request.transport
+        if transport is not None:
+            transport.close()
 
 
 class _HeadWithBody(web.StreamResponse):
@@ -107,9 +178,9 @@ def _send_head(send: Callable[[], None]) -> None:
 
 
 class _Done(Exception):
-    """Stop relaying and answer with `response`."""
+    """Stop relaying: `response` is the error answer, None when the client has its answer."""
 
-    def __init__(self, response: web.StreamResponse) -> None:
+    def __init__(self, response: web.Response | None) -> None:
         self.response = response
 
 
@@ -206,22 +277,63 @@ class OpenAIRelay:
         target: str | None,
         started: float,
         tap: ResponseTap | None = None,
+    ) -> web.StreamResponse:
+        """Route and relay a checked request of this instance's HTTP client (`target`: only
+        that connector id)."""
+        client = HttpClient(request)
+        # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
+        _, mark, query = request.raw_path.partition("?")
+        failed = await self.relay(
+            client,
+            method=request.method,
+            path=request.path.removeprefix("/api/v1") + mark + query,
+            headers=request.headers.items(),
+            request_id=request.get(REQUEST_ID_KEY, ""),
+            body=body,
+            model=model,
+            stream=stream,
+            target=target,
+            started=started,
+            tap=tap,
+        )
+        return failed or client.response or web.Response()
+
+    async def relay(
+        self,
+        client: Client,
+        *,
+        method: str,
+        path: str,
+        headers: Iterable[tuple[str, str]],
+        request_id: str,
+        body: bytes | bytearray,
+        model: str,
+        stream: bool,
+        target: str | None,
+        started: float,
+        tap: ResponseTap | None = None,
         dispatcher: Dispatcher | None = None,
         may_wait: bool = True,
-    ) -> web.StreamResponse:
-        """Route and relay a checked request (`target`: only that connector id; `dispatcher`:
-        instead of this relay's own, for this request; `may_wait` False: never queued, a
-        503 `full` when no connector has room at once)."""
+    ) -> web.Response | None:
+        """Route and relay a checked request (`path`: under /api/v1, with its query;
+        `headers`: the request's, of which the backend gets `_FORWARDED`) to `client`.
+        Returns the error answer when nothing was sent yet, None when `client` got the answer
+        (whole, or ended by an error event).
+        `dispatcher`: instead of this relay's own, for this request; `may_wait` False: never
+        queued, a 503 `full` when no connector has room at once."""
         self.lifecycle.enter()
-        relay = _Relay(self, request, body, model, stream, target, started, tap)
+        relay = _Relay(self, client, body, model, stream, target, started, tap)
+        relay.method = method
+        relay.path = path
+        relay.headers = [(k, v) for k, v in headers if k.lower() in _FORWARDED]
+        relay.request_id = request_id
         if dispatcher is not None:
             relay.dispatcher = dispatcher
         relay.may_wait = may_wait
         try:
             return await relay.run()
         except ConnectionResetError:
-            # The client went away while we wrote to it: already counted, nothing to answer.
-            return relay.response or web.Response()
+            return None  # the client went away while we wrote to it: already counted
         finally:
             self.lifecycle.leave()
 
@@ -232,7 +344,7 @@ class _Relay:
     def __init__(
         self,
         api: OpenAIRelay,
-        request: web.Request,
+        client: Client,
         body: bytes | bytearray,
         model: str,
         stream: bool,
@@ -242,7 +354,13 @@ class _Relay:
     ) -> None:
         self.api = api
         self.dispatcher = api.dispatcher
-        self.request = request
+        self.client = client
+        self.method = "POST"
+        self.path = ""
+        """Under /api/v1, with the query as the client sent it."""
+        self.headers: list[tuple[str, str]] = []
+        """The request's headers the backend gets."""
+        self.request_id = ""
         self.body = body
         self.model = model
         self.stream = stream
@@ -256,8 +374,11 @@ class _Relay:
         Measured with `time.perf_counter()` like `started`: uvloop's `loop.time()` is a cached
         millisecond clock, kept only for deadlines."""
         self.queue_wait = 0.0
-        self.response: web.StreamResponse | None = None
-        """The client response once its headers were sent."""
+        self.answer: Answer | None = None
+        """The client's answer once its head is decided."""
+        self.answer_status = 0
+        self.answer_sse = False
+        """The answer is an event stream (a break then ends it with an error event)."""
         self.written = b""
         """The last piece of the body the client's transport accepted. In an event stream it
         is whole events: all of `data: [DONE]`, even when that arrived in several chunks."""
@@ -279,19 +400,13 @@ class _Relay:
         self.may_wait = True
         """False: answer `full` where the request would join a queue (another instance's
         routing pick, which that instance routes again)."""
-        # The query goes on as the client sent it, byte for byte (`query_string` is decoded).
-        _, mark, query = request.raw_path.partition("?")
-        self.path = request.path.removeprefix("/api/v1") + mark + query
-        self.headers = [(k, v) for k, v in request.headers.items() if k.lower() in _FORWARDED]
-        self.request_id = request.get(REQUEST_ID_KEY, "")
 
-    async def run(self) -> web.StreamResponse:
+    async def run(self) -> web.Response | None:
         try:
             while len(self.tried) < MAX_ATTEMPTS:
                 route = await self._acquire()
-                result = await self._attempt(route)
-                if result is not None:
-                    return result
+                if await self._attempt(route):
+                    return None
             raise _Done(await self._all_failed())
         except _Done as done:
             return done.response
@@ -338,7 +453,7 @@ class _Relay:
                 now = loop.time()
                 if now >= notice_at:
                     position = await ticket.position()
-                    if position and (position != shown or self.response is None):
+                    if position and (position != shown or self.answer is None):
                         await self._comment(f"queued position={position}")
                         shown = position
                 remaining = deadline - now
@@ -349,7 +464,7 @@ class _Relay:
                     async with asyncio.timeout(min(remaining, step)):
                         route = await ticket.wait()
                 except TimeoutError:
-                    if self.response is not None and loop.time() < deadline:
+                    if self.answer is not None and loop.time() < deadline:
                         position = await ticket.position()
                         if position:
                             await self._comment(f"queued position={position}")
@@ -375,8 +490,8 @@ class _Relay:
 
     # ---- one connector --------------------------------------------------------------------
 
-    async def _attempt(self, route: Route) -> web.StreamResponse | None:
-        """Relay on `route`; None when it failed before answering and another may try."""
+    async def _attempt(self, route: Route) -> bool:
+        """Relay on `route`; False when it failed before answering and another may try."""
         api = self.api
         dispatched = time.perf_counter()
         ttft: float | None = None
@@ -386,7 +501,7 @@ class _Relay:
         exchange: Exchange | None = None
         try:
             exchange = await route.open_exchange(
-                method=self.request.method,
+                method=self.method,
                 path=self.path,
                 headers=self.headers,
                 body=self.body,
@@ -398,9 +513,9 @@ class _Relay:
             status = head.status
             if self.tap is not None:
                 self.tap.start(route.connector_id, head.status, head.headers)
-            response = await self._start_response(head)
-            ttft, outcome, error = await self._relay_body(exchange, response, head, dispatched)
-            return response
+            answer = await self._start_response(head)
+            ttft, outcome, error = await self._relay_body(exchange, answer, head, dispatched)
+            return True
         except ExchangeFailed as failure:
             # Here nothing of an answer reached the client (failures after the head end in
             # `_relay_body`): only `: queued` or `: keepalive` comments may have, so another
@@ -408,7 +523,7 @@ class _Relay:
             error = failure.message or failure.code
             if failure.code == FULL and self.picks_refused < MAX_REFUSED:
                 self.picks_refused += 1  # a stale view: route again, the connector did not fail
-                return None
+                return False
             if failure.code == "busy" and route.waits_when_busy:
                 # The connector has no room after all (the server's count lagged behind it):
                 # wait for a slot again, at the head; the route neither frees nor counts it yet.
@@ -418,7 +533,7 @@ class _Relay:
                     self.request_id,
                     route.connector_id,
                 )
-                return None
+                return False
             if failure.retryable:
                 self.tried.add(route.connector_id)
                 self.last_failure = failure
@@ -428,7 +543,7 @@ class _Relay:
                     route.connector_id,
                     failure.code,
                 )
-                return None
+                return False
             if failure.code == "first_byte_timeout":
                 api.events.request_rejected(
                     RequestRejected(model=self.model, reason="first_byte_timeout")
@@ -484,39 +599,35 @@ class _Relay:
         finally:
             self.waited += time.perf_counter() - entered
 
-    async def _start_response(self, head: Head) -> web.StreamResponse:
+    async def _start_response(self, head: Head) -> Answer:
+        if self.answer is not None:
+            return self.answer
+        sse = is_event_stream(head.headers)
+        return await self._start(head.status, response_headers(head.headers), sse=sse)
+
+    async def _start(self, status: int, headers: list[tuple[str, str]], *, sse: bool) -> Answer:
         overhead = (time.perf_counter() - self.started - self.waited) * 1000
-        if self.response is not None:
-            return self.response
-        event_stream = is_event_stream(head.headers)
-        response: web.StreamResponse
-        if self.stream or event_stream:
-            response = _HeadSoon(status=head.status)
-        else:
-            response = _HeadWithBody(status=head.status)
-        headers = response.headers
-        for key, value in response_headers(head.headers):
-            headers.add(key, value)
-        if event_stream:
-            headers.setdefault("Cache-Control", "no-cache")
-            headers.setdefault("X-Accel-Buffering", "no")
-        headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
-        await response.prepare(self.request)
-        self.response = response
-        return response
+        streamed = self.stream or sse
+        answer = await self.client.start(
+            status, headers, streamed=streamed, sse=sse, overhead_ms=overhead
+        )
+        self.answer = answer
+        self.answer_status = status
+        self.answer_sse = sse
+        return answer
 
     async def _relay_body(
-        self, exchange: Exchange, response: web.StreamResponse, head: Head, dispatched: float
+        self, exchange: Exchange, answer: Answer, head: Head, dispatched: float
     ) -> tuple[float | None, Outcome, str]:
         idle = self.api.settings.request_timeout
-        converted = self.response is not None and head.status >= 400 and response.status < 400
+        converted = head.status >= 400 and self.answer_status < 400
         tap = self.tap
         loop = asyncio.get_running_loop()
         if self.watchdog is None:
             self.watchdog = loop.call_later(self.api.settings.stall_timeout, self._watch_writes)
         ttft: float | None = None
         collected = bytearray()
-        events = not converted and self._ends_with_event(response)
+        events = not converted and self._ends_with_event()
         # An event stream's unfinished last event waits here until it is complete (or the
         # answer ends cleanly): a break never leaves a fragment before the error event.
         held = b""
@@ -541,28 +652,28 @@ class _Relay:
                     if tap is not None and tap.active:
                         await tap.end()
                     self.writing = loop.time()
-                    await response.write_eof(held + chunk if held else chunk)
+                    await answer.write_eof(held + chunk if held else chunk)
                     return ttft, "success", ""
                 else:
                     if events and (held or not chunk.endswith(_EVENT_ENDS)):
                         chunk, held = _whole_events(held, chunk)
                     if chunk:
                         self.writing = loop.time()
-                        await response.write(chunk)
+                        await answer.write(chunk)
                         self.writing = 0.0
                         self.written = chunk
                 await exchange.consumed(size)
         except ExchangeFailed as failure:
-            await self._broken(response, failure)
+            await self._broken(answer, failure)
             return ttft, "error", failure.message or failure.code
         if converted:
-            await response.write(_error_event_from(head.status, bytes(collected)))
-            await response.write_eof()
+            await answer.write(_error_event_from(head.status, bytes(collected)))
+            await answer.write_eof()
             return ttft, "error", f"backend status {head.status}"
         if tap is not None and tap.active:
             await tap.end()
         self.complete = True
-        await response.write_eof(held)
+        await answer.write_eof(held)
         return ttft, "success", ""
 
     def _watch_writes(self) -> None:
@@ -581,20 +692,16 @@ class _Relay:
                 self.request_id,
                 stall,
             )
-            transport = self.request.transport
-            if transport is not None:
-                transport.abort()
+            self.client.abort()
             return
         self.watchdog = loop.call_at((began or now) + stall, self._watch_writes)
 
-    def _ends_with_event(self, response: web.StreamResponse) -> bool:
+    def _ends_with_event(self) -> bool:
         """Whether a break of this answer ends with an SSE error event (else the connection
         is cut): a stream asked for, or an event stream."""
-        return self.stream or response.headers.get("Content-Type", "").startswith(
-            "text/event-stream"
-        )
+        return self.stream or self.answer_sse
 
-    async def _broken(self, response: web.StreamResponse, failure: ExchangeFailed) -> None:
+    async def _broken(self, answer: Answer, failure: ExchangeFailed) -> None:
         """The answer broke after it started: SSE error event, or cut the connection."""
         logger.warning(
             "request %s: answer broke after it started (%s: %s)",
@@ -602,45 +709,37 @@ class _Relay:
             failure.code,
             failure.message,
         )
-        if self._ends_with_event(response):
-            await response.write(
+        if self._ends_with_event():
+            await answer.write(
                 errors.sse_error_event(_upstream_message(failure), "server_error", "upstream_error")
             )
-            await response.write_eof()
+            await answer.write_eof()
             return
-        transport = self.request.transport
-        if transport is not None:
-            transport.close()
+        self.client.close()
 
     # ---- client-facing helpers -------------------------------------------------------------
 
-    async def _all_failed(self) -> web.StreamResponse:
+    async def _all_failed(self) -> web.Response | None:
         """502: every connector tried failed before answering."""
         self.api.events.request_rejected(RequestRejected(model=self.model, reason="upstream_error"))
         return await self._fail(502, _upstream_message(self.last_failure), "upstream_error")
 
-    async def _start_sse(self) -> web.StreamResponse:
-        if self.response is None:
-            response = web.StreamResponse(status=200, headers=_SSE_HEADERS)
-            overhead = (time.perf_counter() - self.started - self.waited) * 1000
-            response.headers[OVERHEAD_HEADER] = f"{overhead:.3f}"
-            await response.prepare(self.request)
-            self.response = response
-        return self.response
-
     async def _comment(self, text: str) -> None:
-        response = await self._start_sse()
-        await response.write(f": {text}\n\n".encode())
+        answer = self.answer
+        if answer is None:  # the wait is long enough for an event stream of comments
+            answer = await self._start(200, _SSE_HEADERS, sse=True)
+        await answer.write(f": {text}\n\n".encode())
 
     async def _fail(
         self, status: int, message: str, code: str, *, retry: bool = False
-    ) -> web.StreamResponse:
-        """The error answer: JSON with `status`, or a final SSE error event once streaming."""
+    ) -> web.Response | None:
+        """The error answer: JSON with `status` (returned), or a final SSE error event once
+        streaming (written; None returned)."""
         type_ = "server_error"
-        if self.response is not None:
-            await self.response.write(errors.sse_error_event(message, type_, code))
-            await self.response.write_eof()
-            return self.response
+        if self.answer is not None:
+            await self.answer.write(errors.sse_error_event(message, type_, code))
+            await self.answer.write_eof()
+            return None
         if retry:
             return errors.retry_later(status, message, code)
         return errors.api_error(status, message, type_, code)

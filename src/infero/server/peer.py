@@ -344,7 +344,7 @@ def setup(
     `relay` routes over this instance's own connectors only (never back to a peer).
     """
 
-    async def relay_stream(stream: PeerStream, tail: str) -> web.StreamResponse:
+    async def relay_stream(stream: PeerStream, tail: str) -> web.Response | None:
         started = time.perf_counter()
         frame = stream.frame
         model = frame.model
@@ -353,7 +353,6 @@ def setup(
             return _peer_error(404, "not_found", f"connector {target!r} is not linked here")
         if relay.lifecycle.draining:
             return _peer_error(503, "draining", "this instance is draining")
-        request = stream.request("/api/v1" + tail)  # the path the relay forwards
         reserved: _Reserved | None = None
         token = stream.headers.get(RESERVATION_HEADER)
         if token is not None:
@@ -362,9 +361,13 @@ def setup(
                 return _peer_error(409, "reservation_expired", "the reserved slot expired")
             reserved = _Reserved(route, relay.dispatcher)
         try:
-            response = await relay.forward(
-                request,
-                stream.body,
+            failed = await relay.relay(
+                stream,  # the answer leaves as frames, no aiohttp request or response built
+                method=frame.method,
+                path=tail,
+                headers=frame.headers,
+                request_id=frame.request_id,
+                body=stream.body,
                 model=model,
                 stream=frame.stream,
                 target=target,
@@ -376,11 +379,11 @@ def setup(
             unused = reserved.unused() if reserved is not None else None
             if unused is not None:
                 door.reservations.give_back(unused)
-        if not response.prepared:
-            _mark(response)
-        return response
+        if failed is not None:
+            _mark(failed)
+        return failed
 
-    async def serve(stream: PeerStream) -> web.StreamResponse:
+    async def serve(stream: PeerStream) -> web.StreamResponse | None:
         path = stream.frame.path
         if path.startswith("/relay/"):
             return await relay_stream(stream, path.removeprefix("/relay"))
@@ -431,10 +434,10 @@ def _peer_error(status: int, code: str, message: str) -> web.Response:
     return response
 
 
-def _mark(response: web.StreamResponse) -> None:
+def _mark(response: web.Response) -> None:
     """Tag an error answer of this instance's relay, so the asking instance may fail over."""
     code = ""
-    if isinstance(response, web.Response) and response.body is not None:
+    if response.body is not None:
         with contextlib.suppress(ValueError, AttributeError, TypeError, KeyError):
             assert isinstance(response.body, bytes)
             code = str(json.loads(response.body)["error"]["code"])

@@ -2,10 +2,13 @@
 
 `HomeEndpoint.handle` is the WebSocket endpoint (`GET /api/peer/v1/link`, peer key checked in
 constant time at the upgrade). Each Request frame, once its body arrived, is served by
-`serve` (peer.py) as an aiohttp request of this instance that never crossed HTTP: the
-`PeerStream` is that request's writer and transport, so the handler's answer leaves as Head,
-body and End frames (a small answer in one write), each stream within its flow-control
-window (`WINDOW` bytes not yet credited by the asking instance). Cancel cancels the handler
+`serve` (peer.py). A relayed OpenAI request is answered straight onto its `PeerStream`
+(`start`, then `write`: the stream is the relay's `Client`), with no aiohttp request or
+response built for it; the other paths (MCP, control, error answers) run as an aiohttp
+request of this instance that never crossed HTTP, the `PeerStream` being its writer and
+transport. Either way the answer leaves as Head, body and End frames (a small answer in one
+write), each stream within its flow-control window (`WINDOW` bytes not yet credited by the
+asking instance). Cancel cancels the handler
 (which cancels the request at the connector); the link closing cancels every stream. At most
 `MAX_STREAMS` streams per link, request bodies up to `max_body` bytes (the larger of
 MAX_BODY_BYTES and BROKER_MAX_REQ_BYTES). See docs/protocol.md.
@@ -53,6 +56,10 @@ logger = logging.getLogger(__name__)
 
 Frames = list[tuple[int, bytes]]
 """WebSocket frames to send: (opcode, payload)."""
+
+Handler = Callable[["PeerStream"], Awaitable[web.StreamResponse | None]]
+"""Serves a stream: returns the answer to send, or None when it answered on the stream itself
+(as `OpenAIRelay.relay` does)."""
 
 
 _ERROR_HEADER = ERROR_HEADER.lower()
@@ -174,6 +181,27 @@ class PeerStream(AbstractStreamWriter):
         with contextlib.suppress(ConnectionError):
             self.link.put_now([(OP_TEXT, lp.encode(end).encode())])
 
+    # ---- openai_api.Client: a relayed answer, without an aiohttp response ------------------
+
+    async def start(
+        self,
+        status: int,
+        headers: list[tuple[str, str]],
+        *,
+        streamed: bool,
+        sse: bool,
+        overhead_ms: float,
+    ) -> PeerStream:
+        """Begin the answer of a relayed request: its head leaves with the first body bytes,
+        or at the next turn of the loop when `streamed`. The asking instance sets its own
+        `X-Infero-*` headers and an event stream's (`sse` and `overhead_ms` are its to show):
+        none of those is sent, and so none of a backend can pass for the home's."""
+        kept = [(k, v) for k, v in headers if not k.lower().startswith("x-infero-")]
+        self._head = lp.Head.model_construct(id=self.id, status=status, headers=kept)
+        if streamed:
+            asyncio.get_running_loop().call_soon(self.send_headers)
+        return self
+
     # ---- AbstractStreamWriter --------------------------------------------------------------
 
     async def write_headers(self, status_line: str, headers: CIMultiDict[str]) -> None:
@@ -255,10 +283,14 @@ class PeerStream(AbstractStreamWriter):
 
     # ---- serving ---------------------------------------------------------------------------
 
-    async def serve(self, handler: Callable[[PeerStream], Awaitable[web.StreamResponse]]) -> None:
-        """Run the handler and send its whole answer (then End)."""
+    async def serve(self, handler: Handler) -> None:
+        """Run the handler and send its whole answer (then End); a handler that answered on
+        the stream itself (None) has ended it."""
         try:
             response = await handler(self)
+            if response is None:
+                self._fail("invalid", "the home instance ended the answer unfinished")
+                return
             if not response.prepared:
                 await response.prepare(self.request(self.frame.path))
             await response.write_eof()
@@ -278,7 +310,7 @@ class HomeLink:
         self,
         ws: web.WebSocketResponse,
         request: web.Request,
-        handler: Callable[[PeerStream], Awaitable[web.StreamResponse]],
+        handler: Handler,
         *,
         max_streams: int,
         max_body: int,
@@ -419,7 +451,7 @@ class HomeEndpoint:
         self,
         *,
         peer_key: str,
-        handler: Callable[[PeerStream], Awaitable[web.StreamResponse]],
+        handler: Handler,
         max_body: int,
         max_streams: int = MAX_STREAMS,
     ) -> None:
@@ -428,7 +460,7 @@ class HomeEndpoint:
         self.max_body = max_body
         self.max_streams = max_streams
         self.links: set[HomeLink] = set()
-        self.routes: dict[str, Callable[[PeerStream], Awaitable[web.StreamResponse]]] = {}
+        self.routes: dict[str, Handler] = {}
         """Handlers of stream paths by prefix, mounted by other modules (MCP: `/mcp/`)."""
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
