@@ -369,6 +369,30 @@ async def test_a_small_answer_relayed_across_keeps_the_backends_headers(tmp_path
                 assert len(resp.headers.getall("Date")) == 1
 
 
+async def test_a_backends_own_infero_headers_never_pass_for_the_homes(tmp_path: Path) -> None:
+    """A backend answering with `X-Infero-Peer-Error` is not taken for the home refusing the
+    request (B would fail over, then answer 502): its answer reaches the client as sent."""
+    async with (
+        redis_server(tmp_path) as redis,
+        instance(redis.url, "A") as a,
+        instance(redis.url, "B") as b,
+        scripted_connector(a.url, client_key="ck", id="w1", max_concurrency=4) as conn,
+        aiohttp.ClientSession() as http,
+    ):
+        async with asyncio.timeout(20):
+            await b.wait_for(lambda: sees(b, "w1"))
+            call = asyncio.create_task(http.post(b.url + "/api/v1/chat/completions", json=BODY))
+            incoming = await conn.next_request()
+            sent = [("Content-Type", "application/json"), ("X-Infero-Peer-Error", "draining")]
+            await conn.head(incoming.id, 200, sent)
+            await conn.body(incoming.id, b'{"id": "y"}')
+            await conn.end(incoming.id)
+            async with await call as resp:
+                assert resp.status == 200
+                assert await resp.read() == b'{"id": "y"}'
+                assert "X-Infero-Peer-Error" not in resp.headers
+
+
 async def test_a_whole_request_whose_body_is_not_as_announced_is_refused(tmp_path: Path) -> None:
     async with (
         redis_server(tmp_path) as redis,
