@@ -1,7 +1,8 @@
 """`python -m bench.loadgen`: the load generator, in its own process.
 
-Reads one job per line on stdin (JSON, see `Job`), runs it with an aiohttp client and writes
-one result per line on stdout (JSON, see `Result`). Prints `{"ready": true}` first.
+Reads one job per line on stdin (JSON, see `Job`, or `Cycle` for several targets taking turns),
+runs it with an aiohttp client and writes one result per line on stdout (JSON, see `Result`; a
+cycle's is `{"results": [...]}`, one per job). Prints `{"ready": true}` first.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import asyncio
 import json
 import sys
 import time
+from contextlib import AsyncExitStack
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
@@ -38,6 +40,22 @@ class Job(TypedDict):
     """Record the time between consecutive body chunks of streamed answers."""
     ramp: float
     """Seconds over which the workers' starts are spread evenly (0: all at once)."""
+
+
+class Cycle(TypedDict):
+    """Sequential requests taking turns between jobs: request i goes to `jobs[i % n]`.
+
+    Every job is sampled at the same moments, so a drift of the machine (a neighbour's burst,
+    CPU frequency, idle states) weighs on all alike instead of on the one whose round it hit.
+    Each job's url, body, headers and stream apply; its concurrency (1), count, duration,
+    warmup, gaps and ramp do not. Each job has its own keep-alive connection.
+    """
+
+    jobs: list[Job]
+    count: int
+    """Measured requests per job."""
+    warmup: int
+    """Unmeasured requests per job before the measured ones, taking turns the same way."""
 
 
 class Result(TypedDict):
@@ -153,9 +171,10 @@ async def _drive(session: aiohttp.ClientSession, job: Job, count: int, rec: _Rec
     return time.perf_counter() - start
 
 
-def session() -> aiohttp.ClientSession:
-    """The generator's client: one pool of keep-alive connections shared by every job."""
-    connector = aiohttp.TCPConnector(limit=0, force_close=False)
+def session(limit: int = 0) -> aiohttp.ClientSession:
+    """A client with one pool of keep-alive connections, at most `limit` open (0: no limit);
+    the generator's own, without a limit, is shared by every `Job`."""
+    connector = aiohttp.TCPConnector(limit=limit, force_close=False)
     timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
     return aiohttp.ClientSession(connector=connector, timeout=timeout, auto_decompress=False)
 
@@ -166,7 +185,37 @@ async def run_job(client: aiohttp.ClientSession, job: Job) -> Result:
         warm = Job(**{**job, "gaps": False, "ramp": 0.0})
         await _drive(client, warm, job["warmup"], _Record(measure=False))
     rec = _Record(measure=True)
-    elapsed = await _drive(client, job, job["count"], rec)
+    return _result(rec, await _drive(client, job, job["count"], rec))
+
+
+async def run_cycle(cycle: Cycle) -> list[Result]:
+    """Warm up, then measure, request i to job i mod n, one at a time; one result per job,
+    whose `elapsed_s` is the time spent in its own requests."""
+    jobs = cycle["jobs"]
+    async with AsyncExitStack() as stack:
+        clients = [await stack.enter_async_context(session(limit=1)) for _ in jobs]
+        await _take_turns(clients, jobs, cycle["warmup"], measure=False)
+        measured = await _take_turns(clients, jobs, cycle["count"], measure=True)
+    return [_result(rec, spent) for rec, spent in measured]
+
+
+async def _take_turns(
+    clients: list[aiohttp.ClientSession], jobs: list[Job], count: int, *, measure: bool
+) -> list[tuple[_Record, float]]:
+    """`count` requests per job, request i to job i mod n; each job's record and seconds."""
+    bodies = [job["body"].encode() for job in jobs]
+    recs = [_Record(measure=measure) for _ in jobs]
+    spent = [0.0] * len(jobs)
+    clock = time.perf_counter
+    for i in range(count * len(jobs)):
+        k = i % len(jobs)
+        start = clock()
+        await _one(clients[k], jobs[k], bodies[k], recs[k])
+        spent[k] += clock() - start
+    return list(zip(recs, spent, strict=True))
+
+
+def _result(rec: _Record, elapsed: float) -> Result:
     return Result(
         ok=rec.ok,
         errors=rec.errors,
@@ -188,9 +237,12 @@ async def _serve() -> None:
     async with session() as client:
         announce(json.dumps({"ready": True}))
         while line := await reader.readline():
-            job: Job = json.loads(line)
-            result: dict[str, Any] = dict(await run_job(client, job))
-            announce(json.dumps(result))
+            job: Any = json.loads(line)
+            if "jobs" in job:
+                reply: dict[str, Any] = {"results": await run_cycle(job)}
+            else:
+                reply = dict(await run_job(client, job))
+            announce(json.dumps(reply))
 
 
 def main() -> None:

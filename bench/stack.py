@@ -16,7 +16,7 @@ import aiohttp
 from pydantic import ValidationError
 
 from bench import procs
-from bench.loadgen import Job, Result
+from bench.loadgen import Cycle, Job, Result
 from bench.presets import Preset
 from infero.protocol.state import StateSnapshot
 
@@ -183,6 +183,15 @@ class Harness:
         budget = 120.0 + job["duration"] + job["count"] * 2.0
         result: Result = await self._loadgen.read_json(budget)  # type: ignore[assignment]
         return result
+
+    async def run_cycle(self, cycle: Cycle) -> list[Result]:
+        """Run one load-generator cycle (jobs taking turns) and return a result per job."""
+        assert self._loadgen is not None
+        await self._loadgen.send_json(cycle)
+        budget = 120.0 + (cycle["count"] + cycle["warmup"]) * len(cycle["jobs"]) * 2.0
+        reply = await self._loadgen.read_json(budget)
+        results: list[Result] = reply["results"]
+        return results
 
 
 class Stack(Harness):
