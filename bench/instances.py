@@ -1,11 +1,12 @@
 """`python -m bench --instances 2`: what a second instance costs (docs/scale-out.md).
 
 The same load goes to instance A, which holds the connector's link (same instance), and to
-instance B, which relays it to A over the peer channel (cross instance), alternating in rounds
-as the single-instance figures do. Measured: the added latency of the hop at concurrency 1,
-beside its floor on this machine (A through a process that only forwards bytes), throughput
-at concurrency 32 (and the backend called directly), CPU per request of every process, and
-Redis commands per request for short and long answers, net of an idle window.
+instance B, which relays it to A over the peer channel (cross instance). Measured: the added
+latency of the hop at concurrency 1, beside its floor on this machine (A through a process
+that only forwards bytes), A, floor and B taking turns request by request; throughput at
+concurrency 32 (and the backend called directly), alternating in rounds as the
+single-instance figures do; CPU per request of every process; and Redis commands per request
+for short and long answers, net of an idle window.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from bench.fleet import Fleet
 from bench.loadgen import Job, Result
 from bench.presets import Preset
 from bench.report import Row, Section, count, ms, ratio, signed_ms
-from bench.scenarios import Raw, alternate, chat_body
+from bench.scenarios import Raw, alternate, chat_body, interleave
 from bench.stack import FAST_MODEL
 from bench.stats import summarize
 
@@ -32,6 +33,8 @@ the lease writes the load caused are not counted as idle."""
 ROLES = ("a", "b", "connector", "redis", "backend", "loadgen", "floor")
 """The processes of the CPU table, in its column order (`Fleet.children` roles)."""
 PATH = "/chat/completions"
+CPU_RUNS = "_cpu"
+"""Suffix of the concurrency-1 runs measuring CPU time, each target alone (`raw` keys)."""
 
 
 def _pct(result: Result, metric: str, q: str) -> float | None:
@@ -65,7 +68,8 @@ def _floor_row(key: str, label: str, a: Result, floor: Result, b: Result, metric
 
 async def latency(fleet: Fleet, p: Preset, raw: Raw) -> list[Section]:
     """Same instance (A) against cross instance (B -> A), sequential requests; and the floor
-    (A through the forwarder) in the same rounds, in a table of its own."""
+    (A through the forwarder), in a table of its own. A, floor and B take turns request by
+    request; then the same requests go to each alone, in rounds, for the CPU table."""
     section = Section(
         "fleet_latency",
         "Concurrency 1, A (same instance) vs B (B -> A) (ms)",
@@ -80,8 +84,13 @@ async def latency(fleet: Fleet, p: Preset, raw: Raw) -> list[Section]:
     for stream in (False, True):
         key = f"{'stream' if stream else 'nonstream'}_{SHORT_TOKENS}"
         body = chat_body(FAST_MODEL, SHORT_TOKENS, stream=stream)
-        ra, rf, rb = await alternate(
-            fleet, raw, key, (a, fleet.floor, b), PATH, body,
+        targets = (a, fleet.floor, b)
+        ra, rf, rb = await interleave(
+            fleet, raw, key, targets, PATH, body,
+            stream=stream, count=p.latency_requests, warmup=p.warmup,
+        )  # fmt: skip
+        await alternate(
+            fleet, raw, key + CPU_RUNS, targets, PATH, body,
             stream=stream, count=p.latency_requests, warmup=p.warmup,
         )  # fmt: skip
         label = f"{'streaming' if stream else 'non-streaming'}, {SHORT_TOKENS} tokens"
@@ -94,7 +103,7 @@ async def latency(fleet: Fleet, p: Preset, raw: Raw) -> list[Section]:
             floor.rows.append(_floor_row(f"{key}_{name}", text, ra, rf, rb, metric))
     floor.note = (
         "floor: the same requests to A through `bench.forwarder`, a process that copies bytes "
-        "both ways and parses nothing, alternated with A and B in the same rounds. floor added "
+        "both ways and parses nothing, taking turns with A and B request by request. floor added "
         "= floor - A, what any extra process in the path costs on this machine; B over floor = "
         "B - floor, what the hop costs beyond it. Information beside the target, which stays "
         f"B - A <= {ADDED_P50_LIMIT:g} ms"
@@ -141,27 +150,29 @@ CPU_LABELS = {
 
 
 def cpu(raw: Raw, p: Preset) -> Section:
-    """CPU time of every process per request, through A, B and the floor, from the runs above."""
+    """CPU time of every process per request, through A, B and the floor, from the runs above
+    (at concurrency 1, those of each target alone)."""
     columns = ["A", "B", "connector", "redis", "backend", "loadgen", "floor"]
     section = Section("fleet_cpu", "CPU per request (us)", columns)
     c = p.fleet_concurrency
     keys = [
-        ("nonstream_16", CPU_LABELS["nonstream_16"]),
-        ("stream_16", CPU_LABELS["stream_16"]),
-        (f"nonstream_c{c}", f"{CPU_LABELS['nonstream_c']} {c}"),
-        (f"stream_c{c}", f"{CPU_LABELS['stream_c']} {c}"),
+        ("nonstream_16", "nonstream_16" + CPU_RUNS, CPU_LABELS["nonstream_16"]),
+        ("stream_16", "stream_16" + CPU_RUNS, CPU_LABELS["stream_16"]),
+        (f"nonstream_c{c}", f"nonstream_c{c}", f"{CPU_LABELS['nonstream_c']} {c}"),
+        (f"stream_c{c}", f"stream_c{c}", f"{CPU_LABELS['stream_c']} {c}"),
     ]
-    for key, label in keys:
+    for key, runs, label in keys:
         for via, text in (("a", "via A"), ("b", "via B -> A"), ("floor", "via floor -> A")):
-            run: dict[str, Any] | None = raw.get(f"{key}.{via}")
+            run: dict[str, Any] | None = raw.get(f"{runs}.{via}")
             if run is None:
                 continue
             cells = [count(1e6 * run["cpu_s"][role] / run["ok"]) for role in ROLES]
             section.rows.append(Row(f"{key}_{via}", cells, label=f"{label}, {text}"))
     section.note = (
-        "user + system CPU time of each process during the measured rounds / answers; "
-        "A holds the connector's link, B relays to A, floor is the byte forwarder in front of A "
-        "(measured at concurrency 1 only)"
+        "user + system CPU time of each process during the measured rounds / answers (at "
+        "concurrency 1, rounds of each target alone, after the latency's turns); A holds the "
+        "connector's link, B relays to A, floor is the byte forwarder in front of A (measured "
+        "at concurrency 1 only)"
     )
     return section
 

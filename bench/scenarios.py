@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from bench import procs
-from bench.loadgen import Result
+from bench.loadgen import Cycle, Result
 from bench.presets import Preset
 from bench.report import Row, Section, count, mib, ms, ratio, signed_ms
 from bench.stack import FAST_MODEL, Harness, Stack, Target, slow_model
@@ -140,6 +140,34 @@ async def alternate(
         result = _check(f"{key}.{name}", merge(rounds_done))
         raw[f"{key}.{name}"] = {**digest(result), "cpu_s": dict(cpu[name])}
         results.append(result)
+    return results
+
+
+async def interleave(
+    stack: Harness,
+    raw: Raw,
+    key: str,
+    targets: Sequence[Target],
+    path: str,
+    body: str,
+    *,
+    stream: bool,
+    count: int,
+    warmup: int,
+) -> list[Result]:
+    """The same sequential requests to the targets taking turns, request i to target i mod n
+    (`Cycle`), `count` each after `warmup` each; one result per target.
+
+    Rounds of a hundred requests let the machine drift between targets (a neighbour, the CPU's
+    frequency and idle states), by more than tenths of a millisecond on a shared VM; taking
+    turns request by request gives every target the same moments. The samples go into `raw`
+    under `key.<target name>`, without CPU time: a process serving several targets at once
+    cannot tell them apart (`alternate` measures that).
+    """
+    jobs = [target.job(path, body, stream=stream) for target in targets]
+    results = await stack.run_cycle(Cycle(jobs=jobs, count=count, warmup=warmup))
+    for target, result in zip(targets, results, strict=True):
+        raw[f"{key}.{target.name}"] = digest(_check(f"{key}.{target.name}", result))
     return results
 
 
