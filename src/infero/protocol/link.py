@@ -9,6 +9,7 @@ a small answer (`RESPONSE_WHOLE`).
 from __future__ import annotations
 
 import struct
+from json.encoder import encode_basestring
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
@@ -271,6 +272,8 @@ def unpack_body(frame: bytes) -> tuple[int, int, memoryview]:
 
 
 _LENGTH = struct.Struct(">I")
+_WHOLE_HEADER = struct.Struct(">BII")
+"""A whole frame's kind, stream id and JSON length."""
 
 
 def _pack_whole(
@@ -294,6 +297,47 @@ def _split_whole(payload: memoryview, what: str) -> tuple[bytes, memoryview]:
 def pack_request(frame: Request, body: bytes | bytearray) -> bytes:
     """A `REQUEST_WITH_BODY` frame: the request and its whole body (`frame.body_len` bytes)."""
     return _pack_whole(REQUEST_WITH_BODY, frame, frame.id, body)
+
+
+def pack_new_request(
+    stream_id: int,
+    *,
+    request_id: str,
+    method: str,
+    path: str,
+    headers: Headers,
+    body: bytes | bytearray,
+    stream: bool,
+    model: str,
+) -> bytes:
+    """`pack_request(Request(...), body)` for `body_len=len(body)`, the same bytes, without
+    building and validating the model (the asking instance's hot path; the home validates).
+
+    The JSON is laid out as pydantic writes it; for ASCII text (the usual case) the standard
+    library's escaping is pydantic's byte for byte. Any other text takes pydantic's way.
+    """
+    q = encode_basestring
+    text = (
+        f'{{"type":"request","id":{stream_id:d},"request_id":{q(request_id)},'
+        f'"method":{q(method)},"path":{q(path)},"headers":['
+        + ",".join([f"[{q(key)},{q(value)}]" for key, value in headers])
+        + f'],"body_len":{len(body):d},"stream":{"true" if stream else "false"},'
+        f'"model":{q(model)}}}'
+    )
+    if not text.isascii() or not 1 <= stream_id <= 0xFFFFFFFF:
+        frame = Request(
+            id=stream_id,
+            request_id=request_id,
+            method=method,
+            path=path,
+            headers=headers,
+            body_len=len(body),
+            stream=stream,
+            model=model,
+        )
+        return pack_request(frame, body)
+    head = text.encode()
+    return b"".join((_WHOLE_HEADER.pack(REQUEST_WITH_BODY, stream_id, len(head)), head, body))
 
 
 def unpack_request(payload: memoryview) -> tuple[Request, memoryview]:

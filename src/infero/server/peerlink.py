@@ -57,10 +57,22 @@ REFUSAL_LIMIT = 64 * 1024
 """Bytes of a home's retryable error answer kept for its message."""
 
 
+_LENGTHS = ("content-length", "transfer-encoding")
+
+
 def _own_header(header: str) -> bool:
     """Headers of the home's answer that this instance sets itself."""
     low = header.lower()
-    return low.startswith("x-infero-") or low in ("content-length", "transfer-encoding")
+    return low.startswith("x-infero-") or low in _LENGTHS
+
+
+def _has_own_header(headers: lp.Headers) -> bool:
+    """Whether any of `headers` is one of `_own_header` (one loop, no call per header)."""
+    for key, _ in headers:
+        low = key.lower()
+        if low.startswith("x-infero-") or low in _LENGTHS:
+            return True
+    return False
 
 
 def _error_message(text: str) -> str:
@@ -83,7 +95,7 @@ class PeerExchange(Exchange):
         self._text = bytearray()
 
     def on_head(self, head: lp.Head) -> None:
-        if not any(_own_header(key) for key, _ in head.headers):
+        if not _has_own_header(head.headers):
             super().on_head(head)  # the usual case: the home sends none of them
             return
         kept: lp.Headers = []
@@ -219,20 +231,30 @@ class PeerLink:
         while sid in exchanges:
             sid = self._next_stream = sid % 0xFFFFFFFF + 1
         exchange = exchanges[sid] = PeerExchange(self, sid, WINDOW)
-        frame = lp.Request(
-            id=sid,
-            request_id=request_id,
-            method=method,
-            path=path,
-            headers=headers,
-            body_len=len(body),
-            stream=stream,
-            model=model,
-        )
         try:
             if len(body) <= INLINE_BODY:  # one frame, one write
-                await ws.send_bytes(lp.pack_request(frame, body))
+                whole = lp.pack_new_request(
+                    sid,
+                    request_id=request_id,
+                    method=method,
+                    path=path,
+                    headers=headers,
+                    body=body,
+                    stream=stream,
+                    model=model,
+                )
+                await ws.send_bytes(whole)
                 return exchange
+            frame = lp.Request(
+                id=sid,
+                request_id=request_id,
+                method=method,
+                path=path,
+                headers=headers,
+                body_len=len(body),
+                stream=stream,
+                model=model,
+            )
             await ws.send_str(lp.encode(frame))
             view = memoryview(body)
             for start in range(0, len(body), lp.BODY_CHUNK):
@@ -288,7 +310,8 @@ class PeerLink:
         decode = lp.CONNECTOR_FRAMES.validate_json
         why = "link closed"
         try:
-            async for msg in ws:
+            while True:  # `receive` itself: `async for` adds a coroutine per message
+                msg = await ws.receive()
                 if msg.type == WSMsgType.BINARY:
                     try:
                         kind, sid, payload = lp.unpack_body(msg.data)
@@ -305,7 +328,7 @@ class PeerLink:
                         del exchanges[sid]  # it overran its window: failed
                     continue
                 if msg.type != WSMsgType.TEXT:
-                    break
+                    break  # closing, closed or an error: the link is done
                 try:
                     frame = decode(msg.data)
                 except ValidationError as exc:

@@ -7,6 +7,7 @@ import json
 import os
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -246,13 +247,13 @@ async def test_small_and_large_request_bodies_reach_the_connector_whole(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     whole: list[int] = []  # body sizes sent in one frame with their request
-    pack = lp.pack_request
+    pack = lp.pack_new_request
 
-    def counted(frame: lp.Request, body: bytes | bytearray) -> bytes:
+    def counted(stream_id: int, *, body: bytes | bytearray, **fields: Any) -> bytes:
         whole.append(len(body))
-        return pack(frame, body)
+        return pack(stream_id, body=body, **fields)
 
-    monkeypatch.setattr(lp, "pack_request", counted)
+    monkeypatch.setattr(lp, "pack_new_request", counted)
     small = {**BODY, "user": "s" * 1000}  # one frame with its request on the peer link
     large = {**BODY, "user": "l" * (2 * lp.BODY_CHUNK)}  # request frame, then body frames
     async with (
@@ -292,6 +293,39 @@ def test_a_request_with_its_body_in_one_frame_decodes_back() -> None:
     assert bytes(body) == b"abc"
     with pytest.raises(lp.BadFrame):
         lp.unpack_request(payload[:10])
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain",
+        'quote " backslash \\ slash /',
+        "controls \b\f\n\r\t \x00\x01\x1f \x7f",
+        "caf\u00e9 \u2603 \U0001f600",  # not ASCII: built as pydantic builds it
+        "\udcff",  # a lone surrogate (a header byte that is not UTF-8): as pydantic fails
+    ],
+)
+def test_a_request_packed_without_its_model_is_the_same_frame(text: str) -> None:
+    fields: dict[str, Any] = {
+        "request_id": f"rid {text}",
+        "method": "POST",
+        "path": f"/relay/chat/completions?q={text}",
+        "headers": [("Content-Type", "application/json"), (f"X-{text}", text)],
+        "stream": bool(len(text) % 2),
+        "model": f"m {text}",
+    }
+    body = b'{"model": "m"}'
+    try:
+        expected = lp.pack_request(lp.Request(id=7, body_len=len(body), **fields), body)
+    except ValueError as failure:
+        with pytest.raises(type(failure)):
+            lp.pack_new_request(7, body=body, **fields)
+        return
+    assert lp.pack_new_request(7, body=body, **fields) == expected
+    assert lp.pack_new_request(0xFFFFFFFF, body=b"", **fields) == lp.pack_request(
+        lp.Request(id=0xFFFFFFFF, body_len=0, **fields), b""
+    )
 
 
 def test_an_answer_in_one_frame_decodes_back() -> None:
