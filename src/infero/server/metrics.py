@@ -184,8 +184,9 @@ class ServerMetrics:
             ["outcome"],
             registry=registry,
         )
-        for outcome in get_args(Outcome):
-            self.relayed.labels(outcome)
+        self._relayed = {outcome: self.relayed.labels(outcome) for outcome in get_args(Outcome)}
+        """The relayed counter's child of each outcome, looked up once (`labels()` takes a lock
+        and validates its values on every call)."""
 
     def request_finished(self, event: RequestFinished) -> None:
         """Count a relayed request, its tokens and its timings."""
@@ -205,7 +206,7 @@ class ServerMetrics:
 
     def request_relayed(self, event: RequestFinished) -> None:
         """Count a request relayed to another instance (that instance counts the rest)."""
-        self.relayed.labels(event.outcome).inc()
+        self._relayed[event.outcome].inc()
 
 
 class FleetCollector:
