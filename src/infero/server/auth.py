@@ -39,6 +39,8 @@ class KeyRing:
 
     def __init__(self, keys: Iterable[ApiKey]) -> None:
         self._keys = tuple(keys)
+        self._encoded = tuple((key, key.key.encode()) for key in self._keys)
+        """Each key with its bytes, encoded once (`match` runs on every request)."""
         self.open = not any(not k.is_operator for k in self._keys)
         """No client key configured: `/api/*` needs no credential (operator actions still do)."""
         self.has_operator = any(k.is_operator for k in self._keys)
@@ -47,8 +49,8 @@ class KeyRing:
         """The key equal to `token`, compared in constant time against every key."""
         found: ApiKey | None = None
         candidate = token.encode()
-        for key in self._keys:
-            if hmac.compare_digest(candidate, key.key.encode()) and found is None:
+        for key, encoded in self._encoded:
+            if hmac.compare_digest(candidate, encoded) and found is None:
                 found = key
         return found
 

@@ -129,18 +129,19 @@ class FederatedDispatcher:
             return None
         if route is not None or self._local_only:
             return route
-        remote = [
-            (lease, c)
-            for lease, c in state.remote(model, target)
-            if c.serving and c.id not in exclude
-        ]
-        if not remote:
+        found: Placed | None = None
+        least = 0.0
+        for lease, c in state.remote(model, target):  # the first least busy one
+            if c.serving and c.id not in exclude:
+                load = state.pick_load(c)
+                if found is None or load < least:
+                    found, least = (lease, c), load
+        if found is None:
             return None
-        lease, best = min(remote, key=lambda pair: state.pick_load(pair[1]))
-        if state.pick_load(best) < 1:  # the home serves a pick at once or refuses it (`full`)
-            return state.peer_route(lease, best, pick=target is None)
+        if least < 1:  # the home serves a pick at once or refuses it (`full`)
+            return state.peer_route(*found, pick=target is None)
         if degraded and not local.serving_beyond(model, exclude, target):
-            return state.peer_route(lease, best)  # no fleet queue: it waits in its home's queue
+            return state.peer_route(*found)  # no fleet queue: it waits in its home's queue
         return None
 
     async def enqueue(
