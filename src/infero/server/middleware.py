@@ -166,9 +166,10 @@ async def on_response_prepare(request: web.Request, response: web.StreamResponse
     if rid is not None:
         response.headers[INFERO_REQUEST_ID] = rid
         response.headers.setdefault(REQUEST_ID, rid)
+    if request.headers.get("Origin") is None:
+        return  # nor CORS_ORIGIN (looking for an absent key raises and catches a KeyError)
     allowed = request.get(CORS_ORIGIN)
     if allowed is not None:
         response.headers["Access-Control-Allow-Origin"] = allowed
         response.headers["Access-Control-Expose-Headers"] = _EXPOSED
-    if request.headers.get("Origin") is not None:
-        response.headers.add("Vary", "Origin")
+    response.headers.add("Vary", "Origin")
