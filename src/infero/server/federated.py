@@ -99,9 +99,10 @@ class FederatedDispatcher:
         self._local_only = local_only
 
     def known(self, model: str, target: str | None) -> bool:
-        if self._state.local.dispatcher.known(model, target):
+        state = self._state
+        if state.local.dispatcher.known(model, target):
             return True
-        return not self._local_only and bool(self._state.remote(model, target))
+        return not self._local_only and state.serves(model, target)
 
     def serving_beyond(self, model: str, exclude: frozenset[str], target: str | None) -> bool:
         if self._state.local.dispatcher.serving_beyond(model, exclude, target):
@@ -698,6 +699,11 @@ class FederatedState:
             for instance, c in self.membership.index.find(model, target)
             if instance in peers
         ]
+
+    def serves(self, model: str, target: str | None) -> bool:
+        """Whether `remote` would find a connector (without building its list)."""
+        peers = self.membership.peers
+        return any(instance in peers for instance, _ in self.membership.index.find(model, target))
 
     def load(self, c: ConnectorSummary) -> float:
         """Busy fraction of a remote connector (1 or more: full)."""

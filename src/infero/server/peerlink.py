@@ -221,7 +221,9 @@ class PeerLink:
         into the exchange. Raises a retryable `ExchangeFailed` when the peer cannot be reached
         or the link has `max_streams` open."""
         self.used_at = self.clock()
-        ws = await self._connected()
+        ws = self._ws
+        if ws is None or ws.closed:  # else no coroutine for `_connected`: the usual case
+            ws = await self._connected()
         exchanges = self.exchanges
         if len(exchanges) >= self.max_streams:
             raise ExchangeFailed(
