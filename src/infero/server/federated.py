@@ -547,13 +547,18 @@ class _ModelRow:
 
 
 def _instance(lease: Lease) -> InstanceInfo:
+    """An instance's row. Its links and requests in flight are counted from its connectors
+    and relays as mirrored here: the change log keeps those fresher than the lease's header
+    (read every REFRESH s, renewed every third of LEASE_TTL), so the row never says 0 links
+    beside a connector listed at that instance."""
+    connectors = lease.connectors
     return InstanceInfo(
         id=lease.id,
         address=lease.address,
         version=lease.version,
         started_at=_dt(lease.started_at),
-        links=lease.links,
-        inflight=lease.inflight,
+        links=len(connectors) + len(lease.relays),
+        inflight=sum(c.inflight for c in connectors),
     )
 
 
