@@ -197,7 +197,7 @@ class PeerStream(AbstractStreamWriter):
         `X-Infero-*` headers and an event stream's (`sse` and `overhead_ms` are its to show):
         none of those is sent, and so none of a backend can pass for the home's."""
         kept = [(k, v) for k, v in headers if not k.lower().startswith("x-infero-")]
-        self._head = lp.Head.model_construct(id=self.id, status=status, headers=kept)
+        self._head = lp.Head(id=self.id, status=status, headers=kept)
         if streamed:
             asyncio.get_running_loop().call_soon(self.send_headers)
         return self
