@@ -500,8 +500,15 @@ class FederatedRows:
         state = self._state
         info = state.local.rows.server(now)
         own = state.membership.own or state.describe()
-        instances = [_instance(own)] + [
-            _instance(lease) for _, lease in sorted(state.membership.peers.items())
+        local = state.local
+        inflight_here = sum(w.inflight for w in local.fleet.workers.values() if w.live)
+        instances = [_instance(own, len(local.local_links()), inflight_here)] + [
+            _instance(
+                lease,
+                len(lease.connectors) + len(lease.relays),
+                sum(c.inflight for c in lease.connectors),
+            )
+            for _, lease in sorted(state.membership.peers.items())
         ]
         inflight, completed, failed, cancelled = self._figures
         ready = info.state == "not_ready" and self._serving > 0  # served by another instance
@@ -546,19 +553,18 @@ class _ModelRow:
     remote: tuple[int, int]
 
 
-def _instance(lease: Lease) -> InstanceInfo:
-    """An instance's row. Its links and requests in flight are counted from its connectors
-    and relays as mirrored here: the change log keeps those fresher than the lease's header
-    (read every REFRESH s, renewed every third of LEASE_TTL), so the row never says 0 links
-    beside a connector listed at that instance."""
-    connectors = lease.connectors
+def _instance(lease: Lease, links: int, inflight: int) -> InstanceInfo:
+    """An instance's row, with its links and requests in flight as of now: this instance's
+    own, another's counted from its connectors and relays as mirrored here (the change log
+    keeps those fresher than a lease's header, renewed every third of LEASE_TTL), so a row
+    never says 0 links beside a connector listed at that instance."""
     return InstanceInfo(
         id=lease.id,
         address=lease.address,
         version=lease.version,
         started_at=_dt(lease.started_at),
-        links=len(connectors) + len(lease.relays),
-        inflight=sum(c.inflight for c in connectors),
+        links=links,
+        inflight=inflight,
     )
 
 

@@ -116,6 +116,7 @@ async def test_b_lists_the_fleet_and_shows_where_each_connector_is(tmp_path: Pat
         assert state["server"]["instance"] == "B"
         assert [i["id"] for i in state["server"]["instances"]] == ["B", "A"]
         assert state["server"]["instances"][1]["address"] == a.url
+        assert state["server"]["instances"][0]["links"] == 1  # B's own: w2
         assert state["server"]["instances"][1]["links"] == 1
         rows = {m["name"]: (m["workers"], m["ready_workers"]) for m in state["models"]}
         assert rows == {"m-a": (1, 1), "m-b": (1, 1)}
