@@ -322,14 +322,22 @@ class OpenAIRelay:
         `dispatcher`: instead of this relay's own, for this request; `may_wait` False: never
         queued, a 503 `full` when no connector has room at once."""
         self.lifecycle.enter()
-        relay = _Relay(self, client, body, model, stream, target, started, tap)
-        relay.method = method
-        relay.path = path
-        relay.headers = [(k, v) for k, v in headers if k.lower() in _FORWARDED]
-        relay.request_id = request_id
-        if dispatcher is not None:
-            relay.dispatcher = dispatcher
-        relay.may_wait = may_wait
+        relay = _Relay(
+            self,
+            client,
+            body,
+            model,
+            stream,
+            target,
+            started,
+            tap,
+            method=method,
+            path=path,
+            headers=[(k, v) for k, v in headers if k.lower() in _FORWARDED],
+            request_id=request_id,
+            dispatcher=dispatcher if dispatcher is not None else self.dispatcher,
+            may_wait=may_wait,
+        )
         try:
             return await relay.run()
         except ConnectionResetError:
@@ -351,16 +359,23 @@ class _Relay:
         target: str | None,
         started: float,
         tap: ResponseTap | None,
+        *,
+        method: str,
+        path: str,
+        headers: list[tuple[str, str]],
+        request_id: str,
+        dispatcher: Dispatcher,
+        may_wait: bool,
     ) -> None:
         self.api = api
-        self.dispatcher = api.dispatcher
+        self.dispatcher = dispatcher
         self.client = client
-        self.method = "POST"
-        self.path = ""
+        self.method = method
+        self.path = path
         """Under /api/v1, with the query as the client sent it."""
-        self.headers: list[tuple[str, str]] = []
+        self.headers = headers
         """The request's headers the backend gets."""
-        self.request_id = ""
+        self.request_id = request_id
         self.body = body
         self.model = model
         self.stream = stream
@@ -397,7 +412,7 @@ class _Relay:
         self.last_failure: ExchangeFailed | None = None
         self.picks_refused = 0
         """Routing picks refused as `full` by their home (the route's view was stale)."""
-        self.may_wait = True
+        self.may_wait = may_wait
         """False: answer `full` where the request would join a queue (another instance's
         routing pick, which that instance routes again)."""
 
