@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import struct
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Literal, Protocol, runtime_checkable
@@ -26,6 +25,7 @@ from infero.server.auth import client_key_ok
 from infero.server.exchange import Exchange, ExchangeFailed
 from infero.server.lifecycle import Lifecycle
 from infero.server.link import ConnectorLink, LinkHandler
+from infero.server.peerwire import CLOSE_GOING_AWAY, OP_BINARY, OP_TEXT, ws_frame
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +50,6 @@ marks its heartbeat late until the next frame arrives."""
 
 CLOSE_POLICY = 1008
 CLOSE_NORMAL = 1000
-CLOSE_GOING_AWAY = 1001
 
 Kind = Literal["llm", "mcp"]
 
@@ -524,22 +523,6 @@ class LinkEndpoint:
             if not link.late:
                 wait = min(wait, liveness.last_received + stale - now)
             await asyncio.sleep(max(wait, 0.001))
-
-
-OP_TEXT = 0x1
-OP_BINARY = 0x2
-
-
-def ws_frame(opcode: int, payload: bytes) -> bytes:
-    """One final, unmasked WebSocket frame (RFC 6455 section 5.2), as a server sends it."""
-    size = len(payload)
-    if size < 126:
-        head = struct.pack("!BB", 0x80 | opcode, size)
-    elif size < 1 << 16:
-        head = struct.pack("!BBH", 0x80 | opcode, 126, size)
-    else:
-        head = struct.pack("!BBQ", 0x80 | opcode, 127, size)
-    return head + payload
 
 
 def _first(exc: ValidationError) -> str:

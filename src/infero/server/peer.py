@@ -27,7 +27,6 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Protocol, get_args
 
-import aiohttp
 from aiohttp import web
 
 from infero.protocol import link as lp
@@ -62,38 +61,25 @@ UNUSED_AFTER = 60.0
 
 
 class PeerClient:
-    """This instance's links to its peers (each dialed on first use, with one HTTP client
-    session); a link to a peer that left the fleet is closed and dropped (`forget`), and so is
-    one left without a connection and unused for `unused_after` seconds (however its peer went:
-    the table stays bounded even when no departure is ever seen); the others at shutdown."""
+    """This instance's links to its peers (each dialed on first use); a link to a peer that
+    left the fleet is closed and dropped (`forget`), and so is one left without a connection
+    and unused for `unused_after` seconds (however its peer went: the table stays bounded even
+    when no departure is ever seen); the others at shutdown."""
 
     def __init__(self, peer_key: str, *, unused_after: float = UNUSED_AFTER) -> None:
         self.peer_key = peer_key
         self.unused_after = unused_after
-        self._session: aiohttp.ClientSession | None = None
         self.links: dict[str, PeerLink] = {}
         self._closing: set[asyncio.Task[None]] = set()
         """Links being closed by `forget` (awaited at shutdown)."""
         self._unused: dict[str, asyncio.TimerHandle] = {}
         """A timer for each link without a connection: it drops the link once unused."""
 
-    @property
-    def session(self) -> aiohttp.ClientSession:
-        """The session the links are dialed with."""
-        if self._session is None:
-            self._session = aiohttp.ClientSession(
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=CONNECT_TIMEOUT),
-                skip_auto_headers=("User-Agent",),
-            )
-        return self._session
-
     def link(self, address: str) -> PeerLink:
         """The link to the instance at `address`."""
         link = self.links.get(address)
         if link is None:
-            link = self.links[address] = PeerLink(
-                lambda: self.session, address, self.peer_key, down=self._down
-            )
+            link = self.links[address] = PeerLink(address, self.peer_key, down=self._down)
         return link
 
     def forget(self, address: str, why: str = "the instance left the fleet") -> None:
@@ -161,13 +147,11 @@ class PeerClient:
             return None
 
     async def close(self) -> None:
-        """Close the links and the pooled connections."""
+        """Close the links."""
         for timer in self._unused.values():
             timer.cancel()
         self._unused.clear()
         await asyncio.gather(*self._closing, *(link.close() for link in self.links.values()))
-        if self._session is not None:
-            await self._session.close()
 
 
 class PeerRoute:

@@ -23,7 +23,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from aiohttp.abc import AbstractStreamWriter
 from aiohttp.http import HttpVersion11, RawRequestMessage
 from aiohttp.streams import EMPTY_PAYLOAD, StreamReader
@@ -33,14 +33,7 @@ from yarl import URL
 
 from infero.protocol import link as lp
 from infero.server.exchange import HOP_BY_HOP
-from infero.server.linkserver import (
-    CLOSE_GOING_AWAY,
-    INLINE_BODY,
-    OP_BINARY,
-    OP_TEXT,
-    RawTransport,
-    ws_frame,
-)
+from infero.server.linkserver import INLINE_BODY
 from infero.server.middleware import REQUEST_ID_KEY
 from infero.server.peerlink import (
     ERROR_HEADER,
@@ -51,6 +44,7 @@ from infero.server.peerlink import (
     WHOLE_ANSWERS,
     WINDOW,
 )
+from infero.server.peerwire import CLOSE_GOING_AWAY, OP_BINARY, OP_TEXT, Wire, accept
 
 logger = logging.getLogger(__name__)
 
@@ -304,22 +298,21 @@ class PeerStream(AbstractStreamWriter):
 
 
 class HomeLink:
-    """One link another instance dialed to this one."""
+    """One link another instance dialed to this one: reads its frames as they arrive
+    (`peerwire.Receiver`) and writes its streams' answers."""
 
     def __init__(
         self,
-        ws: web.WebSocketResponse,
         request: web.Request,
         handler: Handler,
         *,
         max_streams: int,
         max_body: int,
     ) -> None:
-        self.ws = ws
+        self.wire: Wire | None = None
+        """Set by `HomeEndpoint` as soon as the connection is taken over."""
         self.whole_answers = WHOLE_ANSWERS in request.headers.get(FEATURES_HEADER, "").split()
         """The asking instance reads a small answer in one frame (`RESPONSE_WHOLE`)."""
-        transport = request.transport
-        self.transport = transport if isinstance(transport, RawTransport) else None
         self.peername = request.remote
         self.handler = handler
         self.max_streams = max_streams
@@ -327,30 +320,25 @@ class HomeLink:
         self.streams: dict[int, PeerStream] = {}
 
     def closing(self) -> bool:
-        transport = self.transport
-        return self.ws.closed or transport is None or transport.is_closing()
+        wire = self.wire
+        return wire is None or wire.closed
 
     def put_now(self, frames: Frames) -> None:
         """Write small frames at once (raises ConnectionResetError when the link is gone)."""
-        if self.closing():
+        wire = self.wire
+        if wire is None:
             raise ConnectionResetError("peer link closed")
-        assert self.transport is not None
-        self.transport.write(b"".join(ws_frame(op, payload) for op, payload in frames))
+        wire.send_all(frames)
 
     async def put(self, frames: Frames) -> None:
-        """Write frames: in one write when small and the link has no backlog, else through
-        aiohttp's writer and its flow control."""
-        transport = self.transport
-        if self.closing() or transport is None:
+        """Write frames in one write, then wait while the transport holds too much
+        (raises ConnectionResetError when the link is gone)."""
+        wire = self.wire
+        if wire is None:
             raise ConnectionResetError("peer link closed")
-        if not transport.get_write_buffer_size() and sum(len(p) for _, p in frames) <= INLINE_BODY:
-            transport.write(b"".join(ws_frame(op, payload) for op, payload in frames))
-            return
-        for op, payload in frames:
-            if op == OP_TEXT:
-                await self.ws.send_str(payload.decode())
-            else:
-                await self.ws.send_bytes(payload)
+        wire.send_all(frames)
+        if wire.paused:
+            await wire.drain()
 
     def done(self, stream: PeerStream) -> None:
         if self.streams.get(stream.id) is stream:
@@ -396,52 +384,60 @@ class HomeLink:
     def _start(self, stream: PeerStream) -> None:
         stream.task = asyncio.create_task(stream.serve(self.handler), name="peer-stream")
 
-    async def run(self) -> None:
-        """Read frames until the link closes; then cancel the streams still served."""
-        streams = self.streams
-        decode = lp.SERVER_FRAMES.validate_json
+    def on_binary(self, data: bytes) -> None:
         try:
-            async for msg in self.ws:
-                if msg.type == WSMsgType.BINARY:
-                    try:
-                        kind, sid, payload = lp.unpack_body(msg.data)
-                    except lp.BadFrame as exc:
-                        logger.warning("peer link from %s: %s", self.peername, exc)
-                        continue
-                    if kind == lp.REQUEST_WITH_BODY:
-                        self._open_whole(sid, payload)
-                        continue
-                    stream = streams.get(sid)
-                    if kind != lp.REQUEST_BODY or stream is None or stream.task is not None:
-                        continue
-                    if stream.feed(payload):
-                        if len(stream.body) == stream.frame.body_len:
-                            self._start(stream)
-                        else:
-                            del streams[sid]
-                            self._refuse(sid, "invalid", "request body longer than announced")
-                    continue
-                if msg.type != WSMsgType.TEXT:
-                    break
-                try:
-                    frame = decode(msg.data)
-                except ValidationError as exc:
-                    logger.warning("peer link from %s: bad frame ignored: %s", self.peername, exc)
-                    continue
-                if isinstance(frame, lp.Request):
-                    self._open(frame)
-                elif isinstance(frame, lp.Credit):
-                    if (stream := streams.get(frame.id)) is not None:
-                        stream.credit(frame.bytes)
-                elif isinstance(frame, lp.Cancel) and (stream := streams.pop(frame.id, None)):
-                    stream.cancel()
+            kind, sid, payload = lp.unpack_body(data)
+        except lp.BadFrame as exc:
+            logger.warning("peer link from %s: %s", self.peername, exc)
+            return
+        if kind == lp.REQUEST_WITH_BODY:
+            self._open_whole(sid, payload)
+            return
+        streams = self.streams
+        stream = streams.get(sid)
+        if kind != lp.REQUEST_BODY or stream is None or stream.task is not None:
+            return
+        if stream.feed(payload):
+            if len(stream.body) == stream.frame.body_len:
+                self._start(stream)
+            else:
+                del streams[sid]
+                self._refuse(sid, "invalid", "request body longer than announced")
+
+    def on_text(self, data: bytes) -> None:
+        try:
+            frame = _decode(data)
+        except ValidationError as exc:
+            logger.warning("peer link from %s: bad frame ignored: %s", self.peername, exc)
+            return
+        streams = self.streams
+        if isinstance(frame, lp.Request):
+            self._open(frame)
+        elif isinstance(frame, lp.Credit):
+            if (stream := streams.get(frame.id)) is not None:
+                stream.credit(frame.bytes)
+        elif isinstance(frame, lp.Cancel) and (stream := streams.pop(frame.id, None)):
+            stream.cancel()
+
+    def on_closed(self, why: str) -> None:
+        """The link ended (`run` then cancels the streams still served)."""
+        logger.info("peer link from %s ended: %s", self.peername, why)
+
+    async def run(self) -> None:
+        """Until the link closes; then until the streams it still served have ended."""
+        assert self.wire is not None
+        try:
+            await self.wire.wait_closed()
         finally:
-            left = list(streams.values())
-            streams.clear()
+            left = list(self.streams.values())
+            self.streams.clear()
             for stream in left:
                 stream.cancel()
             tasks = [s.task for s in left if s.task is not None]
             await asyncio.gather(*tasks, return_exceptions=True)
+
+
+_decode = lp.SERVER_FRAMES.validate_json
 
 
 class HomeEndpoint:
@@ -466,24 +462,24 @@ class HomeEndpoint:
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if not authorized(request, self.peer_key):
             return web.json_response({"error": {"message": "bad peer key"}}, status=401)
-        ws = web.WebSocketResponse(max_msg_size=lp.MAX_FRAME, compress=False, heartbeat=HEARTBEAT)
+        # aiohttp answers the upgrade; the connection is then read and written by a wire
+        # (peerwire.py), without aiohttp's per-message queue and reader task.
+        ws = web.WebSocketResponse(compress=False, autoping=False)
+        link = HomeLink(request, self.handler, max_streams=self.max_streams, max_body=self.max_body)
         await ws.prepare(request)
-        link = HomeLink(
-            ws, request, self.handler, max_streams=self.max_streams, max_body=self.max_body
-        )
+        link.wire = wire = accept(request, link, max_size=lp.MAX_FRAME, heartbeat=HEARTBEAT)
         self.links.add(link)
         logger.info("peer link from %s open", link.peername)
         try:
             await link.run()
         finally:
             self.links.discard(link)
-            if not ws.closed:
-                await ws.close()
+            wire.close(CLOSE_GOING_AWAY, "shutdown")
             logger.info("peer link from %s closed", link.peername)
         return ws
 
     async def close(self) -> None:
         """Server shutdown: close every link (the asking instances fail their streams)."""
-        closing = [link.ws.close(code=CLOSE_GOING_AWAY, message=b"shutdown") for link in self.links]
-        with contextlib.suppress(ConnectionError):
-            await asyncio.gather(*closing)
+        for link in list(self.links):
+            if link.wire is not None:
+                link.wire.close(CLOSE_GOING_AWAY, "shutdown")

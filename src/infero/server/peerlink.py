@@ -7,8 +7,9 @@ the body is small, Credit and Cancel; the peer answers Head, body and End: see
 docs/protocol.md, "Peer channel"). A link that drops
 fails its streams at once (`link_lost`: retryable before the answer's head) and is dialed
 again on the next request, no sooner than its backoff allows (the link's `down` callback is
-told, as after a failed dial). WebSocket pings every `HEARTBEAT` seconds close a link whose
-peer stopped answering.
+told, as after a failed dial). The link's WebSocket is a `peerwire.Wire`: the home's frames
+reach their exchanges as they arrive, without a reader task; after `HEARTBEAT` seconds
+without a frame a ping, and a link whose peer stopped answering closes.
 """
 
 from __future__ import annotations
@@ -20,12 +21,11 @@ import logging
 import time
 from collections.abc import Callable
 
-import aiohttp
-from aiohttp import WSMsgType
 from pydantic import ValidationError
 
 from infero.protocol import link as lp
 from infero.server.exchange import FULL, Exchange, ExchangeFailed
+from infero.server.peerwire import CLOSE_GOING_AWAY, OP_BINARY, OP_TEXT, Wire, dial
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,8 @@ MAX_STREAMS = 1024
 WINDOW = lp.DEFAULT_WINDOW
 """Bytes of one stream's answer the home may send ahead of this instance's client."""
 HEARTBEAT = 5.0
-"""Seconds between WebSocket pings; a pong missing for half of it closes the link."""
+"""Seconds without a frame before a WebSocket ping; no answer within half of it closes the
+link (at both ends)."""
 CONNECT_TIMEOUT = 5.0
 BACKOFF_MIN = 0.1
 BACKOFF_MAX = 5.0
@@ -122,12 +123,59 @@ class PeerExchange(Exchange):
         self.on_failed(ExchangeFailed(self.refusal, _error_message(text), retryable=True))
 
 
+class _Connection:
+    """One connection of a link: its wire and its streams; reads the home's frames as they
+    arrive (`Receiver`)."""
+
+    __slots__ = ("exchanges", "link", "wire")
+
+    def __init__(self, link: PeerLink) -> None:
+        self.link = link
+        self.wire: Wire | None = None
+        self.exchanges: dict[int, Exchange] = {}
+
+    def on_binary(self, data: bytes) -> None:
+        try:
+            kind, sid, payload = lp.unpack_body(data)
+        except lp.BadFrame as exc:
+            logger.warning("peer link to %s: %s", self.link.address, exc)
+            return
+        exchanges = self.exchanges
+        if kind == lp.RESPONSE_WHOLE:
+            if (exchange := exchanges.pop(sid, None)) is not None:
+                self.link.whole(exchange, payload)
+            return
+        exchange = exchanges.get(sid)
+        if kind == lp.RESPONSE_BODY and exchange is not None and not exchange.on_body(payload):
+            del exchanges[sid]  # it overran its window: failed
+
+    def on_text(self, data: bytes) -> None:
+        try:
+            frame = _decode(data)
+        except ValidationError as exc:
+            logger.warning("peer link to %s: bad frame ignored: %s", self.link.address, exc)
+            return
+        if isinstance(frame, lp.Head):
+            exchange = self.exchanges.get(frame.id)
+            if exchange is not None:
+                exchange.on_head(frame)
+        elif isinstance(frame, lp.End):
+            exchange = self.exchanges.pop(frame.id, None)
+            if exchange is not None:
+                exchange.on_end(frame)
+
+    def on_closed(self, why: str) -> None:
+        self.link.connection_ended(self, why)
+
+
+_decode = lp.CONNECTOR_FRAMES.validate_json
+
+
 class PeerLink:
     """This instance's link to one peer instance."""
 
     def __init__(
         self,
-        session: Callable[[], aiohttp.ClientSession],
         address: str,
         peer_key: str,
         *,
@@ -135,7 +183,6 @@ class PeerLink:
         clock: Callable[[], float] = time.monotonic,
         down: Callable[[PeerLink], None] = lambda link: None,
     ) -> None:
-        self._session = session
         self.address = address
         self.peer_key = peer_key
         self.max_streams = max_streams
@@ -144,11 +191,9 @@ class PeerLink:
         """Told when the link's connection ended or a dial failed (not after `close`)."""
         self.used_at = clock()
         """When a request last asked for the link, or its connection last ended."""
-        self.exchanges: dict[int, Exchange] = {}
         self.dials = 0
         """Successful dials so far (one per link the peer accepted)."""
-        self._ws: aiohttp.ClientWebSocketResponse | None = None
-        self._reader: asyncio.Task[None] | None = None
+        self._connection: _Connection | None = None
         self._dialing = asyncio.Lock()
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -158,53 +203,70 @@ class PeerLink:
 
     @property
     def connected(self) -> bool:
-        """Its WebSocket is open."""
-        return self._ws is not None and not self._ws.closed
+        """Its connection is open."""
+        connection = self._connection
+        return connection is not None and connection.wire is not None
+
+    @property
+    def exchanges(self) -> dict[int, Exchange]:
+        """The streams open on the current connection."""
+        connection = self._connection
+        return connection.exchanges if connection is not None else {}
 
     def _lost(self, why: object) -> ExchangeFailed:
         return ExchangeFailed(
             "link_lost", f"instance at {self.address} unreachable or gone: {why}", retryable=True
         )
 
-    async def _connected(self) -> aiohttp.ClientWebSocketResponse:
-        ws = self._ws
-        if ws is not None and not ws.closed:
-            return ws
+    async def _connected(self) -> _Connection:
+        connection = self._connection
+        if connection is not None:
+            return connection
         async with self._dialing:
-            ws = self._ws
-            if ws is not None and not ws.closed:
-                return ws
+            connection = self._connection
+            if connection is not None:
+                return connection
             if self.closed:
                 raise self._lost(self._closed_why)
             now = self.clock()
             if now < self._retry_at:
                 raise self._lost(f"not dialed again for {self._retry_at - now:.1f}s")
+            connection = _Connection(self)
             try:
                 async with asyncio.timeout(CONNECT_TIMEOUT):
-                    ws = await self._session().ws_connect(
+                    wire = await dial(
                         self.address + LINK_PATH,
-                        headers={KEY_HEADER: self.peer_key, FEATURES_HEADER: WHOLE_ANSWERS},
+                        {KEY_HEADER: self.peer_key, FEATURES_HEADER: WHOLE_ANSWERS},
+                        connection,
+                        max_size=lp.MAX_FRAME,
                         heartbeat=HEARTBEAT,
-                        max_msg_size=lp.MAX_FRAME,
-                        compress=0,
                     )
-            except (aiohttp.ClientError, OSError, TimeoutError) as failure:
+            except (OSError, TimeoutError) as failure:  # HandshakeFailed is a ConnectionError
                 self._backoff = min(max(self._backoff * 2, BACKOFF_MIN), BACKOFF_MAX)
                 self._retry_at = self.clock() + self._backoff
                 self.down(self)
                 raise self._lost(failure or type(failure).__name__) from None
-            if self.closed:  # closed while dialing: no reader to leave behind
-                await ws.close()
+            if self.closed:  # closed while dialing: nothing to leave open
+                wire.close(CLOSE_GOING_AWAY, "shutdown")
                 raise self._lost(self._closed_why)
+            if wire.closed:  # ended already (the home closed it at once)
+                raise self._lost(wire.why)
             self._backoff = 0.0
             self.dials += 1
-            self._ws = ws
-            self.exchanges = {}  # the streams of this connection (stream ids go on counting)
-            self._reader = asyncio.create_task(
-                self._read(ws, self.exchanges), name=f"peer-link-{self.address}"
-            )
+            connection.wire = wire
+            self._connection = connection
             logger.info("peer link to %s open", self.address)
-            return ws
+            return connection
+
+    def connection_ended(self, connection: _Connection, why: str) -> None:
+        """`connection` closed: its streams fail; the next request dials again."""
+        if self._connection is connection:
+            self._connection = None
+        self._fail(connection.exchanges, why)
+        logger.info("peer link to %s closed", self.address)
+        if not self.closed:
+            self.used_at = self.clock()
+            self.down(self)
 
     async def open_exchange(
         self,
@@ -221,10 +283,12 @@ class PeerLink:
         into the exchange. Raises a retryable `ExchangeFailed` when the peer cannot be reached
         or the link has `max_streams` open."""
         self.used_at = self.clock()
-        ws = self._ws
-        if ws is None or ws.closed:  # else no coroutine for `_connected`: the usual case
-            ws = await self._connected()
-        exchanges = self.exchanges
+        connection = self._connection
+        if connection is None:  # else no coroutine for `_connected`: the usual case
+            connection = await self._connected()
+        wire = connection.wire
+        assert wire is not None
+        exchanges = connection.exchanges
         if len(exchanges) >= self.max_streams:
             raise ExchangeFailed(
                 "busy", f"{self.max_streams} requests open to {self.address}", retryable=True
@@ -245,7 +309,9 @@ class PeerLink:
                     stream=stream,
                     model=model,
                 )
-                await ws.send_bytes(whole)
+                wire.send(OP_BINARY, whole)
+                if wire.paused:
+                    await wire.drain()
                 return exchange
             frame = lp.Request(
                 id=sid,
@@ -257,11 +323,12 @@ class PeerLink:
                 stream=stream,
                 model=model,
             )
-            await ws.send_str(lp.encode(frame))
+            wire.send(OP_TEXT, lp.encode(frame).encode())
             view = memoryview(body)
             for start in range(0, len(body), lp.BODY_CHUNK):
                 piece = view[start : start + lp.BODY_CHUNK]
-                await ws.send_bytes(lp.pack_body(lp.REQUEST_BODY, sid, piece))
+                await wire.drain()
+                wire.send(OP_BINARY, lp.pack_body(lp.REQUEST_BODY, sid, piece))
         except ConnectionError as failure:
             exchanges.pop(sid, None)
             raise self._lost(failure) from None
@@ -295,67 +362,22 @@ class PeerLink:
 
     async def send(self, frame: lp.Cancel | lp.Credit) -> None:
         """A stream's credit or cancel (dropped when the link is gone)."""
-        ws = self._ws
-        if ws is None or ws.closed:
+        connection = self._connection
+        wire = connection.wire if connection is not None else None
+        if wire is None:
             return
         with contextlib.suppress(ConnectionError):
-            await ws.send_str(lp.encode(frame))
+            wire.send(OP_TEXT, lp.encode(frame).encode())
+            if wire.paused:
+                await wire.drain()
 
     def forget(self, exchange: Exchange) -> None:
         """Drop an exchange nobody reads any more (late frames for it are ignored)."""
-        if self.exchanges.get(exchange.id) is exchange:
-            del self.exchanges[exchange.id]
+        exchanges = self.exchanges
+        if exchanges.get(exchange.id) is exchange:
+            del exchanges[exchange.id]
 
-    async def _read(
-        self, ws: aiohttp.ClientWebSocketResponse, exchanges: dict[int, Exchange]
-    ) -> None:
-        decode = lp.CONNECTOR_FRAMES.validate_json
-        why = "link closed"
-        try:
-            while True:  # `receive` itself: `async for` adds a coroutine per message
-                msg = await ws.receive()
-                if msg.type == WSMsgType.BINARY:
-                    try:
-                        kind, sid, payload = lp.unpack_body(msg.data)
-                    except lp.BadFrame as exc:
-                        logger.warning("peer link to %s: %s", self.address, exc)
-                        continue
-                    if kind == lp.RESPONSE_WHOLE:
-                        if (exchange := exchanges.pop(sid, None)) is not None:
-                            self._whole(exchange, payload)
-                        continue
-                    exchange = exchanges.get(sid)
-                    ok = kind != lp.RESPONSE_BODY or exchange is None or exchange.on_body(payload)
-                    if not ok:
-                        del exchanges[sid]  # it overran its window: failed
-                    continue
-                if msg.type != WSMsgType.TEXT:
-                    break  # closing, closed or an error: the link is done
-                try:
-                    frame = decode(msg.data)
-                except ValidationError as exc:
-                    logger.warning("peer link to %s: bad frame ignored: %s", self.address, exc)
-                    continue
-                if isinstance(frame, lp.Head):
-                    exchange = exchanges.get(frame.id)
-                    if exchange is not None:
-                        exchange.on_head(frame)
-                elif isinstance(frame, lp.End):
-                    exchange = exchanges.pop(frame.id, None)
-                    if exchange is not None:
-                        exchange.on_end(frame)
-        except (aiohttp.ClientError, OSError) as failure:
-            why = str(failure) or type(failure).__name__
-        finally:
-            if self._ws is ws:
-                self._ws = None
-            self._fail(exchanges, why)
-            logger.info("peer link to %s closed", self.address)
-            if not self.closed:
-                self.used_at = self.clock()
-                self.down(self)
-
-    def _whole(self, exchange: Exchange, payload: memoryview) -> None:
+    def whole(self, exchange: Exchange, payload: memoryview) -> None:
         """A stream's whole answer, in one frame: head, body and a clean end."""
         try:
             head, body = lp.unpack_answer(payload)
@@ -376,15 +398,14 @@ class PeerLink:
             exchange.on_lost(message)
 
     async def close(self, why: str = "this instance is shutting down") -> None:
-        """For good (shutdown, or the peer left the fleet): fail the open streams, close the
-        link, end its reader."""
+        """For good (shutdown, or the peer left the fleet): fail the open streams and close
+        the link."""
         self.closed = True
         self._closed_why = why
-        ws, reader = self._ws, self._reader
-        self._fail(self.exchanges, why)
-        if ws is not None:
-            with contextlib.suppress(ConnectionError):
-                await ws.close()
-        if reader is not None:
-            reader.cancel()
-            await asyncio.gather(reader, return_exceptions=True)
+        connection, self._connection = self._connection, None
+        if connection is None:
+            return
+        self._fail(connection.exchanges, why)
+        if connection.wire is not None:
+            connection.wire.close(CLOSE_GOING_AWAY, "shutdown")
+            await connection.wire.wait_closed()
