@@ -23,7 +23,8 @@ from bench.mock_backend import BACKLOG
 class Pipe(asyncio.Protocol):
     """One end of a forwarded connection: what it reads, its peer's transport writes.
 
-    The accepted end reads nothing until its upstream end is connected. When a transport's
+    The accepted end stops reading until its upstream end is connected, and keeps what it read
+    meanwhile (uvloop may deliver bytes from before the pause took effect). When a transport's
     write buffer passes its high-water mark, the other end stops reading until it drains.
     """
 
@@ -34,6 +35,8 @@ class Pipe(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.eof = False
         """This end has read the end of its stream (and passed it on as `write_eof`)."""
+        self.early = bytearray()
+        """What the accepted end read before its upstream end was connected."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -45,8 +48,13 @@ class Pipe(asyncio.Protocol):
         self.peer.peer = self
         if (client := self._out()) is None:
             self.transport.close()  # the client left while this end was connecting
-        else:
-            client.resume_reading()
+            return
+        if self.peer.early:
+            self.transport.write(bytes(self.peer.early))
+            self.peer.early.clear()
+        if self.peer.eof:
+            self.transport.write_eof()
+        client.resume_reading()
 
     def _out(self) -> asyncio.Transport | None:
         """The other end's transport, while it is open."""
@@ -58,9 +66,13 @@ class Pipe(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if (out := self._out()) is not None:
             out.write(data)
+        elif self.peer is None:  # the upstream end is still connecting
+            self.early += data
 
     def eof_received(self) -> bool:
         self.eof = True
+        if self.peer is None:
+            return True  # passed on once the upstream end is connected
         out = self._out()
         if out is None or self.peer is None or self.peer.eof:
             return False  # both ways are done: close this end (its loss closes the other)

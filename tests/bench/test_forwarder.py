@@ -131,3 +131,28 @@ async def test_a_client_whose_target_refuses_is_closed(fwd: ModuleType) -> None:
             front.close()
             forwarder.close()
             await front.wait_closed()
+
+
+async def test_bytes_read_before_the_upstream_end_connects_are_passed_on(
+    fwd: ModuleType,
+) -> None:
+    """uvloop may hand the accepted end bytes from before its pause took effect: they wait
+    for the upstream end instead of being dropped (the server then waited for a request)."""
+    received: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def keep(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        received.put_nowait(await reader.readexactly(5))
+        writer.close()
+
+    async with forwarding(fwd, keep) as (forwarder, port, _):
+        connect = forwarder.connect
+        accepted: asyncio.Queue[Any] = asyncio.Queue()
+        forwarder.connect = accepted.put_nowait  # type: ignore[method-assign,assignment]  # hold the dial
+        async with asyncio.timeout(WAIT):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            client = await accepted.get()
+            client.data_received(b"early")  # as uvloop may, before the upstream end exists
+            connect(client)
+            assert await received.get() == b"early"
+            writer.close()
+            await writer.wait_closed()
