@@ -333,11 +333,9 @@ class HomeLink:
     async def put(self, frames: Frames) -> None:
         """Write frames in one write, then wait while the transport holds too much
         (raises ConnectionResetError when the link is gone)."""
+        self.put_now(frames)
         wire = self.wire
-        if wire is None:
-            raise ConnectionResetError("peer link closed")
-        wire.send_all(frames)
-        if wire.paused:
+        if wire is not None and wire.paused:
             await wire.drain()
 
     def done(self, stream: PeerStream) -> None:

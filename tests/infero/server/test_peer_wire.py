@@ -81,7 +81,8 @@ async def echo(request: web.Request) -> web.StreamResponse:
 
 
 def accepting(inboxes: list[Inbox], *, heartbeat: float = 30.0) -> Handler:
-    """The accepting end: each connection's wire echoes into its own inbox's order."""
+    """The accepting end: each connection gets a wire and an inbox of its own (appended to
+    `inboxes`), and a task that echoes what the inbox receives."""
 
     async def handle(request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(compress=False, autoping=False)
